@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_WS ?= workspace/demo
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU build on this machine's disk, so no dependency can pull a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	@test -f examples/sample_rules.pdf || $(BIN)/python examples/make_sample_pdf.py
+	$(BIN)/slm --workspace $(DEMO_WS) ingest examples/sample_rules.pdf
+	$(BIN)/slm --workspace $(DEMO_WS) facts --summary
+	$(BIN)/slm --workspace $(DEMO_WS) facts --limit 15
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: venv
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

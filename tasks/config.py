@@ -1,0 +1,129 @@
+"""The one configuration of the project.
+
+Precedence, highest first: explicit overrides (the command line), ``SLM_*`` environment variables,
+``slm.toml`` in the workspace, ``slm.toml`` in the current folder, the defaults below.
+Secrets are ``SecretStr`` so that printing or logging the settings never shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_NAME = "slm.toml"
+SECRETS_FILE_NAME = "secrets.toml"  # in the workspace, mode 0600; holds API keys and tokens
+DEFAULT_WORKSPACE = Path("workspace")
+
+
+class Settings(BaseSettings):
+    """Every tunable of the pipeline. Field names double as ``SLM_<NAME>`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SLM_", extra="ignore")
+
+    workspace: Path = Field(
+        DEFAULT_WORKSPACE, description="Folder holding the warehouse, artifacts and reports."
+    )
+
+    # Ingestion
+    max_file_mb: float = Field(200.0, description="Files larger than this are refused, not half-read.")
+    max_pages: int = Field(
+        1000, description="PDFs with more pages are refused (raise for huge compilations)."
+    )
+    min_text_chars_per_page: int = Field(
+        20, description="Below this average, a PDF is treated as scanned (no text layer)."
+    )
+
+    # Chunking
+    chunk_size: int = Field(
+        600, description="Maximum characters per chunk before splitting at sentence ends."
+    )
+    chunk_overlap: int = Field(
+        80, description="Characters of the previous piece repeated when a long article is split."
+    )
+
+    # Secrets: read from the environment or a 0600 file in the workspace, never printed.
+    gemini_api_keys: SecretStr | None = Field(None, description="Comma-separated Gemini API keys.")
+    openai_api_key: SecretStr | None = Field(
+        None, description="Key for an OpenAI-compatible teacher endpoint."
+    )
+    labelstudio_token: SecretStr | None = Field(None, description="Label Studio API token.")
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.workspace / "warehouse.duckdb"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.workspace / "reports"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.workspace / "artifacts"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # toml_file is bound per call by load_settings(); with several files the later ones win.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings as plain values, secrets replaced by a mask (or ``None`` when unset)."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown[name] = "********" if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                shown[name] = str(value)
+            else:
+                shown[name] = value
+        return shown
+
+
+def config_files(workspace: Path) -> list[Path]:
+    """Existing config files, lowest precedence first: the current folder's, then the workspace's."""
+    files: list[Path] = []
+    for path in (Path.cwd() / CONFIG_FILE_NAME, workspace / CONFIG_FILE_NAME):
+        if path.is_file() and all(path.resolve() != f.resolve() for f in files):
+            files.append(path)
+    secrets = workspace / SECRETS_FILE_NAME
+    if secrets.is_file():
+        if secrets.stat().st_mode & 0o077:
+            raise ConfigError(f"{secrets}: secrets file is readable by others; run `chmod 600 {secrets}`")
+        files.append(secrets)
+    return files
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message names the file."""
+
+
+def load_settings(workspace: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings. ``workspace`` (from ``--workspace``) beats ``SLM_WORKSPACE``."""
+    ws = (
+        Path(workspace)
+        if workspace is not None
+        else Path(os.environ.get("SLM_WORKSPACE") or DEFAULT_WORKSPACE)
+    )
+    files = config_files(ws)
+
+    class BoundSettings(Settings):
+        # The workspace decides which slm.toml is read, so the files are bound before the sources are built.
+        model_config = SettingsConfigDict(env_prefix="SLM_", extra="ignore", toml_file=files or None)
+
+    return BoundSettings(**overrides, workspace=ws)

@@ -1,0 +1,121 @@
+"""The numeric fact ledger: every rule number of a document with its unit, qualifier, subject and sentence.
+
+Numbers are found once over the whole document text (so a number is never cut by a chunk boundary), then
+each fact is assigned to the first chunk that contains it, with its span inside that chunk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import re
+from dataclasses import dataclass
+
+from tasks.chunk import Chunk
+from tasks.numbers import NumberMention, canonical, rule_numbers
+
+_SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
+_CLAUSE_BREAK = re.compile(r"[，,：:。；;！？!?\n]")
+# Words between a subject and its number that are not part of the subject ("住宿费标准为每人每天不超过").
+_FILLER = re.compile(
+    r"(?:按照|按|为|是|给予|实行|标准|的|在|须|应|可|最高|最多|不得|均|统一|一般|原则上|每人每天|每人每餐|每人每月"
+    r"|每人次|每人|每天|每次|每月|每年|每餐|每项|每个|不超过|不低于|不高于|超过|低于|高于|不足|至少|达到|满|限额|金额"
+    r"|控制在|以内|以下|以上|含|包干|定额|累计|单笔|单次|单件|之间|介于|在|于|由|从|至|或|和|及|、)+$"
+)
+_SUBJECT_NOUN = re.compile(
+    r"[\u4e00-\u9fffA-Za-z]{0,10}?(?:费用|费|补助|补贴|经费|资金|款项|款|标准|限额|金额|津贴|报酬|酬金|奖励|比例"
+    r"|期限|天数|人数|次数|里程|时长|预算|支出|合同|采购|借款|预付款|发票|项目)"
+)
+_MAX_SUBJECT = 16
+
+
+@dataclass(frozen=True)
+class Fact:
+    fact_id: str
+    chunk_id: str
+    value: str
+    value_max: str | None
+    unit: str
+    raw: str
+    qualifier: str
+    subject: str
+    context: str
+    span_start: int  # inside the chunk's text
+    span_end: int
+
+
+def sentence_around(text: str, start: int, end: int) -> tuple[int, int]:
+    """Bounds of the sentence holding text[start:end] (ends at 。；！？ or a line break, inclusive)."""
+    left = 0
+    for match in _SENTENCE_BREAK.finditer(text, 0, start):
+        left = match.end()
+    right_match = _SENTENCE_BREAK.search(text, end)
+    right = right_match.end() if right_match else len(text)
+    if right_match and text[right - 1] == "\n":
+        right -= 1
+    return left, right
+
+
+def subject_of(text: str, mention: NumberMention, sentence_start: int) -> str:
+    """The phrase the number belongs to, e.g. 市内交通费 in "市内交通费按每人每天80元包干".
+
+    Looks in the clause before the number first, then at the topic of the sentence, then after the number.
+    """
+    before = text[sentence_start : mention.start]
+    clauses = _CLAUSE_BREAK.split(before)
+    own = _FILLER.sub("", clauses[-1]) if clauses else ""
+    nouns = list(_SUBJECT_NOUN.finditer(own))
+    if nouns:
+        return _trim(nouns[-1].group(0))
+    if own:
+        return _trim(own)
+    for clause in reversed(clauses[:-1]):
+        nouns = list(_SUBJECT_NOUN.finditer(clause))
+        if nouns:
+            return _trim(nouns[0].group(0))
+    after = _CLAUSE_BREAK.split(text[mention.end : sentence_around(text, mention.start, mention.end)[1]])[0]
+    after = re.sub(r"^(?:（[^）]*）|以上|以下|以内|及以上|及以下|的|（含）|含)+", "", after)
+    return _trim(after) or "(未识别)"
+
+
+def _trim(phrase: str) -> str:
+    phrase = phrase.strip(' ，,、：:（(“"')
+    phrase = re.sub(r"^(?:对于|对|其中|凡|如|若|其|各类|各项|所有|单位|学院|学校)", "", phrase)
+    return phrase[-_MAX_SUBJECT:]
+
+
+def extract_facts(doc_id: str, text: str, chunks: list[Chunk]) -> list[Fact]:
+    """Every rule number of the document ``text`` as a fact attached to its chunk."""
+    starts = [c.start_char for c in chunks]
+    facts: list[Fact] = []
+    for mention in rule_numbers(text):
+        chunk = _chunk_holding(chunks, starts, mention.start, mention.end)
+        if chunk is None:
+            continue
+        sent_start, sent_end = sentence_around(text, mention.start, mention.end)
+        digest = hashlib.sha256(f"{doc_id}:{mention.start}:{mention.raw}".encode()).hexdigest()[:24]
+        facts.append(
+            Fact(
+                fact_id=digest,
+                chunk_id=chunk.chunk_id,
+                value=mention.value_str(),
+                value_max=None if mention.value_max is None else canonical(mention.value_max),
+                unit=mention.unit,
+                raw=mention.raw,
+                qualifier=mention.qualifier,
+                subject=subject_of(text, mention, sent_start),
+                context=text[sent_start:sent_end].strip(),
+                span_start=mention.start - chunk.start_char,
+                span_end=mention.end - chunk.start_char,
+            )
+        )
+    return facts
+
+
+def _chunk_holding(chunks: list[Chunk], starts: list[int], start: int, end: int) -> Chunk | None:
+    index = bisect.bisect_right(starts, start) - 1
+    # Overlapping pieces: walk back to the first chunk that contains the whole span.
+    candidates = [
+        c for c in chunks[max(index - 3, 0) : index + 1] if c.start_char <= start and end <= c.end_char
+    ]
+    return candidates[0] if candidates else None

@@ -1,0 +1,118 @@
+"""Ingesting files into the warehouse: extract, normalise, chunk, build the fact ledger, store.
+
+One transaction per document: a file either lands with all its pages, chunks and facts, or is recorded as
+failed with a one-line reason and leaves nothing else behind. The document id is the sha256 of its bytes,
+so ingesting the same file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from tasks.chunk import chunk_document
+from tasks.config import Settings
+from tasks.extract import SUPPORTED_SUFFIXES, IngestError, content_id, extract, file_kind, read_bytes
+from tasks.facts import extract_facts
+from tasks.normalize import join_pages
+from warehouse import ledger
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    path: Path
+    status: str  # added | unchanged | failed
+    doc_id: str | None
+    message: str  # one line for people
+    pages: int = 0
+    chunks: int = 0
+    facts: int = 0
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    doc_id: str
+    name: str
+    path: str
+    kind: str
+    size_bytes: int
+    encoding: str | None
+    text: str
+
+
+def discover(paths: Iterable[Path]) -> tuple[list[Path], list[IngestResult]]:
+    """Files to ingest (folders walked recursively, sorted), and failures for paths that do not exist."""
+    found: list[Path] = []
+    missing: list[IngestResult] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            missing.append(IngestResult(path, "failed", None, f"{path}: no such file or folder"))
+    return found, missing
+
+
+def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) -> IngestResult:
+    """Ingest one file; never raises for bad input (the result says what happened)."""
+    try:
+        data = read_bytes(path, settings.max_file_mb)
+    except IngestError as exc:
+        return IngestResult(path, "failed", None, f"{path}: {exc}")
+    except OSError as exc:
+        return IngestResult(path, "failed", None, f"{path}: cannot read ({exc.strerror or exc})")
+    doc_id = content_id(data)
+    if ledger.document_status(con, doc_id) == "ok":
+        return IngestResult(path, "unchanged", doc_id, f"{path}: already ingested, nothing added")
+    try:
+        raw = extract(path, data, settings.max_pages, settings.min_text_chars_per_page)
+        text, pages = join_pages(raw.pages, is_pdf=raw.kind == "pdf", markdown=raw.kind == "md")
+        if not text.strip():
+            raise IngestError("no text after normalisation (only page numbers or blank lines)")
+        chunks = chunk_document(doc_id, text, pages, settings.chunk_size, settings.chunk_overlap)
+        facts = extract_facts(doc_id, text, chunks)
+    except IngestError as exc:
+        reason = str(exc)
+    except Exception as exc:  # a bug must not stop the other files; it is recorded, not hidden
+        reason = f"unexpected error while reading ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+    else:
+        reason = ""
+    if reason:
+        ledger.save_failure(con, doc_id, path.name, str(path), file_kind(path), len(data), reason)
+        return IngestResult(path, "failed", doc_id, f"{path}: {reason}")
+    record = DocumentRecord(doc_id, path.name, str(path), raw.kind, raw.size_bytes, raw.encoding, text)
+    ledger.save_document(con, record, pages, chunks, facts)
+    return IngestResult(
+        path,
+        "added",
+        doc_id,
+        f"{path}: {len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts",
+        len(pages),
+        len(chunks),
+        len(facts),
+    )
+
+
+def ingest_paths(
+    con: duckdb.DuckDBPyConnection,
+    paths: Iterable[Path],
+    settings: Settings,
+    on_file: Callable[[IngestResult], None] | None = None,
+) -> list[IngestResult]:
+    """Ingest every file under ``paths``; one bad file never stops the others."""
+    files, results = discover(paths)
+    for result in results:
+        if on_file:
+            on_file(result)
+    for path in files:
+        result = ingest_file(con, path, settings)
+        results.append(result)
+        if on_file:
+            on_file(result)
+    return results

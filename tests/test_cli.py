@@ -1,0 +1,104 @@
+"""The `slm` command line end to end, in a subprocess like a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import SAMPLE_PDF
+
+
+def slm(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        env={**full_env, "PYTHONPATH": str(_root())},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def test_ingest_then_facts_json_and_summary(tmp_path: Path) -> None:
+    first = slm("--workspace", "ws", "ingest", str(SAMPLE_PDF), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "1 added" in first.stdout
+    again = slm("--workspace", "ws", "ingest", str(SAMPLE_PDF), cwd=tmp_path)
+    assert (
+        again.returncode == 0
+        and "already ingested" in again.stdout
+        and "0 added, 1 unchanged" in again.stdout
+    )
+
+    out = slm("-w", "ws", "facts", "--json", cwd=tmp_path)
+    facts = json.loads(out.stdout)
+    assert len(facts) >= 40
+    assert {"doc", "value", "unit", "raw", "qualifier", "subject", "context"} <= set(facts[0])
+
+    summary = slm("-w", "ws", "facts", "--summary", cwd=tmp_path)
+    assert "sample_rules.pdf" in summary.stdout and "facts by unit" in summary.stdout
+
+
+def test_workspace_from_environment(tmp_path: Path) -> None:
+    result = slm("ingest", str(SAMPLE_PDF), cwd=tmp_path, env={"SLM_WORKSPACE": str(tmp_path / "envws")})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "envws" / "warehouse.duckdb").exists()
+
+
+def test_failed_file_gives_nonzero_exit_and_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pdf"
+    bad.write_bytes(b"%PDF-1.4\nnot really")
+    result = slm("-w", "ws", "ingest", str(bad), str(SAMPLE_PDF), cwd=tmp_path)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "broken.pdf" in line]
+    assert len(lines) == 1 and "corrupt PDF" in lines[0]
+    assert "1 added" in result.stdout
+    docs = slm("-w", "ws", "docs", cwd=tmp_path)
+    assert "failed" in docs.stdout and "broken.pdf" in docs.stdout
+
+
+def test_config_show_masks_secrets_and_reads_toml(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "slm.toml").write_text("chunk_size = 321\n", encoding="utf-8")
+    (tmp_path / "slm.toml").write_text("chunk_size = 999\nchunk_overlap = 11\n", encoding="utf-8")
+    secrets = ws / "secrets.toml"
+    secrets.write_text('openai_api_key = "sk-from-file-123"\n', encoding="utf-8")
+    secrets.chmod(0o600)
+    env = {"SLM_GEMINI_API_KEYS": "key-one-abc,key-two-def", "SLM_MAX_PAGES": "77"}
+    result = slm("-w", str(ws), "config", "show", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["chunk_size"] == 321  # workspace slm.toml beats the current folder's
+    assert shown["chunk_overlap"] == 11  # the current folder's still applies where the workspace is silent
+    assert shown["max_pages"] == 77  # environment beats files
+    assert shown["gemini_api_keys"] == "********" and shown["openai_api_key"] == "********"
+    assert (
+        "key-one" not in result.stdout + result.stderr and "sk-from-file" not in result.stdout + result.stderr
+    )
+
+
+def test_world_readable_secrets_file_is_refused(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    secrets = ws / "secrets.toml"
+    secrets.write_text('openai_api_key = "sk-abc"\n', encoding="utf-8")
+    secrets.chmod(0o644)
+    result = slm("-w", str(ws), "config", "show", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "chmod 600" in result.stderr and "sk-abc" not in result.stderr
+
+
+def test_facts_for_unknown_document(tmp_path: Path) -> None:
+    slm("-w", "ws", "ingest", str(SAMPLE_PDF), cwd=tmp_path)
+    result = slm("-w", "ws", "facts", "--doc", "nope.pdf", cwd=tmp_path)
+    assert result.returncode == 1 and "no document named" in result.stderr

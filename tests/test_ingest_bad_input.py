@@ -1,0 +1,151 @@
+"""Every kind of bad input gets one clear line naming the file and the reason, is recorded as failed,
+leaves nothing else in the warehouse, and does not stop the other files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pymupdf
+import pytest
+
+from tasks.config import Settings
+from tasks.extract import content_id
+from tasks.ingest import ingest_file, ingest_paths
+from warehouse import ledger
+
+RULE = "第一条 出差人员伙食补助费按每人每天100元包干使用，市内交通费每人每天80元。"
+
+
+def _pdf_bytes(pages: list[str]) -> bytes:
+    doc = pymupdf.open()
+    for text in pages:
+        page = doc.new_page()
+        if text:
+            page.insert_text((72, 72), text, fontname="china-s", fontsize=9)
+    return doc.tobytes()
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / "in" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _encrypted_pdf() -> bytes:
+    doc = pymupdf.open(stream=_pdf_bytes([RULE]), filetype="pdf")
+    return doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner")
+
+
+def _scanned_pdf() -> bytes:
+    doc = pymupdf.open()
+    page = doc.new_page()
+    pix = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 200, 100), False)
+    pix.set_rect(pix.irect, (200, 200, 200))
+    page.insert_image(page.rect, pixmap=pix)
+    return doc.tobytes()
+
+
+def _huge_pdf(pages: int) -> bytes:
+    doc = pymupdf.open()
+    for _ in range(pages):
+        doc.new_page().insert_text((72, 72), "第一条 差旅费", fontname="china-s")
+    return doc.tobytes()
+
+
+BAD_INPUTS = [
+    ("corrupt.pdf", lambda: _pdf_bytes([RULE])[:400], "corrupt PDF"),
+    ("garbage.pdf", lambda: b"%PDF-1.7\n" + bytes(range(256)) * 20, "corrupt PDF"),
+    ("not-really.pdf", lambda: b"PK\x03\x04 this is a zip file" * 10, "not a PDF"),
+    ("encrypted.pdf", _encrypted_pdf, "encrypted PDF"),
+    ("scanned.pdf", _scanned_pdf, "OCR is needed"),
+    ("empty.pdf", lambda: b"", "empty file"),
+    ("empty.txt", lambda: b"   \n\n", "empty file"),
+    ("binary.txt", lambda: bytes(range(256)) * 40, "binary file"),
+    ("huge.pdf", lambda: _huge_pdf(2000), "too many pages"),
+    ("footers-only.txt", lambda: "- 1 -\n- 2 -\n第 3 页\n".encode(), "no text after normalisation"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "reason"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_refused_clearly_and_leaves_nothing(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection, settings: Settings, name: str, make, reason: str
+) -> None:
+    good = _write(tmp_path, "good.txt", RULE.encode())
+    ingest_file(con, good, settings)
+    before = ledger.table_counts(con)
+
+    data = make()
+    path = _write(tmp_path, name, data)
+    result = ingest_file(con, path, settings)
+
+    assert result.status == "failed"
+    assert result.message.startswith(f"{path}: ")
+    assert reason in result.message
+    assert "\n" not in result.message
+    after = ledger.table_counts(con)
+    assert after["pages"] == before["pages"]
+    assert after["chunks"] == before["chunks"]
+    assert after["facts"] == before["facts"]
+    if data.strip() and len(data) < 2**30:
+        # Recorded as failed with its reason, and nothing else for that file.
+        doc_id = content_id(data)
+        assert ledger.document_status(con, doc_id) == "failed"
+        assert ledger.document_counts(con, doc_id) == {"documents": 1, "pages": 0, "chunks": 0, "facts": 0}
+        row = con.execute("SELECT error FROM documents WHERE doc_id = ?", [doc_id]).fetchone()
+        assert row is not None and reason in row[0]
+
+
+def test_too_large_file_is_refused_without_reading(tmp_path: Path, con, settings: Settings) -> None:
+    small = settings.model_copy(update={"max_file_mb": 0.001})
+    path = _write(tmp_path, "big.txt", (RULE * 100).encode())
+    result = ingest_file(con, path, small)
+    assert result.status == "failed" and "file too large" in result.message
+
+
+def test_bad_files_do_not_stop_the_others(tmp_path: Path, con, settings: Settings) -> None:
+    _write(tmp_path, "a-corrupt.pdf", b"%PDF-1.4\nbroken")
+    _write(tmp_path, "b-good.txt", RULE.encode())
+    _write(tmp_path, "c-binary.txt", bytes(range(256)) * 10)
+    _write(tmp_path, "d-good.pdf", _pdf_bytes([RULE]))
+    results = ingest_paths(con, [tmp_path / "in", tmp_path / "missing.pdf"], settings)
+    by_name = {r.path.name: r.status for r in results}
+    assert by_name == {
+        "missing.pdf": "failed",
+        "a-corrupt.pdf": "failed",
+        "b-good.txt": "added",
+        "c-binary.txt": "failed",
+        "d-good.pdf": "added",
+    }
+
+
+def test_a_crash_mid_document_writes_nothing(tmp_path: Path, con, settings: Settings, monkeypatch) -> None:
+    """One transaction per document: a failure while storing leaves no partial rows."""
+    path = _write(tmp_path, "rules.txt", RULE.encode())
+    calls = {"n": 0}
+    original = con.executemany
+
+    class Boom(RuntimeError):
+        pass
+
+    def failing_executemany(sql: str, params):  # fail on the second batch (chunks), after documents/pages
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Boom("disk full")
+        return original(sql, params)
+
+    wrapped = _ConnectionProxy(con, failing_executemany)
+    with pytest.raises(Boom):
+        ingest_file(wrapped, path, settings)
+    assert ledger.table_counts(con) == {"documents": 0, "pages": 0, "chunks": 0, "facts": 0}
+    assert ingest_file(con, path, settings).status == "added"
+
+
+class _ConnectionProxy:
+    def __init__(self, con: duckdb.DuckDBPyConnection, executemany) -> None:
+        self._con = con
+        self.executemany = executemany
+
+    def __getattr__(self, name: str):
+        return getattr(self._con, name)

@@ -1,0 +1,80 @@
+"""The warehouse: versioned migrations, reopening, and a clear message when another process holds it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from warehouse.db import WarehouseError, connect, migrations, schema_version
+
+
+def test_new_file_gets_every_migration(tmp_path: Path) -> None:
+    con = connect(tmp_path / "w.duckdb")
+    assert schema_version(con) == migrations()[-1].version
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"schema_version", "documents", "pages", "chunks", "facts"} <= tables
+    con.close()
+
+
+def test_older_file_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    old = duckdb.connect(str(path))
+    old.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+        " applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+    )
+    old.execute("CREATE TABLE notes (x INTEGER)")
+    old.execute("INSERT INTO notes VALUES (42)")
+    old.close()
+    con = connect(path)
+    assert schema_version(con) == migrations()[-1].version
+    assert con.execute("SELECT x FROM notes").fetchall() == [(42,)]
+    con.close()
+    again = connect(path)  # reopening applies nothing twice
+    versions = again.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+    assert [v for (v,) in versions] == [m.version for m in migrations()]
+    again.close()
+
+
+def test_read_only_open_of_missing_warehouse_says_so(tmp_path: Path) -> None:
+    with pytest.raises(WarehouseError, match="no warehouse yet"):
+        connect(tmp_path / "absent.duckdb", read_only=True)
+
+
+def test_not_a_duckdb_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(WarehouseError, match=str(path)):
+        connect(path)
+
+
+def test_second_process_gets_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "w.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import sys, time, duckdb
+            con = duckdb.connect({str(path)!r})
+            print("ready", flush=True)
+            sys.stdin.readline()
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(WarehouseError, match="in use by another slm process"):
+            connect(path)
+    finally:
+        holder.communicate("\n", timeout=30)
+    con = connect(path)  # usable again once released
+    con.close()

@@ -1,0 +1,166 @@
+"""Queries for documents, pages, chunks and the fact ledger. All SQL for these tables lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from warehouse.db import transaction
+
+
+def document_status(con: duckdb.DuckDBPyConnection, doc_id: str) -> str | None:
+    row = con.execute("SELECT status FROM documents WHERE doc_id = ?", [doc_id]).fetchone()
+    return row[0] if row else None
+
+
+def save_document(
+    con: duckdb.DuckDBPyConnection,
+    document: Any,
+    pages: Sequence[Any],
+    chunks: Sequence[Any],
+    facts: Sequence[Any],
+) -> None:
+    """Write one ingested document and everything derived from it in a single transaction.
+
+    A previous *failed* attempt for the same bytes is replaced; nothing else is touched.
+    """
+    with transaction(con):
+        _delete_document_rows(con, document.doc_id)
+        con.execute(
+            "INSERT INTO documents (doc_id, name, path, kind, size_bytes, encoding, page_count, char_count,"
+            " text, status, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL)",
+            [
+                document.doc_id,
+                document.name,
+                document.path,
+                document.kind,
+                document.size_bytes,
+                document.encoding,
+                len(pages),
+                len(document.text),
+                document.text,
+            ],
+        )
+        con.executemany(
+            "INSERT INTO pages (doc_id, page_no, start_char, char_count) VALUES (?, ?, ?, ?)",
+            [[document.doc_id, p.page_no, p.start_char, p.char_count] for p in pages],
+        )
+        if chunks:
+            con.executemany(
+                "INSERT INTO chunks (chunk_id, doc_id, seq, heading_path, text, start_char, end_char,"
+                " page_start, page_end) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [
+                        c.chunk_id,
+                        document.doc_id,
+                        c.seq,
+                        c.heading_path,
+                        c.text,
+                        c.start_char,
+                        c.end_char,
+                        c.page_start,
+                        c.page_end,
+                    ]
+                    for c in chunks
+                ],
+            )
+        if facts:
+            con.executemany(
+                "INSERT INTO facts (fact_id, doc_id, chunk_id, value, value_max, unit, raw, qualifier,"
+                " subject,"
+                " context, span_start, span_end) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [
+                        f.fact_id,
+                        document.doc_id,
+                        f.chunk_id,
+                        f.value,
+                        f.value_max,
+                        f.unit,
+                        f.raw,
+                        f.qualifier,
+                        f.subject,
+                        f.context,
+                        f.span_start,
+                        f.span_end,
+                    ]
+                    for f in facts
+                ],
+            )
+
+
+def save_failure(
+    con: duckdb.DuckDBPyConnection, doc_id: str, name: str, path: str, kind: str, size_bytes: int, error: str
+) -> None:
+    """Record that a file could not be ingested, and why. It leaves no pages, chunks or facts behind."""
+    with transaction(con):
+        _delete_document_rows(con, doc_id)
+        con.execute(
+            "INSERT INTO documents (doc_id, name, path, kind, size_bytes, status, error)"
+            " VALUES (?, ?, ?, ?, ?, 'failed', ?)",
+            [doc_id, name, path, kind, size_bytes, error],
+        )
+
+
+def _delete_document_rows(con: duckdb.DuckDBPyConnection, doc_id: str) -> None:
+    for table in ("facts", "chunks", "pages", "documents"):
+        con.execute(f"DELETE FROM {table} WHERE doc_id = ?", [doc_id])
+
+
+def document_counts(con: duckdb.DuckDBPyConnection, doc_id: str) -> dict[str, int]:
+    """Rows held for one document, per table (used to prove a failed file left nothing behind)."""
+    counts = {}
+    for table in ("documents", "pages", "chunks", "facts"):
+        row = con.execute(f"SELECT count(*) FROM {table} WHERE doc_id = ?", [doc_id]).fetchone()
+        counts[table] = int(row[0]) if row else 0
+    return counts
+
+
+def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    counts = {}
+    for table in ("documents", "pages", "chunks", "facts"):
+        row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+        counts[table] = int(row[0]) if row else 0
+    return counts
+
+
+_FACT_COLUMNS = (
+    "d.name AS doc, f.fact_id, f.chunk_id, f.value, f.value_max, f.unit, f.raw, f.qualifier, f.subject,"
+    " f.context, f.span_start, f.span_end, c.heading_path"
+)
+
+
+def list_facts(con: duckdb.DuckDBPyConnection, doc: str | None = None) -> list[dict[str, Any]]:
+    """Facts in document order; ``doc`` filters by file name (exact) or document id prefix."""
+    sql = (
+        f"SELECT {_FACT_COLUMNS} FROM facts f JOIN documents d USING (doc_id) JOIN chunks c USING (chunk_id)"
+    )
+    params: list[Any] = []
+    if doc:
+        sql += " WHERE d.name = ? OR d.doc_id LIKE ?"
+        params = [doc, f"{doc}%"]
+    sql += " ORDER BY d.name, c.start_char + f.span_start"
+    cursor = con.execute(sql, params)
+    names = [col[0] for col in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def list_documents(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    cursor = con.execute(
+        "SELECT d.doc_id, d.name, d.kind, d.status, d.error, d.page_count, d.char_count,"
+        " (SELECT count(*) FROM chunks c WHERE c.doc_id = d.doc_id) AS chunks,"
+        " (SELECT count(*) FROM facts f WHERE f.doc_id = d.doc_id) AS facts"
+        " FROM documents d ORDER BY d.name"
+    )
+    names = [col[0] for col in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def facts_by_unit(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+    rows = con.execute(
+        "SELECT CASE WHEN unit = '' THEN '(none)' ELSE unit END, count(*) FROM facts"
+        " GROUP BY 1 ORDER BY 2 DESC, 1"
+    ).fetchall()
+    return [(str(u), int(n)) for u, n in rows]
