@@ -1,9 +1,9 @@
 """Ingest speed against raw PyMuPDF text extraction, side by side in one process.
 
-The corpus PDFs (../shared/corpus/pdfs, or --pdfs DIR) are repeated until at least --min-pages pages,
-each copy made distinct by a trailing PDF comment so that content-hash dedupe cannot skip it.
-The baseline opens each copy and extracts every page's text with PyMuPDF; ours runs the whole ingest (extract, normalise, chunk, parse
-numbers, build facts, write DuckDB) into a fresh warehouse. Target: ours at most 2x the baseline.
+The corpus PDFs (../shared/corpus/pdfs, or --pdfs DIR) are repeated until at least --min-pages pages, each
+copy made distinct by a trailing PDF comment so that content-hash dedupe cannot skip it. The baseline opens
+each copy and extracts every page's text with PyMuPDF; ours runs the whole ingest (extract, normalise,
+chunk, parse numbers, build facts, write DuckDB) into a fresh warehouse. Target: at most 2x the baseline.
 
     .venv/bin/python bench/ingest.py [--min-pages 500] [--pdfs DIR]
 """

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from tasks.normalize import PageSpan
 
-_CN_NUM = "一二三四五六七八九十百零〇两"
-_CHAPTER = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*[章编]")
-_SECTION = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*节")
-_ARTICLE = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*条")
+_CN_NUM = "一二三四五六七八九十百零〇两兩"
+# Simplified and traditional forms: Big5 documents write 條 and 節.
+_CHAPTER = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*[章编編]")
+_SECTION = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*[节節]")
+_ARTICLE = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*[条條]")
 _TOP_ITEM = re.compile(rf"^[{_CN_NUM}]+、")
 _SENTENCE_END = re.compile(r"[。；;！？!?]|\n")
 _SOFT_BREAK = re.compile(r"[，,、：:]")

@@ -16,15 +16,20 @@ from tasks.numbers import NumberMention, canonical, rule_numbers
 
 _SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
 _CLAUSE_BREAK = re.compile(r"[，,：:。；;！？!?\n]")
+_CN_NUM = "一二三四五六七八九十百零〇两"
+# Numbering at the start of a clause is structure, not subject: 第二十条, （一）, 一、, 1.
+_LEADING_MARKER = re.compile(
+    rf"^\s*(?:第[{_CN_NUM}\d]+[条章节款项]\s*|[（(][{_CN_NUM}\d]+[)）]\s*|[{_CN_NUM}]+、\s*|\d+[.．、)）]\s*)+"
+)
 # Words between a subject and its number that are not part of the subject ("住宿费标准为每人每天不超过").
 _FILLER = re.compile(
-    r"(?:按照|按|为|是|给予|实行|标准|的|在|须|应|可|最高|最多|不得|均|统一|一般|原则上|每人每天|每人每餐|每人每月"
-    r"|每人次|每人|每天|每次|每月|每年|每餐|每项|每个|不超过|不低于|不高于|超过|低于|高于|不足|至少|达到|满|限额|金额"
-    r"|控制在|以内|以下|以上|含|包干|定额|累计|单笔|单次|单件|之间|介于|在|于|由|从|至|或|和|及|、)+$"
+    r"(?:按照|按|为|是|给予|实行|标准|的|在|须|应当|应|可|最高|最多|不得|均|统一|一般|原则上|每人每天|每人每餐"
+    r"|每人每月|每人次|每人|每天|每次|每月|每年|每餐|每项|每个|每学时|每小时|每公里|不超过|不低于|不高于|超过|低于"
+    r"|高于|不足|至少|达到|满|控制在|以内|以下|以上|含|包干|定额|之间|介于|于|由|从|至|或|和|及|、|\s)+$"
 )
 _SUBJECT_NOUN = re.compile(
     r"[\u4e00-\u9fffA-Za-z]{0,10}?(?:费用|费|补助|补贴|经费|资金|款项|款|标准|限额|金额|津贴|报酬|酬金|奖励|比例"
-    r"|期限|天数|人数|次数|里程|时长|预算|支出|合同|采购|借款|预付款|发票|项目)"
+    r"|期限|时限|时间|会期|天数|人数|次数|里程|时长|预算|支出|合同|采购|借款|预付款|发票|手续|项目|会议|对象)"
 )
 _MAX_SUBJECT = 16
 
@@ -59,23 +64,38 @@ def sentence_around(text: str, start: int, end: int) -> tuple[int, int]:
 def subject_of(text: str, mention: NumberMention, sentence_start: int) -> str:
     """The phrase the number belongs to, e.g. 市内交通费 in "市内交通费按每人每天80元包干".
 
-    Looks in the clause before the number first, then at the topic of the sentence, then after the number.
+    In order: a noun phrase in the clause before the number, one right after it (三个月内办理报销手续),
+    the topic of the sentence, then the clause text itself.
     """
-    before = text[sentence_start : mention.start]
-    clauses = _CLAUSE_BREAK.split(before)
-    own = _FILLER.sub("", clauses[-1]) if clauses else ""
+    clauses = [_LEADING_MARKER.sub("", c) for c in _CLAUSE_BREAK.split(text[sentence_start:mention.start])]
+    own = _FILLER.sub("", clauses[-1])
     nouns = list(_SUBJECT_NOUN.finditer(own))
     if nouns:
-        return _trim(nouns[-1].group(0))
-    if own:
-        return _trim(own)
-    for clause in reversed(clauses[:-1]):
-        nouns = list(_SUBJECT_NOUN.finditer(clause))
-        if nouns:
-            return _trim(nouns[0].group(0))
-    after = _CLAUSE_BREAK.split(text[mention.end : sentence_around(text, mention.start, mention.end)[1]])[0]
-    after = re.sub(r"^(?:（[^）]*）|以上|以下|以内|及以上|及以下|的|（含）|含)+", "", after)
-    return _trim(after) or "(未识别)"
+        return _trim(own[: nouns[-1].end()])  # the whole phrase up to its last noun: 单张发票金额
+    sentence_end = sentence_around(text, mention.start, mention.end)[1]
+    after = _CLAUSE_BREAK.split(text[mention.end:sentence_end])[0]
+    after = re.sub(r"^(?:（[^）]*）|以上|以下|以内|及以上|及以下|的|（含）|含|内)+", "", after)
+    for clause in (after, *clauses[-2::-1]):
+        phrase = _first_noun_phrase(clause)
+        if phrase:
+            return _trim(phrase)
+    for candidate in (own, *(_FILLER.sub("", c) for c in clauses[-2::-1]), after):
+        if len(_trim(candidate)) >= 2:
+            return _trim(candidate)
+    return "(未识别)"
+
+
+def _first_noun_phrase(clause: str) -> str:
+    """The first noun phrase, extended over nouns that follow it directly (伙食补助 + 费)."""
+    nouns = list(_SUBJECT_NOUN.finditer(clause))
+    if not nouns:
+        return ""
+    start, end = nouns[0].start(), nouns[0].end()
+    for match in nouns[1:]:
+        if match.start() != end:
+            break
+        end = match.end()
+    return clause[start:end]
 
 
 def _trim(phrase: str) -> str:

@@ -34,7 +34,7 @@ _BARE_PAGE_NUMBER = re.compile(r"^\d{1,4}(\s*/\s*\d{1,4})?$")
 
 _CN_NUM = "一二三四五六七八九十百零〇两"
 _PARAGRAPH_START = re.compile(
-    rf"^(第[{_CN_NUM}\d]+[章节条]|[{_CN_NUM}]+[、.．]|[（(][{_CN_NUM}\d]+[)）]|\d+[、.．）)](?!\d*[%元万])"
+    rf"^(第[{_CN_NUM}\d]+[章节条節條]|[{_CN_NUM}]+[、.．]|[（(][{_CN_NUM}\d]+[)）]|\d{{1,2}}[、.．）)](?!\d{{1,2}}[%折])"
     r"|[①-⑳]|附件|附表|附则)"
 )
 _SENTENCE_END = re.compile(r"[。；！？：:;!?]$")
