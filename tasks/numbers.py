@@ -11,8 +11,20 @@ is an offset into the original text and ``raw == text[start:end]`` holds by cons
 
 Kinds: "quantity" (a rule number, the only kind that goes into the ledger), "doc_number" (〔2022〕74号),
 "article" (第二十条), "item" (list numbering: 一、 （三） 2. ①), "date" (calendar dates, years, clock times),
-"ordinal" (第一, 第二次, 3号楼) and "other" (phone numbers and bare digit strings of 7+ digits, which are
-identifiers, not amounts).
+"ordinal" (第一, 第二次, 3号楼, 附件1) and "other" (identifiers: phone numbers, bare digit strings of 7+
+digits, numbers with a leading zero such as 0536).
+
+Conventions where a choice had to be made:
+- Fractions have unit "" and a value rounded to 4 places when inexact (三分之一 -> 0.3333, 1/4 -> 0.25);
+  百分之N is N with unit "%".
+- A date's value packs its parts: 2022年3月1日 -> 20220301, 2022年 -> 2022, 12月31日 -> 1231; a clock
+  time is HHMM (4:00 -> 400). Doc numbers carry their serial (〔2022〕74号 -> 74), articles their number
+  with the word as unit (第二十条 -> 20, "条").
+- Qualifiers are canonical words in written order joined by "|"; 不得超过/不能超过 -> 不超过, ≤ -> 不超过,
+  ≥ -> 不低于, 内 after a unit ("15 日内") -> 以内. They are set on quantities only.
+- "第 1-3 个工作日" (a window of days) is a quantity 1-3 工作日; "第一个工作日" is an ordinal.
+- At a line start (or after 。；：), "1.1000 元" is item "1." plus 1000 元 (a fraction part of 3+ digits
+  is never a rule amount); "1.5亿元" stays a decimal unless it continues a "1. 2. ..." list.
 """
 
 from __future__ import annotations
@@ -97,7 +109,7 @@ def _fold(text: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks (regex source strings).
-_S = r"[ \t]*"  # PDF extraction puts spaces inside number-unit groups ("1 000"? no: "1000 元", "8.8 折")
+_S = r"[ \t]*"  # PDF extraction puts spaces between number and unit ("1000 元", "8.8 折"), never newlines
 _CN_DIGITS = "零〇一二两三四五六七八九"
 _CN_CHARS = _CN_DIGITS + "十百千万亿"
 _CNRUN = f"[{_CN_CHARS}]+"
@@ -300,6 +312,7 @@ _ARTICLE_AFTER_RE = re.compile(rf"{_S}(?:条|章|节|款)")
 _ATTACHMENT_BEFORE_RE = re.compile(rf"(?:附件|附表|附录|表|图){_S}$")
 _FRAC_RE = re.compile(rf"(?P<den>{_CNRUN}){_S}分{_S}之{_S}(?P<num>{_AR}|{_CNNUM})")
 _HAO_RE = re.compile(rf"{_S}号")
+_NON_DIGIT_RE = re.compile(r"\D")
 _SHORT_SPLIT_RE = re.compile(rf"(\d{{1,2}})\.(?=\d{{1,2}}(?!\d){_S}(?:[万亿千]{_S})?{_UNIT_BODY})")
 _AT_LINE_START_RE = re.compile(r"(?:^|[。；;!?！？:])[ \t\r]*$", re.MULTILINE)
 _YEAR_AFTER_RE = re.compile(rf"(?:年|每年){_S}$")
@@ -475,13 +488,13 @@ class _Scanner:
 
     def _on_doc(self, m: re.Match[str], start: int) -> int:
         d = _DOC_RE.match(self.norm, start)
-        assert d is not None  # the master matched the same shape
+        if d is None:  # cannot happen: the master matched the same shape
+            return m.end()
         self.add(start, d.end(), "doc_number", Decimal(d["n"]))
         return d.end()
 
     def _on_yearbr(self, m: re.Match[str], start: int) -> int:
-        year = re.search(r"\d{4}", m.group())
-        self.add(start, m.end(), "date", Decimal(year.group() if year else 0))
+        self.add(start, m.end(), "date", Decimal(_NON_DIGIT_RE.sub("", m.group()) or 0))
         return m.end()
 
     def _date(self, start: int, end: int, y: int | None, mo: int | None, d: int | None) -> int:
@@ -495,7 +508,8 @@ class _Scanner:
 
     def _on_dsep(self, m: re.Match[str], start: int) -> int:
         d = _DSEP_RE.match(self.norm, start)
-        assert d is not None
+        if d is None:  # cannot happen: the master matched the same shape
+            return m.end()
         mo, day = int(d["m"]), int(d["d"])
         if not (1 <= mo <= 12 and 1 <= day <= 31):
             return self._on_num(m, start)
@@ -503,19 +517,22 @@ class _Scanner:
 
     def _on_dy(self, m: re.Match[str], start: int) -> int:
         d = _DY_RE.match(self.norm, start)
-        assert d is not None
+        if d is None:  # cannot happen: the master matched the same shape
+            return m.end()
         mo = int(d["m"]) if d["m"] else None
         day = int(d["d"]) if d["d"] else None
         return self._date(start, d.end(), int(d["y"]), mo, day)
 
     def _on_dmd(self, m: re.Match[str], start: int) -> int:
         d = _DMD_RE.match(self.norm, start)
-        assert d is not None
+        if d is None:  # cannot happen: the master matched the same shape
+            return m.end()
         return self._date(start, d.end(), None, int(d["m"]), int(d["d"]))
 
     def _on_dcy(self, m: re.Match[str], start: int) -> int:
         d = _DCY_RE.match(self.norm, start)
-        assert d is not None
+        if d is None:  # cannot happen: the master matched the same shape
+            return m.end()
         year = int("".join(str(_CN_DIGIT_VALUE[c]) for c in d["y"]))
         mo = _cn_value(d["m"]) if d["m"] else None
         day = _cn_value(d["d"]) if d["d"] else None
@@ -523,7 +540,8 @@ class _Scanner:
 
     def _on_dcmd(self, m: re.Match[str], start: int) -> int:
         d = _DCMD_RE.match(self.norm, start)
-        assert d is not None
+        if d is None:  # cannot happen: the master matched the same shape
+            return m.end()
         mo, day = _cn_value(d["m"]), _cn_value(d["d"])
         if mo is None or day is None:
             return m.end()
@@ -532,12 +550,13 @@ class _Scanner:
     def _on_time(self, m: re.Match[str], start: int) -> int:
         """Clock times ("下午 4：00", "晚 8 时") are kind "date"; value is HHMM (4:00 -> 400)."""
         t = _TIME_RE.match(self.norm, start)
-        assert t is not None
+        if t is None:  # cannot happen: the master matched the same shape
+            return m.end()
         self.add(start, m.end(), "date", Decimal(int(t["h"]) * 100 + int(t["mi"] or t["mi2"] or 0)))
         return m.end()
 
     def _on_phone(self, m: re.Match[str], start: int) -> int:
-        self.add(start, m.end(), "other", Decimal(re.sub(r"\D", "", m.group())))
+        self.add(start, m.end(), "other", Decimal(_NON_DIGIT_RE.sub("", m.group())))
         return m.end()
 
     def _on_ord(self, m: re.Match[str], start: int) -> int:

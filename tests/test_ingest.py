@@ -47,7 +47,8 @@ def test_text_encodings_are_detected_by_content(
     assert [(f["value"], f["unit"]) for f in facts] == [("100", "元/人·天"), ("80", "元/人·天")]
     stored = con.execute("SELECT text, encoding FROM documents").fetchone()
     assert stored is not None and stored[0].splitlines()[-1] == text.splitlines()[-1]
-    assert len(ledger.list_documents(con)) == 1 and con.execute("SELECT count(*) FROM chunks").fetchone() == (4,)
+    assert len(ledger.list_documents(con)) == 1
+    assert con.execute("SELECT count(*) FROM chunks").fetchone() == (4,)
 
 
 def test_gbk_decodes_to_the_same_text() -> None:

@@ -4,7 +4,6 @@ property-based tests (hypothesis) for Chinese numerals, number formats and robus
 from __future__ import annotations
 
 import re
-import time
 from decimal import Decimal
 
 import cn2an
@@ -716,6 +715,53 @@ def test_pdf_spaces_do_not_change_values(text: str, expected: list[Row]) -> None
     ]
 
 
+# --- beyond the brief: notation seen in rule texts and tables ---------------------------------------------
+EXTRA = [
+    ("差旅费标准见附件1。", [("ordinal", "1", "1", None, "", "")]),
+    ("按第1、2、3条执行。", [("article", "第1、2、3条", "1", None, "条", "")]),
+    ("第一、二条另行规定。", [("article", "第一、二条", "1", None, "条", "")]),
+    (
+        "第七条、第十七条至第十九条",
+        [
+            ("article", "第七条", "7", None, "条", ""),
+            ("article", "第十七条", "17", None, "条", ""),
+            ("article", "第十九条", "19", None, "条", ""),
+        ],
+    ),
+    ("报销金额≤500元", [("quantity", "500元", "500", None, "元", "不超过")]),
+    ("报销金额≥1000元", [("quantity", "1000元", "1000", None, "元", "不低于")]),
+    ("参会人数＜50人", [("quantity", "50人", "50", None, "人", "低于")]),
+    ("人均100元", [("quantity", "100元", "100", None, "元/人", "")]),
+    ("稿酬80-300元/千字", [("quantity", "80-300元/千字", "80", "300", "元/千字", "")]),
+    ("租金30元/平方米", [("quantity", "30元/平方米", "30", None, "元/平方米", "")]),
+    ("下午4点前提交", [("date", "4点", "400", None, "", "")]),
+    ("于3月底前完成", [("date", "3月", "3", None, "", "")]),
+    ("总额的1/3", [("quantity", "1/3", "0.3333", None, "", "")]),
+    ("2/3以上", [("quantity", "2/3", "0.6667", None, "", "以上")]),
+    ("代码007", [("other", "007", "7", None, "", "")]),
+    ("¥1,200.00", [("quantity", "¥1,200.00", "1200", None, "元", "")]),
+    ("￥300", [("quantity", "￥300", "300", None, "元", "")]),
+    ("见www.x.edu.cn/2022/c123a4567/page.htm", []),
+    ("不超过3天（含3天）", [("quantity", "3天", "3", None, "天", "不超过|含")]),
+    ("10%-20%", [("quantity", "10%-20%", "10", "20", "%", "")]),
+    ("10-20%", [("quantity", "10-20%", "10", "20", "%", "")]),
+    ("二十至五十万元", [("quantity", "二十至五十万元", "200000", "500000", "元", "")]),
+    (
+        "1万元以上5万元以下",
+        [
+            ("quantity", "1万元", "10000", None, "元", "以上"),
+            ("quantity", "5万元", "50000", None, "元", "以下"),
+        ],
+    ),
+    ("1.1 总则", [("item", "1.1", "1.1", None, "", "")]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), EXTRA)
+def test_extra_notation(text: str, expected: list[Row]) -> None:
+    assert _rows(text) == expected
+
+
 # --- parse_numeral, canonical, values_match --------------------------------------------------------------
 @pytest.mark.parametrize(
     ("s", "value"),
@@ -858,12 +904,11 @@ def test_find_numbers_on_any_unicode(text: str) -> None:
         assert m.raw == text[m.start : m.end]
 
 
-def test_speed_one_megabyte() -> None:
-    """Regex-driven single pass: 1 MB (UTF-8) of rule text well under two seconds."""
-    paragraph = "".join(text for text, _ in CORPUS_SENTENCES) + "".join(t for t, *_ in ARABIC + CHINESE)
-    text = paragraph * (1_000_000 // len(paragraph.encode()) + 1)
-    started = time.perf_counter()
-    mentions = find_numbers(text)
-    elapsed = time.perf_counter() - started
-    assert len(mentions) > 10_000
-    assert elapsed < 2.0, f"{elapsed:.2f}s for {len(text.encode()) / 1e6:.1f} MB"
+def test_one_megabyte_in_one_pass() -> None:
+    """A large text parses like its parts (speed is measured in bench/ingest.py, not asserted)."""
+    paragraph = "".join(text for text, _ in CORPUS_SENTENCES) + "".join(t for t, *_ in ARABIC + CHINESE) + "\n"
+    repeats = 1_000_000 // len(paragraph.encode()) + 1
+    single = [(m.value, m.unit, m.kind) for m in find_numbers(paragraph)]
+    mentions = find_numbers(paragraph * repeats)
+    assert len(mentions) == len(single) * repeats
+    assert [(m.value, m.unit, m.kind) for m in mentions[: len(single)]] == single
