@@ -11,6 +11,7 @@ chunk, parse numbers, build facts, write DuckDB) into a fresh warehouse. Target:
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -57,6 +58,7 @@ def baseline(copies: list[Path]) -> float:
 
 
 def ours(copies: list[Path], workspace: Path) -> tuple[float, int]:
+    """Whole ingest into a fresh warehouse at ``workspace``; returns (seconds, facts written)."""
     settings = load_settings(workspace)
     facts = 0
     start = time.perf_counter()
@@ -74,6 +76,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--min-pages", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pdfs", type=Path, default=ROOT.parent / "shared" / "corpus" / "pdfs")
     args = parser.parse_args()
     pdfs = sorted(args.pdfs.glob("*.pdf"))
@@ -85,10 +88,15 @@ def main() -> None:
         (tmp_path / "in").mkdir()
         copies, pages = make_copies(pdfs, args.min_pages, tmp_path / "in")
         baseline(copies[:2])  # warm the OS cache and PyMuPDF's font tables for both runs alike
-        raw_seconds = baseline(copies)
-        our_seconds, facts = ours(copies, tmp_path / "ws")
+        raw_runs, our_runs = [], []
+        for round_no in range(args.rounds):  # alternate the two so machine noise hits both alike
+            raw_runs.append(baseline(copies))
+            seconds, facts = ours(copies, tmp_path / f"ws{round_no}")
+            our_runs.append(seconds)
+    raw_seconds, our_seconds = statistics.median(raw_runs), statistics.median(our_runs)
     ratio = our_seconds / raw_seconds
-    table = Table(title=f"ingest benchmark: {len(copies)} files, {pages} pages")
+    title = f"ingest benchmark: {len(copies)} files, {pages} pages, median of {args.rounds} rounds"
+    table = Table(title=title)
     for column in ("run", "seconds", "pages/s", "facts/s", "ratio to PyMuPDF"):
         table.add_column(column, justify="right")
     table.add_row("PyMuPDF text only", f"{raw_seconds:.2f}", f"{pages / raw_seconds:.0f}", "-", "1.00x")

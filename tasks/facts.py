@@ -49,19 +49,30 @@ class Fact:
     span_end: int
 
 
+class SentenceIndex:
+    """Sentence bounds by bisection over the break positions of one text (one pass, not one per number)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.breaks = [m.end() for m in _SENTENCE_BREAK.finditer(text)]
+
+    def around(self, start: int, end: int) -> tuple[int, int]:
+        """Bounds of the sentence holding text[start:end] (ends at 。；！？ inclusive, or at a line break)."""
+        i = bisect.bisect_right(self.breaks, start) - 1
+        left = self.breaks[i] if i >= 0 else 0
+        j = bisect.bisect_right(self.breaks, end)  # the first break character at or after `end`
+        right = self.breaks[j] if j < len(self.breaks) else len(self.text)
+        if j < len(self.breaks) and self.text[right - 1] == "\n":
+            right -= 1
+        return left, right
+
+
 def sentence_around(text: str, start: int, end: int) -> tuple[int, int]:
-    """Bounds of the sentence holding text[start:end] (ends at 。；！？ or a line break, inclusive)."""
-    left = 0
-    for match in _SENTENCE_BREAK.finditer(text, 0, start):
-        left = match.end()
-    right_match = _SENTENCE_BREAK.search(text, end)
-    right = right_match.end() if right_match else len(text)
-    if right_match and text[right - 1] == "\n":
-        right -= 1
-    return left, right
+    """Bounds of the sentence holding text[start:end]; for many lookups in one text use ``SentenceIndex``."""
+    return SentenceIndex(text).around(start, end)
 
 
-def subject_of(text: str, mention: NumberMention, sentence_start: int) -> str:
+def subject_of(text: str, mention: NumberMention, sentence_start: int, sentence_end: int) -> str:
     """The phrase the number belongs to, e.g. 市内交通费 in "市内交通费按每人每天80元包干".
 
     In order: a noun phrase in the clause before the number, one right after it (三个月内办理报销手续),
@@ -72,7 +83,6 @@ def subject_of(text: str, mention: NumberMention, sentence_start: int) -> str:
     nouns = list(_SUBJECT_NOUN.finditer(own))
     if nouns:
         return _trim(own[: nouns[-1].end()])  # the whole phrase up to its last noun: 单张发票金额
-    sentence_end = sentence_around(text, mention.start, mention.end)[1]
     after = _CLAUSE_BREAK.split(text[mention.end:sentence_end])[0]
     after = re.sub(r"^(?:（[^）]*）|以上|以下|以内|及以上|及以下|的|（含）|含|内)+", "", after)
     for clause in (after, *clauses[-2::-1]):
@@ -107,12 +117,13 @@ def _trim(phrase: str) -> str:
 def extract_facts(doc_id: str, text: str, chunks: list[Chunk]) -> list[Fact]:
     """Every rule number of the document ``text`` as a fact attached to its chunk."""
     starts = [c.start_char for c in chunks]
+    sentences = SentenceIndex(text)
     facts: list[Fact] = []
     for mention in rule_numbers(text):
         chunk = _chunk_holding(chunks, starts, mention.start, mention.end)
         if chunk is None:
             continue
-        sent_start, sent_end = sentence_around(text, mention.start, mention.end)
+        sent_start, sent_end = sentences.around(mention.start, mention.end)
         digest = hashlib.sha256(f"{doc_id}:{mention.start}:{mention.raw}".encode()).hexdigest()[:24]
         facts.append(
             Fact(
@@ -123,7 +134,7 @@ def extract_facts(doc_id: str, text: str, chunks: list[Chunk]) -> list[Fact]:
                 unit=mention.unit,
                 raw=mention.raw,
                 qualifier=mention.qualifier,
-                subject=subject_of(text, mention, sent_start),
+                subject=subject_of(text, mention, sent_start, sent_end),
                 context=text[sent_start:sent_end].strip(),
                 span_start=mention.start - chunk.start_char,
                 span_end=mention.end - chunk.start_char,

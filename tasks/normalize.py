@@ -23,12 +23,12 @@ _CJK = r"\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"
 # ("1 元", "30 天", "达到 1000 元"). Spaces between two CJK characters are left alone: headings use them.
 _SPACE_AROUND_CJK = re.compile(rf"(?<=[0-9%])[ \t]+(?=[{_CJK}])|(?<=[{_CJK}])[ \t]+(?=[0-9])")
 
-_FOOTER_ANYWHERE = [
-    re.compile(r"^[-—–－_~\s]*[-—–－]\s*\d{1,4}\s*[-—–－][-—–－_~\s]*$"),  # - 8 -
-    re.compile(r"^第\s*\d{1,4}\s*页(\s*[,，/]?\s*共\s*\d{1,4}\s*页)?$"),  # 第 3 页 / 第3页 共9页
-    re.compile(r"^共\s*\d{1,4}\s*页\s*[,，]?\s*第\s*\d{1,4}\s*页$"),
-    re.compile(r"^[Pp]age\s*\d{1,4}(\s*of\s*\d{1,4})?$"),
-]
+_FOOTER_ANYWHERE = re.compile(
+    r"^(?:[-—–－_~\s]*[-—–－]\s*\d{1,4}\s*[-—–－][-—–－_~\s]*"  # - 8 -
+    r"|第\s*\d{1,4}\s*页(?:\s*[,，/]?\s*共\s*\d{1,4}\s*页)?"  # 第 3 页 / 第3页 共9页
+    r"|共\s*\d{1,4}\s*页\s*[,，]?\s*第\s*\d{1,4}\s*页"
+    r"|[Pp]age\s*\d{1,4}(?:\s*of\s*\d{1,4})?)$"
+)
 # A bare number is a page number only at the top or bottom of a PDF page; elsewhere it may be a table cell.
 _BARE_PAGE_NUMBER = re.compile(r"^\d{1,4}(\s*/\s*\d{1,4})?$")
 
@@ -57,10 +57,10 @@ def fold(text: str) -> str:
 
 def clean_lines(page_text: str, is_pdf: bool, markdown: bool = False) -> list[str]:
     """The page's lines, folded and stripped, footers and page numbers removed; '' marks a blank line."""
-    lines = [fold(line).strip() for line in page_text.splitlines()]
+    lines = [line.strip() for line in fold(page_text).splitlines()]
     if markdown:
         lines = [_MARKDOWN_PREFIX.sub("", line).replace("**", "").strip() for line in lines]
-    kept = [line for line in lines if not any(p.match(line) for p in _FOOTER_ANYWHERE)]
+    kept = [line for line in lines if not _FOOTER_ANYWHERE.match(line)]
     if is_pdf:
         nonblank = [i for i, line in enumerate(kept) if line]
         for edge in (nonblank[:1] + nonblank[-1:]) if nonblank else []:

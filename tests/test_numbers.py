@@ -906,7 +906,8 @@ def test_find_numbers_on_any_unicode(text: str) -> None:
 
 def test_one_megabyte_in_one_pass() -> None:
     """A large text parses like its parts (speed is measured in bench/ingest.py, not asserted)."""
-    paragraph = "".join(text for text, _ in CORPUS_SENTENCES) + "".join(t for t, *_ in ARABIC + CHINESE) + "\n"
+    sentences = "".join(text for text, _ in CORPUS_SENTENCES)
+    paragraph = sentences + "".join(t for t, *_ in ARABIC + CHINESE) + "\n"
     repeats = 1_000_000 // len(paragraph.encode()) + 1
     single = [(m.value, m.unit, m.kind) for m in find_numbers(paragraph)]
     mentions = find_numbers(paragraph * repeats)

@@ -48,6 +48,3 @@ CREATE TABLE facts (
     span_start  INTEGER NOT NULL,      -- offsets of raw inside chunks.text
     span_end    INTEGER NOT NULL
 );
-
-CREATE INDEX facts_doc ON facts (doc_id);
-CREATE INDEX chunks_doc ON chunks (doc_id);
