@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -50,10 +50,35 @@ class Settings(BaseSettings):
         80, description="Characters of the previous piece repeated when a long article is split."
     )
 
+    # Distillation
+    teacher: str = Field("extractive", description="extractive | gemini | openai | llamacpp")
+    per_fact: int = Field(2, description="Questions per ledger fact (phrasings).")
+    unanswerable_share: float = Field(0.05, description="Share of rows that ask what the rules do not cover.")
+    distill_concurrency: int = Field(8, description="Chunks sent to a model teacher at once.")
+    review_numeric_rows: bool = Field(True, description="Numeric rows go to people even when grounded.")
+    teacher_timeout_s: float = Field(60.0, description="Per-call timeout of a model teacher.")
+    teacher_max_attempts: int = Field(6, description="Attempts per chunk across retries and key rotation.")
+    teacher_backoff_s: float = Field(1.0, description="First backoff; doubles per retry, with jitter.")
+    key_cooldown_s: float = Field(60.0, description="How long a rate-limited key rests before reuse.")
+    price_input_per_mtok: float = Field(0.30, description="USD per million prompt tokens (cost estimate).")
+    price_output_per_mtok: float = Field(2.50, description="USD per million output tokens (cost estimate).")
+    gemini_model: str = Field("gemini-2.5-flash", description="Gemini model name.")
+    gemini_base_url: str | None = Field(None, description="Override the Gemini endpoint (tests, proxies).")
+    openai_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible endpoint.")
+    openai_model: str = Field("qwen2.5-7b-instruct", description="Model name at the OpenAI endpoint.")
+    llamacpp_model_path: str | None = Field(None, description="GGUF file for the llamacpp teacher.")
+    llamacpp_threads: int = Field(2, description="CPU threads for llama.cpp.")
+
     # Secrets: read from the environment or a 0600 file in the workspace, never printed.
-    gemini_api_keys: SecretStr | None = Field(None, description="Comma-separated Gemini API keys.")
+    gemini_api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated Gemini API keys (also GEMINI_API_KEYS).",
+        validation_alias=AliasChoices("gemini_api_keys", "SLM_GEMINI_API_KEYS", "GEMINI_API_KEYS"),
+    )
     openai_api_key: SecretStr | None = Field(
-        None, description="Key for an OpenAI-compatible teacher endpoint."
+        None,
+        description="Key for an OpenAI-compatible teacher endpoint (also OPENAI_API_KEY).",
+        validation_alias=AliasChoices("openai_api_key", "SLM_OPENAI_API_KEY", "OPENAI_API_KEY"),
     )
     labelstudio_token: SecretStr | None = Field(None, description="Label Studio API token.")
 

@@ -82,20 +82,20 @@ def subject_of(text: str, mention: NumberMention, sentence_start: int, sentence_
     own = _FILLER.sub("", clauses[-1])
     nouns = list(_SUBJECT_NOUN.finditer(own))
     if nouns:
-        return _trim(own[: nouns[-1].end()])  # the whole phrase up to its last noun: 单张发票金额
+        return trim_subject(own[: nouns[-1].end()])  # the whole phrase up to its last noun: 单张发票金额
     after = _CLAUSE_BREAK.split(text[mention.end:sentence_end])[0]
     after = re.sub(r"^(?:（[^）]*）|以上|以下|以内|及以上|及以下|的|（含）|含|内)+", "", after)
     for clause in (after, *clauses[-2::-1]):
-        phrase = _first_noun_phrase(clause)
+        phrase = first_noun_phrase(clause)
         if phrase:
-            return _trim(phrase)
+            return trim_subject(phrase)
     for candidate in (own, *(_FILLER.sub("", c) for c in clauses[-2::-1]), after):
-        if len(_trim(candidate)) >= 2:
-            return _trim(candidate)
+        if len(trim_subject(candidate)) >= 2:
+            return trim_subject(candidate)
     return "(未识别)"
 
 
-def _first_noun_phrase(clause: str) -> str:
+def first_noun_phrase(clause: str) -> str:
     """The first noun phrase, extended over nouns that follow it directly (伙食补助 + 费)."""
     nouns = list(_SUBJECT_NOUN.finditer(clause))
     if not nouns:
@@ -108,7 +108,7 @@ def _first_noun_phrase(clause: str) -> str:
     return clause[start:end]
 
 
-def _trim(phrase: str) -> str:
+def trim_subject(phrase: str) -> str:
     phrase = phrase.strip(' ，,、：:（(“"')
     phrase = re.sub(r"^(?:对于|对|其中|凡|如|若|其|各类|各项|所有|单位|学院|学校)", "", phrase)
     return phrase[-_MAX_SUBJECT:]

@@ -120,32 +120,28 @@ def test_bad_files_do_not_stop_the_others(tmp_path: Path, con, settings: Setting
     }
 
 
-def test_a_crash_mid_document_writes_nothing(tmp_path: Path, con, settings: Settings, monkeypatch) -> None:
+def test_a_crash_mid_document_writes_nothing(tmp_path: Path, con, settings: Settings) -> None:
     """One transaction per document: a failure while storing leaves no partial rows."""
     path = _write(tmp_path, "rules.txt", RULE.encode())
-    calls = {"n": 0}
-    original = con.executemany
 
     class Boom(RuntimeError):
         pass
 
-    def failing_executemany(sql: str, params):  # fail on the second batch (chunks), after documents/pages
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def failing_execute(sql: str, *args):  # fail on the chunks insert, after documents and pages
+        if sql.startswith("INSERT INTO chunks"):
             raise Boom("disk full")
-        return original(sql, params)
+        return con.execute(sql, *args)
 
-    wrapped = _ConnectionProxy(con, failing_executemany)
     with pytest.raises(Boom):
-        ingest_file(wrapped, path, settings)
+        ingest_file(_ConnectionProxy(con, failing_execute), path, settings)
     assert ledger.table_counts(con) == {"documents": 0, "pages": 0, "chunks": 0, "facts": 0}
     assert ingest_file(con, path, settings).status == "added"
 
 
 class _ConnectionProxy:
-    def __init__(self, con: duckdb.DuckDBPyConnection, executemany) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, execute) -> None:
         self._con = con
-        self.executemany = executemany
+        self.execute = execute
 
     def __getattr__(self, name: str):
         return getattr(self._con, name)

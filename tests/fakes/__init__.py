@@ -1,0 +1,267 @@
+"""Fake model servers for tests and benchmarks: real HTTP on 127.0.0.1, driven by a fault schedule.
+
+The protocol-specific servers live in ``gemini_server`` and ``openai_server``; this module holds what they
+share: the outcomes, the schedule, call records, the default answer built from the prompt, and the server.
+
+A schedule decides, per call, what the server does. It is one of
+
+* ``None``: every call answers ``ok``;
+* a sequence of outcomes (``"ok"``, ``"429"``, ... or ``Reply``): call ``i`` gets item ``i``, later calls ``ok``;
+* a callable ``(index, key_index) -> outcome``; ``key_index`` is the position of the request's API key in
+  the server's ``keys`` (``None`` when the server was given no keys, ``-1`` for a key it does not know);
+* ``random_faults(seed, {"429": 0.1, "500": 0.05, ...})``: seeded, and decided by call index alone, so a
+  concurrent run sees the same outcome for call ``i`` whatever order the threads arrive in.
+
+Keys are never recorded: ``CallRecord.key`` is the key's index, or a short hash when no keys were given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+OK = "ok"
+RATE_LIMIT = "429"
+SERVER_ERROR = "500"
+UNAVAILABLE = "503"
+UNAUTHORIZED = "401"
+FORBIDDEN = "403"
+BAD_REQUEST = "400"
+HANG = "hang"            # answer nothing for ``hang_s`` (longer than the client's timeout)
+TRUNCATED = "truncated"  # the default rows body cut off mid-row, as at a token limit
+MALFORMED = "malformed"  # the default rows wrapped in prose and a code fence, with a trailing comma
+HOPELESS = "hopeless"    # prose with no JSON in it at all
+OUTCOMES = (OK, RATE_LIMIT, SERVER_ERROR, UNAVAILABLE, UNAUTHORIZED, FORBIDDEN, BAD_REQUEST, HANG, TRUNCATED,
+            MALFORMED, HOPELESS)
+
+HOPELESS_TEXT = "抱歉，我无法根据这段内容生成问答。"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An outcome with details: ``text`` replaces the model text of ok/truncated/malformed answers, and
+    ``status``/``message`` make a custom error (``outcome`` is then only the label recorded)."""
+
+    outcome: str = OK
+    text: str | None = None
+    status: int | None = None
+    message: str | None = None
+
+
+Outcome = str | Reply
+Schedule = Callable[[int, "int | None"], Outcome] | Sequence[Outcome] | None
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One request the server saw: its index, which key (index or hash, never the key) and the outcome."""
+
+    index: int
+    key: int | str | None
+    outcome: str
+
+
+def random_faults(seed: int, probabilities: Mapping[str, float]) -> Callable[[int, int | None], str]:
+    """A schedule drawing each call's outcome with ``random.Random`` seeded by ``seed`` and the call index;
+    outcomes not drawn are ``ok``. Probabilities must sum to at most 1."""
+    total = sum(probabilities.values())
+    if total > 1.0 + 1e-9:
+        raise ValueError(f"fault probabilities sum to {total:.3f} > 1")
+    unknown = set(probabilities) - set(OUTCOMES)
+    if unknown:
+        raise ValueError(f"unknown outcomes {sorted(unknown)}; use {OUTCOMES}")
+    items = list(probabilities.items())
+
+    def schedule(index: int, key_index: int | None) -> str:
+        draw = random.Random(f"{seed}:{index}").random()  # per index: independent of thread arrival order
+        for outcome, p in items:
+            if draw < p:
+                return outcome
+            draw -= p
+        return OK
+
+    return schedule
+
+
+def resolve(schedule: Schedule, index: int, key_index: int | None) -> Reply:
+    """What the schedule says for one call, as a ``Reply``."""
+    if schedule is None:
+        outcome: Outcome = OK
+    elif callable(schedule):
+        outcome = schedule(index, key_index)
+    else:
+        outcome = schedule[index] if index < len(schedule) else OK
+    return outcome if isinstance(outcome, Reply) else Reply(outcome=outcome)
+
+
+_FACT_LINE = re.compile(r"^- (?P<subject>[^：\n]+)：(?P<raw>[^（\n]+)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def default_rows(prompt: str) -> dict[str, Any]:
+    """A valid rows body for a user prompt of ``tasks.teachers.llm.build_user_prompt``: two questions per
+    fact line it finds (one plain, one rephrased), or one text question when the prompt lists no facts."""
+    facts_part = prompt.split("数字事实：", 1)[1] if "数字事实：" in prompt else ""
+    rows: list[dict[str, Any]] = []
+    for line in facts_part.splitlines():
+        match = _FACT_LINE.match(line.strip())
+        if not match:
+            continue
+        subject, raw = match["subject"].strip(), match["raw"].strip()
+        numbers = _NUMBER.findall(raw)
+        for question in (f"{subject}是多少？", f"请问{subject}的标准是什么？"):
+            rows.append({"question": question, "answer": f"{subject}为{raw}。", "evidence": raw,
+                         "numbers": numbers, "kind": "numeric" if numbers else "text", "unsure": False})
+    if not rows:
+        rows.append({"question": "本段规定了什么？", "answer": "本段规定了相关审批要求。", "evidence": "",
+                     "numbers": [], "kind": "text", "unsure": False})
+    return {"rows": rows}
+
+
+def model_text(reply: Reply, prompt: str) -> str:
+    """The model text for an answering outcome (ok, truncated, malformed, hopeless)."""
+    if reply.outcome == HOPELESS:
+        return reply.text if reply.text is not None else HOPELESS_TEXT
+    text = reply.text if reply.text is not None else json.dumps(default_rows(prompt), ensure_ascii=False)
+    if reply.outcome == TRUNCATED:
+        # Cut inside the last row so that earlier rows survive repair, as a token limit would.
+        cut = text.rfind('{"question"')
+        return text[: cut + max(12, (len(text) - cut) // 2)] if cut > 0 else text[: len(text) * 2 // 3]
+    if reply.outcome == MALFORMED:
+        body = re.sub(r"\]\}$", ",]}", text)  # trailing comma: not JSON, repairable
+        return f"好的，以下是生成的问答：\n```json\n{body}\n```"
+    return text
+
+
+def key_label(key: str | None, keys: Sequence[str] | None) -> tuple[int | None, int | str | None]:
+    """(schedule key index, record label) for a request's key: its index in ``keys``, or a short hash."""
+    if keys is not None:
+        index = keys.index(key) if key in keys else -1
+        return index, index
+    if key is None:
+        return None, None
+    return None, "h:" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+class FakeServer:
+    """An HTTP server on an ephemeral port in a background thread; subclasses speak one protocol.
+
+    Use as a context manager: ``with FakeGeminiServer(schedule=[...], latency_s=0.1) as server: ...``;
+    ``server.base_url``, ``server.calls`` (list of ``CallRecord``) and ``server.bodies`` (request JSON).
+    """
+
+    handler_class: ClassVar[type[BaseHTTPRequestHandler]]
+
+    def __init__(self, schedule: Schedule = None, *, latency_s: float = 0.0, hang_s: float = 30.0,
+                 keys: Sequence[str] | None = None) -> None:
+        self.schedule = schedule
+        self.latency_s = latency_s
+        self.hang_s = hang_s
+        self.keys = list(keys) if keys is not None else None
+        self.calls: list[CallRecord] = []
+        self.bodies: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(calls={len(self.calls)})"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> FakeServer:
+        handler = type("Handler", (self.handler_class,), {"fake": self})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True  # a hanging handler must not keep the test process alive
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()  # wakes hanging handlers
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- per call ----------------------------------------------------------------------------------------
+    def begin_call(self, key: str | None, body: dict[str, Any]) -> tuple[int, Reply]:
+        """Register a request; returns its index and what to do. Sleeps the fixed latency first."""
+        key_index, label = key_label(key, self.keys)
+        with self._lock:
+            index = len(self.calls)
+            reply = resolve(self.schedule, index, key_index)
+            if self.keys is not None and key_index == -1 and reply.outcome == OK:
+                reply = Reply(outcome=UNAUTHORIZED)  # a key the server does not know is refused
+            self.calls.append(CallRecord(index, label, reply.outcome))
+            self.bodies.append(body)
+        if self.latency_s:
+            self._stop.wait(self.latency_s)
+        if reply.outcome == HANG:
+            self._stop.wait(self.hang_s)
+        return index, reply
+
+    def outcome_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for call in self.calls:
+            counts[call.outcome] = counts.get(call.outcome, 0) + 1
+        return counts
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Shared plumbing: quiet logs, JSON in and out, and tolerance of clients that gave up (timeouts)."""
+
+    fake: ClassVar[FakeServer]
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # the default writes every request to stderr
+        pass
+
+    def read_json(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            data = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def send_json(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client timed out and closed the socket; nothing to answer
+
+    def token_counts(self, prompt: str, text: str) -> tuple[int, int]:
+        """Deterministic token counts (about two characters a token) so cost accounting can be checked."""
+        return max(1, len(prompt) // 2), max(1, len(text) // 2)
