@@ -16,7 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tasks.config import ConfigError, Settings, load_settings
+from tasks.distill import DistillSummary, make_teacher
+from tasks.distill import distill as run_distill
 from tasks.ingest import discover, ingest_file
+from tasks.teachers.base import TeacherConfigError
+from warehouse import distill as distill_queries
 from warehouse import ledger
 from warehouse.db import WarehouseError, connect
 
@@ -36,9 +40,10 @@ class _State:
     workspace: Path | None = None
 
 
-def settings() -> Settings:
+def settings(**overrides: Any) -> Settings:
+    """The effective settings; command-line options given as ``overrides`` beat everything else."""
     try:
-        return load_settings(_State.workspace)
+        return load_settings(_State.workspace, **{k: v for k, v in overrides.items() if v is not None})
     except (ConfigError, ValueError) as exc:
         err_console.print(f"[red]config error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -159,6 +164,104 @@ def facts(
     console.print(table)
     if len(shown) < len(rows):
         console.print(f"({len(rows) - len(shown)} more; --limit 0 shows all, --json for machines)")
+
+
+@app.command()
+def distill(
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="extractive | gemini | openai | llamacpp")
+    ] = None,
+    per_fact: Annotated[int | None, typer.Option("--per-fact", help="Questions per ledger fact.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many chunks.")] = None,
+    doc: Annotated[str | None, typer.Option("--doc", help="Only this document (file name).")] = None,
+) -> None:
+    """Write question/answer rows with a teacher and verify every number against the ledger."""
+    cfg = settings(teacher=teacher, per_fact=per_fact)
+    try:
+        chosen = make_teacher(cfg)
+    except TeacherConfigError as exc:
+        err_console.print(f"[red]teacher error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    with (
+        _warehouse(cfg) as con,
+        Progress(
+            TextColumn(f"[bold]distil ({chosen.name})[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=not err_console.is_terminal,
+        ) as progress,
+    ):
+        task = progress.add_task("", total=None)
+        summary = run_distill(
+            con,
+            cfg,
+            chosen,
+            doc=doc,
+            limit=limit,
+            on_chunk=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    _print_distill_summary(summary)
+    if summary.chunks == 0:
+        err_console.print("[red]no chunks to distil[/red]: run `slm ingest` first (or check --doc)")
+        raise typer.Exit(1)
+
+
+def _print_distill_summary(summary: DistillSummary) -> None:
+    totals = summary.totals
+    table = Table(
+        "measure", "value", title=f"distillation run {summary.run_id} ({summary.teacher}/{summary.model})"
+    )
+    table.add_row(
+        "chunks (cached, failed)", f"{summary.chunks} ({summary.cached} cached, {summary.failed} failed)"
+    )
+    table.add_row("rows added this run", str(summary.rows_added))
+    table.add_row("rows by status", ", ".join(f"{k} {v}" for k, v in totals["by_status"].items()) or "-")
+    table.add_row("numeric share", f"{totals['numeric_share']:.1%}")
+    table.add_row("grounded share", f"{totals['grounded_share']:.1%}")
+    table.add_row("unanswerable share", f"{totals['unanswerable_share']:.1%}")
+    table.add_row("facts covered", f"{totals['facts_covered']} / {totals['facts_total']}")
+    usage = summary.usage
+    table.add_row(
+        "teacher calls, tokens (in/out)", f"{usage.calls}, {usage.prompt_tokens}/{usage.completion_tokens}"
+    )
+    table.add_row("estimated cost", f"${usage.cost_usd:.4f}")
+    console.print(table)
+    for failure in summary.failures[:10]:
+        err_console.print(f"[red]failed[/red] chunk {failure['chunk_id']}: {failure['error']}")
+    if len(summary.failures) > 10:
+        err_console.print(f"... and {len(summary.failures) - 10} more failures (recorded in teacher_calls)")
+
+
+@app.command()
+def rows(
+    status: Annotated[
+        str | None, typer.Option("--status", help="generated, auto_verified, needs_review, ...")
+    ] = None,
+    doc: Annotated[str | None, typer.Option("--doc", help="Only this document (file name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of rows.")] = False,
+    limit: Annotated[int, typer.Option("--limit", help="Rows to show in the table (0 = all).")] = 30,
+) -> None:
+    """Question/answer rows with their verification status."""
+    cfg = settings()
+    with _warehouse(cfg, read_only=True) as con:
+        found = distill_queries.list_rows(con, status=status, doc=doc)
+    if as_json:
+        print(json.dumps(found, ensure_ascii=False, indent=1, default=str))
+        return
+    table = Table("status", "question", "answer", "numbers", "grounded", "notes", title=f"{len(found)} rows")
+    for r in found if limit <= 0 else found[:limit]:
+        table.add_row(
+            r["status"],
+            _clip(r["question"], 30),
+            _clip(r["answer"], 40),
+            ",".join(r["numbers"]),
+            "yes" if r["grounded"] else "no",
+            _clip(r["verify_notes"], 40),
+        )
+    console.print(table)
 
 
 @app.command()

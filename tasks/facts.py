@@ -15,7 +15,8 @@ from tasks.chunk import Chunk
 from tasks.numbers import NumberMention, canonical, rule_numbers
 
 _SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
-_CLAUSE_BREAK = re.compile(r"[，,：:。；;！？!?\n]")
+# A comma or colon between digits is part of a number (1,200元), not a clause break.
+_CLAUSE_BREAK = re.compile(r"[，：。；;！？!?\n]|(?<!\d)[,:]|[,:](?!\d)")
 _CN_NUM = "一二三四五六七八九十百零〇两"
 # Numbering at the start of a clause is structure, not subject: 第二十条, （一）, 一、, 1.
 _LEADING_MARKER = re.compile(

@@ -19,23 +19,58 @@ from tasks.teachers.base import FactRef, QAPair
 # Minimum share of the evidence that must appear in one piece in the chunk (extraction noise tolerated).
 EVIDENCE_MATCH = 0.85
 _NOISE = re.compile(r"[\s，,。.；;：:、“”\"'‘’（）()《》【】\-—]")
+_CLAUSE_BREAK = re.compile(r"[，：。；;！？!?\n]|(?<!\d)[,:]|[,:](?!\d)")
 _ABSTAIN = re.compile(r"没有相关规定|未作规定|没有规定|未规定|无相关规定|文件中没有")
 # Bigrams that say nothing about *what* a question asks (how much, standard, per person per day).
 _STOP_BIGRAMS = {
-    "多少", "标准", "规定", "报销", "是否", "什么", "可以", "按照", "不超", "超过", "每人", "人每", "每天",
-    "以上", "以下", "根据", "文件", "有关", "关于", "上限", "金额", "时限", "比例", "数量", "最多", "需要",
-    "办理", "学校", "执行", "的标", "准是", "是多", "少元", "定的", "有什", "么规", "时间",
+    "多少",
+    "标准",
+    "规定",
+    "报销",
+    "是否",
+    "什么",
+    "可以",
+    "按照",
+    "不超",
+    "超过",
+    "每人",
+    "人每",
+    "每天",
+    "以上",
+    "以下",
+    "根据",
+    "文件",
+    "有关",
+    "关于",
+    "上限",
+    "金额",
+    "时限",
+    "比例",
+    "数量",
+    "最多",
+    "需要",
+    "办理",
+    "学校",
+    "执行",
+    "的标",
+    "准是",
+    "是多",
+    "少元",
+    "定的",
+    "有什",
+    "么规",
+    "时间",
 }
 
 
 @dataclass(frozen=True)
 class Verdict:
-    numbers: tuple[str, ...]        # canonical values stated in the answer (ranges give both ends)
+    numbers: tuple[str, ...]  # canonical values stated in the answer (ranges give both ends)
     is_numeric: bool
     evidence_found: bool
     grounded: bool
     fact_ids: tuple[str, ...]
-    status: str                     # auto_verified | needs_review | rejected
+    status: str  # auto_verified | needs_review | rejected
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -58,7 +93,7 @@ def evidence_in_chunk(evidence: str, chunk_text: str) -> bool:
 
 def _bigrams(text: str) -> set[str]:
     cjk = "".join(ch for ch in text if "\u4e00" <= ch <= "\u9fff")
-    return {cjk[i:i + 2] for i in range(len(cjk) - 1)} - _STOP_BIGRAMS
+    return {cjk[i : i + 2] for i in range(len(cjk) - 1)} - _STOP_BIGRAMS
 
 
 def subject_fits(question: str, fact: FactRef) -> bool:
@@ -76,9 +111,10 @@ def _clause_of(fact: FactRef) -> str:
     at = fact.context.find(fact.raw)
     if at < 0:
         return fact.context
-    left = max(fact.context.rfind(p, 0, at) for p in "，,；;。：:") + 1
-    rights = [i for i in (fact.context.find(p, at) for p in "，,；;。") if i >= 0]
-    return fact.context[left:min(rights) if rights else len(fact.context)]
+    breaks = [m.start() for m in _CLAUSE_BREAK.finditer(fact.context)]
+    left = max([b + 1 for b in breaks if b < at], default=0)
+    right = min([b for b in breaks if b >= at + len(fact.raw)], default=len(fact.context))
+    return fact.context[left:right]
 
 
 def _mention_values(mention: NumberMention) -> list[Decimal]:
@@ -92,8 +128,9 @@ def _fact_values(fact: FactRef) -> set[Decimal]:
     return values
 
 
-def verify_row(row: QAPair, chunk_text: str, facts: list[FactRef] | tuple[FactRef, ...],
-               review_numeric_rows: bool = True) -> Verdict:
+def verify_row(
+    row: QAPair, chunk_text: str, facts: list[FactRef] | tuple[FactRef, ...], review_numeric_rows: bool = True
+) -> Verdict:
     """Check one row against its chunk and the chunk's ledger facts; decide its status."""
     mentions = rule_numbers(row.answer)
     given = {v for m in rule_numbers(row.question) for v in _mention_values(m)}

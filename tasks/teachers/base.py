@@ -45,9 +45,9 @@ class QAPair:
 
     question: str
     answer: str
-    evidence: str                  # the span of the chunk the answer relies on ("" for unanswerable)
+    evidence: str  # the span of the chunk the answer relies on ("" for unanswerable)
     numbers: tuple[str, ...] = ()  # numbers the answer states, as the teacher reports them
-    kind: str = "text"             # numeric | text | unanswerable
+    kind: str = "text"  # numeric | text | unanswerable
     unsure: bool = False
     fact_ids: tuple[str, ...] = ()  # facts the teacher built the row from, when it knows
 
@@ -69,9 +69,9 @@ class Usage:
 @dataclass
 class TeacherOutput:
     rows: list[QAPair] = field(default_factory=list)
-    raw_text: str | None = None    # what the model said, verbatim (None for the extractive teacher)
+    raw_text: str | None = None  # what the model said, verbatim (None for the extractive teacher)
     usage: Usage = field(default_factory=Usage)
-    error: str | None = None       # set when the chunk failed; raw_text keeps what came back
+    error: str | None = None  # set when the chunk failed; raw_text keeps what came back
     problems: list[str] = field(default_factory=list)  # rows that were dropped as invalid, and why
 
     @property

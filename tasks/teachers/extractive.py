@@ -18,7 +18,8 @@ from tasks.teachers.base import UNANSWERABLE_ANSWER, ChunkContext, FactRef, QAPa
 PROMPT_VERSION = "extractive-v1"
 
 _SENTENCE = re.compile(r"[^。；;！？!?\n]+[。；;！？!?]?")
-_CLAUSE = re.compile(r"[^，,：:。；;！？!?\n]+[，,：:。；;！？!?]?")
+# A comma or colon between digits is part of a number (1,200元), not a clause break.
+_CLAUSE = re.compile(r"(?:[^，,：:。；;！？!?\n]|(?<=\d)[,:](?=\d))+[，,：:。；;！？!?]?")
 _LEADING_MARKER = re.compile(
     r"^\s*(?:第[一二三四五六七八九十百零〇两\d]+[条章节款项]\s*|[（(][一二三四五六七八九十\d]+[)）]\s*"
     r"|[一二三四五六七八九十]+、\s*|\d+[.．、)）]\s*)+"
@@ -44,12 +45,36 @@ _PROHIBITION = re.compile(r"不得|严禁|禁止")
 
 # Plausible expenses a finance office is asked about. Asked only when the document never mentions them.
 UNANSWERABLE_TOPICS = [
-    "宠物托运费", "高尔夫球场会员费", "私家车年度保险费", "员工生日蛋糕", "子女课外辅导费",
-    "健身房年卡", "个人理发费", "家属探亲机票", "美容美发支出", "网络游戏点卡",
-    "个人手机购置费", "婚礼礼金", "境外购物退税", "个人所得税滞纳金", "奢侈品购置",
-    "私人旅游门票", "家用电器购置", "个人房屋装修费", "无人机竞赛奖金", "宠物医疗费",
-    "个人信用卡年费", "彩票购买支出", "演唱会门票", "个人体检升级套餐", "外籍教师子女学费",
-    "员工婚假礼品", "个人车辆违章罚款", "游艇租赁费", "私人司机工资", "个人股票交易手续费",
+    "宠物托运费",
+    "高尔夫球场会员费",
+    "私家车年度保险费",
+    "员工生日蛋糕",
+    "子女课外辅导费",
+    "健身房年卡",
+    "个人理发费",
+    "家属探亲机票",
+    "美容美发支出",
+    "网络游戏点卡",
+    "个人手机购置费",
+    "婚礼礼金",
+    "境外购物退税",
+    "个人所得税滞纳金",
+    "奢侈品购置",
+    "私人旅游门票",
+    "家用电器购置",
+    "个人房屋装修费",
+    "无人机竞赛奖金",
+    "宠物医疗费",
+    "个人信用卡年费",
+    "彩票购买支出",
+    "演唱会门票",
+    "个人体检升级套餐",
+    "外籍教师子女学费",
+    "员工婚假礼品",
+    "个人车辆违章罚款",
+    "游艇租赁费",
+    "私人司机工资",
+    "个人股票交易手续费",
 ]
 _UNANSWERABLE_PHRASINGS = ["{t}可以报销吗？标准是多少？", "学校对{t}的报销标准是多少？"]
 
@@ -77,8 +102,14 @@ class ExtractiveTeacher:
         chosen = [phrasings[(offset + i) % len(phrasings)] for i in range(min(self.per_fact, len(phrasings)))]
         answer, evidence = _answer_for(chunk.text, fact, subject)
         return [
-            QAPair(question=p.format(s=subject), answer=answer, evidence=evidence, numbers=(fact.raw,),
-                   kind="numeric", fact_ids=(fact.fact_id,))
+            QAPair(
+                question=p.format(s=subject),
+                answer=answer,
+                evidence=evidence,
+                numbers=(fact.raw,),
+                kind="numeric",
+                fact_ids=(fact.fact_id,),
+            )
             for p in chosen
         ]
 
@@ -121,7 +152,7 @@ def unanswerable_rows(document_text: str, count: int, seed: str) -> list[QAPair]
 def _mentions(text: str, topic: str) -> bool:
     # A topic counts as covered when any 2-character piece of its head noun appears: conservative on purpose.
     core = topic[:4]
-    return any(core[i:i + 2] in text for i in range(len(core) - 1))
+    return any(core[i : i + 2] in text for i in range(len(core) - 1))
 
 
 def _phrasings(fact: FactRef) -> list[str]:

@@ -45,13 +45,16 @@ def response_json_schema() -> dict[str, Any]:
 
 
 def build_user_prompt(chunk: ChunkContext, per_fact: int) -> str:
-    facts = "\n".join(
-        f"- {f.subject}：{f.raw}" + (f"（{f.qualifier}）" if f.qualifier else "") for f in chunk.facts
-    ) or "（本段没有数字事实，请就审批、材料、禁止性规定等写问题）"
+    facts = (
+        "\n".join(
+            f"- {f.subject}：{f.raw}" + (f"（{f.qualifier}）" if f.qualifier else "") for f in chunk.facts
+        )
+        or "（本段没有数字事实，请就审批、材料、禁止性规定等写问题）"
+    )
     return (
         f"文件：{chunk.doc_name}\n位置：{chunk.heading_path or '（前言）'}\n"
         f"原文：\n{chunk.text}\n\n数字事实：\n{facts}\n\n"
-        f"请为每条数字事实写 {per_fact} 个问题（含同义改写），并输出 JSON：{{\"rows\": [...]}}。"
+        f'请为每条数字事实写 {per_fact} 个问题（含同义改写），并输出 JSON：{{"rows": [...]}}。'
     )
 
 
@@ -78,8 +81,12 @@ def parse_rows(text: str) -> tuple[list[QAPair], list[str], str | None]:
             continue
         rows.append(
             QAPair(
-                question=row.question.strip(), answer=row.answer.strip(), evidence=row.evidence.strip(),
-                numbers=tuple(n.strip() for n in row.numbers if n.strip()), kind=row.kind, unsure=row.unsure,
+                question=row.question.strip(),
+                answer=row.answer.strip(),
+                evidence=row.evidence.strip(),
+                numbers=tuple(n.strip() for n in row.numbers if n.strip()),
+                kind=row.kind,
+                unsure=row.unsure,
             )
         )
     if not rows:

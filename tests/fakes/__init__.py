@@ -34,12 +34,13 @@ UNAVAILABLE = "503"
 UNAUTHORIZED = "401"
 FORBIDDEN = "403"
 BAD_REQUEST = "400"
+BAD_KEY = "bad_key"      # the protocol's own refusal of an unknown key (Gemini: 400 API_KEY_INVALID; OpenAI: 401)
 HANG = "hang"            # answer nothing for ``hang_s`` (longer than the client's timeout)
 TRUNCATED = "truncated"  # the default rows body cut off mid-row, as at a token limit
 MALFORMED = "malformed"  # the default rows wrapped in prose and a code fence, with a trailing comma
 HOPELESS = "hopeless"    # prose with no JSON in it at all
-OUTCOMES = (OK, RATE_LIMIT, SERVER_ERROR, UNAVAILABLE, UNAUTHORIZED, FORBIDDEN, BAD_REQUEST, HANG, TRUNCATED,
-            MALFORMED, HOPELESS)
+OUTCOMES = (OK, RATE_LIMIT, SERVER_ERROR, UNAVAILABLE, UNAUTHORIZED, FORBIDDEN, BAD_REQUEST, BAD_KEY, HANG,
+            TRUNCATED, MALFORMED, HOPELESS)
 
 HOPELESS_TEXT = "抱歉，我无法根据这段内容生成问答。"
 
@@ -208,14 +209,15 @@ class FakeServer:
         return f"http://127.0.0.1:{self.port}"
 
     # -- per call ----------------------------------------------------------------------------------------
-    def begin_call(self, key: str | None, body: dict[str, Any]) -> tuple[int, Reply]:
-        """Register a request; returns its index and what to do. Sleeps the fixed latency first."""
+    def begin_call(self, key: str | None, body: dict[str, Any], forced: Reply | None = None) -> tuple[int, Reply]:
+        """Register a request; returns its index and what to do (``forced``, e.g. a protocol refusal, overrides
+        the schedule but still takes an index). Sleeps the fixed latency first."""
         key_index, label = key_label(key, self.keys)
         with self._lock:
             index = len(self.calls)
-            reply = resolve(self.schedule, index, key_index)
+            reply = forced or resolve(self.schedule, index, key_index)
             if self.keys is not None and key_index == -1 and reply.outcome == OK:
-                reply = Reply(outcome=UNAUTHORIZED)  # a key the server does not know is refused
+                reply = Reply(outcome=BAD_KEY)  # a key the server does not know is refused
             self.calls.append(CallRecord(index, label, reply.outcome))
             self.bodies.append(body)
         if self.latency_s:

@@ -1,0 +1,223 @@
+"""Queries for distillation: chunks to distil with their facts, the teacher-call cache, rows, runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from warehouse.db import transaction
+
+
+def chunks_with_facts(
+    con: duckdb.DuckDBPyConnection, doc: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Chunks of successfully ingested documents, in document order, each with a list of its facts."""
+    sql = (
+        "SELECT c.chunk_id, c.doc_id, d.name AS doc_name, c.heading_path, c.text, c.seq,"
+        " list(struct_pack(fact_id := f.fact_id, value := f.value, value_max := f.value_max, unit := f.unit,"
+        "   raw := f.raw, qualifier := f.qualifier, subject := f.subject, context := f.context,"
+        "   span_start := f.span_start, span_end := f.span_end) ORDER BY f.span_start)"
+        "   FILTER (WHERE f.fact_id IS NOT NULL) AS facts"
+        " FROM chunks c JOIN documents d USING (doc_id) LEFT JOIN facts f USING (chunk_id)"
+        " WHERE d.status = 'ok'"
+    )
+    params: list[Any] = []
+    if doc:
+        sql += " AND (d.name = ? OR d.doc_id LIKE ?)"
+        params += [doc, f"{doc}%"]
+    sql += " GROUP BY ALL ORDER BY doc_name, c.seq"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    cursor = con.execute(sql, params)
+    names = [col[0] for col in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def document_texts(con: duckdb.DuckDBPyConnection, doc_ids: Sequence[str]) -> dict[str, str]:
+    if not doc_ids:
+        return {}
+    rows = con.execute(
+        "SELECT doc_id, text FROM documents WHERE doc_id IN (SELECT unnest(?))", [list(doc_ids)]
+    ).fetchall()
+    return {doc_id: text for doc_id, text in rows}
+
+
+def successful_cache_keys(con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> set[str]:
+    """Keys already answered successfully: a re-run bills nothing for them. Failed calls are retried."""
+    if not keys:
+        return set()
+    rows = con.execute(
+        "SELECT cache_key FROM teacher_calls WHERE status = 'ok' AND cache_key IN (SELECT unnest(?))",
+        [list(keys)],
+    ).fetchall()
+    return {key for (key,) in rows}
+
+
+def start_run(
+    con: duckdb.DuckDBPyConnection, run_id: str, teacher: str, model: str, prompt_version: str
+) -> None:
+    con.execute(
+        "INSERT INTO distill_runs (run_id, teacher, model, prompt_version) VALUES (?, ?, ?, ?)",
+        [run_id, teacher, model, prompt_version],
+    )
+
+
+def finish_run(con: duckdb.DuckDBPyConnection, run_id: str, totals: dict[str, Any]) -> None:
+    con.execute(
+        "UPDATE distill_runs SET finished_at = current_timestamp, chunks = ?, cached = ?, failed = ?,"
+        " rows_added = ?, calls = ?, prompt_tokens = ?, completion_tokens = ?, cost_usd = ? WHERE run_id = ?",
+        [
+            totals["chunks"],
+            totals["cached"],
+            totals["failed"],
+            totals["rows_added"],
+            totals["calls"],
+            totals["prompt_tokens"],
+            totals["completion_tokens"],
+            totals["cost_usd"],
+            run_id,
+        ],
+    )
+
+
+def save_teacher_call(
+    con: duckdb.DuckDBPyConnection, call: dict[str, Any], rows: Sequence[dict[str, Any]]
+) -> int:
+    """Store one chunk's teacher call and its verified rows together; returns the rows newly added.
+
+    The call replaces an earlier failed attempt with the same key; rows already present are kept as they are
+    (their review state must survive a re-run).
+    """
+    with transaction(con):
+        con.execute("DELETE FROM teacher_calls WHERE cache_key = ?", [call["cache_key"]])
+        con.execute(
+            "INSERT INTO teacher_calls (cache_key, chunk_id, teacher, model, prompt_version, status, error,"
+            " raw_text, row_count, calls, prompt_tokens, completion_tokens, cost_usd, run_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                call["cache_key"],
+                call["chunk_id"],
+                call["teacher"],
+                call["model"],
+                call["prompt_version"],
+                call["status"],
+                call["error"],
+                call["raw_text"],
+                len(rows),
+                call["calls"],
+                call["prompt_tokens"],
+                call["completion_tokens"],
+                call["cost_usd"],
+                call["run_id"],
+            ],
+        )
+        added = 0
+        for row in rows:
+            before = con.execute("SELECT count(*) FROM qa_rows WHERE row_id = ?", [row["row_id"]]).fetchone()
+            if before and before[0]:
+                continue
+            con.execute(
+                "INSERT INTO qa_rows (row_id, cache_key, chunk_id, doc_id, teacher, question, answer,"
+                " evidence, kind, unsure, teacher_numbers, numbers, is_numeric, evidence_found, grounded, fact_ids,"
+                " verify_notes, status, reviewer, reviewed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " CASE WHEN ? IS NULL THEN NULL ELSE current_timestamp END)",
+                [
+                    row["row_id"],
+                    call["cache_key"],
+                    row["chunk_id"],
+                    row["doc_id"],
+                    call["teacher"],
+                    row["question"],
+                    row["answer"],
+                    row["evidence"],
+                    row["kind"],
+                    row["unsure"],
+                    row["teacher_numbers"],
+                    row["numbers"],
+                    row["is_numeric"],
+                    row["evidence_found"],
+                    row["grounded"],
+                    row["fact_ids"],
+                    row["verify_notes"],
+                    row["status"],
+                    row["reviewer"],
+                    row["reviewer"],
+                ],
+            )
+            added += 1
+    return added
+
+
+def list_rows(
+    con: duckdb.DuckDBPyConnection, status: str | None = None, doc: str | None = None
+) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT r.row_id, d.name AS doc, r.chunk_id, r.teacher, r.question, r.answer, r.evidence, r.kind,"
+        " r.unsure, r.numbers, r.is_numeric, r.evidence_found, r.grounded, r.fact_ids, r.verify_notes,"
+        " r.status, r.reviewer FROM qa_rows r JOIN documents d USING (doc_id) WHERE true"
+    )
+    params: list[Any] = []
+    if status:
+        sql += " AND r.status = ?"
+        params.append(status)
+    if doc:
+        sql += " AND (d.name = ? OR d.doc_id LIKE ?)"
+        params += [doc, f"{doc}%"]
+    sql += " ORDER BY d.name, r.created_at, r.row_id"
+    cursor = con.execute(sql, params)
+    names = [col[0] for col in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def rows_summary(con: duckdb.DuckDBPyConnection, doc: str | None = None) -> dict[str, Any]:
+    """Rows by status, numeric/grounded/unanswerable shares, and fact coverage, for all or one document."""
+    where, params = "", []
+    if doc:
+        where = " AND (d.name = ? OR d.doc_id LIKE ?)"
+        params = [doc, f"{doc}%"]
+    by_status = dict(
+        con.execute(
+            f"SELECT r.status, count(*) FROM qa_rows r JOIN documents d USING (doc_id) WHERE true{where}"
+            " GROUP BY 1 ORDER BY 1",
+            params,
+        ).fetchall()
+    )
+    shares = con.execute(
+        "SELECT count(*), coalesce(avg(r.is_numeric::INT), 0), coalesce(avg(r.grounded::INT), 0),"
+        " coalesce(avg((r.kind = 'unanswerable')::INT), 0)"
+        f" FROM qa_rows r JOIN documents d USING (doc_id) WHERE true{where}",
+        params,
+    ).fetchone()
+    coverage = con.execute(
+        "SELECT count(DISTINCT f.fact_id) FILTER (WHERE EXISTS (SELECT 1 FROM qa_rows r"
+        "   WHERE list_contains(r.fact_ids, f.fact_id))), count(DISTINCT f.fact_id)"
+        f" FROM facts f JOIN documents d USING (doc_id) WHERE true{where}",
+        params,
+    ).fetchone()
+    assert shares is not None and coverage is not None
+    return {
+        "rows": int(shares[0]),
+        "by_status": by_status,
+        "numeric_share": float(shares[1]),
+        "grounded_share": float(shares[2]),
+        "unanswerable_share": float(shares[3]),
+        "facts_covered": int(coverage[0]),
+        "facts_total": int(coverage[1]),
+    }
+
+
+def failed_calls(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT t.chunk_id, t.teacher, t.error, left(coalesce(t.raw_text, ''), 200) AS raw_start"
+        " FROM teacher_calls t WHERE t.status = 'failed'"
+    )
+    params: list[Any] = []
+    if run_id:
+        sql += " AND t.run_id = ?"
+        params.append(run_id)
+    cursor = con.execute(sql, params)
+    names = [col[0] for col in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
