@@ -105,7 +105,8 @@ class GeminiTeacher:
             return client
 
     def _call(self, key: str, prompt: str) -> types.GenerateContentResponse:
-        return self._client(key).models.generate_content(model=self.model, contents=prompt, config=self._config)
+        client = self._client(key)
+        return client.models.generate_content(model=self.model, contents=prompt, config=self._config)
 
     def _add_tokens(self, usage: Usage, response: types.GenerateContentResponse) -> None:
         meta = response.usage_metadata
@@ -123,7 +124,7 @@ class GeminiTeacher:
         if isinstance(exc, genai_errors.APIError):
             return _classify_api_error(exc)
         if isinstance(exc, _TIMEOUTS):
-            return Failure(FailureKind.TRANSIENT, f"timeout (no answer within {self._settings.teacher_timeout_s:g} s)")
+            return Failure(FailureKind.TRANSIENT, f"timeout ({self._settings.teacher_timeout_s:g} s)")
         if isinstance(exc, _TRANSPORT):
             return Failure(FailureKind.TRANSIENT, f"connection error ({type(exc).__name__})")
         if isinstance(exc, genai_errors.UnknownApiResponseError):

@@ -20,7 +20,13 @@ from openai import OpenAI
 
 from tasks.config import Settings
 from tasks.teachers.base import ChunkContext, TeacherOutput, Usage
-from tasks.teachers.llm import PROMPT_VERSION, SYSTEM_PROMPT, build_user_prompt, parse_rows, response_json_schema
+from tasks.teachers.llm import (
+    PROMPT_VERSION,
+    SYSTEM_PROMPT,
+    build_user_prompt,
+    parse_rows,
+    response_json_schema,
+)
 from tasks.teachers.resilience import Failure, FailureKind, KeyPool, Resilient, TeacherCallError
 
 NO_KEY = "not-needed"  # local servers take any key, but the client insists on one
@@ -119,7 +125,7 @@ class OpenAITeacher:
         if isinstance(exc, _FormatFallback):
             return Failure(FailureKind.IMMEDIATE, "HTTP 400: json_schema response_format not supported")
         if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError, its parent
-            return Failure(FailureKind.TRANSIENT, f"timeout (no answer within {self._settings.teacher_timeout_s:g} s)")
+            return Failure(FailureKind.TRANSIENT, f"timeout ({self._settings.teacher_timeout_s:g} s)")
         if isinstance(exc, openai.APIConnectionError):
             return Failure(FailureKind.TRANSIENT, "connection error")
         if isinstance(exc, openai.APIStatusError):

@@ -134,7 +134,7 @@ def redact(text: str, secrets: Sequence[str]) -> str:
 
 
 class _Failed(Exception):
-    """Carries a classified failure through tenacity; holds no client exception (they keep request headers)."""
+    """A classified failure on its way through tenacity; holds no client exception (those keep headers)."""
 
     def __init__(self, failure: Failure, key_position: int) -> None:
         super().__init__(failure.summary)
@@ -194,7 +194,8 @@ class Resilient:
         try:
             return retrying(attempt)
         except _Failed as failed:
-            raise TeacherCallError(self._final_summary(failed, attempts), failed.failure.body, attempts) from None
+            summary = self._final_summary(failed, attempts)
+            raise TeacherCallError(summary, failed.failure.body, attempts) from None
 
     # -- policy ------------------------------------------------------------------------------------------
     def _wait(self, state: tenacity.RetryCallState) -> float:
@@ -215,7 +216,8 @@ class Resilient:
 
     def _scrubbed(self, failure: Failure) -> Failure:
         # A refused key's error body may echo part of the key (OpenAI does): it is not kept.
-        body = redact(failure.body, self._secrets) if failure.body is not None and not failure.key_refused else None
+        keep = failure.body is not None and not failure.key_refused
+        body = redact(failure.body, self._secrets) if keep and failure.body is not None else None
         return Failure(failure.kind, redact(failure.summary, self._secrets), body, failure.key_refused)
 
     def _final_summary(self, failed: _Failed, attempts: int) -> str:
