@@ -265,6 +265,94 @@ def rows(
 
 
 @app.command()
+def gate(
+    name: Annotated[str, typer.Argument(help="pre_review or release")] = "pre_review",
+    top: Annotated[int, typer.Option("--top", help="Offending rows to list.")] = 15,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run a quality gate (Great Expectations) over the rows; a passing release gate freezes a dataset."""
+    from expectations.runner import GATES, run_gate
+    from tasks.dataset import freeze_dataset
+
+    if name not in GATES:
+        err_console.print(f"[red]unknown gate {name!r}[/red]; choose one of {', '.join(GATES)}")
+        raise typer.Exit(2)
+    cfg = settings()
+    with _warehouse(cfg) as con:
+        report = run_gate(con, cfg, name)
+        dataset = (
+            freeze_dataset(con, cfg, report.gate_run_id) if report.success and name == "release" else None
+        )
+    if as_json:
+        payload = report.as_dict()
+        payload["dataset_id"] = dataset.dataset_id if dataset else None
+        print(json.dumps(payload, ensure_ascii=False, indent=1, default=str))
+    else:
+        _print_gate(report, top)
+        if dataset:
+            verb = "frozen" if dataset.created else "unchanged (same rows as before)"
+            console.print(
+                f"dataset [bold]{dataset.dataset_id}[/bold] {verb}: {dataset.row_count} rows "
+                f"({dataset.train_count} train / {dataset.valid_count} valid), numeric share "
+                f"{dataset.numeric_share:.1%}, at {dataset.path}"
+            )
+    if not report.success:
+        raise typer.Exit(1)
+
+
+def _print_gate(report: Any, top: int) -> None:
+    table = Table("", "expectation", "column", "observed", "unexpected", title=f"gate {report.gate}")
+    for o in report.outcomes:
+        mark = "[green]pass[/green]" if o.success else "[red]FAIL[/red]"
+        observed = f"{o.observed:.3f}" if isinstance(o.observed, float) else str(o.observed or "")
+        table.add_row(
+            mark, o.description or o.expectation, o.column or "", _clip(observed, 30), str(o.unexpected_count)
+        )
+    console.print(table)
+    if report.conflicts:
+        console.print("conflicts: " + ", ".join(f"{k} {v}" for k, v in sorted(report.conflicts.items())))
+    if report.moved_to_review:
+        console.print(f"{report.moved_to_review} auto-verified rows in conflicts sent to review")
+    if report.offending:
+        rows = Table("row", "question", "numbers", "status", "conflict partner", "fails", title="rows to fix")
+        for r in report.offending[:top]:
+            rows.add_row(
+                r["row_id"],
+                _clip(r["question"], 36),
+                ",".join(r["numbers"]),
+                r["status"],
+                r["conflict_partner"] or "",
+                ",".join(r["fails"]),
+            )
+        console.print(rows)
+    if report.data_docs_index:
+        console.print(f"Data Docs: {report.data_docs_index}")
+    console.print(("[green]" if report.success else "[red]") + report.message)
+
+
+@app.command()
+def datasets() -> None:
+    """Frozen dataset snapshots."""
+    from warehouse.gates import list_datasets
+
+    cfg = settings()
+    with _warehouse(cfg, read_only=True) as con:
+        found = list_datasets(con)
+    table = Table("dataset", "created", "rows", "train", "valid", "numeric share", "path", title="datasets")
+    for d in found:
+        table.add_row(
+            d["dataset_id"],
+            str(d["created_at"])[:19],
+            str(d["row_count"]),
+            str(d["train_count"]),
+            str(d["valid_count"]),
+            f"{d['numeric_share']:.1%}",
+            d["path"],
+        )
+    console.print(table)
+
+
+@app.command()
 def docs() -> None:
     """Documents in the warehouse, with status and the reason for any failure."""
     cfg = settings()

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     llamacpp_model_path: str | None = Field(None, description="GGUF file for the llamacpp teacher.")
     llamacpp_threads: int = Field(2, description="CPU threads for llama.cpp.")
 
+    # Quality gates and datasets
+    min_numeric_share: float = Field(
+        0.20, description="Least share of rows that state a number (both gates)."
+    )
+    similarity_threshold: float = Field(
+        0.8, description="Character-bigram similarity above which two questions are near duplicates."
+    )
+    valid_share: float = Field(0.1, description="Share of a frozen dataset held out for validation.")
+
     # Secrets: read from the environment or a 0600 file in the workspace, never printed.
     gemini_api_keys: SecretStr | None = Field(
         None,

@@ -169,8 +169,6 @@ def verify_row(
     grounded = grounded_numbers
     if row.unsure:
         notes.append("the teacher marked this row unsure")
-    if not grounded or row.unsure or (is_numeric and review_numeric_rows):
-        status = "needs_review"
-    else:
-        status = "auto_verified"
+    risky = not grounded or row.unsure or (is_numeric and review_numeric_rows)
+    status = "needs_review" if risky else "auto_verified"
     return Verdict(numbers, is_numeric, True, grounded, tuple(dict.fromkeys(fact_ids)), status, tuple(notes))

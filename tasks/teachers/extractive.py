@@ -95,22 +95,39 @@ class ExtractiveTeacher:
         return TeacherOutput(rows=_unique(rows))
 
     def fact_rows(self, chunk: ChunkContext, fact: FactRef) -> list[QAPair]:
-        """``per_fact`` questions about one fact, answered with the clause that states it."""
+        """``per_fact`` questions about one fact, answered with the clause that states it.
+
+        When the subject alone does not pin the fact down (another fact of the chunk has the same subject,
+        as in approval tiers), the questions are the clause itself with the number asked for, so that two
+        rows never ask the same question and expect different numbers.
+        """
         subject = _clean_subject(fact.subject) or _heading_subject(chunk)
-        phrasings = _phrasings(fact)
-        offset = int(hashlib.sha256(fact.fact_id.encode()).hexdigest(), 16) % len(phrasings)
-        chosen = [phrasings[(offset + i) % len(phrasings)] for i in range(min(self.per_fact, len(phrasings)))]
         answer, evidence = _answer_for(chunk.text, fact, subject)
+        if _ambiguous(chunk, fact, subject):
+            cloze = _cloze(evidence, fact)
+            if subject not in cloze and subject not in _GENERIC_SUBJECTS:
+                cloze = f"{subject}：{cloze}"
+            questions = [
+                cloze,
+                f"按照《{_doc_title(chunk)}》，{cloze}",
+                f"{_heading_subject(chunk)}方面，{cloze}",
+            ]
+        else:
+            phrasings = _phrasings(fact)
+            offset = int(hashlib.sha256(fact.fact_id.encode()).hexdigest(), 16) % len(phrasings)
+            questions = [
+                phrasings[(offset + i) % len(phrasings)].format(s=subject) for i in range(len(phrasings))
+            ]
         return [
             QAPair(
-                question=p.format(s=subject),
+                question=q,
                 answer=answer,
                 evidence=evidence,
                 numbers=(fact.raw,),
                 kind="numeric",
                 fact_ids=(fact.fact_id,),
             )
-            for p in chosen
+            for q in questions[: self.per_fact]
         ]
 
 
@@ -199,6 +216,32 @@ def _answer_for(text: str, fact: FactRef, subject: str) -> tuple[str, str]:
     if subject and subject not in answer:
         answer = f"{subject}：{answer}"
     return answer + ("" if answer.endswith(("。", "！", "？")) else "。"), evidence
+
+
+_GENERIC_SUBJECTS = {"部分", "标准", "金额", "项目", "费用", "经费", "支出", "合同", "款", "费"}
+_NUMERAL_PART = re.compile(r"^[0-9０-９.,，~～\-—–至到零〇一二两三四五六七八九十百千万亿]+")
+
+
+def _ambiguous(chunk: ChunkContext, fact: FactRef, subject: str) -> bool:
+    if len(subject) < 2 or subject in _GENERIC_SUBJECTS:
+        return True
+    return any(
+        other.fact_id != fact.fact_id and other.subject == fact.subject and other.value != fact.value
+        for other in chunk.facts
+    )
+
+
+def _cloze(evidence: str, fact: FactRef) -> str:
+    """The clause as a question: the fact's number replaced by 多少 (百分之多少 for percentages)."""
+    raw = fact.raw
+    percent = raw.endswith(("%", "％")) or raw.startswith("百分之")
+    asked = "百分之多少" if percent else _NUMERAL_PART.sub("多少", raw)
+    body = _LEADING_MARKER.sub("", evidence).replace(raw, asked, 1).rstrip("，,。；;：: ")
+    return body + "？"
+
+
+def _doc_title(chunk: ChunkContext) -> str:
+    return re.sub(r"\.(pdf|txt|md|markdown)$", "", chunk.doc_name, flags=re.IGNORECASE)
 
 
 def _clean_subject(subject: str) -> str:

@@ -1,8 +1,8 @@
 """The Gemini teacher: the real google-genai client, one client per API key, keys rotated on rate limits.
 
 The SDK's own retries are switched off (``HttpRetryOptions(attempts=1)``) so that every HTTP call goes
-through ``tasks.teachers.resilience`` and is counted; automatic continuation is off for the same reason
-(it would send follow-up requests we could not count).
+through ``tasks.teachers.resilience`` and is counted; automatic continuation and function calling are off
+for the same reason (they would send follow-up requests we could not count).
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class GeminiTeacher:
             response_schema=ResponseModel,  # the SDK turns the pydantic model into Gemini's schema
             temperature=0.2,
             automatic_continuation=False,
+            # No tools are given, but saying so keeps generate_content to exactly one request per call.
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
 
     def __repr__(self) -> str:
@@ -97,7 +99,8 @@ class GeminiTeacher:
                     vertexai=False,
                     http_options=types.HttpOptions(
                         base_url=self._settings.gemini_base_url,
-                        timeout=int(self._settings.teacher_timeout_s * 1000),  # milliseconds
+                        # milliseconds; at least 1, since 0 would mean no timeout at all
+                        timeout=max(1, int(self._settings.teacher_timeout_s * 1000)),
                         retry_options=types.HttpRetryOptions(attempts=1),  # we retry, and count, ourselves
                     ),
                 )

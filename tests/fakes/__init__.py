@@ -6,7 +6,7 @@ share: the outcomes, the schedule, call records, the default answer built from t
 A schedule decides, per call, what the server does. It is one of
 
 * ``None``: every call answers ``ok``;
-* a sequence of outcomes (``"ok"``, ``"429"``, ... or ``Reply``): call ``i`` gets item ``i``, later calls ``ok``;
+* a sequence of outcomes (``"ok"``, ``"429"``, ..., or ``Reply``): call ``i`` gets item ``i``, then ``ok``;
 * a callable ``(index, key_index) -> outcome``; ``key_index`` is the position of the request's API key in
   the server's ``keys`` (``None`` when the server was given no keys, ``-1`` for a key it does not know);
 * ``random_faults(seed, {"429": 0.1, "500": 0.05, ...})``: seeded, and decided by call index alone, so a
@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 OK = "ok"
 RATE_LIMIT = "429"
@@ -34,8 +34,8 @@ UNAVAILABLE = "503"
 UNAUTHORIZED = "401"
 FORBIDDEN = "403"
 BAD_REQUEST = "400"
-BAD_KEY = "bad_key"      # the protocol's own refusal of an unknown key (Gemini: 400 API_KEY_INVALID; OpenAI: 401)
-HANG = "hang"            # answer nothing for ``hang_s`` (longer than the client's timeout)
+BAD_KEY = "bad_key"      # the protocol's refusal of an unknown key (Gemini: 400 API_KEY_INVALID; OpenAI: 401)
+HANG = "hang"            # say nothing for ``hang_s`` (longer than the client's timeout), then answer ok
 TRUNCATED = "truncated"  # the default rows body cut off mid-row, as at a token limit
 MALFORMED = "malformed"  # the default rows wrapped in prose and a code fence, with a trailing comma
 HOPELESS = "hopeless"    # prose with no JSON in it at all
@@ -177,12 +177,13 @@ class FakeServer:
         return f"{type(self).__name__}(calls={len(self.calls)})"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-    def start(self) -> FakeServer:
+    def start(self) -> Self:
         handler = type("Handler", (self.handler_class,), {"fake": self})
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True  # a hanging handler must not keep the test process alive
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name=type(self).__name__, daemon=True)
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name=type(self).__name__,
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -193,7 +194,7 @@ class FakeServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -209,9 +210,11 @@ class FakeServer:
         return f"http://127.0.0.1:{self.port}"
 
     # -- per call ----------------------------------------------------------------------------------------
-    def begin_call(self, key: str | None, body: dict[str, Any], forced: Reply | None = None) -> tuple[int, Reply]:
-        """Register a request; returns its index and what to do (``forced``, e.g. a protocol refusal, overrides
-        the schedule but still takes an index). Sleeps the fixed latency first."""
+    def begin_call(
+        self, key: str | None, body: dict[str, Any], forced: Reply | None = None
+    ) -> tuple[int, Reply]:
+        """Register a request; returns its index and what to do (``forced``, e.g. a protocol refusal,
+        overrides the schedule but still takes an index). Sleeps the fixed latency first."""
         key_index, label = key_label(key, self.keys)
         with self._lock:
             index = len(self.calls)

@@ -41,8 +41,10 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     BAD_REQUEST: (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
     BAD_KEY: (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
 }
-_STATUS_NAMES = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 401: "UNAUTHENTICATED",
-                 403: "PERMISSION_DENIED", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 504: "DEADLINE_EXCEEDED"}
+_STATUS_NAMES = {
+    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 504: "DEADLINE_EXCEEDED",
+}
 
 
 def error_body(status: int, google_status: str, message: str) -> dict[str, Any]:

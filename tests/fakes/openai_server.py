@@ -38,7 +38,7 @@ UNSUPPORTED_FORMAT_MESSAGE = "response_format type 'json_schema' is not supporte
 
 # outcome -> (HTTP status, error type, code, message)
 ERRORS: dict[str, tuple[int, str, str | None, str]] = {
-    RATE_LIMIT: (429, "requests", "rate_limit_exceeded", "Rate limit reached for requests. Please try again."),
+    RATE_LIMIT: (429, "requests", "rate_limit_exceeded", "Rate limit reached for requests. Try again soon."),
     SERVER_ERROR: (500, "server_error", None, "The server had an error while processing your request."),
     UNAVAILABLE: (503, "server_error", None, "The engine is currently overloaded, please try again later."),
     FORBIDDEN: (403, "invalid_request_error", "forbidden", "You are not allowed to use this model."),
@@ -91,12 +91,12 @@ class _OpenAIHandler(JsonHandler):
 
     def answer(self, reply: Reply, key: str | None, body: dict[str, Any]) -> None:
         if reply.status is not None:
-            self.send_json(reply.status, error_body(reply.message or f"HTTP {reply.status}",
-                                                    "server_error" if reply.status >= 500 else "invalid_request_error"))
+            type_ = "server_error" if reply.status >= 500 else "invalid_request_error"
+            self.send_json(reply.status, error_body(reply.message or f"HTTP {reply.status}", type_))
             return
         if reply.outcome in (UNAUTHORIZED, BAD_KEY):
             self.send_json(401, error_body(
-                f"Incorrect API key provided: {masked(key)}. You can find your API key in your account settings.",
+                f"Incorrect API key provided: {masked(key)}. You can find your API key in your settings.",
                 "invalid_request_error", "invalid_api_key"))
             return
         if reply.outcome in ERRORS:

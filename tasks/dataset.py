@@ -1,0 +1,119 @@
+"""Frozen dataset snapshots: the rows that passed the release gate, as chat-format JSONL.
+
+The dataset id is a content hash of the sorted rows and the prompt format, so the same rows always give the
+same id and any change to one row gives a new one. Files are written to a temporary folder and renamed into
+place, so a crash never leaves a half-written dataset under its id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from tasks.config import Settings
+from tasks.prompt_format import PROMPT_FORMAT, chat_messages
+from warehouse import gates as queries
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    dataset_id: str
+    path: Path
+    row_count: int
+    train_count: int
+    valid_count: int
+    numeric_share: float
+    created: bool  # False when the same rows were frozen before
+
+
+def dataset_id_for(rows: list[dict[str, Any]], prompt_format: str = PROMPT_FORMAT) -> str:
+    digest = hashlib.sha256(prompt_format.encode())
+    for row in sorted(rows, key=lambda r: r["row_id"]):
+        digest.update(f"\x1e{row['row_id']}\x1f{row['question']}\x1f{row['answer']}".encode())
+    return digest.hexdigest()[:16]
+
+
+def split_of(row_id: str, valid_share: float) -> str:
+    """Deterministic split by the row's id, so a row keeps its split across snapshots."""
+    bucket = int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "valid" if bucket < valid_share else "train"
+
+
+def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_id: str) -> DatasetInfo:
+    """Freeze the trainable rows (after a passing release gate) under their content hash."""
+    rows = queries.trainable_rows(con)
+    if not rows:
+        raise ValueError("no trainable rows: nothing is approved, corrected or verified by the ledger")
+    dataset_id = dataset_id_for(rows)
+    folder = settings.workspace / "datasets" / dataset_id
+    splits = [(r["row_id"], split_of(r["row_id"], settings.valid_share)) for r in rows]
+    if not any(split == "valid" for _, split in splits) and len(splits) > 1:
+        splits[-1] = (splits[-1][0], "valid")  # early stopping needs at least one validation row
+    numeric_share = sum(bool(r["is_numeric"]) for r in rows) / len(rows)
+    train_count = sum(split == "train" for _, split in splits)
+    info = DatasetInfo(
+        dataset_id, folder, len(rows), train_count, len(rows) - train_count, numeric_share, created=False
+    )
+    if queries.dataset_exists(con, dataset_id) and folder.exists():
+        return info
+    _write_files(folder, rows, dict(splits), dataset_id)
+    counts = {
+        "status": dict(Counter(r["status"] for r in rows)),
+        "kind": dict(Counter(r["kind"] for r in rows)),
+        "doc": dict(Counter(r["doc"] for r in rows)),
+    }
+    if not queries.dataset_exists(con, dataset_id):
+        queries.register_dataset(
+            con,
+            {
+                "dataset_id": dataset_id,
+                "prompt_format": PROMPT_FORMAT,
+                "row_count": len(rows),
+                "train_count": train_count,
+                "valid_count": len(rows) - train_count,
+                "numeric_share": numeric_share,
+                "counts": counts,
+                "gate_run_id": gate_run_id,
+                "path": str(folder),
+            },
+            splits,
+        )
+    return DatasetInfo(
+        dataset_id, folder, len(rows), train_count, len(rows) - train_count, numeric_share, created=True
+    )
+
+
+def _write_files(folder: Path, rows: list[dict[str, Any]], split: dict[str, str], dataset_id: str) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dataset_id}-", dir=folder.parent))
+    try:
+        with (
+            open(staging / "train.jsonl", "w", encoding="utf-8") as train,
+            open(staging / "valid.jsonl", "w", encoding="utf-8") as valid,
+        ):
+            for row in rows:
+                record = {
+                    "id": row["row_id"],
+                    "messages": chat_messages(row["question"], row["answer"]),
+                    "doc": row["doc"],
+                    "kind": row["kind"],
+                }
+                target = valid if split[row["row_id"]] == "valid" else train
+                target.write(json.dumps(record, ensure_ascii=False) + "\n")
+        manifest = {"dataset_id": dataset_id, "prompt_format": PROMPT_FORMAT, "rows": len(rows)}
+        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), "utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)  # a leftover from a crash between writing and registering
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
