@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+review_app = typer.Typer(help="Human review of risky rows (Label Studio) and review policies.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -350,6 +352,19 @@ def datasets() -> None:
             d["path"],
         )
     console.print(table)
+
+
+@review_app.command("auto")
+def review_auto() -> None:
+    """Apply the `auto` review policy (demos and CI only): grounded rows approved, the rest rejected."""
+    from review.policy import apply_auto_policy
+
+    cfg = settings()
+    with _warehouse(cfg) as con:
+        counts = apply_auto_policy(con)
+    console.print(
+        f"auto review policy (reviewer auto:ledger): {counts['approved']} approved, {counts['rejected']} rejected"
+    )
 
 
 @app.command()

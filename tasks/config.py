@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     unanswerable_share: float = Field(0.05, description="Share of rows that ask what the rules do not cover.")
     distill_concurrency: int = Field(8, description="Chunks sent to a model teacher at once.")
     review_numeric_rows: bool = Field(True, description="Numeric rows go to people even when grounded.")
+    review_policy: str = Field("labelstudio", description="labelstudio | auto (demos and CI only)")
     teacher_timeout_s: float = Field(60.0, description="Per-call timeout of a model teacher.")
     teacher_max_attempts: int = Field(6, description="Attempts per chunk across retries and key rotation.")
     teacher_backoff_s: float = Field(1.0, description="First backoff; doubles per retry, with jitter.")
