@@ -238,7 +238,21 @@ def test_numbered_categories_are_not_near_duplicates(seeded, settings: Settings)
 def test_people_resolve_conflicts_the_auto_policy_does_not(seeded, settings: Settings) -> None:
     rows = _add_rows(
         seeded,
-        [{"question": "伙食补助费每人每天多少钱？", "answer": "每人每天100元。", "numbers": ["100"], "reviewer": "auto:ledger"}, {"question": "伙食补助费每人每天多少钱？", "answer": "每人每天80元。", "numbers": ["80"], "reviewer": "auto:ledger"}, *_numeric_rows(5)],
+        [
+            {
+                "question": "伙食补助费每人每天多少钱？",
+                "answer": "每人每天100元。",
+                "numbers": ["100"],
+                "reviewer": "auto:ledger",
+            },
+            {
+                "question": "伙食补助费每人每天多少钱？",
+                "answer": "每人每天80元。",
+                "numbers": ["80"],
+                "reviewer": "auto:ledger",
+            },
+            *_numeric_rows(5),
+        ],
     )
     assert not run_gate(seeded, settings, "release").success
     seeded.execute("UPDATE qa_rows SET reviewer = 'annotator-2' WHERE row_id IN (?, ?)", rows[:2])
