@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -33,6 +34,8 @@ from tasks.verify import verify_row
 from warehouse import distill as queries
 
 TEACHERS = ("extractive", "gemini", "openai", "llamacpp")
+FLUSH_EVERY_CHUNKS = 32
+FLUSH_EVERY_S = 1.0
 
 
 def make_teacher(settings: Settings, name: str | None = None) -> Teacher:
@@ -178,16 +181,27 @@ def distill(
     if on_chunk:
         on_chunk(progress, len(todo))
 
+    pending: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        summary.rows_added += queries.save_teacher_calls(con, pending)
+        pending.clear()
+        last_flush = time.monotonic()
+
     def store(chunk: ChunkContext, output: TeacherOutput) -> None:
+        # Results are written in small groups: each commit costs a disk flush, and a crash loses at most
+        # the last second of teacher work (which the cache then simply redoes).
         key = keys[chunk.chunk_id]
         rows = [] if output.failed else _verified_rows(chunk, key, output.rows, settings)
-        summary.rows_added += queries.save_teacher_call(
-            con, _call_record(key, chunk.chunk_id, teacher, output, run_id), rows
-        )
+        pending.append((_call_record(key, chunk.chunk_id, teacher, output, run_id), rows))
         summary.usage.add(output.usage)
         if output.failed:
             summary.failed += 1
             summary.failures.append({"chunk_id": chunk.chunk_id, "error": output.error})
+        if len(pending) >= FLUSH_EVERY_CHUNKS or time.monotonic() - last_flush >= FLUSH_EVERY_S:
+            flush()
 
     workers = 1 if teacher.name in ("extractive", "llamacpp") else max(1, settings.distill_concurrency)
     if workers == 1:
@@ -204,6 +218,7 @@ def distill(
                 progress += 1
                 if on_chunk:
                     on_chunk(progress, len(todo))
+    flush()
 
     summary.rows_added += _add_unanswerable(con, settings, chunks, run_id)
     summary.totals = queries.rows_summary(con, doc)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import duckdb
 
-from warehouse.db import transaction
+from warehouse.db import bulk_insert, transaction
 
 
 def chunks_with_facts(
@@ -82,73 +83,127 @@ def finish_run(con: duckdb.DuckDBPyConnection, run_id: str, totals: dict[str, An
     )
 
 
+_CALL_COLUMNS = [
+    "cache_key",
+    "chunk_id",
+    "teacher",
+    "model",
+    "prompt_version",
+    "status",
+    "error",
+    "raw_text",
+    "row_count",
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "run_id",
+]
+_ROW_COLUMNS = [
+    "row_id",
+    "cache_key",
+    "chunk_id",
+    "doc_id",
+    "teacher",
+    "question",
+    "answer",
+    "evidence",
+    "kind",
+    "unsure",
+    "teacher_numbers",
+    "numbers",
+    "is_numeric",
+    "evidence_found",
+    "grounded",
+    "fact_ids",
+    "verify_notes",
+    "status",
+    "reviewer",
+    "reviewed_at",
+]
+
+
+def save_teacher_calls(
+    con: duckdb.DuckDBPyConnection, results: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]
+) -> int:
+    """Store teacher calls and their verified rows in one transaction; returns the rows newly added.
+
+    A call replaces an earlier failed attempt with the same key; rows already present are kept as they are
+    (their review state must survive a re-run). Several chunks go in one transaction because each commit
+    costs a flush to disk.
+    """
+    if not results:
+        return 0
+    calls = [call for call, _ in results]
+    rows = {row["row_id"]: (call, row) for call, chunk_rows in results for row in chunk_rows}
+    with transaction(con):
+        keys = [c["cache_key"] for c in calls]
+        con.execute("DELETE FROM teacher_calls WHERE cache_key IN (SELECT unnest(?))", [keys])
+        bulk_insert(
+            con,
+            "teacher_calls",
+            _CALL_COLUMNS,
+            [
+                [
+                    c[k] if k != "row_count" else sum(1 for r in rows.values() if r[0] is c)
+                    for k in _CALL_COLUMNS
+                ]
+                for c in calls
+            ],
+        )
+        existing = (
+            {
+                r
+                for (r,) in con.execute(
+                    "SELECT row_id FROM qa_rows WHERE row_id IN (SELECT unnest(?))", [list(rows)]
+                ).fetchall()
+            }
+            if rows
+            else set()
+        )
+        now = datetime.now()
+        new = [
+            [
+                call["cache_key"],
+                row["chunk_id"],
+                row["doc_id"],
+                call["teacher"],
+                row["question"],
+                row["answer"],
+                row["evidence"],
+                row["kind"],
+                row["unsure"],
+                row["teacher_numbers"],
+                row["numbers"],
+                row["is_numeric"],
+                row["evidence_found"],
+                row["grounded"],
+                row["fact_ids"],
+                row["verify_notes"],
+                row["status"],
+                row["reviewer"],
+                now if row["reviewer"] else None,
+            ]
+            for row_id, (call, row) in rows.items()
+            if row_id not in existing
+        ]
+        bulk_insert(
+            con,
+            "qa_rows",
+            _ROW_COLUMNS,
+            [
+                [row_id, *values]
+                for row_id, values in zip([r for r in rows if r not in existing], new, strict=True)
+            ],
+        )
+    return len(new)
+
+
 def save_teacher_call(
     con: duckdb.DuckDBPyConnection, call: dict[str, Any], rows: Sequence[dict[str, Any]]
 ) -> int:
-    """Store one chunk's teacher call and its verified rows together; returns the rows newly added.
-
-    The call replaces an earlier failed attempt with the same key; rows already present are kept as they are
-    (their review state must survive a re-run).
-    """
-    with transaction(con):
-        con.execute("DELETE FROM teacher_calls WHERE cache_key = ?", [call["cache_key"]])
-        con.execute(
-            "INSERT INTO teacher_calls (cache_key, chunk_id, teacher, model, prompt_version, status, error,"
-            " raw_text, row_count, calls, prompt_tokens, completion_tokens, cost_usd, run_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                call["cache_key"],
-                call["chunk_id"],
-                call["teacher"],
-                call["model"],
-                call["prompt_version"],
-                call["status"],
-                call["error"],
-                call["raw_text"],
-                len(rows),
-                call["calls"],
-                call["prompt_tokens"],
-                call["completion_tokens"],
-                call["cost_usd"],
-                call["run_id"],
-            ],
-        )
-        added = 0
-        for row in rows:
-            before = con.execute("SELECT count(*) FROM qa_rows WHERE row_id = ?", [row["row_id"]]).fetchone()
-            if before and before[0]:
-                continue
-            con.execute(
-                "INSERT INTO qa_rows (row_id, cache_key, chunk_id, doc_id, teacher, question, answer,"
-                " evidence, kind, unsure, teacher_numbers, numbers, is_numeric, evidence_found, grounded, fact_ids,"
-                " verify_notes, status, reviewer, reviewed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " CASE WHEN ? IS NULL THEN NULL ELSE current_timestamp END)",
-                [
-                    row["row_id"],
-                    call["cache_key"],
-                    row["chunk_id"],
-                    row["doc_id"],
-                    call["teacher"],
-                    row["question"],
-                    row["answer"],
-                    row["evidence"],
-                    row["kind"],
-                    row["unsure"],
-                    row["teacher_numbers"],
-                    row["numbers"],
-                    row["is_numeric"],
-                    row["evidence_found"],
-                    row["grounded"],
-                    row["fact_ids"],
-                    row["verify_notes"],
-                    row["status"],
-                    row["reviewer"],
-                    row["reviewer"],
-                ],
-            )
-            added += 1
-    return added
+    """One chunk's call and rows (see ``save_teacher_calls``)."""
+    return save_teacher_calls(con, [(call, rows)])
 
 
 def list_rows(

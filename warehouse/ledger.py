@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
-from warehouse.db import transaction
+from warehouse.db import bulk_insert, transaction
 
 
 def document_status(con: duckdb.DuckDBPyConnection, doc_id: str) -> str | None:
@@ -45,45 +44,76 @@ def save_document(
                 document.text,
             ],
         )
-        _bulk_insert(
-            con, "pages", ["doc_id", "page_no", "start_char", "char_count"],
+        bulk_insert(
+            con,
+            "pages",
+            ["doc_id", "page_no", "start_char", "char_count"],
             [[document.doc_id, p.page_no, p.start_char, p.char_count] for p in pages],
         )
-        _bulk_insert(
-            con, "chunks",
-            ["chunk_id", "doc_id", "seq", "heading_path", "text", "start_char", "end_char", "page_start",
-             "page_end"],
+        bulk_insert(
+            con,
+            "chunks",
             [
-                [c.chunk_id, document.doc_id, c.seq, c.heading_path, c.text, c.start_char, c.end_char,
-                 c.page_start, c.page_end]
+                "chunk_id",
+                "doc_id",
+                "seq",
+                "heading_path",
+                "text",
+                "start_char",
+                "end_char",
+                "page_start",
+                "page_end",
+            ],
+            [
+                [
+                    c.chunk_id,
+                    document.doc_id,
+                    c.seq,
+                    c.heading_path,
+                    c.text,
+                    c.start_char,
+                    c.end_char,
+                    c.page_start,
+                    c.page_end,
+                ]
                 for c in chunks
             ],
         )
-        _bulk_insert(
-            con, "facts",
-            ["fact_id", "doc_id", "chunk_id", "value", "value_max", "unit", "raw", "qualifier", "subject",
-             "context", "span_start", "span_end"],
+        bulk_insert(
+            con,
+            "facts",
             [
-                [f.fact_id, document.doc_id, f.chunk_id, f.value, f.value_max, f.unit, f.raw, f.qualifier,
-                 f.subject, f.context, f.span_start, f.span_end]
+                "fact_id",
+                "doc_id",
+                "chunk_id",
+                "value",
+                "value_max",
+                "unit",
+                "raw",
+                "qualifier",
+                "subject",
+                "context",
+                "span_start",
+                "span_end",
+            ],
+            [
+                [
+                    f.fact_id,
+                    document.doc_id,
+                    f.chunk_id,
+                    f.value,
+                    f.value_max,
+                    f.unit,
+                    f.raw,
+                    f.qualifier,
+                    f.subject,
+                    f.context,
+                    f.span_start,
+                    f.span_end,
+                ]
                 for f in facts
             ],
         )
-
-
-def _bulk_insert(
-    con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[list[Any]]
-) -> None:
-    """Insert many rows through a registered Arrow table (measured: 40x faster than executemany here)."""
-    if not rows:
-        return
-    frame = pa.table({name: [row[i] for row in rows] for i, name in enumerate(columns)})
-    con.register("_bulk_rows", frame)
-    try:
-        names = ", ".join(columns)
-        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _bulk_rows")
-    finally:
-        con.unregister("_bulk_rows")
 
 
 def save_failure(

@@ -1,0 +1,112 @@
+"""Distillation speed: the extractive teacher's rows per second over the corpus, and a model teacher's
+concurrent speed-up against a local fake Gemini server with fixed latency, side by side in one process.
+
+The fake server speaks the Gemini REST protocol to the real google-genai client (tests/fakes); each call
+sleeps ``--latency`` seconds, as a remote model would. The sequential run (concurrency 1) and the concurrent
+run (``--concurrency``, default 8) distil the same chunks into separate workspaces. Target: at least 5x.
+
+    .venv/bin/python bench/distill.py [--latency 0.1] [--concurrency 8] [--chunks 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tasks.config import load_settings  # noqa: E402
+from tasks.distill import distill, make_teacher  # noqa: E402
+from tasks.ingest import ingest_file  # noqa: E402
+from tests.fakes.gemini_server import FakeGeminiServer  # noqa: E402
+from warehouse.db import open_warehouse  # noqa: E402
+
+TARGET_SPEEDUP = 5.0
+BENCH_KEYS = "bench-key-one,bench-key-two"
+
+
+def corpus_files() -> list[Path]:
+    texts = sorted((ROOT.parent / "shared" / "corpus" / "text").glob("*.txt"))
+    return texts or [ROOT / "examples" / "sample_rules.md"]
+
+
+def extractive_rate(workspace: Path) -> tuple[int, float]:
+    settings = load_settings(workspace)
+    with open_warehouse(settings.warehouse_path) as con:
+        for path in corpus_files():
+            ingest_file(con, path, settings)
+        start = time.perf_counter()
+        summary = distill(con, settings, make_teacher(settings, "extractive"))
+        return summary.rows_added, time.perf_counter() - start
+
+
+def gemini_run(workspace: Path, base_url: str, concurrency: int, chunks: int) -> tuple[float, int, int]:
+    settings = load_settings(
+        workspace,
+        gemini_base_url=base_url,
+        gemini_api_keys=BENCH_KEYS,
+        distill_concurrency=concurrency,
+        unanswerable_share=0.0,
+    )
+    with open_warehouse(settings.warehouse_path) as con:
+        for path in [ROOT / "examples" / "sample_rules.md", *corpus_files()]:
+            ingest_file(con, path, settings)
+        start = time.perf_counter()
+        summary = distill(con, settings, make_teacher(settings, "gemini"), limit=chunks)
+        return time.perf_counter() - start, summary.usage.calls, summary.failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--chunks", type=int, default=96)
+    args = parser.parse_args()
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        rows, seconds = extractive_rate(tmp_path / "extractive")
+        with FakeGeminiServer(latency_s=args.latency) as server:
+            sequential, calls_seq, failed_seq = gemini_run(tmp_path / "seq", server.base_url, 1, args.chunks)
+            concurrent, calls_con, failed_con = gemini_run(
+                tmp_path / "con", server.base_url, args.concurrency, args.chunks
+            )
+    table = Table(title="distillation benchmark")
+    for column in ("run", "seconds", "throughput", "calls", "failed", "ratio"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "extractive teacher (corpus texts)", f"{seconds:.2f}", f"{rows / seconds:.0f} rows/s", "-", "-", "-"
+    )
+    table.add_row(
+        f"gemini fake, sequential ({args.latency * 1000:.0f} ms/call)",
+        f"{sequential:.2f}",
+        f"{args.chunks / sequential:.1f} chunks/s",
+        str(calls_seq),
+        str(failed_seq),
+        "1.00x",
+    )
+    speedup = sequential / concurrent
+    table.add_row(
+        f"gemini fake, concurrency {args.concurrency}",
+        f"{concurrent:.2f}",
+        f"{args.chunks / concurrent:.1f} chunks/s",
+        str(calls_con),
+        str(failed_con),
+        f"{speedup:.2f}x",
+    )
+    console.print(table)
+    verdict = "meets" if speedup >= TARGET_SPEEDUP else "MISSES"
+    console.print(f"speed-up {speedup:.2f}x {verdict} the target of at least {TARGET_SPEEDUP:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
