@@ -65,19 +65,18 @@ def _task_id(task: Any) -> int:
     return int(task["id"] if isinstance(task, dict) else task.id)
 
 
+def _list_tasks(client: Any, ls_project_id: int) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for task in client.tasks.list(project=ls_project_id, fields="all"):
+        row_id = _task_row_id(task)
+        if row_id:
+            found.setdefault(row_id, _task_id(task))
+    return found
+
+
 def existing_tasks(settings: Settings, client: Any, ls_project_id: int) -> dict[str, int]:
     """row_id -> Label Studio task id of the tasks already in a project."""
-
-    @retrying(settings)
-    def fetch() -> dict[str, int]:
-        found: dict[str, int] = {}
-        for task in client.tasks.list(project=ls_project_id, fields="all"):
-            row_id = _task_row_id(task)
-            if row_id:
-                found.setdefault(row_id, _task_id(task))
-        return found
-
-    return fetch()
+    return retrying(settings)(_list_tasks)(client, ls_project_id)
 
 
 def _import_missing(
@@ -91,7 +90,7 @@ def _import_missing(
     @retrying(settings)
     def sync_tasks() -> dict[str, int]:
         nonlocal imported
-        present = existing_tasks(settings, client, project_id)
+        present = _list_tasks(client, project_id)
         missing = [r for r in rows if r["row_id"] not in present]
         if missing:
             payload = [
@@ -102,7 +101,7 @@ def _import_missing(
             client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
             imported += len(missing)
             # Listing again (rather than trusting the response order) maps ids by row_id, whatever LS returns.
-            present = existing_tasks(settings, client, project_id)
+            present = _list_tasks(client, project_id)
         return present
 
     present = sync_tasks()
@@ -134,6 +133,9 @@ def push_batch(
     candidates = queries.review_candidates(con, limit=limit, row_ids=row_ids)
     if not candidates:
         open_batches = [b for b in queries.list_batches(con) if b["status"] != "synced"]
+        if row_ids is not None:  # the batch those rows are in, not just the newest one
+            holding = set(queries.batches_of_rows(con, row_ids))
+            open_batches = [b for b in open_batches if b["batch_id"] in holding]
         if not open_batches:
             return None
         latest = open_batches[-1]

@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from tasks.config import Settings
 
@@ -38,9 +39,9 @@ LS_VERSION = "1.23.2"
 DEFAULT_VENV = Path.home() / ".cache" / "slm-factory" / "labelstudio-venv"
 DEFAULT_PORT = 8089
 HOST = "127.0.0.1"
-_INSTALLED_MARKER = ".slm-factory-installed"
 # Environment variables of ours that the server must not inherit (it needs none of our keys).
 _SECRET_ENV = ("GEMINI_API_KEYS", "OPENAI_API_KEY", "PREFECT_API_KEY")
+T = TypeVar("T")
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers started by this process, reaped on stop
 
 
@@ -113,10 +114,12 @@ def base_url(settings: Settings) -> str:
 
 
 def is_installed(settings: Settings) -> bool:
+    """Whether the venv has the wanted label-studio (pip writes the dist-info last, so a broken install
+    is not taken for a finished one)."""
     venv = venv_dir(settings)
-    marker = venv / _INSTALLED_MARKER
     version = str(option(settings, "labelstudio_version", LS_VERSION))
-    return (venv / "bin" / "label-studio").exists() and marker.is_file() and marker.read_text().strip() == version
+    dist = list(venv.glob(f"lib/python3*/site-packages/label_studio-{version}.dist-info/RECORD"))
+    return (venv / "bin" / "label-studio").exists() and bool(dist)
 
 
 def ensure_installed(settings: Settings, on_progress: Callable[[str], None] | None = None) -> Path:
@@ -153,7 +156,6 @@ def ensure_installed(settings: Settings, on_progress: Callable[[str], None] | No
                     say(line.strip()[:120])
             if proc.wait() != 0:
                 raise LabelStudioError(f"pip install label-studio=={version} failed; see {log}")
-        (venv / _INSTALLED_MARKER).write_text(version)
         say(f"label-studio {version} installed in {time.monotonic() - started:.0f} s")
     return venv
 
@@ -204,6 +206,28 @@ def client_for(settings: Settings, timeout_s: float = 60.0) -> Any:
     from label_studio_sdk import LabelStudio
 
     return LabelStudio(base_url=base_url(settings), api_key=api_token(settings), timeout=timeout_s)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Retries: Label Studio restarting or briefly down must cost a wait, not an error (nor a lost annotation).
+
+
+def transient(exc: BaseException) -> bool:
+    """Connection failures, timeouts and 5xx/429 answers are worth retrying; a 4xx is our mistake."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    code = getattr(exc, "status_code", None)
+    return isinstance(code, int) and (code >= 500 or code == 429)
+
+
+def retrying(settings: Settings) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A decorator retrying Label Studio calls with exponential backoff: ``retrying(settings)(fn)(*args)``."""
+    return Retrying(
+        retry=retry_if_exception(transient),
+        stop=stop_after_attempt(int(option(settings, "labelstudio_attempts", 5))),
+        wait=wait_exponential(multiplier=float(option(settings, "labelstudio_backoff_s", 1.0)), max=30),
+        reraise=True,
+    ).wraps
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -394,6 +418,8 @@ def _port_moved(settings: Settings, asked: int) -> bool:
         text = log_path(settings).read_text(encoding="utf-8", errors="replace")[-20000:]
     except OSError:
         return False
+    if f"Port {asked} is in use" in text:
+        return True
     marker = f"http://{HOST}:"
     for line in text.splitlines():
         if "Starting development server at" in line or "Listening at" in line:

@@ -235,6 +235,7 @@ def _converted_gguf(gguf: Path, target: Path) -> Path:
             json.dumps({"gguf": str(gguf), "converted_s": round(time.perf_counter() - started, 1)}, indent=2),
             encoding="utf-8",
         )
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared (CI, other users)
         try:
             tmp.rename(target)
         except OSError:

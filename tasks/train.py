@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from tasks.models import BaseIdentity, load_base
 
@@ -461,6 +461,7 @@ def train(
         callbacks=callbacks,
         selective_loss=prof.selective_loss,
     )
+    trainer.remove_callback(PrinterCallback)  # with tqdm off the Trainer would print every log dict
     fit_started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     fit_s = time.perf_counter() - fit_started

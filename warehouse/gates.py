@@ -24,6 +24,8 @@ NORMALISED_QUESTION = (
 )
 LSH_HASHES = 32
 LSH_ROWS_PER_BAND = 4
+LSH_COMMON_MIN = 50  # a bigram in more questions than this (and this share of them) is template, not content
+LSH_COMMON_SHARE = 0.01
 
 
 def normalised(col: str) -> str:
@@ -39,11 +41,19 @@ def _lsh_pairs(con: duckdb.DuckDBPyConnection, items_table: str, threshold: floa
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _lsh_sizes AS SELECT id, count(*) AS n FROM _lsh_grams GROUP BY id"
     )
+    # Bigrams shared by many questions (a template's 的标准是多少) say nothing about which questions are
+    # near duplicates, but would put every templated question into the same buckets: they are left out of
+    # the signatures (the exact similarity below still counts them).
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _lsh_common AS SELECT g FROM _lsh_grams GROUP BY g"
+        f" HAVING count(*) > greatest({LSH_COMMON_MIN}, {LSH_COMMON_SHARE} * (SELECT count(*) FROM _lsh_sizes))"
+    )
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _lsh_bands AS SELECT id, seed // {LSH_ROWS_PER_BAND} AS band,"
         "  hash(list(h ORDER BY seed)) AS bucket FROM ("
         "    SELECT id, s.seed, min(hash(g, s.seed)) AS h"
-        f"    FROM _lsh_grams, range(0, {LSH_HASHES}) AS s(seed) GROUP BY id, s.seed"
+        f"    FROM (SELECT * FROM _lsh_grams WHERE g NOT IN (SELECT g FROM _lsh_common)),"
+        f"      range(0, {LSH_HASHES}) AS s(seed) GROUP BY id, s.seed"
         ") GROUP BY id, band"
     )
     con.execute(
@@ -56,7 +66,7 @@ def _lsh_pairs(con: duckdb.DuckDBPyConnection, items_table: str, threshold: floa
         " JOIN _lsh_sizes na ON na.id = s.a JOIN _lsh_sizes nb ON nb.id = s.b"
         f" WHERE s.inter / (na.n + nb.n - s.inter) >= {float(threshold)}"
     )
-    for table in ("_lsh_grams", "_lsh_sizes", "_lsh_bands"):
+    for table in ("_lsh_grams", "_lsh_sizes", "_lsh_bands", "_lsh_common"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
 
 

@@ -124,6 +124,18 @@ def batches_missing_task_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
     ]
 
 
+def batches_of_rows(con: duckdb.DuckDBPyConnection, row_ids: Sequence[str]) -> list[str]:
+    """Batches holding any of ``row_ids``, oldest first."""
+    return [
+        b
+        for b, _ in con.execute(
+            "SELECT DISTINCT t.batch_id, b.created_at FROM review_tasks t JOIN review_batches b USING (batch_id)"
+            " WHERE t.row_id IN (SELECT unnest(?)) ORDER BY b.created_at, t.batch_id",
+            [list(row_ids)],
+        ).fetchall()
+    ]
+
+
 def batch_tasks(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
     """A batch's tasks with the rows as they are now (and their chunk text, for checking corrections)."""
     return _dicts(
@@ -158,18 +170,21 @@ def chunk_facts(con: duckdb.DuckDBPyConnection, chunk_ids: Sequence[str]) -> dic
     return out
 
 
+def export_path(con: duckdb.DuckDBPyConnection, export_id: str) -> str | None:
+    """Where an export with this content was archived, if it was."""
+    found = con.execute("SELECT path FROM review_exports WHERE export_id = ?", [export_id]).fetchone()
+    return str(found[0]) if found else None
+
+
 def record_export(
     con: duckdb.DuckDBPyConnection, export_id: str, batch_id: str, path: str, task_count: int
-) -> bool:
-    """Remember an archived export (not yet applied); False when the same export was archived before."""
-    seen = con.execute("SELECT count(*) FROM review_exports WHERE export_id = ?", [export_id]).fetchone()
-    if seen and seen[0]:
-        return False
+) -> None:
+    """Remember an archived export as pending (not yet applied); a re-archived one gets its new path."""
     con.execute(
-        "INSERT INTO review_exports (export_id, batch_id, path, task_count) VALUES (?, ?, ?, ?)",
+        "INSERT INTO review_exports (export_id, batch_id, path, task_count) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (export_id) DO UPDATE SET path = excluded.path",
         [export_id, batch_id, path, task_count],
     )
-    return True
 
 
 def pending_exports(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
