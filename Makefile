@@ -16,11 +16,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The pipeline so far on the bundled sample: ingest -> ledger -> distil (extractive teacher) -> pre-review gate
+# -> review (the `auto` policy: demos only) -> release gate -> frozen dataset.
 demo: venv
 	@test -f examples/sample_rules.pdf || $(BIN)/python examples/make_sample_pdf.py
 	$(BIN)/slm --workspace $(DEMO_WS) ingest examples/sample_rules.pdf
 	$(BIN)/slm --workspace $(DEMO_WS) facts --summary
 	$(BIN)/slm --workspace $(DEMO_WS) facts --limit 15
+	$(BIN)/slm --workspace $(DEMO_WS) distill --teacher extractive
+	$(BIN)/slm --workspace $(DEMO_WS) gate pre_review --top 5
+	$(BIN)/slm --workspace $(DEMO_WS) review auto
+	$(BIN)/slm --workspace $(DEMO_WS) gate release --top 5
+	$(BIN)/slm --workspace $(DEMO_WS) datasets
 
 test: venv
 	$(BIN)/ruff check .
@@ -32,6 +39,8 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/distill.py
+	$(BIN)/python bench/gates.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

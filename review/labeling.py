@@ -34,7 +34,7 @@ _HINTS = {
     "correct": "答案需要修改：填写修改后的答案和数字 (c)",
     "reject": "问题或答案无用，丢弃 (r)",
 }
-_LABELS = {"accept": "接受 accept [a]", "correct": "修改 correct [c]", "reject": "拒绝 reject [r]"}
+_LABELS = {"accept": "接受 accept", "correct": "修改 correct", "reject": "拒绝 reject"}  # LS shows the hotkey
 
 # Inline HyperText keeps the page's own CSS; a <mark> needs a visible style of its own.
 _MARK_STYLE = "background:#ffe066;padding:0 2px;border-radius:2px;font-weight:600"
@@ -76,7 +76,7 @@ def label_config() -> str:
             placeholder="完整的正确答案"/>
   <Header value="修改后的数字 Corrected number(s), e.g. 800元; 1200元" size="6"/>
   <TextArea name="{CORRECTED_NUMBERS}" toName="answer" rows="1" editable="true" maxSubmissions="1"
-            placeholder="800元"/>
+            placeholder="例如 800元"/>
   <Header value="备注 Comment" size="6"/>
   <TextArea name="{COMMENT}" toName="answer" rows="2" editable="true" maxSubmissions="1"/>
 </View>

@@ -235,7 +235,10 @@ def retrying(settings: Settings) -> Callable[[Callable[..., T]], Callable[..., T
 
 
 def _port_free(p: int) -> bool:
+    """Whether a server could listen on ``p`` now. SO_REUSEADDR as the server itself sets it: connections
+    in TIME_WAIT after a stop do not count, a listening socket does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, p))
         except OSError:
