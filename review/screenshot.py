@@ -155,8 +155,9 @@ def demo_batch(settings: Settings) -> tuple[int, int]:
         if not batches:
             ingest_file(con, ROOT / "examples" / "sample_rules.pdf", settings)
             distill(con, settings, make_teacher(settings))
-            rows = [r["row_id"] for r in queries.review_candidates(con) if len(r["numbers"] or []) >= 1]
-            push.push_batch(con, settings, client, None, row_ids=rows[6:9])
+            # Rows about money show the point best: an amount in the answer, lit up in the source.
+            rows = [r["row_id"] for r in queries.review_candidates(con) if r["numbers"] and "元" in r["answer"]]
+            push.push_batch(con, settings, client, None, row_ids=rows[:3])
             batches = queries.list_batches(con)
         batch = batches[-1]
         tasks = [t for t in queries.batch_tasks(con, batch["batch_id"]) if t["ls_task_id"] is not None]

@@ -447,7 +447,10 @@ def stop(settings: Settings, timeout_s: float = 30.0) -> bool:
         pid_path(settings).unlink(missing_ok=True)
         return False
     # start() made the server a session leader, so its group is exactly the server and its workers.
-    group = os.getpgid(pid) == pid
+    try:
+        group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        group = False
     _signal(pid, signal.SIGTERM, group)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and _alive(pid):

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     distill_concurrency: int = Field(8, description="Chunks sent to a model teacher at once.")
     review_numeric_rows: bool = Field(True, description="Numeric rows go to people even when grounded.")
     review_policy: str = Field("labelstudio", description="labelstudio | auto (demos and CI only)")
+    review_timeout_s: float = Field(7 * 24 * 3600.0, description="How long a flow waits paused for reviewers.")
+    labelstudio_url: str | None = Field(None, description="A Label Studio run elsewhere (else ours on loopback).")
+    labelstudio_port: int = Field(8089, description="Port of our Label Studio server on 127.0.0.1.")
+    labelstudio_venv: Path | None = Field(None, description="Virtual environment for the Label Studio server.")
+    labelstudio_version: str = Field("1.23.2", description="Label Studio server version to install.")
+    labelstudio_start_timeout_s: float = Field(240.0, description="Wait this long for /health on first start.")
+    labelstudio_attempts: int = Field(5, description="Attempts per Label Studio call when it is down.")
+    labelstudio_backoff_s: float = Field(1.0, description="First backoff between Label Studio attempts.")
+    review_webhook_port: int = Field(8090, description="Port of the webhook receiver on 127.0.0.1.")
     teacher_timeout_s: float = Field(60.0, description="Per-call timeout of a model teacher.")
     teacher_max_attempts: int = Field(6, description="Attempts per chunk across retries and key rotation.")
     teacher_backoff_s: float = Field(1.0, description="First backoff; doubles per retry, with jitter.")
@@ -78,6 +87,7 @@ class Settings(BaseSettings):
         0.8, description="Character-bigram similarity above which two questions are near duplicates."
     )
     valid_share: float = Field(0.1, description="Share of a frozen dataset held out for validation.")
+    golden_size: int = Field(40, description="Questions held out from reviewed rows as the golden set.")
 
     # Secrets: read from the environment or a 0600 file in the workspace, never printed.
     gemini_api_keys: SecretStr | None = Field(

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 
 from tasks.config import Settings
+from tasks.golden import hold_out
 from tasks.prompt_format import PROMPT_FORMAT, chat_messages
 from warehouse import gates as queries
 
@@ -49,8 +50,10 @@ def split_of(row_id: str, valid_share: float) -> str:
 
 
 def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_id: str) -> DatasetInfo:
-    """Freeze the trainable rows (after a passing release gate) under their content hash."""
-    rows = queries.trainable_rows(con)
+    """Freeze the trainable rows (after a passing release gate) under their content hash. The first freeze
+    also holds out the golden set, so its questions never reach training."""
+    hold_out(con, settings.golden_size)
+    rows = queries.trainable_rows(con, settings.similarity_threshold)
     if not rows:
         raise ValueError("no trainable rows: nothing is approved, corrected or verified by the ledger")
     dataset_id = dataset_id_for(rows)

@@ -318,3 +318,13 @@ def test_sample_document_passes_both_gates_under_the_auto_policy(con, settings: 
     assert report.success, report.message
     dataset = freeze_dataset(con, settings, report.gate_run_id)
     assert dataset.numeric_share >= 0.2 and dataset.valid_count > 0
+    # The golden set was held out, stratified, and none of its questions is in the dataset.
+    golden = con.execute("SELECT question, type, doc FROM golden_items").fetchall()
+    assert 5 <= len(golden) <= settings.golden_size
+    assert {t for _, t, _ in golden} >= {"numeric", "text"}
+    trained = set()
+    for name in ("train.jsonl", "valid.jsonl"):
+        for line in (dataset.path / name).read_text(encoding="utf-8").splitlines():
+            trained.add(json.loads(line)["messages"][1]["content"])
+    assert trained and not trained & {q for q, _, _ in golden}
+    assert run_gate(con, settings, "release").success  # still no leakage once the golden set exists

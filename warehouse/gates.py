@@ -177,8 +177,8 @@ def send_conflicts_to_review(con: duckdb.DuckDBPyConnection) -> int:
 
 def _frame(con: duckdb.DuckDBPyConnection, where: str, golden_threshold: float) -> pd.DataFrame:
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _golden_items AS SELECT item_id AS id, {normalised('question')} AS q"
-        " FROM golden_items"
+        f"CREATE OR REPLACE TEMP TABLE _golden_items AS SELECT item_id AS id, {normalised('question')} AS q,"
+        " source LIKE 'held_out:%' AS held FROM golden_items"
     )
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _gate_rows AS SELECT r.*, {normalised('r.question')} AS q"
@@ -193,6 +193,15 @@ def _frame(con: duckdb.DuckDBPyConnection, where: str, golden_threshold: float) 
         _lsh_pairs(con, "_golden_mix", golden_threshold, "_golden_near")
     else:
         con.execute("CREATE OR REPLACE TEMP TABLE _golden_near (a VARCHAR, b VARCHAR, similarity DOUBLE)")
+    # Row questions equal or near to a golden question, and whether that golden item was held out from the
+    # rows (its paraphrases are then simply not training rows) or came from a user's file (a real leak).
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _golden_hits AS SELECT g.q AS q, g.held FROM _golden_items g"
+        " UNION SELECT substr(n.a, 3) AS q, g.held FROM _golden_near n JOIN _golden_items g ON n.b = 'g:' || g.id"
+        "  WHERE n.a LIKE 'r:%'"
+        " UNION SELECT substr(n.b, 3) AS q, g.held FROM _golden_near n JOIN _golden_items g ON n.a = 'g:' || g.id"
+        "  WHERE n.b LIKE 'r:%'"
+    )
     # A conflict is resolved when people reviewed every row in it (approved or corrected, not by auto:*).
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _resolved AS SELECT c.conflict_id FROM conflicts c"
@@ -211,12 +220,11 @@ def _frame(con: duckdb.DuckDBPyConnection, where: str, golden_threshold: float) 
         " EXISTS (SELECT 1 FROM conflicts c WHERE (c.row_a = r.row_id OR c.row_b = r.row_id)"
         "   AND c.conflict_id NOT IN (SELECT conflict_id FROM _resolved)) AS in_conflict,"
         " (SELECT first(c.row_b) FROM conflicts c WHERE c.row_a = r.row_id) AS conflict_partner,"
-        " (EXISTS (SELECT 1 FROM _golden_items g WHERE g.q = r.q) OR EXISTS (SELECT 1 FROM _golden_near n"
-        "   WHERE (n.a = 'r:' || r.q AND n.b LIKE 'g:%') OR (n.b = 'r:' || r.q AND n.a LIKE 'g:%')))"
-        "   AS golden_overlap"
+        " EXISTS (SELECT 1 FROM _golden_hits h WHERE h.q = r.q AND NOT h.held) AS golden_overlap,"
+        " EXISTS (SELECT 1 FROM _golden_hits h WHERE h.q = r.q AND h.held) AS near_held_out"
         " FROM _gate_rows r JOIN documents d USING (doc_id) ORDER BY r.row_id"
     ).df()
-    for table in ("_golden_items", "_gate_rows", "_golden_mix", "_golden_near", "_resolved"):
+    for table in ("_golden_items", "_gate_rows", "_golden_mix", "_golden_near", "_golden_hits", "_resolved"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     return frame
 
@@ -228,11 +236,11 @@ def pre_review_frame(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0
 
 def release_frame(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0.8) -> pd.DataFrame:
     """The rows that would be trained on: everything not rejected (pending rows fail the gate, not vanish)."""
-    return _frame(
-        con,
-        "r.status <> 'rejected' AND r.row_id NOT IN (SELECT row_id FROM golden_items WHERE row_id IS NOT NULL)",
-        golden_threshold,
-    )
+    from warehouse.golden import SHADOWED_BY_GOLDEN
+
+    frame = _frame(con, f"r.status <> 'rejected' AND NOT ({SHADOWED_BY_GOLDEN})", golden_threshold)
+    # Paraphrases of a held-out golden question are not trained on (see trainable_rows), so not checked.
+    return frame[~frame["near_held_out"]].reset_index(drop=True)
 
 
 def record_gate_run(
@@ -316,14 +324,20 @@ def list_datasets(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def trainable_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Rows a dataset is frozen from: reviewed or ledger-verified, never a golden-set question."""
-    cursor = con.execute(
-        "SELECT r.row_id, r.question, r.answer, r.kind, r.status, r.is_numeric, d.name AS doc"
-        " FROM qa_rows r JOIN documents d USING (doc_id)"
-        " WHERE r.status IN ('approved', 'corrected', 'auto_verified')"
-        "  AND r.row_id NOT IN (SELECT row_id FROM golden_items WHERE row_id IS NOT NULL)"
-        " ORDER BY r.row_id"
-    )
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+def trainable_rows(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0.8) -> list[dict[str, Any]]:
+    """Rows a dataset is frozen from: reviewed or ledger-verified, never a golden-set question or a near
+    paraphrase of a held-out one (the same rows the release gate validated)."""
+    frame = release_frame(con, golden_threshold)
+    frame = frame[frame["reviewed_or_verified"]]
+    return [
+        {
+            "row_id": r.row_id,
+            "question": r.question,
+            "answer": r.answer,
+            "kind": r.kind,
+            "status": r.status,
+            "is_numeric": bool(r.is_numeric),
+            "doc": r.doc,
+        }
+        for r in frame.itertuples(index=False)
+    ]

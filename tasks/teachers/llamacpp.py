@@ -7,6 +7,7 @@ The response schema is turned into a llama.cpp grammar, so the model can only em
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ DEFAULT_N_CTX = 4096      # a 600-character chunk plus the prompt is ~1k tokens;
 DEFAULT_MAX_TOKENS = 2048
 TEMPERATURE = 0.2
 SEED = 0                  # fixed, so a cached (teacher, model, prompt_version, chunk) answer is reproducible
+SPARE_ROWS_PER_FACT = 1   # room for an extra paraphrase beyond per_fact before the grammar closes the array
 
 # assemble() writes one shared file under ~/.cache: two teachers built at once must not both write it.
 _ASSEMBLE_LOCK = threading.Lock()
@@ -118,20 +120,42 @@ class LlamaCppTeacher:
                     f"llama.cpp could not load {self.model_path} (llamacpp_model_path): {exc}"
                 ) from exc
             self.load_seconds = time.perf_counter() - started
+            metadata: dict[str, str] = self._llm.metadata or {}
+            if "tokenizer.chat_template" not in metadata and metadata.get(
+                "general.architecture", ""
+            ).startswith("gemma"):
+                # Without a template in the GGUF (the packaged Gemma has none) llama-cpp-python falls back
+                # to Llama 2's [INST] format, which Gemma does not know; its own turn format works far better.
+                self._llm.chat_format = "gemma"
         return self._llm
+
+    def _messages(self, chunk: ChunkContext) -> list[dict[str, str]]:
+        user = build_user_prompt(chunk, self.per_fact)
+        if self._llm is not None and self._llm.chat_format == "gemma":
+            # The "gemma" format silently drops system messages; Gemma's own template folds the system
+            # prompt into the first user turn, so do the same.
+            return [{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{user}"}]
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+    def _schema_for(self, chunk: ChunkContext) -> dict[str, Any]:
+        """The response schema with the row count capped near what the prompt asks for.
+
+        Small models tend to repeat a row until max_tokens; on CPU with grammar sampling that costs minutes
+        per chunk. The cap lets the grammar close the array instead.
+        """
+        schema = copy.deepcopy(self._schema)
+        rows = schema["properties"]["rows"]
+        rows["maxItems"] = max(1, len(chunk.facts)) * (self.per_fact + SPARE_ROWS_PER_FACT)
+        return schema
 
     def generate(self, chunk: ChunkContext) -> TeacherOutput:
         """Rows for one chunk; bad or failed model output comes back as ``error`` with the raw text."""
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": build_user_prompt(chunk, self.per_fact)},
-        ]
         with self._lock:
             llm = self._load()
             try:
                 response = llm.create_chat_completion(
-                    messages=messages,
-                    response_format={"type": "json_object", "schema": self._schema},
+                    messages=self._messages(chunk),
+                    response_format={"type": "json_object", "schema": self._schema_for(chunk)},
                     temperature=TEMPERATURE,
                     max_tokens=self.max_tokens,
                     seed=SEED,
