@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -458,6 +459,39 @@ def review_sync(
             )
             for row_id, why in result.flagged:
                 err_console.print(f"  flagged {row_id}: {why}")
+
+
+@review_app.command("resume")
+def review_resume(
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="The batch (default: the newest open one).")
+    ] = None,
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Resume although tasks remain (explicit policy).")
+    ] = False,
+) -> None:
+    """Resume the flow run paused on a review batch, once every task has an annotation."""
+    from review import server
+    from review.resume import ResumeRefused, resume_batch
+
+    cfg = settings()
+    _prefect_home(cfg)
+    try:
+        with _warehouse(cfg) as con:
+            batch_id, progress = resume_batch(con, cfg, server.client_for(cfg), batch, partial)
+    except ResumeRefused as exc:
+        err_console.print(f"[red]not resumed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"batch {batch_id}: flow run resumed ({progress.annotated}/{progress.tasks} annotated)")
+
+
+def _prefect_home(cfg: Settings) -> None:
+    """Without a Prefect server, every slm process of a workspace shares one local Prefect database, so a
+    run paused by one process can be resumed from another."""
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str((cfg.workspace / "prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 @review_app.command("auto")

@@ -25,7 +25,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -36,6 +36,7 @@ from review.server import HOST, retrying
 from review.sync import BatchProgress, batch_progress
 from tasks.config import Settings
 from warehouse import review as queries
+from warehouse.db import open_warehouse
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class WebhookReceiver:
 
     def __init__(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: duckdb.DuckDBPyConnection | None,
         settings: Settings,
         client: Any,
         resume: ResumeCallback,
@@ -194,12 +195,23 @@ class WebhookReceiver:
             except Exception:  # a failed check (LS restarting, resume refused) must not stop the receiver
                 log.exception("review webhook: checking project %s failed", project_id)
 
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor on the shared connection (one per thread), or, with none given, the warehouse opened for
+        this check only: a flow paused for days must not hold the file's lock."""
+        if self._con is not None:
+            cur = self._con.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+        else:
+            with open_warehouse(self._settings.warehouse_path) as con:
+                yield con
+
     def check_project(self, project_id: int) -> bool:
-        cur = self._con.cursor()  # DuckDB: one cursor per thread
-        try:
+        with self._cursor() as cur:
             batch = queries.batch_for_project(cur, project_id)
-        finally:
-            cur.close()
         return bool(batch) and self.check(batch["batch_id"])
 
     def check(self, batch_id: str) -> bool:
@@ -208,14 +220,11 @@ class WebhookReceiver:
         with self._lock:  # events arrive on several threads; one resume per batch
             if batch_id in self.resumed:
                 return True
-            cur = self._con.cursor()
-            try:
+            with self._cursor() as cur:
                 progress = batch_progress(cur, self._settings, self._client, batch_id)
                 if not progress.complete:
                     return False
                 batch = queries.get_batch(cur, batch_id)
-            finally:
-                cur.close()
             assert batch is not None
             self._resume(batch["flow_run_id"], batch_id, progress)
             self.resumed.add(batch_id)
