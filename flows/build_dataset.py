@@ -59,7 +59,7 @@ def _webhook(settings: Settings, batch: dict[str, Any]) -> Iterator[None]:
         port=settings.review_webhook_port,
     )
     with receiver:
-        register_webhook(client, batch["ls_project_id"], receiver.url, receiver.secret)
+        register_webhook(client, batch["ls_project_id"], receiver.url, receiver.secret, settings)
         yield
 
 

@@ -6,6 +6,7 @@ decoding must still give JSON of the response schema, with token usage counted.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -19,13 +20,9 @@ from tasks.teachers.base import ChunkContext, FactRef, TeacherConfigError
 from tasks.teachers.llamacpp import INSTALL_HINT, LlamaCppTeacher
 from tasks.teachers.llm import PROMPT_VERSION, ResponseModel
 
-try:
-    import llama_cpp  # noqa: F401  (only to know whether the slow tests can run)
-
-    HAS_LLAMA_CPP = True
-except ImportError:
-    HAS_LLAMA_CPP = False
-MAX_TOKENS = 384  # enough for a row or two of JSON; keeps the slow test well under a minute on 2 cores
+# Not imported here: the teacher sets OMP_WAIT_POLICY before llama_cpp (and OpenMP) first loads.
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+MAX_TOKENS = 256  # the row cap (per_fact=1: two rows) closes the JSON in ~60 tokens; this is a backstop
 
 TEXT = "第十八条 伙食补助费按出差自然（日历）天数实行定额包干，每人每天100元。"
 CHUNK = ChunkContext(
@@ -67,19 +64,23 @@ def test_missing_model_file_names_path_and_setting(tmp_path: Path) -> None:
 def test_without_llama_cpp_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tmp_path / "tiny.gguf"
     model.write_bytes(b"GGUF")  # never loaded: the import check comes first
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")  # the teacher sets it; keep this test's change local
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
     with pytest.raises(TeacherConfigError, match="llama-cpp-python") as info:
         LlamaCppTeacher(_settings(llamacpp_model_path=str(model)))
     assert INSTALL_HINT in str(info.value)
 
 
-@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed")
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed (slm-factory[llamacpp])")
 def test_model_is_not_loaded_until_first_generate(tmp_path: Path) -> None:
     model = tmp_path / "custom-model.gguf"
     model.write_bytes(b"GGUF")
     teacher = LlamaCppTeacher(_settings(llamacpp_model_path=str(model)))
     assert (teacher.name, teacher.model, teacher.prompt_version) == ("llamacpp", model.name, PROMPT_VERSION)
     assert not teacher.loaded
+    # The grammar may close the rows array after per_fact + 1 rows per fact (at least one fact's worth).
+    assert teacher._schema_for(CHUNK)["properties"]["rows"]["maxItems"] == 2
+    assert teacher._schema_for(ChunkContext("c", "d", "n", "", "x"))["properties"]["rows"]["maxItems"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +95,18 @@ def gemma() -> Iterator[LlamaCppTeacher]:
 @pytest.mark.slow
 def test_gemma_returns_schema_json_and_reuses_the_model(gemma: LlamaCppTeacher) -> None:
     assert gemma.model == "gemma-3-270m-q4_k_m.gguf"
+    assert not gemma.loaded
 
     first = gemma.generate(CHUNK)
     assert gemma.loaded and gemma.load_seconds is not None
+    assert gemma._llm.chat_format == "gemma"  # the GGUF has no template; not llama-cpp's Llama 2 fallback
     assert first.raw_text is not None
     # Constrained decoding: whatever the rows say, the text is JSON of the response schema.
     json.loads(first.raw_text)
     ResponseModel.model_validate_json(first.raw_text)
     assert first.usage.calls == 1 and first.usage.cost_usd == 0.0
     assert first.usage.prompt_tokens > 50 and first.usage.completion_tokens > 0
+    assert len(json.loads(first.raw_text)["rows"]) <= 2  # the grammar's row cap: 1 fact x (per_fact + 1)
     if first.error is None:
         assert first.rows and all(row.question and row.answer for row in first.rows)
 
@@ -113,3 +117,16 @@ def test_gemma_returns_schema_json_and_reuses_the_model(gemma: LlamaCppTeacher) 
     assert second.raw_text is not None and second.usage.calls == 1
     ResponseModel.model_validate_json(second.raw_text)
     print(f"load {gemma.load_seconds:.2f}s, second generate {time.perf_counter() - started:.2f}s")
+
+
+@pytest.mark.slow
+def test_prompt_longer_than_context_is_reported_not_raised() -> None:
+    if not HAS_LLAMA_CPP:
+        pytest.skip("llama-cpp-python is not installed (pip install 'slm-factory[llamacpp]')")
+    teacher = LlamaCppTeacher(_settings(llamacpp_model_path="gemma3-270m"), n_ctx=64)
+    try:
+        out = teacher.generate(CHUNK)
+    finally:
+        teacher.close()
+    assert out.failed and "context window" in (out.error or "")
+    assert out.rows == [] and out.raw_text is None

@@ -8,6 +8,7 @@ The response schema is turned into a llama.cpp grammar, so the model can only em
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ INSTALL_HINT = "pip install 'slm-factory[llamacpp]'"
 DEFAULT_N_CTX = 4096      # a 600-character chunk plus the prompt is ~1k tokens; the rest is room to answer
 DEFAULT_MAX_TOKENS = 2048
 TEMPERATURE = 0.2
-SEED = 0                  # fixed, so a cached (teacher, model, prompt_version, chunk) answer is reproducible
+SEED = 0                  # fixed, so reruns give much the same rows (not bit-exact: the prompt cache varies)
 SPARE_ROWS_PER_FACT = 1   # room for an extra paraphrase beyond per_fact before the grammar closes the array
 
 # assemble() writes one shared file under ~/.cache: two teachers built at once must not both write it.
@@ -62,6 +63,21 @@ def resolve_model_path(setting: str | None) -> Path:
     return path
 
 
+def _llama_class() -> Any:
+    """``llama_cpp.Llama``, or a TeacherConfigError saying how to install it."""
+    # llama.cpp's CPU backend uses OpenMP, whose default busy-wait makes threads spin for descheduled
+    # peers: on a busy 2-core machine that was 2-4x slower than passive waiting. libgomp reads this once,
+    # when the library loads, so it is set (unless the user chose) before the first import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise TeacherConfigError(
+            f"teacher 'llamacpp' needs llama-cpp-python, which is not installed: run `{INSTALL_HINT}`"
+        ) from exc
+    return Llama
+
+
 class LlamaCppTeacher:
     """Distils a chunk with a local GGUF model through llama-cpp-python.
 
@@ -80,13 +96,7 @@ class LlamaCppTeacher:
         max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
         self.model_path = resolve_model_path(settings.llamacpp_model_path)
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:
-            raise TeacherConfigError(
-                f"teacher 'llamacpp' needs llama-cpp-python, which is not installed: run `{INSTALL_HINT}`"
-            ) from exc
-        self._llama_cls: Any = Llama
+        self._llama_cls: Any = _llama_class()
         self.model: str = self.model_path.name
         self.threads = settings.llamacpp_threads
         self.per_fact = settings.per_fact
