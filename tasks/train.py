@@ -373,6 +373,7 @@ def train(
     logging_steps: int = 1,
     overrides: dict[str, Any] | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``dataset_dir`` and keep the best one (by validation loss).
 
@@ -380,7 +381,8 @@ def train(
     ``adapter/`` (the best adapter, its tokenizer and ``slm_adapter.json``) and ``loss.png``. With
     ``resume`` the run continues from the last complete checkpoint and ends with the same number of
     optimiser steps as an uninterrupted run; without it, old checkpoints in ``out_dir`` are removed.
-    ``overrides`` replaces profile fields; ``callbacks`` are extra TrainerCallbacks.
+    ``overrides`` replaces profile fields; ``callbacks`` are extra TrainerCallbacks; ``threads`` sets torch's
+    CPU threads (default: every core this process may use).
     """
     started = time.perf_counter()
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
@@ -399,9 +401,9 @@ def train(
         raise TrainError(f"{dataset_dir}: no training rows in train.jsonl")
 
     if dev == "cpu":
-        torch.set_num_threads(
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        )
+        # All cores by default. On a machine shared with other busy processes, fewer threads can be much
+        # faster: OpenMP workers then wait on each other at every small elementwise op.
+        torch.set_num_threads(threads or _cpu_count())
 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, set_seed
@@ -466,7 +468,12 @@ def train(
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     fit_s = time.perf_counter() - fit_started
     train_s = max(fit_s - trainer.eval_s, 1e-9)
-    final_eval = trainer.evaluate()["eval_loss"] if has_eval else None
+    final_eval = None
+    if has_eval:
+        # The best checkpoint's validation loss: the adapter kept is the one loaded at the end.
+        final_eval = trainer.state.best_metric
+        if final_eval is None:
+            final_eval = trainer.evaluate()["eval_loss"]
 
     adapter_dir = out_dir / ADAPTER_DIR
     if adapter_dir.exists():
@@ -627,6 +634,10 @@ def plot_loss(curve: list[tuple[int, float | None, float | None]], path: Path, t
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _step_of(checkpoint: str | None) -> int | None:
