@@ -507,6 +507,168 @@ def review_auto() -> None:
     )
 
 
+golden_app = typer.Typer(
+    help="The golden set: evaluation questions training never sees.", no_args_is_help=True
+)
+app.add_typer(golden_app, name="golden")
+
+
+@golden_app.command("add")
+def golden_add(path: Annotated[Path, typer.Argument(help="A question file (JSONL).")]) -> None:
+    """Register a question file in the golden set (the release gate then keeps its questions out of training)."""
+    from tasks.evaluate import QuestionFileError
+    from tasks.golden import add_file
+
+    cfg = settings()
+    try:
+        with _warehouse(cfg) as con:
+            added = add_file(con, path)
+    except QuestionFileError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"{added} questions added to the golden set from {path}")
+
+
+@golden_app.command("show")
+def golden_show() -> None:
+    """The golden set's questions by source and type."""
+    from warehouse.golden import list_items
+
+    cfg = settings()
+    with _warehouse(cfg, read_only=True) as con:
+        items = list_items(con)
+    table = Table("type", "doc", "question", "numbers", "source", title=f"golden set: {len(items)} questions")
+    for i in items:
+        table.add_row(
+            i["type"], i["doc"] or "", _clip(i["question"], 40), ",".join(i["numbers"]), i["source"]
+        )
+    console.print(table)
+
+
+@app.command("eval")
+def eval_command(
+    questions: Annotated[
+        Path | None, typer.Option("--questions", help="A question file (default: the golden set).")
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="base | champion | challenger | an adapter folder")
+    ] = "base",
+    base: Annotated[
+        str | None, typer.Option("--base", help="Base model (default: setting base_model).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
+) -> None:
+    """Evaluate a model: numeric accuracy, keyword coverage, strict accuracy, invented numbers, abstention."""
+    from tasks.evaluate import QuestionFileError, load_questions, run_and_store
+    from tasks.generate import TransformersGenerator
+    from tasks.golden import golden_items
+
+    cfg = settings()
+    try:
+        items = load_questions(questions) if questions else None
+    except QuestionFileError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    with _warehouse(cfg) as con:
+        if items is None:
+            items = golden_items(con)
+        if not items:
+            err_console.print(
+                "[red]no questions[/red]: pass --questions FILE or freeze a dataset (golden set)"
+            )
+            raise typer.Exit(2)
+        items = items[:limit] if limit else items
+        adapter = _resolve_model(cfg, con, model)
+        generator = TransformersGenerator(base or cfg.base_model, adapter, cfg.models_cache)
+        with Progress(
+            TextColumn(f"[bold]eval {model}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=not err_console.is_terminal,
+        ) as progress:
+            task = progress.add_task("", total=len(items))
+            run_id, metrics, results = run_and_store(
+                con,
+                items,
+                generator.answer_batch,
+                model,
+                f"file:{questions.name}" if questions else "golden",
+                on_batch=lambda done, total: progress.update(task, completed=done),
+            )
+    if as_json:
+        payload = {
+            k: metrics[k]
+            for k in (
+                "n",
+                "accuracy",
+                "numeric_accuracy",
+                "keyword_coverage",
+                "invented_number_rate",
+                "abstention_accuracy",
+            )
+        }
+        payload.update(
+            {
+                "eval_run_id": run_id,
+                "model": model,
+                "per_type": metrics["per_type"],
+                "per_doc": metrics["per_doc"],
+            }
+        )
+        payload["items"] = [
+            {
+                "id": r.id,
+                "question": r.question,
+                "answer": r.given,
+                "type": r.type,
+                "pass": {
+                    "numbers": r.numbers_ok,
+                    "keywords": r.keyword_share == 1.0,
+                    "no_invented": not r.invented,
+                    "abstention": r.abstained,
+                    "strict": r.passed,
+                },
+            }
+            for r in results
+        ]
+        print(json.dumps(payload, ensure_ascii=False, indent=1))
+        return
+    table = Table("metric", "value", "n", title=f"evaluation of {model} ({run_id})")
+    for key, count in (
+        ("accuracy", "n"),
+        ("numeric_accuracy", "n_numeric"),
+        ("keyword_coverage", "n"),
+        ("invented_number_rate", "n"),
+        ("abstention_accuracy", "n_unanswerable"),
+    ):
+        value = metrics[key]
+        table.add_row(key, "-" if value is None else f"{value:.1%}", str(metrics[count]))
+    console.print(table)
+
+
+def _resolve_model(cfg: Settings, con: Any, model: str) -> Path | None:
+    """The adapter folder for base | champion | challenger | a path (None: the untuned base)."""
+    if model == "base":
+        return None
+    if model in ("champion", "challenger"):
+        from warehouse.models import get_model_by_status
+
+        found = get_model_by_status(con, model)
+        if not found or not found.get("adapter_path"):
+            err_console.print(f"[red]no {model} model yet[/red]: train one with `slm train`")
+            raise typer.Exit(2)
+        return Path(found["adapter_path"])
+    path = Path(model)
+    if not path.exists():
+        err_console.print(f"[red]{model}: no such adapter folder[/red] (or use base, champion, challenger)")
+        raise typer.Exit(2)
+    return path
+
+
 @app.command()
 def docs() -> None:
     """Documents in the warehouse, with status and the reason for any failure."""

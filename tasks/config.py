@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     valid_share: float = Field(0.1, description="Share of a frozen dataset held out for validation.")
     golden_size: int = Field(40, description="Questions held out from reviewed rows as the golden set.")
 
+    # Models and training
+    base_model: str = Field("gemma3-270m", description="Base model: HF id or folder, a .gguf file, or gemma3-270m.")
+    models_cache: Path | None = Field(None, description="Where converted base models are cached.")
+
     # Secrets: read from the environment or a 0600 file in the workspace, never printed.
     gemini_api_keys: SecretStr | None = Field(
         None,

@@ -324,3 +324,55 @@ def compare(
     regressed = [b.id for a, b in pairs if a.passed and not b.passed]
     fixed = [b.id for a, b in pairs if b.passed and not a.passed]
     return Decision(not reasons, reasons or ["not worse on any metric"], checks, regressed, fixed)
+
+
+# --- running and storing an evaluation ---------------------------------------------------------------------
+
+
+def run_and_store(
+    con: Any,
+    items: Sequence[EvalItem],
+    answer_batch: Callable[[list[str]], list[str]],
+    model_label: str,
+    source: str,
+    mode: str = "closed_book",
+    model_id: str | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[str, dict[str, Any], list[ItemResult]]:
+    """Evaluate against the warehouse's ledger and keep every answer (eval_runs, eval_items)."""
+    import uuid
+
+    from warehouse.evaluation import ledger_values, save_eval_run
+
+    everything, per_doc = ledger_values(con)
+    metrics, results = evaluate(items, answer_batch, everything, per_doc, on_batch=on_batch)
+    run_id = uuid.uuid4().hex[:16]
+    save_eval_run(
+        con,
+        {
+            "eval_run_id": run_id,
+            "model_label": model_label,
+            "model_id": model_id,
+            "mode": mode,
+            "source": source,
+            "n": len(results),
+            "metrics": metrics,
+        },
+        [
+            {
+                "eval_run_id": run_id,
+                "item_id": r.id,
+                "question": r.question,
+                "type": r.type,
+                "doc": r.doc,
+                "answer_given": r.given,
+                "passed": r.passed,
+                "numbers_ok": r.numbers_ok,
+                "keyword_share": r.keyword_share,
+                "invented": r.invented,
+                "abstained": r.abstained,
+            }
+            for r in results
+        ],
+    )
+    return run_id, metrics, results

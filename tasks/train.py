@@ -408,115 +408,119 @@ def train(
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, set_seed
 
-    memory = _PeakRss()
-    model, tokenizer, identity = load_base(base_spec, cache_dir, device=dev, quantize_4bit=prof.quantize_4bit)
-    train_ds = ChatDataset(train_rows, tokenizer, prof.max_length)
-    valid_ds = ChatDataset(valid_rows, tokenizer, prof.max_length) if valid_rows else None
-    if len(train_ds) == 0:
-        raise TrainError(f"no training row has an answer token within max_length {prof.max_length}")
+    with _PeakRss() as memory:
+        model, tokenizer, identity = load_base(
+            base_spec, cache_dir, device=dev, quantize_4bit=prof.quantize_4bit
+        )
+        train_ds = ChatDataset(train_rows, tokenizer, prof.max_length)
+        valid_ds = ChatDataset(valid_rows, tokenizer, prof.max_length) if valid_rows else None
+        if len(train_ds) == 0:
+            raise TrainError(f"no training row has an answer token within max_length {prof.max_length}")
 
-    set_seed(seed)  # the LoRA initialisation draws random numbers before the Trainer seeds anything
-    if prof.quantize_4bit:
-        model = prepare_model_for_kbit_training(model)
-    lora = LoraConfig(
-        r=prof.lora_r,
-        lora_alpha=prof.lora_alpha,
-        lora_dropout=prof.lora_dropout,
-        target_modules=list(prof.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+        set_seed(seed)  # the LoRA initialisation draws random numbers before the Trainer seeds anything
+        if prof.quantize_4bit:
+            model = prepare_model_for_kbit_training(model)
+        lora = LoraConfig(
+            r=prof.lora_r,
+            lora_alpha=prof.lora_alpha,
+            lora_dropout=prof.lora_dropout,
+            target_modules=list(prof.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
 
-    ckpt_dir = out_dir / CHECKPOINTS_DIR
-    checkpoint = last_complete_checkpoint(ckpt_dir) if resume else None
-    if not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # a fresh run must not resume, rotate or pick a "best" from an older run
-    has_eval = valid_ds is not None and len(valid_ds) > 0
-    args = training_arguments(
-        prof,
-        ckpt_dir,
-        epochs=epochs,
-        max_steps=max_steps,
-        save_steps=save_steps,
-        logging_steps=logging_steps,
-        has_eval=has_eval,
-        seed=seed,
-        device=dev,
-        bf16=dev == "cuda" and model.dtype == torch.bfloat16,
-    )
-    show_bar = progress and sys.stderr.isatty()
-    callbacks = list(callbacks or [])
-    if has_eval:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
-    bar = _RichProgress(lambda: trainer.train_tokens, lambda: trainer.eval_s) if show_bar else None
-    if bar is not None:
-        callbacks.append(bar)
-    trainer = SlmTrainer(
-        model=model,
-        args=args,
-        data_collator=PadCollator(
-            tokenizer.pad_token_id, prof.max_length if prof.pad_to_max_length else None
-        ),
-        train_dataset=train_ds,
-        eval_dataset=valid_ds if has_eval else None,
-        callbacks=callbacks,
-        selective_loss=prof.selective_loss,
-    )
-    trainer.remove_callback(PrinterCallback)  # with tqdm off the Trainer would print every log dict
-    fit_started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    fit_s = time.perf_counter() - fit_started
-    train_s = max(fit_s - trainer.eval_s, 1e-9)
-    final_eval = None
-    if has_eval:
-        # The best checkpoint's validation loss: the adapter kept is the one loaded at the end.
-        final_eval = trainer.state.best_metric
-        if final_eval is None:
-            final_eval = trainer.evaluate()["eval_loss"]
+        ckpt_dir = out_dir / CHECKPOINTS_DIR
+        checkpoint = last_complete_checkpoint(ckpt_dir) if resume else None
+        if not resume and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # a fresh run must not resume, rotate or pick a "best" from an older run
+        has_eval = valid_ds is not None and len(valid_ds) > 0
+        args = training_arguments(
+            prof,
+            ckpt_dir,
+            epochs=epochs,
+            max_steps=max_steps,
+            save_steps=save_steps,
+            logging_steps=logging_steps,
+            has_eval=has_eval,
+            seed=seed,
+            device=dev,
+            bf16=dev == "cuda" and model.dtype == torch.bfloat16,
+        )
+        show_bar = progress and sys.stderr.isatty()
+        callbacks = list(callbacks or [])
+        if has_eval:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+        bar = _RichProgress(lambda: trainer.train_tokens, lambda: trainer.eval_s) if show_bar else None
+        if bar is not None:
+            callbacks.append(bar)
+        trainer = SlmTrainer(
+            model=model,
+            args=args,
+            data_collator=PadCollator(
+                tokenizer.pad_token_id, prof.max_length if prof.pad_to_max_length else None
+            ),
+            train_dataset=train_ds,
+            eval_dataset=valid_ds if has_eval else None,
+            callbacks=callbacks,
+            selective_loss=prof.selective_loss,
+        )
+        trainer.remove_callback(PrinterCallback)  # with tqdm off the Trainer would print every log dict
+        fit_started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        fit_s = time.perf_counter() - fit_started
+        train_s = max(fit_s - trainer.eval_s, 1e-9)
+        final_eval = None
+        if has_eval:
+            # The best checkpoint's validation loss: the adapter kept is the one loaded at the end.
+            final_eval = trainer.state.best_metric
+            if final_eval is None:
+                final_eval = trainer.evaluate()["eval_loss"]
 
-    adapter_dir = out_dir / ADAPTER_DIR
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    trainer.model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)  # carries the chat template the adapter was trained with
-    curve = loss_curve(trainer.state.log_history)
-    train_losses = [t for _, t, _ in curve if t is not None]
-    best_step = _step_of(trainer.state.best_model_checkpoint)
-    result = TrainResult(
-        adapter_dir=adapter_dir,
-        base=identity,
-        profile=prof.to_dict(),
-        device=dev,
-        wall_s=round(time.perf_counter() - started, 2),
-        train_s=round(train_s, 2),
-        tokens_per_s=round(trainer.train_tokens / train_s, 2),
-        peak_rss_mb=round(memory.stop(), 1),
-        loss_curve=curve,
-        optimizer_steps=trainer.state.global_step,
-        final_train_loss=train_losses[-1] if train_losses else None,
-        final_eval_loss=final_eval,
-        best_step=best_step,
-        dataset_id=dataset_dir.resolve().name,
-        extra={
-            "train_rows": dataclasses.asdict(train_ds.stats),
-            "valid_rows": dataclasses.asdict(valid_ds.stats) if valid_ds else None,
-            "resumed_from": str(checkpoint) if checkpoint else None,
-            "train_tokens": trainer.train_tokens,
-            "padded_tokens": trainer.padded_tokens,
-            "mean_train_loss": output.training_loss,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "seed": seed,
-            "max_steps": max_steps,
-            "epochs": args.num_train_epochs,
-            "save_steps": save_steps,
-            "early_stopping_patience": early_stopping_patience,
-            "torch_threads": torch.get_num_threads(),
-        },
-    )
-    write_metadata(result, adapter_dir / METADATA_FILE)
-    plot_loss(curve, out_dir / LOSS_PLOT, title=f"{identity.spec} · {prof.name} · {result.dataset_id[:12]}")
-    return result
+        adapter_dir = out_dir / ADAPTER_DIR
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        trainer.model.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)  # carries the chat template the adapter was trained with
+        curve = loss_curve(trainer.state.log_history)
+        train_losses = [t for _, t, _ in curve if t is not None]
+        best_step = _step_of(trainer.state.best_model_checkpoint)
+        result = TrainResult(
+            adapter_dir=adapter_dir,
+            base=identity,
+            profile=prof.to_dict(),
+            device=dev,
+            wall_s=round(time.perf_counter() - started, 2),
+            train_s=round(train_s, 2),
+            tokens_per_s=round(trainer.train_tokens / train_s, 2),
+            peak_rss_mb=round(memory.peak_mb(), 1),
+            loss_curve=curve,
+            optimizer_steps=trainer.state.global_step,
+            final_train_loss=train_losses[-1] if train_losses else None,
+            final_eval_loss=final_eval,
+            best_step=best_step,
+            dataset_id=dataset_dir.resolve().name,
+            extra={
+                "train_rows": dataclasses.asdict(train_ds.stats),
+                "valid_rows": dataclasses.asdict(valid_ds.stats) if valid_ds else None,
+                "resumed_from": str(checkpoint) if checkpoint else None,
+                "train_tokens": trainer.train_tokens,
+                "padded_tokens": trainer.padded_tokens,
+                "mean_train_loss": output.training_loss,
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "seed": seed,
+                "max_steps": max_steps,
+                "epochs": args.num_train_epochs,
+                "save_steps": save_steps,
+                "early_stopping_patience": early_stopping_patience,
+                "torch_threads": torch.get_num_threads(),
+            },
+        )
+        write_metadata(result, adapter_dir / METADATA_FILE)
+        plot_loss(
+            curve, out_dir / LOSS_PLOT, title=f"{identity.spec} · {prof.name} · {result.dataset_id[:12]}"
+        )
+        return result
 
 
 def training_arguments(
@@ -648,7 +652,7 @@ def _step_of(checkpoint: str | None) -> int | None:
 
 
 class _PeakRss:
-    """Samples this process's resident memory in a thread; ``stop()`` returns the peak in MiB."""
+    """Samples this process's resident memory in a thread while the ``with`` block runs."""
 
     def __init__(self, interval_s: float = 0.1):
         import psutil
@@ -658,15 +662,20 @@ class _PeakRss:
         self._done = threading.Event()
         self._interval = interval_s
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _PeakRss:
         self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
     def _run(self) -> None:
         while not self._done.wait(self._interval):
             self._peak = max(self._peak, self._proc.memory_info().rss)
 
-    def stop(self) -> float:
-        self._done.set()
-        self._thread.join()
+    def peak_mb(self) -> float:
         self._peak = max(self._peak, self._proc.memory_info().rss)
         return self._peak / 2**20
 

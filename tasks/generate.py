@@ -1,0 +1,58 @@
+"""Generating answers with a transformers model (a base, or a base with a LoRA adapter): batched, greedy,
+in the chat format training uses. Exported GGUF models generate through tasks/serve.py instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.prompt_format import chat_messages
+
+
+class TransformersGenerator:
+    """``answer_batch(questions) -> answers`` for evaluation; ``chat(messages_batch)`` for anything else."""
+
+    def __init__(
+        self,
+        base_spec: str,
+        adapter_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        max_new_tokens: int = 96,
+    ) -> None:
+        import torch
+
+        from tasks.models import load_base
+
+        self.model, self.tokenizer, self.identity = load_base(base_spec, cache_dir)
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir))
+        self.model.eval()
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer.padding_side = "left"  # batched generation continues from the right edge
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    def chat(self, messages_batch: list[list[dict[str, str]]]) -> list[str]:
+        import torch
+
+        prompts = [
+            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+            for m in messages_batch
+        ]
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **encoded,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def answer_batch(self, questions: list[str]) -> list[str]:
+        return self.chat([chat_messages(q) for q in questions])
+
+    def describe(self) -> dict[str, Any]:
+        return self.identity.to_dict()
