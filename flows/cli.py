@@ -655,9 +655,10 @@ def _resolve_model(cfg: Settings, con: Any, model: str) -> Path | None:
     if model == "base":
         return None
     if model in ("champion", "challenger"):
-        from warehouse.models import get_model_by_status
+        from warehouse.models import get_champion, list_models
 
-        found = get_model_by_status(con, model)
+        challengers = list_models(con, "challenger")
+        found = get_champion(con) if model == "champion" else (challengers[0] if challengers else None)
         if not found or not found.get("adapter_path"):
             err_console.print(f"[red]no {model} model yet[/red]: train one with `slm train`")
             raise typer.Exit(2)
@@ -667,6 +668,61 @@ def _resolve_model(cfg: Settings, con: Any, model: str) -> Path | None:
         err_console.print(f"[red]{model}: no such adapter folder[/red] (or use base, champion, challenger)")
         raise typer.Exit(2)
     return path
+
+
+@app.command()
+def models() -> None:
+    """Registered models with kind (champion, challenger, rejected, ...), scores and the reason."""
+    from warehouse.models import list_models
+
+    cfg = settings()
+    with _warehouse(cfg, read_only=True) as con:
+        found = list_models(con)
+    table = Table(
+        "model", "kind", "dataset", "accuracy", "numeric", "invented", "created", "note", title="models"
+    )
+    for m in found:
+        metrics = m.get("eval_metrics") or {}
+        if isinstance(metrics, str):
+            metrics = json.loads(metrics)
+        table.add_row(
+            m["model_id"][:16],
+            m["kind"],
+            (m.get("dataset_id") or "")[:16],
+            *[
+                ("-" if metrics.get(k) is None else f"{metrics[k]:.0%}")
+                for k in ("accuracy", "numeric_accuracy", "invented_number_rate")
+            ],
+            str(m["created_at"])[:16],
+            _clip(m.get("note") or "", 50),
+        )
+    console.print(table)
+
+
+@app.command()
+def promote(
+    model_id: Annotated[str, typer.Argument(help="The model to make champion.")],
+    force: Annotated[bool, typer.Option("--force", help="Overrule the champion/challenger gate.")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")] = "",
+) -> None:
+    """Make a model champion by hand. Needs --force: the automatic gate did not promote it. Recorded."""
+    import getpass
+
+    from tasks.promote import force_promote
+    from warehouse.models import get_model
+
+    if not force:
+        err_console.print(
+            "[red]refused:[/red] promotion by hand overrules the gate; repeat with --force --reason ..."
+        )
+        raise typer.Exit(2)
+    cfg = settings()
+    with _warehouse(cfg) as con:
+        if get_model(con, model_id) is None:
+            err_console.print(f"[red]no model {model_id}[/red] (see `slm models`)")
+            raise typer.Exit(2)
+        force_promote(con, model_id, reason or "(no reason given)", getpass.getuser())
+    console.print(f"model {model_id} is champion (forced; recorded in its note)")
 
 
 @app.command()

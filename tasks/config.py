@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # Models and training
     base_model: str = Field("gemma3-270m", description="Base model: HF id or folder, a .gguf file, or gemma3-270m.")
     models_cache: Path | None = Field(None, description="Where converted base models are cached.")
+    promotion_margin: float = Field(
+        0.05, description="A challenger is refused if a metric may be worse by more than this (95% interval)."
+    )
 
     # Secrets: read from the environment or a 0600 file in the workspace, never printed.
     gemini_api_keys: SecretStr | None = Field(

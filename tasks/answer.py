@@ -1,0 +1,467 @@
+"""Answering questions: grounded (retrieve, read, answer, then check every number) or closed book.
+
+The numeric guard is the point of grounded mode. Every number the model states must be a ledger fact of the
+retrieved chunks whose subject fits the question (``tasks.verify.subject_fits``, the same test distillation
+uses): "洗衣费 100 元" fails when 100 元 is the 伙食补助费 of the chunk, and an invented 150 元 fails because no
+fact has it. A failing answer is never shown. The guard retries once with the best-matching evidence
+sentence in the prompt and a grammar that only allows the numbers of fitting facts; if that still fails it
+quotes the evidence sentence itself, and if no fact fits the question it abstains, saying which number it
+could not verify. Closed-book mode (the fine-tuned model alone) is checked against the whole ledger and
+flagged in ``Answer.verified``, never rewritten.
+
+A generator is any callable ``(messages, max_tokens, grammar=None) -> str``: tests pass a fake, real use
+passes ``tasks.serve.LlamaCppGenerator`` or ``tasks.serve.from_transformers(...)``. ``grammar`` is GBNF for
+llama.cpp; a generator that cannot constrain decoding ignores it (the check afterwards still holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+import duckdb
+
+from tasks.numbers import canonical, rule_numbers
+from tasks.prompt_format import SYSTEM_PROMPT, chat_messages
+from tasks.retrieve import ChunkIndex, Hit, tokens
+from tasks.teachers.base import FactRef
+from tasks.verify import subject_fits
+from warehouse.ledger import list_facts
+
+__all__ = [
+    "ABSTAIN_TEXT",
+    "CONTEXT_FORMAT",
+    "Answer",
+    "Generator",
+    "GuardStats",
+    "NumberCheck",
+    "answer",
+    "check_numbers",
+    "context_messages",
+    "focus",
+    "number_grammar",
+    "with_context_rows",
+]
+
+CONTEXT_FORMAT = "ctx-v1"  # version of the context prompt; part of a dataset id when rows carry context
+ABSTAIN_TEXT = "文件中没有相关规定。"
+CONTEXT_INSTRUCTION = "回答只依据下面检索到的规定原文；原文中没有答案的，回答“文件中没有相关规定。”"
+MAX_CONTEXT_CHARS = 360  # per chunk: three chunks and the question stay well inside a 2k-token window
+MODES = ("grounded", "closed_book")
+ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged")
+
+_SENTENCE = re.compile(r"[^。；;！？!?\n]*[。；;！？!?\n]?")
+
+
+class Generator(Protocol):
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: str | None = None) -> str: ...
+
+
+# --- prompts -------------------------------------------------------------------------------------------------
+
+
+def focus(question: str, text: str, max_chars: int = MAX_CONTEXT_CHARS) -> str:
+    """``text`` cut to ``max_chars``: the sentences sharing most tokens with the question, in their order.
+
+    Chunks run to 600 characters; a small model reads three of them better when each is cut to the
+    sentences that matter, and training rows stay short enough for the training max_length.
+    """
+    if len(text) <= max_chars:
+        return text
+    asked = set(tokens(question))
+    sentences = [s for s in _SENTENCE.findall(text) if s.strip()]
+    ranked = sorted(range(len(sentences)), key=lambda i: (-len(asked & set(tokens(sentences[i]))), i))
+    keep: set[int] = set()
+    used = 0
+    for i in ranked:
+        if used + len(sentences[i]) > max_chars and keep:
+            continue
+        keep.add(i)
+        used += len(sentences[i])
+    kept = "".join(sentences[i] for i in sorted(keep))
+    return kept[:max_chars]
+
+
+def _chunk_parts(chunk: str | Hit | Any) -> tuple[str, str]:
+    if isinstance(chunk, str):
+        return "", chunk
+    return getattr(chunk, "heading_path", "") or "", chunk.text
+
+
+def context_messages(
+    question: str,
+    chunks: Sequence[str | Hit],
+    answer: str | None = None,
+    max_chars: int = MAX_CONTEXT_CHARS,
+) -> list[dict[str, str]]:
+    """System, user (numbered rule excerpts, then the question) and, for training, assistant messages.
+
+    The same function builds training rows (:func:`with_context_rows`) and grounded prompts, so the model
+    is asked in exactly the format it learned.
+    """
+    parts = []
+    for n, chunk in enumerate(chunks, start=1):
+        heading, text = _chunk_parts(chunk)
+        title = f"【{n}】{heading}" if heading else f"【{n}】"
+        parts.append(f"{title}\n{focus(question, text.strip(), max_chars)}")
+    context = "\n\n".join(parts) if parts else "（没有检索到相关规定）"
+    messages = [
+        {"role": "system", "content": f"{SYSTEM_PROMPT}{CONTEXT_INSTRUCTION}"},
+        {"role": "user", "content": f"规定原文：\n{context}\n\n问题：{question}"},
+    ]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def _bucket(*parts: str) -> float:
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return int(digest[:8], 16) / 0xFFFFFFFF
+
+
+def with_context_rows(
+    rows: Sequence[Mapping[str, Any]],
+    chunk_texts: Mapping[str, str],
+    distractor_texts: Sequence[str],
+    share: float,
+    seed: int = 0,
+    *,
+    augment: bool = False,
+    max_chars: int = MAX_CONTEXT_CHARS,
+) -> list[dict[str, Any]]:
+    """Dataset rows where a ``share`` of them carry context: their own chunk and one distractor chunk.
+
+    ``rows`` are dataset records (``{"id", "messages": [system, user, assistant], ...}``), ``chunk_texts``
+    maps a row id to its chunk's text (heading first if wanted), ``distractor_texts`` is the pool to draw
+    distractors from (a distractor is never the row's own chunk). The choice of rows, of distractor and of
+    order is a hash of ``seed`` and the row id, so a row keeps its form across snapshots. With ``augment``
+    the context rows are added (id + ``:ctx``) beside the originals; otherwise they replace them. Rows
+    without a chunk text are left as they are. Context rows get ``"context": CONTEXT_FORMAT``.
+    """
+    out: list[dict[str, Any]] = []
+    pool = list(dict.fromkeys(distractor_texts))
+    for row in rows:
+        row_id = str(row["id"])
+        own = chunk_texts.get(row_id)
+        chosen = own is not None and _bucket(str(seed), "share", row_id) < share
+        if not chosen or own is None:
+            out.append(dict(row))
+            continue
+        candidates = [t for t in pool if t != own]
+        texts = [own]
+        if candidates:
+            distractor = candidates[int(_bucket(str(seed), "pick", row_id) * len(candidates)) % len(candidates)]
+            texts = [own, distractor] if _bucket(str(seed), "order", row_id) < 0.5 else [distractor, own]
+        messages = row["messages"]
+        question = next(m["content"] for m in messages if m["role"] == "user")
+        reply = next((m["content"] for m in messages if m["role"] == "assistant"), None)
+        new = dict(row)
+        new["messages"] = context_messages(question, texts, reply, max_chars)
+        new["context"] = CONTEXT_FORMAT
+        if augment:
+            new["id"] = f"{row_id}:ctx"
+            out.append(dict(row))
+        out.append(new)
+    return out
+
+
+# --- checking numbers ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NumberCheck:
+    """One number of an answer against the facts it may come from."""
+
+    raw: str  # as written in the answer
+    values: tuple[str, ...]  # canonical value(s)
+    ok: bool
+    fact_ids: tuple[str, ...] = ()  # fitting facts with this value
+    problem: str = ""  # "" | not_in_rules | other_subject
+    other_subject: str = ""  # for other_subject: what the number belongs to in the rules
+
+
+def _values(value: Decimal, value_max: Decimal | None) -> set[Decimal]:
+    return {Decimal(canonical(value))} | ({Decimal(canonical(value_max))} if value_max is not None else set())
+
+
+def _fact_values(fact: FactRef) -> set[Decimal]:
+    return {Decimal(fact.value)} | ({Decimal(fact.value_max)} if fact.value_max is not None else set())
+
+
+def check_numbers(question: str, text: str, facts: Sequence[FactRef]) -> list[NumberCheck]:
+    """Check each rule number of ``text``: a number the question gave passes; any other must be the value of
+    a fact in ``facts`` whose subject fits the question."""
+    given: set[Decimal] = set()
+    for m in rule_numbers(question):
+        given |= _values(m.value, m.value_max)
+    checks = []
+    for mention in rule_numbers(text):
+        values = _values(mention.value, mention.value_max)
+        shown = tuple(canonical(v) for v in sorted(values))
+        if values <= given:
+            checks.append(NumberCheck(mention.raw, shown, True))
+            continue
+        same = [f for f in facts if values & _fact_values(f)]
+        fitting = [f for f in same if subject_fits(question, f)]
+        if fitting:
+            checks.append(NumberCheck(mention.raw, shown, True, tuple(f.fact_id for f in fitting)))
+        elif same:
+            checks.append(NumberCheck(mention.raw, shown, False, (), "other_subject", same[0].subject))
+        else:
+            checks.append(NumberCheck(mention.raw, shown, False, (), "not_in_rules"))
+    return checks
+
+
+def _describe(checks: Sequence[NumberCheck], where: str) -> str:
+    bad = [c for c in checks if not c.ok]
+    missing = [c.raw for c in bad if c.problem == "not_in_rules"]
+    other = [c for c in bad if c.problem == "other_subject"]
+    parts = []
+    if missing:
+        parts.append(f"答案中的 {'、'.join(missing)} 不在{where}中")
+    for c in other:
+        parts.append(f"答案中的 {c.raw} 在{where}中属于{c.other_subject}，与所问不符")
+    return "；".join(parts)
+
+
+def number_grammar(allowed: Sequence[str]) -> str:
+    """GBNF that lets the model write any text without digits plus exactly the ``allowed`` numbers.
+
+    Chinese numerals cannot be excluded without excluding ordinary words (一律, 一次), so the check after
+    generation still runs; the grammar just removes the easiest way to invent an amount.
+    """
+    numbers = sorted({a for a in allowed if a}, key=len, reverse=True)
+    alternatives = " | ".join(f'"{n}"' for n in numbers)
+    lines = ["root ::= piece*", "piece ::= other" + (" | number" if numbers else "")]
+    if numbers:
+        lines.append(f"number ::= {alternatives}")
+    lines.append("other ::= [^0-9０-９]")
+    return "\n".join(lines) + "\n"
+
+
+# --- answering -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    text: str  # what to show
+    mode: str  # grounded | closed_book
+    numbers: tuple[str, ...]  # canonical values stated in ``text`` as fact (none for an abstention)
+    verified: bool  # every number stated as fact is a fitting ledger fact (False for an abstention)
+    guard_action: str  # passed | retried_ok | quoted_evidence | abstained | flagged (closed book, unverified)
+    retrieved: tuple[Hit, ...] = ()
+    notes: tuple[str, ...] = ()
+    draft: str = ""  # the model's first answer, kept for audit when the guard replaced it
+    fact_ids: tuple[str, ...] = ()
+
+    @property
+    def abstained(self) -> bool:
+        return self.guard_action == "abstained"
+
+    @property
+    def scored_text(self) -> str:
+        """The text to score with ``tasks.evaluate``: an abstention names the number it rejected, which the
+        scorer would count as invented, so it is scored as the plain abstention it is."""
+        return ABSTAIN_TEXT if self.abstained else self.text
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["retrieved"] = [{"chunk_id": h.chunk_id, "heading_path": h.heading_path, "score": h.score}
+                             for h in self.retrieved]
+        return data
+
+
+@dataclass
+class GuardStats:
+    """How often the guard let an answer through, fixed it, quoted evidence, abstained or flagged it."""
+
+    passed: int = 0
+    retried_ok: int = 0
+    quoted_evidence: int = 0
+    abstained: int = 0
+    flagged: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record(self, result: Answer) -> None:
+        with self._lock:
+            setattr(self, result.guard_action, getattr(self, result.guard_action) + 1)
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.retried_ok + self.quoted_evidence + self.abstained + self.flagged
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ACTIONS} | {"total": self.total}
+
+    def report(self) -> str:
+        total = self.total or 1
+        return ", ".join(f"{name} {getattr(self, name)} ({getattr(self, name) / total:.0%})" for name in ACTIONS)
+
+
+_facts_cache: dict[str, dict[str, list[FactRef]]] = {}
+_facts_lock = threading.Lock()
+
+
+def _fact_ref(row: Mapping[str, Any]) -> FactRef:
+    return FactRef(
+        fact_id=row["fact_id"],
+        value=row["value"],
+        value_max=row["value_max"],
+        unit=row["unit"],
+        raw=row["raw"],
+        qualifier=row["qualifier"],
+        subject=row["subject"],
+        context=row["context"],
+        span_start=row["span_start"],
+        span_end=row["span_end"],
+    )
+
+
+def facts_by_chunk(con: duckdb.DuckDBPyConnection, index: ChunkIndex | None = None) -> dict[str, list[FactRef]]:
+    """Ledger facts per chunk id, cached per index (facts derive from the chunks the index key hashes)."""
+    key = index.key if index is not None else None
+    if key is not None:
+        with _facts_lock:
+            if key in _facts_cache:
+                return _facts_cache[key]
+    grouped: dict[str, list[FactRef]] = {}
+    for row in list_facts(con):
+        grouped.setdefault(row["chunk_id"], []).append(_fact_ref(row))
+    if key is not None:
+        with _facts_lock:
+            if len(_facts_cache) > 8:
+                _facts_cache.clear()
+            _facts_cache[key] = grouped
+    return grouped
+
+
+def _best_evidence(question: str, facts: Sequence[FactRef]) -> list[FactRef]:
+    """Facts whose subject fits the question, best first (most shared tokens, then retrieval order)."""
+    asked = set(tokens(question))
+    fitting = [(i, f) for i, f in enumerate(facts) if subject_fits(question, f)]
+    fitting.sort(key=lambda p: (-len(asked & set(tokens(p[1].subject))), -len(asked & set(tokens(p[1].context))),
+                                p[0]))
+    return [f for _, f in fitting]
+
+
+def _quote(fact: FactRef, heading: str) -> str:
+    where = f"（{heading}）" if heading else ""
+    return f"根据规定{where}：“{fact.context.strip()}”"
+
+
+def _stated(checks: Sequence[NumberCheck]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v for c in checks for v in c.values))
+
+
+def answer(
+    question: str,
+    generator: Generator | Callable[..., str],
+    index: ChunkIndex | None,
+    con: duckdb.DuckDBPyConnection,
+    mode: str = "grounded",
+    k: int = 3,
+    *,
+    max_tokens: int = 160,
+    retry: bool = True,
+    stats: GuardStats | None = None,
+) -> Answer:
+    """Answer ``question``; in grounded mode no number reaches the text unless the ledger backs it."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "closed_book":
+        result = _closed_book(question, generator, index, con, max_tokens)
+    else:
+        if index is None:
+            index = ChunkIndex.build(con)
+        result = _grounded(question, generator, index, con, k, max_tokens, retry)
+    if stats is not None:
+        stats.record(result)
+    return result
+
+
+def _closed_book(
+    question: str, generator: Callable[..., str], index: ChunkIndex | None, con: duckdb.DuckDBPyConnection,
+    max_tokens: int,
+) -> Answer:
+    text = generator(chat_messages(question), max_tokens).strip()
+    facts = [f for group in facts_by_chunk(con, index).values() for f in group]
+    checks = check_numbers(question, text, facts)
+    ok = all(c.ok for c in checks)
+    notes = () if ok else (_describe(checks, "规定"),)
+    fact_ids = tuple(dict.fromkeys(i for c in checks for i in c.fact_ids))
+    return Answer(text, "closed_book", _stated(checks), ok, "passed" if ok else "flagged", (), notes, text,
+                  fact_ids)
+
+
+def _grounded(
+    question: str, generator: Callable[..., str], index: ChunkIndex, con: duckdb.DuckDBPyConnection, k: int,
+    max_tokens: int, retry: bool,
+) -> Answer:
+    hits = tuple(index.search(question, k))
+    if not hits:
+        # Nothing retrieved shares a word with the question: there is nothing to ground an answer in.
+        return Answer(ABSTAIN_TEXT, "grounded", (), False, "abstained", (), ("no chunk matches the question",))
+    by_chunk = facts_by_chunk(con, index)
+    facts = [f for h in hits for f in by_chunk.get(h.chunk_id, [])]
+    heading_of = {f.fact_id: h.heading_path for h in hits for f in by_chunk.get(h.chunk_id, [])}
+
+    draft = generator(context_messages(question, hits), max_tokens).strip()
+    checks = check_numbers(question, draft, facts)
+    if all(c.ok for c in checks):
+        ids = tuple(dict.fromkeys(i for c in checks for i in c.fact_ids))
+        return Answer(draft, "grounded", _stated(checks), True, "passed", hits, (), draft, ids)
+
+    problem = _describe(checks, "检索到的规定")
+    notes = [f"draft: {problem}"]
+    evidence = _best_evidence(question, facts)
+    if retry:
+        second = generator(_evidence_messages(question, hits, evidence), max_tokens,
+                           grammar=number_grammar(_allowed_numbers(evidence, question))).strip()
+        again = check_numbers(question, second, facts)
+        if all(c.ok for c in again):
+            ids = tuple(dict.fromkeys(i for c in again for i in c.fact_ids))
+            notes.append("retry with the evidence sentence verified")
+            return Answer(second, "grounded", _stated(again), True, "retried_ok", hits, tuple(notes), draft, ids)
+        notes.append(f"retry: {_describe(again, '检索到的规定')}")
+    if evidence:
+        best = evidence[0]
+        text = _quote(best, heading_of.get(best.fact_id, ""))
+        values = tuple(dict.fromkeys(canonical(v) for m in rule_numbers(text) for v in _values(m.value, m.value_max)))
+        notes.append(f"quoted the evidence of fact {best.fact_id}")
+        return Answer(text, "grounded", values, True, "quoted_evidence", hits, tuple(notes), draft, (best.fact_id,))
+    text = f"无法核实：{problem}。文件中没有相关规定可以核实。"
+    return Answer(text, "grounded", (), False, "abstained", hits, tuple(notes), draft)
+
+
+def _allowed_numbers(evidence: Sequence[FactRef], question: str) -> list[str]:
+    """The numbers a retried answer may write: fitting facts as written and as plain digits, and the
+    question's own numbers."""
+    allowed: list[str] = []
+    for fact in evidence:
+        for mention in rule_numbers(fact.raw):
+            allowed.extend(re.findall(r"\d[\d,]*(?:\.\d+)?", mention.raw))
+        allowed.append(fact.value)
+        if fact.value_max:
+            allowed.append(fact.value_max)
+    for mention in rule_numbers(question):
+        allowed.extend(re.findall(r"\d[\d,]*(?:\.\d+)?", mention.raw))
+    return allowed
+
+
+def _evidence_messages(question: str, hits: Sequence[Hit], evidence: Sequence[FactRef]) -> list[dict[str, str]]:
+    """The context prompt again, with the best evidence sentences put first and an instruction to use only
+    their numbers (or to abstain when none fits)."""
+    messages = context_messages(question, hits)
+    if evidence:
+        sentences = list(dict.fromkeys(f.context.strip() for f in evidence[:2]))
+        lead = "最相关的规定原文：\n" + "\n".join(f"“{s}”" for s in sentences)
+        lead += "\n只使用这些原文中的数字作答。\n\n"
+    else:
+        lead = "检索到的规定中没有与问题对应的数字，请回答“文件中没有相关规定。”\n\n"
+    messages[1] = {"role": "user", "content": lead + messages[1]["content"]}
+    return messages

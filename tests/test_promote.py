@@ -1,0 +1,78 @@
+"""Champion/challenger on the golden set: a worse challenger is refused and named in the report, a better
+one is promoted; the registry keeps one champion; people can force a promotion, and it is recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.config import Settings
+from tasks.evaluate import EvalItem
+from tasks.ingest import ingest_file
+from tasks.promote import challenge, force_promote
+from tests.conftest import SAMPLE_PDF
+from warehouse import models as registry
+
+ITEMS = [
+    EvalItem(f"q{i}", f"第{i}类伙食补助费每人每天多少？", numbers=("100",), type="numeric") for i in range(30)
+] + [EvalItem(f"u{i}", f"宠物托运费{i}可以报销吗？", type="unanswerable") for i in range(10)]
+
+
+def answerer(right: int, invent: bool = False):
+    """Answers the first ``right`` numeric items correctly; the rest wrong (or with an invented number)."""
+
+    def answer_batch(questions: list[str]) -> list[str]:
+        out = []
+        for q in questions:
+            if "宠物" in q:
+                out.append("文件中没有相关规定。")
+                continue
+            index = int(q[1 : q.index("类")])
+            out.append(
+                "每人每天100元。" if index < right else ("每人每天150元。" if invent else "每人每天80元。")
+            )
+        return out
+
+    return answer_batch
+
+
+def test_worse_challenger_is_refused_better_one_promoted(con, settings: Settings) -> None:
+    ingest_file(con, SAMPLE_PDF, settings)  # the ledger the invented-number check uses
+    registry.register_model(con, "m-first", "challenger", "gemma3-270m", adapter_path="/a1", dataset_id="d1")
+    first = challenge(con, settings, "m-first", ITEMS, {"base": answerer(5), "challenger": answerer(24)})
+    assert first.promoted and registry.get_champion(con)["model_id"] == "m-first"
+
+    registry.register_model(con, "m-worse", "challenger", "gemma3-270m", adapter_path="/a2", dataset_id="d2")
+    worse = challenge(
+        con,
+        settings,
+        "m-worse",
+        ITEMS,
+        {"base": answerer(5), "champion": answerer(24), "challenger": answerer(12, invent=True)},
+    )
+    assert not worse.promoted
+    assert registry.get_champion(con)["model_id"] == "m-first"
+    assert registry.get_model(con, "m-worse")["kind"] == "rejected"
+    report = worse.report_md.read_text(encoding="utf-8")
+    assert "REFUSED" in report and "Regressed items (12)" in report and "第12类伙食补助费" in report
+    assert (worse.report_md.parent / f"{worse.report_md.stem}-metrics.png").exists()
+    assert worse.report_html.read_text(encoding="utf-8").count("<table>") >= 2
+
+    registry.register_model(con, "m-better", "challenger", "gemma3-270m", adapter_path="/a3", dataset_id="d3")
+    better = challenge(
+        con,
+        settings,
+        "m-better",
+        ITEMS,
+        {"base": answerer(5), "champion": answerer(24), "challenger": answerer(30)},
+    )
+    assert better.promoted and registry.get_champion(con)["model_id"] == "m-better"
+    assert registry.get_model(con, "m-first")["kind"] == "retired"
+    runs = con.execute("SELECT count(*) FROM eval_runs").fetchone()[0]
+    assert runs == 2 + 3 + 3
+
+
+def test_people_can_force_and_it_is_recorded(con, settings: Settings, tmp_path: Path) -> None:
+    registry.register_model(con, "m-x", "challenger", "gemma3-270m", adapter_path="/x")
+    force_promote(con, "m-x", "urgent rule change", "finance-office")
+    model = registry.get_model(con, "m-x")
+    assert model["kind"] == "champion" and "finance-office with --force: urgent rule change" in model["note"]
