@@ -671,6 +671,42 @@ def _resolve_model(cfg: Settings, con: Any, model: str) -> Path | None:
 
 
 @app.command()
+def train(
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset id (default: the newest).")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option("--base", help="Base model (default: setting base_model).")
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="cpu-small | gpu-qlora | prototype")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this many optimiser steps.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")
+    ] = False,
+) -> None:
+    """LoRA fine-tuning on a frozen dataset; the adapter becomes a challenger model."""
+    from tasks.challenger import NoDataset, train_challenger
+
+    cfg = settings()
+    try:
+        with _warehouse(cfg) as con:
+            result, model_id = train_challenger(
+                con, cfg, dataset, base, profile, max_steps, resume, progress=err_console.is_terminal
+            )
+    except NoDataset as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"challenger {model_id}: {result.optimizer_steps} steps on {result.device}, {result.tokens_per_s:.0f} tokens/s,"
+        f" peak {result.peak_rss_mb:.0f} MB, eval loss {result.final_eval_loss}, adapter {result.adapter_dir}"
+    )
+
+
+@app.command()
 def models() -> None:
     """Registered models with kind (champion, challenger, rejected, ...), scores and the reason."""
     from warehouse.models import list_models

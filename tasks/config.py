@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # Models and training
     base_model: str = Field("gemma3-270m", description="Base model: HF id or folder, a .gguf file, or gemma3-270m.")
     models_cache: Path | None = Field(None, description="Where converted base models are cached.")
+    train_profile: str = Field("cpu-small", description="cpu-small | gpu-qlora | prototype")
+    train_epochs: float = Field(3.0, description="Epochs (early stopping on the validation split may end sooner).")
     promotion_margin: float = Field(
         0.05, description="A challenger is refused if a metric may be worse by more than this (95% interval)."
     )

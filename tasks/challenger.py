@@ -1,0 +1,116 @@
+"""Training a challenger: the newest (or a named) frozen dataset, LoRA on the configured base, the run
+recorded in the warehouse and the adapter registered as a challenger model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from tasks.config import Settings
+from warehouse import models as registry
+from warehouse.gates import list_datasets
+from warehouse.training import record_train_run
+
+
+class NoDataset(RuntimeError):
+    """Nothing to train on yet: a dataset is frozen when the release gate passes."""
+
+
+def resolve_dataset(con: duckdb.DuckDBPyConnection, dataset_id: str | None) -> dict[str, Any]:
+    datasets = list_datasets(con)
+    if not datasets:
+        raise NoDataset("no frozen dataset: run `slm gate release` (after review) first")
+    if dataset_id is None:
+        return datasets[0]
+    found = [d for d in datasets if d["dataset_id"].startswith(dataset_id)]
+    if len(found) != 1:
+        raise NoDataset(
+            f"dataset {dataset_id!r} {'is ambiguous' if found else 'not found'} (see `slm datasets`)"
+        )
+    return found[0]
+
+
+def run_folder(settings: Settings, dataset_id: str, base: str, profile: str, max_steps: int | None) -> Path:
+    """Same inputs, same folder: so `--resume` finds the checkpoints of an interrupted run."""
+    key = hashlib.sha256(f"{dataset_id}|{base}|{profile}|{max_steps}".encode()).hexdigest()[:10]
+    return settings.artifacts_dir / "runs" / f"{dataset_id}-{profile}-{key}"
+
+
+def train_challenger(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    dataset_id: str | None = None,
+    base: str | None = None,
+    profile: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[Any, str]:
+    """Train, record and register; returns (TrainResult, model id). The warehouse is not held meanwhile:
+    ``con`` is used before and after, training itself only reads the dataset files."""
+    from tasks.export import model_id_for
+    from tasks.train import train
+
+    dataset = resolve_dataset(con, dataset_id)
+    base_spec = base or settings.base_model
+    profile_name = profile or settings.train_profile
+    out_dir = run_folder(settings, dataset["dataset_id"], base_spec, profile_name, max_steps)
+    result = train(
+        Path(dataset["path"]),
+        base_spec,
+        out_dir,
+        profile=profile_name,
+        max_steps=max_steps,
+        resume=resume,
+        progress=progress,
+        cache_dir=settings.models_cache,
+        epochs=settings.train_epochs,
+    )
+    model_id = model_id_for(base_spec, result.adapter_dir, settings.models_cache)
+    train_metrics = {
+        "tokens_per_s": result.tokens_per_s,
+        "wall_s": result.wall_s,
+        "peak_rss_mb": result.peak_rss_mb,
+        "optimizer_steps": result.optimizer_steps,
+        "final_train_loss": result.final_train_loss,
+        "final_eval_loss": result.final_eval_loss,
+        "device": result.device,
+    }
+    registry.register_model(
+        con,
+        model_id,
+        "challenger",
+        base_spec,
+        adapter_path=str(result.adapter_dir),
+        dataset_id=dataset["dataset_id"],
+        train_metrics=train_metrics,
+        status="trained",
+    )
+    record_train_run(
+        con,
+        {
+            "train_run_id": uuid.uuid4().hex[:16],
+            "dataset_id": dataset["dataset_id"],
+            "base_spec": base_spec,
+            "base_path": result.base.path,
+            "base_hash": result.base.content_hash,
+            "profile": profile_name,
+            "config": json.loads(json.dumps(result.profile, default=str)),
+            "device": result.device,
+            "wall_s": result.wall_s,
+            "tokens_per_s": result.tokens_per_s,
+            "peak_rss_mb": result.peak_rss_mb,
+            "optimizer_steps": result.optimizer_steps,
+            "final_train_loss": result.final_train_loss,
+            "final_eval_loss": result.final_eval_loss,
+            "loss_curve": [list(p) for p in result.loss_curve],
+            "adapter_path": str(result.adapter_dir),
+            "model_id": model_id,
+        },
+    )
+    return result, model_id
