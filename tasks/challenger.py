@@ -13,6 +13,7 @@ import duckdb
 
 from tasks.config import Settings
 from warehouse import models as registry
+from warehouse.db import open_warehouse
 from warehouse.gates import list_datasets
 from warehouse.training import record_train_run
 
@@ -42,7 +43,6 @@ def run_folder(settings: Settings, dataset_id: str, base: str, profile: str, max
 
 
 def train_challenger(
-    con: duckdb.DuckDBPyConnection,
     settings: Settings,
     dataset_id: str | None = None,
     base: str | None = None,
@@ -51,12 +51,13 @@ def train_challenger(
     resume: bool = False,
     progress: bool = True,
 ) -> tuple[Any, str]:
-    """Train, record and register; returns (TrainResult, model id). The warehouse is not held meanwhile:
-    ``con`` is used before and after, training itself only reads the dataset files."""
+    """Train, record and register; returns (TrainResult, model id). The warehouse is opened before and after
+    training, not held during it (training only reads the dataset files), so other commands can use it."""
     from tasks.export import model_id_for
     from tasks.train import train
 
-    dataset = resolve_dataset(con, dataset_id)
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        dataset = resolve_dataset(con, dataset_id)
     base_spec = base or settings.base_model
     profile_name = profile or settings.train_profile
     out_dir = run_folder(settings, dataset["dataset_id"], base_spec, profile_name, max_steps)
