@@ -706,6 +706,72 @@ def train(
     )
 
 
+@app.command("run")
+def run_pipeline(
+    paths: Annotated[list[Path], typer.Argument(help="Rule documents (files or folders).")],
+    review: Annotated[
+        str | None, typer.Option("--review", help="labelstudio | auto (demos and CI only)")
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="extractive | gemini | openai | llamacpp")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option("--base", help="Base model (default: setting base_model).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Training budget in optimiser steps.")
+    ] = None,
+) -> None:
+    """The whole pipeline: ingest, distil, gates, review, dataset, train, evaluate, promote, export."""
+    cfg = settings()
+    _prefect_home(cfg)
+    from flows.pipeline import pipeline
+
+    result = pipeline([str(p) for p in paths], str(cfg.workspace), teacher, review, base, max_steps)
+    _print_run_summary(cfg, result)
+
+
+def _print_run_summary(cfg: Settings, result: dict[str, Any]) -> None:
+    built = result["dataset"]
+    table = Table("stage", "result", title="pipeline summary")
+    distilled = built["distill"]
+    table.add_row(
+        "review policy",
+        built["review_policy"]
+        + (" (no person reviewed: demo/CI only)" if built["review_policy"] == "auto" else ""),
+    )
+    table.add_row(
+        "rows",
+        f"{distilled['rows']} ({distilled['numeric_share']:.0%} numeric, "
+        f"{distilled['facts_covered']}/{distilled['facts_total']} facts covered)",
+    )
+    table.add_row("gates", f"pre_review: {built['pre_review']}; release: {built['release']}")
+    table.add_row("dataset", f"{built['dataset']['dataset_id']} ({built['dataset']['rows']} rows)")
+    evaluation = result["evaluation"]
+    for label, scores in evaluation["scores"].items():
+        table.add_row(
+            f"{label} (closed book)",
+            f"accuracy {scores['accuracy']:.0%}, numeric {scores['numeric_accuracy'] or 0:.0%}, "
+            f"invented {scores['invented_number_rate']:.0%}, n={scores['n']}",
+        )
+    table.add_row(
+        "decision",
+        ("promoted" if evaluation["promoted"] else "refused") + ": " + "; ".join(evaluation["reasons"]),
+    )
+    exported = result.get("export")
+    table.add_row(
+        "GGUF",
+        f"{exported['path']} ({exported['quant']}, {exported['size_bytes'] / 1e6:.0f} MB)"
+        if exported
+        else "none (no champion)",
+    )
+    console.print(table)
+    ws = cfg.workspace
+    console.print(f"report: {evaluation['report_html']}")
+    console.print(f'ask it: .venv/bin/slm -w {ws} ask "出差伙食补助费每人每天多少钱？"')
+    console.print(f"data docs: {ws / 'reports' / 'data_docs' / 'index.html'}")
+
+
 @app.command()
 def models() -> None:
     """Registered models with kind (champion, challenger, rejected, ...), scores and the reason."""

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     models_cache: Path | None = Field(None, description="Where converted base models are cached.")
     train_profile: str = Field("cpu-small", description="cpu-small | gpu-qlora | prototype")
     train_epochs: float = Field(3.0, description="Epochs (early stopping on the validation split may end sooner).")
+    eval_max_new_tokens: int = Field(64, description="Longest answer generated in evaluation.")
+    export_quant: str = Field("q8_0", description="GGUF quantisation of exports: f16 | q8_0 | q4_k_m")
     promotion_margin: float = Field(
         0.05, description="A challenger is refused if a metric may be worse by more than this (95% interval)."
     )

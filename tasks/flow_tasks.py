@@ -113,3 +113,100 @@ def freeze_task(settings: Settings, gate_run_id: str) -> dict[str, Any]:
         "numeric_share": info.numeric_share,
         "created": info.created,
     }
+
+
+@task(name="train-challenger", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def train_task(
+    settings: Settings, dataset_id: str | None, base: str | None, profile: str | None, max_steps: int | None
+) -> dict[str, Any]:
+    """A retry resumes from the last checkpoint of the same run folder instead of starting over."""
+    from prefect.runtime import task_run
+
+    from tasks.challenger import train_challenger
+
+    resume = (task_run.run_count or 1) > 1
+    result, model_id = train_challenger(
+        settings, dataset_id, base, profile, max_steps, resume=resume, progress=False
+    )
+    return {
+        "model_id": model_id,
+        "adapter_dir": str(result.adapter_dir),
+        "dataset_id": result.dataset_id,
+        "steps": result.optimizer_steps,
+        "tokens_per_s": result.tokens_per_s,
+        "wall_s": result.wall_s,
+        "peak_rss_mb": result.peak_rss_mb,
+        "final_eval_loss": result.final_eval_loss,
+        "loss_png": str(Path(result.adapter_dir).parent / "loss.png"),
+    }
+
+
+@task(name="evaluate-challenger", cache_policy=NO_CACHE)
+def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | None = None) -> dict[str, Any]:
+    """Base, champion (if any) and challenger on the golden set, one base model loaded for all three."""
+    from tasks.generate import TransformersGenerator
+    from tasks.golden import golden_items
+    from tasks.promote import challenge
+    from warehouse.models import get_champion
+
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        items = golden_items(con)
+        champion = get_champion(con)
+    adapters = {"challenger": Path(challenger["adapter_dir"])}
+    if champion and champion.get("adapter_path") and champion["model_id"] != challenger["model_id"]:
+        adapters["champion"] = Path(champion["adapter_path"])
+    generator = TransformersGenerator(
+        base or settings.base_model,
+        cache_dir=settings.models_cache,
+        adapters=adapters,
+        max_new_tokens=settings.eval_max_new_tokens,
+    )
+    answerers = {label: generator.for_model(label) for label in ("base", *adapters)}
+    with open_warehouse(settings.warehouse_path) as con:
+        outcome = challenge(
+            con,
+            settings,
+            challenger["model_id"],
+            items,
+            answerers,
+            {
+                "dataset": challenger.get("dataset_id"),
+                "training": f"{challenger['steps']} steps, {challenger['tokens_per_s']:.0f} tokens/s",
+            },
+            Path(challenger["loss_png"]),
+        )
+    return {
+        "promoted": outcome.promoted,
+        "reasons": outcome.decision.reasons,
+        "scores": outcome.scores,
+        "report_md": str(outcome.report_md),
+        "report_html": str(outcome.report_html),
+    }
+
+
+@task(name="export-gguf", cache_policy=NO_CACHE)
+def export_task(settings: Settings, quant: str | None = None) -> dict[str, Any] | None:
+    """The champion as GGUF (None when there is no champion yet)."""
+    from tasks.export import export_model
+    from warehouse.models import get_champion
+
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        champion = get_champion(con)
+    if champion is None:
+        return None
+    with open_warehouse(settings.warehouse_path) as con:
+        result = export_model(
+            Path(champion["adapter_path"]) if champion.get("adapter_path") else None,
+            champion["base_spec"],
+            settings.artifacts_dir / "gguf",
+            quant or settings.export_quant,
+            cache_dir=settings.models_cache,
+            con=con,
+            model_id=champion["model_id"],
+        )
+    return {
+        "path": str(result.path),
+        "quant": result.quant,
+        "size_bytes": result.size_bytes,
+        "model_id": result.source_model_id,
+    }

@@ -3,6 +3,7 @@ in the chat format training uses. Exported GGUF models generate through tasks/se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,19 @@ class TransformersGenerator:
 
     def answer_batch(self, questions: list[str]) -> list[str]:
         return self.chat([chat_messages(q) for q in questions])
+
+    def for_model(self, label: str) -> Callable[[list[str]], list[str]]:
+        """An ``answer_batch`` for one adapter, or for the untuned base (``"base"``)."""
+
+        def answer_batch(questions: list[str]) -> list[str]:
+            if label == "base" and self.adapters:
+                with self.model.disable_adapter():
+                    return self.answer_batch(questions)
+            if self.adapters:
+                self.model.set_adapter(label)
+            return self.answer_batch(questions)
+
+        return answer_batch
 
     def describe(self) -> dict[str, Any]:
         return self.identity.to_dict()

@@ -1,0 +1,25 @@
+"""The whole pipeline as one flow: build the dataset (pausing for people unless the review policy is auto),
+then train, evaluate, promote or refuse, and export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.build_dataset import build_dataset
+from flows.train_and_evaluate import train_and_evaluate
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    paths: list[str],
+    workspace: str | None = None,
+    teacher: str | None = None,
+    review_policy: str | None = None,
+    base: str | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    dataset = build_dataset(paths, workspace, teacher, review_policy)
+    trained = train_and_evaluate(workspace, dataset["dataset"]["dataset_id"], base, max_steps=max_steps)
+    return {"dataset": dataset, **trained}

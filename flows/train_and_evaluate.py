@@ -1,0 +1,44 @@
+"""Train a challenger on a frozen dataset, evaluate it against the champion and the base, promote or refuse,
+and export the champion as GGUF. Composition only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.config import load_settings
+from tasks.flow_tasks import evaluate_task, export_task, train_task
+
+
+@flow(name="train-and-evaluate", log_prints=True)
+def train_and_evaluate(
+    workspace: str | None = None,
+    dataset_id: str | None = None,
+    base: str | None = None,
+    profile: str | None = None,
+    max_steps: int | None = None,
+    export: bool = True,
+) -> dict[str, Any]:
+    settings = load_settings(workspace)
+    challenger = train_task(settings, dataset_id, base, profile, max_steps)
+    verdict = evaluate_task(settings, challenger, base)
+    report: dict[str, Any] = {"challenger": challenger, "evaluation": verdict}
+    with open(verdict["report_md"], encoding="utf-8") as handle:
+        create_markdown_artifact(
+            key="evaluation-report",
+            markdown=handle.read(),
+            description="promoted" if verdict["promoted"] else "refused",
+        )
+    if not verdict["promoted"]:
+        get_run_logger().warning("challenger refused: " + "; ".join(verdict["reasons"]))
+    if export and verdict["promoted"]:
+        report["export"] = export_flow(workspace)
+    return report
+
+
+@flow(name="export", log_prints=True)
+def export_flow(workspace: str | None = None, quant: str | None = None) -> dict[str, Any] | None:
+    settings = load_settings(workspace)
+    return export_task(settings, quant)
