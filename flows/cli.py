@@ -507,6 +507,77 @@ def review_auto() -> None:
     )
 
 
+server_app = typer.Typer(
+    help="Our servers: Prefect (dashboard, schedules) and Label Studio.", no_args_is_help=True
+)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("up")
+def server_up(
+    labelstudio: Annotated[
+        bool, typer.Option("--labelstudio/--no-labelstudio", help="Also Label Studio.")
+    ] = True,
+) -> None:
+    """Start the Prefect server (and Label Studio) on 127.0.0.1 with data under the workspace."""
+    from deployments import server as prefect_server
+
+    cfg = settings()
+    try:
+        info = prefect_server.start_server(cfg)
+    except prefect_server.PrefectServerError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"Prefect dashboard: {info.url} (export PREFECT_API_URL={prefect_server.api_url(cfg)})")
+    if labelstudio:
+        review_up()
+
+
+@server_app.command("down")
+def server_down() -> None:
+    """Stop the worker, the Prefect server and Label Studio of this workspace."""
+    from deployments import server as prefect_server
+    from review import server as ls_server
+
+    cfg = settings()
+    for name in ("worker", "server"):
+        console.print(f"prefect {name}: {'stopped' if prefect_server.stop(cfg, name) else 'was not running'}")
+    console.print(f"Label Studio: {'stopped' if ls_server.stop(cfg) else 'was not running'}")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Which of our servers run, where, and their logs."""
+    from deployments import server as prefect_server
+    from review import server as ls_server
+
+    cfg = settings()
+    table = Table("service", "running", "url", "log", title="servers")
+    for info in prefect_server.status(cfg).values():
+        table.add_row(info.name, "yes" if info.running else "no", info.url or "", str(info.log))
+    ls = ls_server.status(cfg)
+    table.add_row("label studio", "yes" if ls.running else "no", ls.url, str(ls.log_path))
+    console.print(table)
+
+
+@app.command()
+def deploy() -> None:
+    """Register the deployments of deployments/prefect.yaml (nightly schedule from the config) and start a worker."""
+    from deployments import server as prefect_server
+
+    cfg = settings()
+    try:
+        prefect_server.start_server(cfg)
+        names = prefect_server.deploy(cfg)
+    except prefect_server.PrefectServerError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"deployed {', '.join(names)}; nightly at '{cfg.nightly_cron}' ({cfg.timezone}); "
+        f"worker on pool {cfg.work_pool}; dashboard {prefect_server.api_url(cfg).removesuffix('/api')}"
+    )
+
+
 golden_app = typer.Typer(
     help="The golden set: evaluation questions training never sees.", no_args_is_help=True
 )

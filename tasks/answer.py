@@ -59,7 +59,9 @@ _SENTENCE = re.compile(r"[^。；;！？!?\n]*[。；;！？!?\n]?")
 
 
 class Generator(Protocol):
-    def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: str | None = None) -> str: ...
+    def __call__(
+        self, messages: list[dict[str, str]], max_tokens: int, grammar: str | None = None
+    ) -> str: ...
 
 
 # --- prompts -------------------------------------------------------------------------------------------------
@@ -155,7 +157,9 @@ def with_context_rows(
         candidates = [t for t in pool if t != own]
         texts = [own]
         if candidates:
-            distractor = candidates[int(_bucket(str(seed), "pick", row_id) * len(candidates)) % len(candidates)]
+            distractor = candidates[
+                int(_bucket(str(seed), "pick", row_id) * len(candidates)) % len(candidates)
+            ]
             texts = [own, distractor] if _bucket(str(seed), "order", row_id) < 0.5 else [distractor, own]
         messages = row["messages"]
         question = next(m["content"] for m in messages if m["role"] == "user")
@@ -271,8 +275,9 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["retrieved"] = [{"chunk_id": h.chunk_id, "heading_path": h.heading_path, "score": h.score}
-                             for h in self.retrieved]
+        data["retrieved"] = [
+            {"chunk_id": h.chunk_id, "heading_path": h.heading_path, "score": h.score} for h in self.retrieved
+        ]
         return data
 
 
@@ -300,7 +305,9 @@ class GuardStats:
 
     def report(self) -> str:
         total = self.total or 1
-        return ", ".join(f"{name} {getattr(self, name)} ({getattr(self, name) / total:.0%})" for name in ACTIONS)
+        return ", ".join(
+            f"{name} {getattr(self, name)} ({getattr(self, name) / total:.0%})" for name in ACTIONS
+        )
 
 
 _facts_cache: dict[str, dict[str, list[FactRef]]] = {}
@@ -322,7 +329,9 @@ def _fact_ref(row: Mapping[str, Any]) -> FactRef:
     )
 
 
-def facts_by_chunk(con: duckdb.DuckDBPyConnection, index: ChunkIndex | None = None) -> dict[str, list[FactRef]]:
+def facts_by_chunk(
+    con: duckdb.DuckDBPyConnection, index: ChunkIndex | None = None
+) -> dict[str, list[FactRef]]:
     """Ledger facts per chunk id, cached per index (facts derive from the chunks the index key hashes)."""
     key = index.key if index is not None else None
     if key is not None:
@@ -344,8 +353,9 @@ def _best_evidence(question: str, facts: Sequence[FactRef]) -> list[FactRef]:
     """Facts whose subject fits the question, best first (most shared tokens, then retrieval order)."""
     asked = set(tokens(question))
     fitting = [(i, f) for i, f in enumerate(facts) if subject_fits(question, f)]
-    fitting.sort(key=lambda p: (-len(asked & set(tokens(p[1].subject))), -len(asked & set(tokens(p[1].context))),
-                                p[0]))
+    fitting.sort(
+        key=lambda p: (-len(asked & set(tokens(p[1].subject))), -len(asked & set(tokens(p[1].context))), p[0])
+    )
     return [f for _, f in fitting]
 
 
@@ -385,7 +395,10 @@ def answer(
 
 
 def _closed_book(
-    question: str, generator: Callable[..., str], index: ChunkIndex | None, con: duckdb.DuckDBPyConnection,
+    question: str,
+    generator: Callable[..., str],
+    index: ChunkIndex | None,
+    con: duckdb.DuckDBPyConnection,
     max_tokens: int,
 ) -> Answer:
     text = generator(chat_messages(question), max_tokens).strip()
@@ -394,18 +407,26 @@ def _closed_book(
     ok = all(c.ok for c in checks)
     notes = () if ok else (_describe(checks, "规定"),)
     fact_ids = tuple(dict.fromkeys(i for c in checks for i in c.fact_ids))
-    return Answer(text, "closed_book", _stated(checks), ok, "passed" if ok else "flagged", (), notes, text,
-                  fact_ids)
+    return Answer(
+        text, "closed_book", _stated(checks), ok, "passed" if ok else "flagged", (), notes, text, fact_ids
+    )
 
 
 def _grounded(
-    question: str, generator: Callable[..., str], index: ChunkIndex, con: duckdb.DuckDBPyConnection, k: int,
-    max_tokens: int, retry: bool,
+    question: str,
+    generator: Callable[..., str],
+    index: ChunkIndex,
+    con: duckdb.DuckDBPyConnection,
+    k: int,
+    max_tokens: int,
+    retry: bool,
 ) -> Answer:
     hits = tuple(index.search(question, k))
     if not hits:
         # Nothing retrieved shares a word with the question: there is nothing to ground an answer in.
-        return Answer(ABSTAIN_TEXT, "grounded", (), False, "abstained", (), ("no chunk matches the question",))
+        return Answer(
+            ABSTAIN_TEXT, "grounded", (), False, "abstained", (), ("no chunk matches the question",)
+        )
     by_chunk = facts_by_chunk(con, index)
     facts = [f for h in hits for f in by_chunk.get(h.chunk_id, [])]
     heading_of = {f.fact_id: h.heading_path for h in hits for f in by_chunk.get(h.chunk_id, [])}
@@ -420,20 +441,29 @@ def _grounded(
     notes = [f"draft: {problem}"]
     evidence = _best_evidence(question, facts)
     if retry:
-        second = generator(_evidence_messages(question, hits, evidence), max_tokens,
-                           grammar=number_grammar(_allowed_numbers(evidence, question))).strip()
+        second = generator(
+            _evidence_messages(question, hits, evidence),
+            max_tokens,
+            grammar=number_grammar(_allowed_numbers(evidence, question)),
+        ).strip()
         again = check_numbers(question, second, facts)
         if all(c.ok for c in again):
             ids = tuple(dict.fromkeys(i for c in again for i in c.fact_ids))
             notes.append("retry with the evidence sentence verified")
-            return Answer(second, "grounded", _stated(again), True, "retried_ok", hits, tuple(notes), draft, ids)
+            return Answer(
+                second, "grounded", _stated(again), True, "retried_ok", hits, tuple(notes), draft, ids
+            )
         notes.append(f"retry: {_describe(again, '检索到的规定')}")
     if evidence:
         best = evidence[0]
         text = _quote(best, heading_of.get(best.fact_id, ""))
-        values = tuple(dict.fromkeys(canonical(v) for m in rule_numbers(text) for v in _values(m.value, m.value_max)))
+        values = tuple(
+            dict.fromkeys(canonical(v) for m in rule_numbers(text) for v in _values(m.value, m.value_max))
+        )
         notes.append(f"quoted the evidence of fact {best.fact_id}")
-        return Answer(text, "grounded", values, True, "quoted_evidence", hits, tuple(notes), draft, (best.fact_id,))
+        return Answer(
+            text, "grounded", values, True, "quoted_evidence", hits, tuple(notes), draft, (best.fact_id,)
+        )
     text = f"无法核实：{problem}。文件中没有相关规定可以核实。"
     return Answer(text, "grounded", (), False, "abstained", hits, tuple(notes), draft)
 
@@ -453,7 +483,9 @@ def _allowed_numbers(evidence: Sequence[FactRef], question: str) -> list[str]:
     return allowed
 
 
-def _evidence_messages(question: str, hits: Sequence[Hit], evidence: Sequence[FactRef]) -> list[dict[str, str]]:
+def _evidence_messages(
+    question: str, hits: Sequence[Hit], evidence: Sequence[FactRef]
+) -> list[dict[str, str]]:
     """The context prompt again, with the best evidence sentences put first and an instruction to use only
     their numbers (or to abstain when none fits)."""
     messages = context_messages(question, hits)

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         0.05, description="A challenger is refused if a metric may be worse by more than this (95% interval)."
     )
 
+    # Orchestration
+    prefect_port: int = Field(4200, description="Port of our Prefect server on 127.0.0.1.")
+    work_pool: str = Field("slm-process", description="Prefect process work pool for our deployments.")
+    nightly_cron: str = Field("0 2 * * *", description="When the nightly retrain-and-evaluate runs.")
+    timezone: str = Field("Asia/Shanghai", description="Time zone of the nightly schedule.")
+
     # Secrets: read from the environment or a 0600 file in the workspace, never printed.
     gemini_api_keys: SecretStr | None = Field(
         None,

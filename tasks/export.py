@@ -47,10 +47,12 @@ __all__ = [
     "QUANTS",
     "ExportError",
     "ExportResult",
+    "GGUFContents",
     "arch_spec",
     "export_model",
     "model_id_for",
     "quantize",
+    "read_gguf",
     "source_gguf_for",
     "tensor_differences",
     "write_lora_gguf",
@@ -162,6 +164,116 @@ def source_gguf_for(base_spec: str, folder: Path | None = None) -> Path | None:
     return None
 
 
+# --- a fast GGUF reader -----------------------------------------------------------------------------------------
+# gguf.GGUFReader builds a numpy view per array element: half a minute for Gemma's 262k-token vocabulary.
+# This reads the same layout (header, key/values, tensor infos, aligned data) with struct and one memmap.
+
+_SCALAR_FORMATS = {
+    gguf.GGUFValueType.UINT8: "<B",
+    gguf.GGUFValueType.INT8: "<b",
+    gguf.GGUFValueType.UINT16: "<H",
+    gguf.GGUFValueType.INT16: "<h",
+    gguf.GGUFValueType.UINT32: "<I",
+    gguf.GGUFValueType.INT32: "<i",
+    gguf.GGUFValueType.FLOAT32: "<f",
+    gguf.GGUFValueType.BOOL: "<?",
+    gguf.GGUFValueType.UINT64: "<Q",
+    gguf.GGUFValueType.INT64: "<q",
+    gguf.GGUFValueType.FLOAT64: "<d",
+}
+
+
+@dataclass(frozen=True)
+class GGUFContents:
+    """Key/values (value, type, array item type) and tensors (numpy shape, type, raw data) of a GGUF."""
+
+    fields: dict[str, tuple[Any, gguf.GGUFValueType, gguf.GGUFValueType | None]]
+    tensors: dict[str, tuple[tuple[int, ...], gguf.GGMLQuantizationType, np.ndarray]]
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return self.fields[key][0] if key in self.fields else default
+
+    def array(self, name: str) -> np.ndarray:
+        """A tensor as float32 (dequantised), in transformers' (rows, columns) order."""
+        from gguf.quants import dequantize
+
+        shape, qtype, raw = self.tensors[name]
+        return np.asarray(dequantize(raw, qtype), dtype=np.float32).reshape(shape)
+
+
+def read_gguf(path: Path | str) -> GGUFContents:
+    """Read a GGUF's metadata and map its tensors (no tensor data is copied)."""
+    import struct
+
+    data = np.memmap(path, mode="r")
+    buf = memoryview(data)
+    if bytes(buf[:4]) != b"GGUF":
+        raise ExportError(f"{path}: not a GGUF file")
+    _version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+    offset = 24
+
+    def raw_string() -> bytes:
+        nonlocal offset
+        (length,) = struct.unpack_from("<Q", buf, offset)
+        offset += 8
+        text = bytes(buf[offset : offset + length])
+        offset += length
+        return text
+
+    def string() -> str:
+        return raw_string().decode("utf-8", errors="replace")
+
+    def scalar(vtype: gguf.GGUFValueType) -> Any:
+        nonlocal offset
+        fmt = _SCALAR_FORMATS[vtype]
+        (value,) = struct.unpack_from(fmt, buf, offset)
+        offset += struct.calcsize(fmt)
+        return value
+
+    fields: dict[str, tuple[Any, gguf.GGUFValueType, gguf.GGUFValueType | None]] = {}
+    for _ in range(n_kv):
+        key = string()
+        vtype = gguf.GGUFValueType(scalar(gguf.GGUFValueType.UINT32))
+        if vtype == gguf.GGUFValueType.ARRAY:
+            item = gguf.GGUFValueType(scalar(gguf.GGUFValueType.UINT32))
+            count = scalar(gguf.GGUFValueType.UINT64)
+            if item == gguf.GGUFValueType.STRING:
+                # kept as bytes: a vocabulary is copied byte for byte, even a token that is not valid UTF-8
+                value: Any = [raw_string() for _ in range(count)]
+            else:
+                dtype = np.dtype(_SCALAR_FORMATS[item])
+                value = np.frombuffer(data, dtype=dtype, count=count, offset=offset).tolist()
+                offset += dtype.itemsize * count
+            fields[key] = (value, vtype, item)
+        elif vtype == gguf.GGUFValueType.STRING:
+            fields[key] = (string(), vtype, None)
+        else:
+            fields[key] = (scalar(vtype), vtype, None)
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        (n_dims,) = struct.unpack_from("<I", buf, offset)
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, offset + 4)
+        qtype, rel = struct.unpack_from("<IQ", buf, offset + 4 + 8 * n_dims)
+        offset += 4 + 8 * n_dims + 12
+        infos.append((name, tuple(reversed(dims)), gguf.GGMLQuantizationType(qtype), rel))
+    alignment = int(fields.get("general.alignment", (32,))[0])
+    start = offset + (-offset % alignment)
+    tensors = {}
+    for name, shape, qtype, rel in infos:
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        n_bytes = int(np.prod(shape)) // block * type_size
+        raw = data[start + rel : start + rel + n_bytes]
+        if qtype == gguf.GGMLQuantizationType.F32:
+            raw = raw.view(np.float32).reshape(shape)
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            raw = raw.view(np.float16).reshape(shape)
+        else:
+            raw = raw.reshape(gguf.quant_shape_to_byte_shape(shape, qtype))
+        tensors[name] = (shape, qtype, raw)
+    return GGUFContents(fields, tensors)
+
+
 # --- hyper-parameters -------------------------------------------------------------------------------------------
 
 
@@ -204,7 +316,9 @@ def _write_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, config: Any) -> list
             writer.add_final_logit_softcapping(config.final_logit_softcapping)
         scalar = getattr(config, "query_pre_attn_scalar", head_dim)
         if scalar != head_dim:
-            notes.append(f"query_pre_attn_scalar {scalar} != head_dim {head_dim}: llama.cpp derives the scale")
+            notes.append(
+                f"query_pre_attn_scalar {scalar} != head_dim {head_dim}: llama.cpp derives the scale"
+            )
     else:
         writer.add_rope_dimension_count(head_dim)
         if head_dim != config.hidden_size // config.num_attention_heads:
@@ -254,16 +368,12 @@ def _llama3_rope_factors(config: Any) -> np.ndarray | None:
 
 def _copy_tokenizer_fields(writer: gguf.GGUFWriter, source: Path) -> int:
     """Copy every ``tokenizer.*`` field but the chat template from ``source``; returns the token count."""
-    reader = gguf.GGUFReader(source)
+    contents = read_gguf(source)
     n_tokens = 0
-    for key, fld in reader.fields.items():
+    for key, (value, vtype, item) in contents.fields.items():
         if not key.startswith("tokenizer.") or key.startswith("tokenizer.chat_template"):
             continue
-        value = fld.contents()
-        if fld.types[0] == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(key, value, gguf.GGUFValueType.ARRAY, sub_type=fld.types[-1])
-        else:
-            writer.add_key_value(key, value, fld.types[0])
+        writer.add_key_value(key, value, vtype, sub_type=item)
         if key == gguf.Keys.Tokenizer.LIST:
             n_tokens = len(value)
     if not n_tokens:
@@ -282,39 +392,41 @@ def _bpe_pre(model_type: str, vocab: dict[str, int]) -> str:
     return "default"
 
 
-def _write_bpe_vocab(writer: gguf.GGUFWriter, tokenizer: Any, folder: Path, model_type: str, n_vocab: int) -> None:
+def _write_bpe_vocab(writer: gguf.GGUFWriter, folder: Path, model_type: str, n_vocab: int) -> list[str]:
+    """A ``gpt2`` vocabulary from ``tokenizer.json`` itself (not from a transformers tokenizer class, which
+    may add tokens the model has no embedding row for). Returns notes."""
     data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     model = data.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):
+        kind = f"{model.get('type')}{' with byte fallback (SentencePiece)' if model.get('byte_fallback') else ''}"
         raise ExportError(
-            f"{folder}: only byte-level BPE tokenizers can be converted here (this one is "
-            f"{model.get('type')}{' with byte fallback, i.e. SentencePiece' if model.get('byte_fallback') else ''});"
+            f"{folder}: only byte-level BPE tokenizers can be converted here, this one is {kind};"
             " export from a base that came from a GGUF, whose tokenizer is copied"
         )
-    vocab = tokenizer.get_vocab()
-    by_id = {i: t for t, i in vocab.items()}
-    added = tokenizer.get_added_vocab()
-    specials = set(tokenizer.all_special_tokens)
+    by_id: dict[int, tuple[str, int]] = {i: (t, _TOKEN_NORMAL) for t, i in model["vocab"].items()}
+    for added in data.get("added_tokens") or []:
+        by_id[added["id"]] = (
+            added["content"],
+            _TOKEN_CONTROL if added.get("special") else _TOKEN_USER_DEFINED,
+        )
+    notes = []
+    beyond = sorted(i for i in by_id if i >= n_vocab)
+    if beyond:
+        notes.append(f"{len(beyond)} tokenizer tokens have no embedding row and were left out")
     tokens: list[str] = []
     types: list[int] = []
-    for i in range(max(n_vocab, len(vocab))):
-        token = by_id.get(i)
-        if token is None:
-            tokens.append(f"[PAD{i}]")  # embedding rows beyond the vocabulary (padded for speed)
-            types.append(_TOKEN_USER_DEFINED)
-        elif token in added:
-            tokens.append(token)
-            types.append(_TOKEN_CONTROL if token in specials else _TOKEN_USER_DEFINED)
-        else:
-            tokens.append(token)
-            types.append(_TOKEN_NORMAL)
+    for i in range(n_vocab):
+        token, kind_ = by_id.get(i, (f"[PAD{i}]", _TOKEN_USER_DEFINED))  # rows padded for speed have no token
+        tokens.append(token)
+        types.append(kind_)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_bpe_pre(model_type, vocab))
+    writer.add_tokenizer_pre(_bpe_pre(model_type, model["vocab"]))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens))
     special.chat_template = None  # written once, by the caller, from the tokenizer actually trained with
     special.add_to_gguf(writer, quiet=True)
+    return notes
 
 
 # --- tensors ---------------------------------------------------------------------------------------------------
@@ -358,8 +470,14 @@ def _gguf_tensors(
         heads = _qk_heads(hf_name, config) if spec.permute_qk else None
         if heads is not None:
             data = _permute(data, heads)
-        if n_tokens is not None and name in ("token_embd.weight", "output.weight") and data.shape[0] > n_tokens:
-            data = data[:n_tokens]  # rows past the tokenizer's vocabulary are never used (llama.cpp trims them)
+        if (
+            n_tokens is not None
+            and name in ("token_embd.weight", "output.weight")
+            and data.shape[0] > n_tokens
+        ):
+            data = data[
+                :n_tokens
+            ]  # rows past the tokenizer's vocabulary are never used (llama.cpp trims them)
         yield name, data
     if unmapped:
         raise ExportError(f"no GGUF name for {len(unmapped)} tensors, e.g. {', '.join(unmapped[:4])}")
@@ -405,7 +523,7 @@ def write_model_gguf(
         else:
             if tokenizer_dir is None:
                 raise ExportError("a tokenizer folder (tokenizer.json) or a source GGUF is needed")
-            _write_bpe_vocab(writer, tokenizer, tokenizer_dir, spec.model_type, config.vocab_size)
+            notes += _write_bpe_vocab(writer, tokenizer_dir, spec.model_type, config.vocab_size)
         if getattr(tokenizer, "chat_template", None):
             writer.add_chat_template(tokenizer.chat_template)
         state = model.state_dict()
@@ -535,11 +653,38 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
     params.nthread = n_threads or 0  # 0: all hardware threads
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.part")
-    code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    # llama.cpp prints a line per tensor on the C stderr; keep it out of the terminal, show it on failure.
+    with _captured_stderr() as log:
+        code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if code != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"llama.cpp could not quantise {src} to {quant} (code {code})")
+        tail = "\n".join(log.read().splitlines()[-5:])
+        raise ExportError(f"llama.cpp could not quantise {src} to {quant} (code {code}): {tail}")
     os.replace(tmp, dst)
+
+
+class _captured_stderr:
+    """Redirect file descriptor 2 (C code writes there directly) into a temporary file."""
+
+    def __enter__(self) -> _captured_stderr:
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+    def read(self) -> str:
+        self._file.seek(0)
+        text = self._file.read().decode("utf-8", errors="replace")
+        self._file.close()
+        return text
 
 
 # --- the public entry point ------------------------------------------------------------------------------------
@@ -652,7 +797,9 @@ def _load_merged(folder: Path, adapter: Path | None) -> tuple[Any, Any]:
     from tasks.models import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    tokenizer_source = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else folder
+    tokenizer_source = (
+        adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else folder
+    )
     tokenizer = load_tokenizer(tokenizer_source)
     if adapter is not None:
         from peft import PeftModel
@@ -667,18 +814,15 @@ def _load_merged(folder: Path, adapter: Path | None) -> tuple[Any, Any]:
 
 def tensor_differences(original: Path, exported: Path) -> dict[str, tuple[float, float]]:
     """Per tensor of ``original``: (largest absolute difference after dequantising both, largest absolute
-    value in the original). Tensors missing from ``exported`` raise ExportError."""
-    from gguf.quants import dequantize
-
-    ours = {t.name: t for t in gguf.GGUFReader(exported).tensors}
+    value in the original). Tensors missing from ``exported``, or shaped differently, raise ExportError."""
+    ours = read_gguf(exported)
+    theirs = read_gguf(original)
     diffs: dict[str, tuple[float, float]] = {}
-    for tensor in gguf.GGUFReader(original).tensors:
-        other = ours.get(tensor.name)
-        if other is None:
-            raise ExportError(f"{exported}: tensor {tensor.name} is missing")
-        a = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        b = dequantize(other.data, other.tensor_type).astype(np.float32)
-        if a.shape != b.shape:
-            raise ExportError(f"{tensor.name}: shape {b.shape} differs from the original {a.shape}")
-        diffs[tensor.name] = (float(np.abs(a - b).max()), float(np.abs(a).max()))
+    for name, (shape, _, _) in theirs.tensors.items():
+        if name not in ours.tensors:
+            raise ExportError(f"{exported}: tensor {name} is missing")
+        if ours.tensors[name][0] != shape:
+            raise ExportError(f"{name}: shape {ours.tensors[name][0]} differs from the original {shape}")
+        a, b = theirs.array(name), ours.array(name)
+        diffs[name] = (float(np.abs(a - b).max()), float(np.abs(a).max()))
     return diffs

@@ -73,7 +73,9 @@ class LlamaCppGenerator:
         self.seed = seed
         self._lock = threading.Lock()  # one llama context: calls must not interleave
 
-        template = chat_template or self.llm.metadata.get("tokenizer.chat_template") or self._fallback_template()
+        template = (
+            chat_template or self.llm.metadata.get("tokenizer.chat_template") or self._fallback_template()
+        )
         self.chat_template = template
         eos_id = self.llm.token_eos()
         bos_id = self.llm.token_bos()
@@ -96,11 +98,16 @@ class LlamaCppGenerator:
     def _fallback_template(self) -> str:
         from tasks.models import GEMMA_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE
 
-        if self._single_token("<start_of_turn>") is not None and self._single_token("<end_of_turn>") is not None:
+        if (
+            self._single_token("<start_of_turn>") is not None
+            and self._single_token("<end_of_turn>") is not None
+        ):
             return GEMMA_CHAT_TEMPLATE
         return SIMPLE_CHAT_TEMPLATE
 
-    def __call__(self, messages: list[dict[str, str]], max_tokens: int | None = None, grammar: str | None = None) -> str:
+    def __call__(
+        self, messages: list[dict[str, str]], max_tokens: int | None = None, grammar: str | None = None
+    ) -> str:
         kwargs: dict[str, Any] = {
             "messages": messages,
             "max_tokens": max_tokens or self.max_new_tokens,
@@ -136,7 +143,9 @@ def from_transformers(generator: Any) -> Any:
     """Adapt ``tasks.generate.TransformersGenerator`` to the ``(messages, max_tokens, grammar=None)`` call
     ``tasks.answer`` expects (transformers cannot apply a GBNF grammar; the guard's check still runs)."""
 
-    def generate(messages: list[dict[str, str]], max_tokens: int | None = None, grammar: str | None = None) -> str:
+    def generate(
+        messages: list[dict[str, str]], max_tokens: int | None = None, grammar: str | None = None
+    ) -> str:
         del grammar
         previous = generator.max_new_tokens
         if max_tokens:
@@ -153,8 +162,19 @@ def server_command(
     gguf_path: Path | str, port: int = 8080, lora_path: Path | str | None = None, n_ctx: int = DEFAULT_CTX
 ) -> list[str]:
     """The command line of llama-cpp-python's OpenAI-compatible server for this GGUF (needs its extra)."""
-    command = ["python", "-m", "llama_cpp.server", "--model", str(gguf_path), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", str(n_ctx)]
+    command = [
+        "python",
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+    ]
     if lora_path is not None:
         command += ["--lora_path", str(lora_path)]
     return command
