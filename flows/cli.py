@@ -818,6 +818,10 @@ def _print_run_summary(cfg: Settings, result: dict[str, Any]) -> None:
     )
     table.add_row("gates", f"pre_review: {built['pre_review']}; release: {built['release']}")
     table.add_row("dataset", f"{built['dataset']['dataset_id']} ({built['dataset']['rows']} rows)")
+    if not result.get("trained"):
+        table.add_row("training", "no change: this dataset was already trained on; nothing trained")
+        console.print(table)
+        return
     evaluation = result["evaluation"]
     for label, scores in evaluation["scores"].items():
         table.add_row(

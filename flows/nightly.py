@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.train_and_evaluate import train_and_evaluate
+from tasks.challenger import last_trained_dataset
 from tasks.config import load_settings
 from tasks.flow_tasks import freeze_task, sync_review_task
 from tasks.gates import gate_task
@@ -23,7 +24,7 @@ def nightly(workspace: str | None = None, max_steps: int | None = None) -> dict[
         sync_review_task(settings, batch_id)
     release = gate_task(settings, "release")
     dataset = freeze_task(settings, release["gate_run_id"])
-    last = _last_trained_dataset(settings)
+    last = last_trained_dataset(settings)
     if dataset["dataset_id"] == last:
         message = f"no change: dataset {dataset['dataset_id']} was already trained on; nothing to do"
         logger.info(message)
@@ -47,11 +48,3 @@ def _open_batches(settings) -> list[str]:
         return []
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         return [b["batch_id"] for b in list_batches(con) if b["status"] != "synced"]
-
-
-def _last_trained_dataset(settings) -> str | None:
-    from warehouse.training import list_train_runs
-
-    with open_warehouse(settings.warehouse_path, read_only=True) as con:
-        runs = list_train_runs(con, limit=1)
-    return runs[0]["dataset_id"] if runs else None

@@ -9,6 +9,8 @@ from prefect import flow
 
 from flows.build_dataset import build_dataset
 from flows.train_and_evaluate import train_and_evaluate
+from tasks.challenger import last_trained_dataset
+from tasks.config import load_settings
 
 
 @flow(name="pipeline", log_prints=True)
@@ -21,5 +23,9 @@ def pipeline(
     max_steps: int | None = None,
 ) -> dict[str, Any]:
     dataset = build_dataset(paths, workspace, teacher, review_policy)
-    trained = train_and_evaluate(workspace, dataset["dataset"]["dataset_id"], base, max_steps=max_steps)
-    return {"dataset": dataset, **trained}
+    dataset_id = dataset["dataset"]["dataset_id"]
+    if last_trained_dataset(load_settings(workspace)) == dataset_id:
+        print(f"no change: dataset {dataset_id} was already trained on; nothing trained")
+        return {"dataset": dataset, "trained": False}
+    trained = train_and_evaluate(workspace, dataset_id, base, max_steps=max_steps)
+    return {"dataset": dataset, "trained": True, **trained}

@@ -115,3 +115,12 @@ def train_challenger(
         },
     )
     return result, model_id
+
+
+def last_trained_dataset(settings: Settings) -> str | None:
+    """The dataset the newest training run used, if any: the same dataset again means nothing to retrain."""
+    from warehouse.training import list_train_runs
+
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        runs = list_train_runs(con, limit=1)
+    return runs[0]["dataset_id"] if runs else None
