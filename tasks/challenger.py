@@ -82,6 +82,21 @@ def train_challenger(
         "final_eval_loss": result.final_eval_loss,
         "device": result.device,
     }
+    with open_warehouse(settings.warehouse_path) as con:
+        _record(con, dataset, base_spec, profile_name, result, model_id, train_metrics)
+    return result, model_id
+
+
+def _record(
+    con: duckdb.DuckDBPyConnection,
+    dataset: dict[str, Any],
+    base_spec: str,
+    profile_name: str,
+    result: Any,
+    model_id: str,
+    train_metrics: dict[str, Any],
+) -> None:
+    """Register the challenger and its training run together."""
     registry.register_model(
         con,
         model_id,
@@ -114,7 +129,6 @@ def train_challenger(
             "model_id": model_id,
         },
     )
-    return result, model_id
 
 
 def last_trained_dataset(settings: Settings) -> str | None:

@@ -1,4 +1,4 @@
-"""Generating answers with a transformers model (a base, or a base with a LoRA adapter): batched, greedy,
+"""Generating answers with a transformers model (a base, or a base with LoRA adapters): batched, greedy,
 in the chat format training uses. Exported GGUF models generate through tasks/serve.py instead."""
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from tasks.prompt_format import chat_messages
 
 
 class TransformersGenerator:
-    """``answer_batch(questions) -> answers`` for evaluation; ``chat(messages_batch)`` for anything else."""
+    """``answer_batch(questions) -> answers`` for evaluation; ``chat(messages_batch)`` for anything else.
+
+    Several adapters share one loaded base (``adapters``: label -> folder); ``for_model(label)`` answers with
+    one of them, ``for_model("base")`` with the adapters switched off. The base is loaded once."""
 
     def __init__(
         self,
@@ -19,27 +22,32 @@ class TransformersGenerator:
         adapter_dir: Path | None = None,
         cache_dir: Path | None = None,
         max_new_tokens: int = 96,
+        adapters: dict[str, Path] | None = None,
     ) -> None:
-        import torch
-
         from tasks.models import load_base
 
         self.model, self.tokenizer, self.identity = load_base(base_spec, cache_dir)
+        named = dict(adapters or {})
         if adapter_dir is not None:
+            named.setdefault("default", adapter_dir)
+        self.adapters = list(named)
+        if named:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir))
+            (first_name, first_dir), *rest = named.items()
+            self.model = PeftModel.from_pretrained(self.model, str(first_dir), adapter_name=first_name)
+            for name, folder in rest:
+                self.model.load_adapter(str(folder), adapter_name=name)
+            self.model.set_adapter(first_name)
         self.model.eval()
         self.max_new_tokens = max_new_tokens
         self.tokenizer.padding_side = "left"  # batched generation continues from the right edge
-        torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def chat(self, messages_batch: list[list[dict[str, str]]]) -> list[str]:
         import torch
 
         prompts = [
-            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-            for m in messages_batch
+            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_batch
         ]
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():

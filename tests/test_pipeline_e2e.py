@@ -1,0 +1,72 @@
+"""The whole pipeline with a tiny model: `slm run` on the sample finds a promoted model, a report and a GGUF;
+a second run trains nothing; the nightly flow retrains after a new annotation and records no change after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.nightly import nightly
+from flows.pipeline import pipeline
+from tasks.config import load_settings
+from tests.conftest import SAMPLE_MD
+from tests.tiny import build_tiny_base
+from warehouse import models as registry
+from warehouse.db import open_warehouse
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.slow
+def test_run_then_rerun_then_nightly(prefect_server, tmp_path: Path) -> None:
+    base = build_tiny_base(tmp_path / "tiny-base")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "slm.toml").write_text(
+        f'base_model = "{base}"\nreview_policy = "auto"\nper_fact = 1\ngolden_size = 12\n'
+        'eval_max_new_tokens = 16\nexport_quant = "f16"\ntrain_epochs = 1\n'
+        # A tiny random model cannot show it is better: the gate is opened wide so the test sees a promotion.
+        "promotion_margin = 1.0\n",
+        encoding="utf-8",
+    )
+    first = pipeline([str(SAMPLE_MD)], str(workspace), max_steps=6)
+    assert first["trained"] and first["evaluation"]["promoted"]
+    assert Path(first["evaluation"]["report_html"]).exists()
+    gguf = Path(first["export"]["path"])
+    assert gguf.exists() and gguf.stat().st_size > 0
+    settings = load_settings(workspace)
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        champion = registry.get_champion(con)
+        assert champion is not None and champion["model_id"] == first["challenger"]["model_id"]
+        assert registry.list_exports(con, champion["model_id"])
+
+    second = pipeline([str(SAMPLE_MD)], str(workspace), max_steps=6)
+    assert second["trained"] is False
+
+    unchanged = nightly(str(workspace), max_steps=6)
+    assert unchanged["changed"] is False
+
+    with open_warehouse(settings.warehouse_path) as con:  # a person corrects one row: new dataset
+        row_id = con.execute(
+            "SELECT row_id FROM qa_rows WHERE status IN ('approved', 'auto_verified') AND kind = 'text'"
+            " AND row_id NOT IN (SELECT row_id FROM golden_items WHERE row_id IS NOT NULL) LIMIT 1"
+        ).fetchone()[0]
+        con.execute(
+            "UPDATE qa_rows SET status = 'corrected', answer = answer || '（经复核）', reviewer = 'annotator-1'"
+            " WHERE row_id = ?",
+            [row_id],
+        )
+    retrained = nightly(str(workspace), max_steps=6)
+    assert (
+        retrained["changed"] is True
+        and retrained["dataset"]["dataset_id"] != first["dataset"]["dataset"]["dataset_id"]
+    )
+    assert "evaluation" in retrained
+    again = nightly(str(workspace), max_steps=6)
+    assert again["changed"] is False
