@@ -166,7 +166,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=120)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     valid_rows = synthetic_rows(16, args.seed + 1)
     results: dict[str, TrainResult] = {}

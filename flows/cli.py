@@ -847,6 +847,80 @@ def _print_run_summary(cfg: Settings, result: dict[str, Any]) -> None:
     console.print(f"data docs: {ws / 'reports' / 'data_docs' / 'index.html'}")
 
 
+@app.command("export")
+def export_command(
+    quant: Annotated[str | None, typer.Option("--quant", help="f16 | q8_0 | q4_k_m")] = None,
+    adapter_only: Annotated[
+        bool, typer.Option("--adapter-only", help="Only the LoRA, for the base GGUF.")
+    ] = False,
+    model: Annotated[str, typer.Option("--model", help="champion | base | a model id")] = "champion",
+) -> None:
+    """Write the champion (merged) as GGUF for llama.cpp; size, quantisation and source model are recorded."""
+    from tasks.export import ExportError, export_model
+    from warehouse.models import get_champion, get_model
+
+    cfg = settings()
+    with _warehouse(cfg) as con:
+        chosen = (
+            get_champion(con) if model == "champion" else (None if model == "base" else get_model(con, model))
+        )
+        if model != "base" and chosen is None:
+            err_console.print(f"[red]no {model} model[/red] (see `slm models`; train with `slm train`)")
+            raise typer.Exit(2)
+        adapter = Path(chosen["adapter_path"]) if chosen and chosen.get("adapter_path") else None
+        try:
+            result = export_model(
+                adapter,
+                chosen["base_spec"] if chosen else cfg.base_model,
+                cfg.artifacts_dir / "gguf",
+                quant or cfg.export_quant,
+                adapter_only,
+                cache_dir=cfg.models_cache,
+                con=con,
+                model_id=chosen["model_id"] if chosen else None,
+            )
+        except ExportError as exc:
+            err_console.print(f"[red]export failed:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    console.print(
+        f"{result.path} ({result.quant}, {result.size_bytes / 1e6:.1f} MB) from {result.source_model_id}"
+    )
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="A question about the rules.")],
+    mode: Annotated[
+        str, typer.Option("--mode", help="grounded (retrieval + numeric guard) | closed_book")
+    ] = "grounded",
+    gguf: Annotated[
+        Path | None, typer.Option("--gguf", help="A GGUF file (default: the newest export).")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Chunks retrieved.")] = 3,
+) -> None:
+    """Answer with the exported model through llama.cpp; grounded mode shows no number the ledger lacks."""
+    from tasks.answer import answer
+    from tasks.serve import LlamaCppGenerator
+    from warehouse.models import list_exports
+
+    cfg = settings()
+    with _warehouse(cfg, read_only=True) as con:
+        path = gguf
+        if path is None:
+            exports = [e for e in list_exports(con) if e.get("source") != "adapter"]
+            if not exports:
+                err_console.print("[red]no exported model[/red]: run `slm export` (or pass --gguf FILE)")
+                raise typer.Exit(2)
+            path = Path(exports[0]["path"])
+        result = answer(question, LlamaCppGenerator(path), None, con, mode=mode, k=k)
+    console.print(result.text)
+    details = f"[dim]mode {result.mode}; numbers {', '.join(result.numbers) or '-'}; "
+    details += f"verified {result.verified}; guard {result.guard_action}[/dim]"
+    console.print(details)
+    for note in result.notes:
+        console.print(f"[dim]{note}[/dim]")
+
+
 @app.command()
 def models() -> None:
     """Registered models with kind (champion, challenger, rejected, ...), scores and the reason."""

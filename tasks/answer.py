@@ -4,14 +4,15 @@ The numeric guard is the point of grounded mode. Every number the model states m
 retrieved chunks whose subject fits the question (``tasks.verify.subject_fits``, the same test distillation
 uses): "洗衣费 100 元" fails when 100 元 is the 伙食补助费 of the chunk, and an invented 150 元 fails because no
 fact has it. A failing answer is never shown. The guard retries once with the best-matching evidence
-sentence in the prompt and a grammar that only allows the numbers of fitting facts; if that still fails it
+sentence in the prompt and constrained decoding that only allows the numbers of fitting facts; if that still fails it
 quotes the evidence sentence itself, and if no fact fits the question it abstains, saying which number it
 could not verify. Closed-book mode (the fine-tuned model alone) is checked against the whole ledger and
 flagged in ``Answer.verified``, never rewritten.
 
 A generator is any callable ``(messages, max_tokens, grammar=None) -> str``: tests pass a fake, real use
-passes ``tasks.serve.LlamaCppGenerator`` or ``tasks.serve.from_transformers(...)``. ``grammar`` is GBNF for
-llama.cpp; a generator that cannot constrain decoding ignores it (the check afterwards still holds).
+passes ``tasks.serve.LlamaCppGenerator`` or ``tasks.serve.from_transformers(...)``. ``grammar`` is a
+:class:`NumberConstraint` (``str()`` of it is GBNF) or GBNF text; a generator that cannot constrain decoding
+ignores it (the check afterwards still holds).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "Generator",
     "GuardStats",
     "NumberCheck",
+    "NumberConstraint",
     "answer",
     "check_numbers",
     "context_messages",
@@ -237,7 +239,9 @@ def number_grammar(allowed: Sequence[str]) -> str:
     """GBNF that lets the model write any text without digits plus exactly the ``allowed`` numbers.
 
     Chinese numerals cannot be excluded without excluding ordinary words (一律, 一次), so the check after
-    generation still runs; the grammar just removes the easiest way to invent an amount.
+    generation still runs; the grammar just removes the easiest way to invent an amount. (llama.cpp applies a
+    GBNF grammar to every candidate token: about 2 s a token over Gemma's 262k vocabulary here, which is why
+    the guard passes a :class:`NumberConstraint` and ``LlamaCppGenerator`` enforces it as a logits mask.)
     """
     numbers = sorted({a for a in allowed if a}, key=len, reverse=True)
     alternatives = " | ".join(f'"{n}"' for n in numbers)
@@ -246,6 +250,54 @@ def number_grammar(allowed: Sequence[str]) -> str:
         lines.append(f"number ::= {alternatives}")
     lines.append("other ::= [^0-9０-９]")
     return "\n".join(lines) + "\n"
+
+
+_FULL_WIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+_DIGIT_RUN = re.compile(r"\d+(?:[.,]\d+)*")
+_OPEN_RUN = re.compile(r"\d[\d.,]*$")
+
+
+@dataclass(frozen=True)
+class NumberConstraint:
+    """Constrained decoding for the guard's retry: digits may only spell one of ``allowed``.
+
+    Passed as the generator's ``grammar``: ``str(constraint)`` is the equivalent GBNF for generators that take
+    a grammar string; :class:`tasks.serve.LlamaCppGenerator` applies it as a fast logits mask through
+    :meth:`open_run`, :meth:`accepts` and :meth:`closes`.
+    """
+
+    allowed: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        cleaned = tuple(dict.fromkeys(a.translate(_FULL_WIDTH_DIGITS) for a in self.allowed if a))
+        object.__setattr__(self, "allowed", cleaned)
+        object.__setattr__(self, "_prefixes", frozenset(a[:i] for a in cleaned for i in range(1, len(a) + 1)))
+
+    def __str__(self) -> str:
+        return number_grammar(self.allowed)
+
+    @staticmethod
+    def open_run(text: str) -> str:
+        """The number still being written at the end of ``text`` ("" when none)."""
+        match = _OPEN_RUN.search(text.translate(_FULL_WIDTH_DIGITS))
+        return match.group() if match else ""
+
+    def accepts(self, open_run: str, piece: str) -> bool:
+        """Whether ``piece`` may follow a text whose unfinished number is ``open_run``."""
+        text = (open_run + piece).translate(_FULL_WIDTH_DIGITS)
+        prefixes: frozenset[str] = self._prefixes  # type: ignore[attr-defined]
+        for match in _DIGIT_RUN.finditer(text):
+            rest = text[match.end() :]
+            if not rest or rest in (".", ","):  # still open: may grow into an allowed number
+                if match.group() + rest not in prefixes and match.group() not in self.allowed:
+                    return False
+            elif match.group() not in self.allowed:
+                return False
+        return True
+
+    def closes(self, open_run: str) -> bool:
+        """Whether a token without digits may end the number being written."""
+        return not open_run or open_run.rstrip(".,") in self.allowed
 
 
 # --- answering -----------------------------------------------------------------------------------------------
@@ -444,7 +496,7 @@ def _grounded(
         second = generator(
             _evidence_messages(question, hits, evidence),
             max_tokens,
-            grammar=number_grammar(_allowed_numbers(evidence, question)),
+            grammar=NumberConstraint(tuple(_allowed_numbers(evidence, question))),
         ).strip()
         again = check_numbers(question, second, facts)
         if all(c.ok for c in again):

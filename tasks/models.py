@@ -73,8 +73,9 @@ class BaseIdentity:
 
 
 def default_cache_dir() -> Path:
-    """Where converted bases live: ``$SLM_MODEL_CACHE``, else ``~/.cache/slm-factory/models`` (shareable)."""
-    env = os.environ.get("SLM_MODEL_CACHE")
+    """Where converted bases live: ``$SLM_MODELS_CACHE`` (the ``models_cache`` setting), else
+    ``~/.cache/slm-factory/models`` (shareable, so CI converts once)."""
+    env = os.environ.get("SLM_MODELS_CACHE")
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")

@@ -142,6 +142,15 @@ def tiny_model(kind: str = "gemma3", vocab_size: int = 200):
     return cls(config).float()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """A 64-wide model gains nothing from more threads, and on a busy machine they make it much slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny base folder whose tokenizer has no chat template (load_base must add Gemma's)."""
@@ -288,6 +297,7 @@ def test_training_memorises_and_writes_the_adapter(tiny_base: Path, tmp_path: Pa
         max_steps=20,
         progress=False,
         save_steps=10,
+        threads=1,
         # A random tiny base needs more adapter capacity and a higher rate than a real one to memorise fast.
         overrides={
             "learning_rate": 2e-2,
@@ -328,7 +338,7 @@ class _Slow(TrainerCallback):
 
 
 # 24 training rows in batches of 8 for 4 epochs: 12 optimiser steps, a checkpoint every 3.
-RESUME_KW = {"epochs": 4, "save_steps": 3, "progress": False, "early_stopping_patience": 100}
+RESUME_KW = {"epochs": 4, "save_steps": 3, "progress": False, "early_stopping_patience": 100, "threads": 1}
 RESUME_STEPS = 12
 
 

@@ -1,7 +1,7 @@
 """Train the real offline base ``gemma3-270m`` for a few steps (slow: it is a 270M-parameter model on CPU).
 
 The first run converts the packaged GGUF into a cached transformers folder (about 2.5 minutes); later runs load
-the cache (``$SLM_MODEL_CACHE`` or ``~/.cache/slm-factory/models``) in seconds.
+the cache (``$SLM_MODELS_CACHE`` or ``~/.cache/slm-factory/models``) in seconds.
 """
 
 from __future__ import annotations

