@@ -42,6 +42,7 @@ bench: venv
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/distill.py
 	$(BIN)/python bench/gates.py
+	$(BIN)/python bench/train_throughput.py --threads 1
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

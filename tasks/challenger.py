@@ -71,6 +71,11 @@ def train_challenger(
         progress=progress,
         cache_dir=settings.models_cache,
         epochs=settings.train_epochs,
+        save_steps=settings.train_save_steps,
+        early_stopping_patience=settings.train_early_stopping_patience,
+        device=settings.train_device,
+        seed=settings.train_seed,
+        threads=settings.train_threads or None,
     )
     model_id = model_id_for(base_spec, result.adapter_dir, settings.models_cache)
     train_metrics = {

