@@ -17,18 +17,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The pipeline so far on the bundled sample: ingest -> ledger -> distil (extractive teacher) -> pre-review gate
-# -> review (the `auto` policy: demos only) -> release gate -> frozen dataset.
+# The whole pipeline on the bundled sample: ingest -> ledger -> distil (extractive teacher) -> gates ->
+# review by the `auto` policy (demos only: the report says so) -> dataset -> LoRA on the offline base
+# (Gemma 3 270M) -> evaluation of base vs fine-tuned -> promotion -> GGUF export. Budget: DEMO_STEPS steps.
+DEMO_STEPS ?= 30
 demo: venv
 	@test -f examples/sample_rules.pdf || $(BIN)/python examples/make_sample_pdf.py
 	$(BIN)/slm --workspace $(DEMO_WS) ingest examples/sample_rules.pdf
 	$(BIN)/slm --workspace $(DEMO_WS) facts --summary
-	$(BIN)/slm --workspace $(DEMO_WS) facts --limit 15
-	$(BIN)/slm --workspace $(DEMO_WS) distill --teacher extractive
-	$(BIN)/slm --workspace $(DEMO_WS) gate pre_review --top 5
-	$(BIN)/slm --workspace $(DEMO_WS) review auto
-	$(BIN)/slm --workspace $(DEMO_WS) gate release --top 5
-	$(BIN)/slm --workspace $(DEMO_WS) datasets
+	SLM_GOLDEN_SIZE=24 SLM_EVAL_MAX_NEW_TOKENS=48 $(BIN)/slm --workspace $(DEMO_WS) run examples/sample_rules.pdf \
+		--review auto --teacher extractive --max-steps $(DEMO_STEPS)
 
 test: venv
 	$(BIN)/ruff check .
