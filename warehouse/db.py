@@ -58,10 +58,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[Migration]:
         " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
         " applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
     )
-    current = schema_version(con)
+    # Every missing version is applied, not only those above the newest: a migration added between two
+    # existing ones (parallel work) still reaches files that already have the later one.
+    done = {int(v) for (v,) in con.execute("SELECT version FROM schema_version").fetchall()}
     applied = []
     for migration in migrations():
-        if migration.version <= current:
+        if migration.version in done:
             continue
         con.execute("BEGIN TRANSACTION")
         try:
