@@ -89,7 +89,7 @@ def run_gate(con: duckdb.DuckDBPyConnection, settings: Settings, gate: str) -> G
         if gate == "pre_review"
         else queries.release_frame(con, settings.similarity_threshold)
     )
-    docs_dir = settings.reports_dir / "data_docs"
+    docs_dir = (settings.reports_dir / "data_docs").resolve()  # GX wants an absolute folder
     outcomes, index = _validate(frame, gate, settings.min_numeric_share, docs_dir)
     report = GateReport(
         gate=gate,

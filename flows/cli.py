@@ -629,10 +629,16 @@ def eval_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="transformers | llamacpp (an exported GGUF)")
+    ] = "transformers",
+    gguf: Annotated[Path | None, typer.Option("--gguf", help="The GGUF for --backend llamacpp.")] = None,
+    mode: Annotated[
+        str, typer.Option("--mode", help="closed_book | grounded (retrieval + numeric guard)")
+    ] = "closed_book",
 ) -> None:
     """Evaluate a model: numeric accuracy, keyword coverage, strict accuracy, invented numbers, abstention."""
     from tasks.evaluate import QuestionFileError, load_questions, run_and_store
-    from tasks.generate import TransformersGenerator
     from tasks.golden import golden_items
 
     cfg = settings()
@@ -650,8 +656,7 @@ def eval_command(
             )
             raise typer.Exit(2)
         items = items[:limit] if limit else items
-        adapter = _resolve_model(cfg, con, model)
-        generator = TransformersGenerator(base or cfg.base_model, adapter, cfg.models_cache)
+        answer_batch = _answerer(cfg, con, model, base, backend, gguf, mode)
         with Progress(
             TextColumn(f"[bold]eval {model}[/bold]"),
             BarColumn(),
@@ -665,9 +670,10 @@ def eval_command(
             run_id, metrics, results = run_and_store(
                 con,
                 items,
-                generator.answer_batch,
+                answer_batch,
                 model,
                 f"file:{questions.name}" if questions else "golden",
+                mode=mode,
                 on_batch=lambda done, total: progress.update(task, completed=done),
             )
     if as_json:
@@ -719,6 +725,42 @@ def eval_command(
         value = metrics[key]
         table.add_row(key, "-" if value is None else f"{value:.1%}", str(metrics[count]))
     console.print(table)
+
+
+def _answerer(
+    cfg: Settings, con: Any, model: str, base: str | None, backend: str, gguf: Path | None, mode: str
+) -> Any:
+    """An ``answer_batch`` for the chosen backend and mode (grounded answers go through the numeric guard,
+    scored on what is shown as fact)."""
+    if backend == "llamacpp":
+        from tasks.serve import LlamaCppGenerator
+
+        if gguf is None:
+            err_console.print("[red]--backend llamacpp needs --gguf FILE[/red] (see `slm export`)")
+            raise typer.Exit(2)
+        generator: Any = LlamaCppGenerator(gguf, max_new_tokens=cfg.eval_max_new_tokens)
+    else:
+        from tasks.generate import TransformersGenerator
+
+        generator = TransformersGenerator(
+            base or cfg.base_model, _resolve_model(cfg, con, model), cfg.models_cache, cfg.eval_max_new_tokens
+        )
+    if mode == "closed_book":
+        return generator.answer_batch
+    from tasks.answer import answer
+    from tasks.retrieve import ChunkIndex
+    from tasks.serve import from_transformers
+
+    call = generator if backend == "llamacpp" else from_transformers(generator)
+    index = ChunkIndex.build(con)
+
+    def grounded(questions: list[str]) -> list[str]:
+        return [
+            answer(q, call, index, con, mode="grounded", max_tokens=cfg.eval_max_new_tokens).scored_text
+            for q in questions
+        ]
+
+    return grounded
 
 
 def _resolve_model(cfg: Settings, con: Any, model: str) -> Path | None:

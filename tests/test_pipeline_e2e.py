@@ -3,6 +3,7 @@ a second run trains nothing; the nightly flow retrains after a new annotation an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from flows.nightly import nightly
 from flows.pipeline import pipeline
 from tasks.config import load_settings
 from tests.conftest import SAMPLE_MD
+from tests.test_cli import slm
 from tests.tiny import build_tiny_base
 from warehouse import models as registry
 from warehouse.db import open_warehouse
@@ -45,6 +47,31 @@ def test_run_then_rerun_then_nightly(prefect_server, tmp_path: Path) -> None:
         champion = registry.get_champion(con)
         assert champion is not None and champion["model_id"] == first["challenger"]["model_id"]
         assert registry.list_exports(con, champion["model_id"])
+
+    # The exported GGUF itself, evaluated through llama.cpp in grounded mode (retrieval + numeric guard).
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        '{"question": "出差伙食补助费每人每天多少钱？", "numbers": ["100"], "type": "numeric"}\n'
+        '{"question": "宠物托运费可以报销吗？", "type": "unanswerable"}\n',
+        encoding="utf-8",
+    )
+    graded = slm(
+        "-w",
+        str(workspace),
+        "eval",
+        "--questions",
+        str(questions),
+        "--backend",
+        "llamacpp",
+        "--gguf",
+        str(gguf),
+        "--mode",
+        "grounded",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert graded.returncode == 0, graded.stderr
+    assert json.loads(graded.stdout)["n"] == 2
 
     second = pipeline([str(SAMPLE_MD)], str(workspace), max_steps=6)
     assert second["trained"] is False
