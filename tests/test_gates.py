@@ -328,3 +328,17 @@ def test_sample_document_passes_both_gates_under_the_auto_policy(con, settings: 
             trained.add(json.loads(line)["messages"][1]["content"])
     assert trained and not trained & {q for q, _, _ in golden}
     assert run_gate(con, settings, "release").success  # still no leakage once the golden set exists
+
+
+def test_gate_works_with_a_relative_workspace(tmp_path: Path, monkeypatch) -> None:
+    """`slm --workspace workspace/demo ...` gives a relative path; Data Docs still land in it."""
+    from tasks.config import load_settings
+    from warehouse.db import open_warehouse
+
+    monkeypatch.chdir(tmp_path)
+    relative = load_settings("workspace/demo")
+    with open_warehouse(relative.warehouse_path) as con:
+        _seed_chunk(con)
+        _add_rows(con, _numeric_rows(5) + _text_rows(5))
+        report = run_gate(con, relative, "release")
+    assert report.success and Path(report.data_docs_index).is_relative_to(tmp_path / "workspace" / "demo")
