@@ -878,9 +878,9 @@ def _print_run_summary(cfg: Settings, result: dict[str, Any]) -> None:
     exported = result.get("export")
     table.add_row(
         "GGUF",
-        f"{exported['path']} ({exported['quant']}, {exported['size_bytes'] / 1e6:.0f} MB)"
+        f"{exported['path']} ({exported['quant']}, {exported['size_bytes'] / 1e6:.0f} MB; {exported['what']})"
         if exported
-        else "none (no champion)",
+        else "none",
     )
     console.print(table)
     ws = cfg.workspace

@@ -33,12 +33,12 @@ def train_and_evaluate(
         )
     if not verdict["promoted"]:
         get_run_logger().warning("challenger refused: " + "; ".join(verdict["reasons"]))
-    if export and verdict["promoted"]:
+    if export:  # the champion, or the base while there is none: what `slm ask` should serve
         report["export"] = export_flow(workspace)
     return report
 
 
 @flow(name="export", log_prints=True)
-def export_flow(workspace: str | None = None, quant: str | None = None) -> dict[str, Any] | None:
+def export_flow(workspace: str | None = None, quant: str | None = None) -> dict[str, Any]:
     settings = load_settings(workspace)
     return export_task(settings, quant)

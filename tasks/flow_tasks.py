@@ -185,28 +185,27 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
 
 
 @task(name="export-gguf", cache_policy=NO_CACHE)
-def export_task(settings: Settings, quant: str | None = None) -> dict[str, Any] | None:
-    """The champion as GGUF (None when there is no champion yet)."""
+def export_task(settings: Settings, quant: str | None = None) -> dict[str, Any]:
+    """The champion as GGUF; before the first promotion the untuned base is what serves, so it is exported."""
     from tasks.export import export_model
     from warehouse.models import get_champion
 
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         champion = get_champion(con)
-    if champion is None:
-        return None
     with open_warehouse(settings.warehouse_path) as con:
         result = export_model(
-            Path(champion["adapter_path"]) if champion.get("adapter_path") else None,
-            champion["base_spec"],
+            Path(champion["adapter_path"]) if champion and champion.get("adapter_path") else None,
+            champion["base_spec"] if champion else settings.base_model,
             settings.artifacts_dir / "gguf",
             quant or settings.export_quant,
             cache_dir=settings.models_cache,
             con=con,
-            model_id=champion["model_id"],
+            model_id=champion["model_id"] if champion else None,
         )
     return {
         "path": str(result.path),
         "quant": result.quant,
         "size_bytes": result.size_bytes,
         "model_id": result.source_model_id,
+        "what": "champion" if champion else "untuned base (no champion yet)",
     }
