@@ -943,17 +943,10 @@ def ask(
     """Answer with the exported model through llama.cpp; grounded mode shows no number the ledger lacks."""
     from tasks.answer import answer
     from tasks.serve import LlamaCppGenerator
-    from warehouse.models import list_exports
 
     cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
-        path = gguf
-        if path is None:
-            exports = [e for e in list_exports(con) if e.get("source") != "adapter"]
-            if not exports:
-                err_console.print("[red]no exported model[/red]: run `slm export` (or pass --gguf FILE)")
-                raise typer.Exit(2)
-            path = Path(exports[0]["path"])
+        path = gguf or _newest_gguf(con)
         result = answer(question, LlamaCppGenerator(path), None, con, mode=mode, k=k)
     console.print(result.text)
     details = f"[dim]mode {result.mode}; numbers {', '.join(result.numbers) or '-'}; "
@@ -961,6 +954,76 @@ def ask(
     console.print(details)
     for note in result.notes:
         console.print(f"[dim]{note}[/dim]")
+
+
+def _newest_gguf(con: Any) -> Path:
+    from warehouse.models import list_exports
+
+    exports = [e for e in list_exports(con) if e.get("source") != "adapter"]
+    if not exports:
+        err_console.print("[red]no exported model[/red]: run `slm export` (or pass --gguf FILE)")
+        raise typer.Exit(2)
+    return Path(exports[0]["path"])
+
+
+@app.command()
+def chat(
+    mode: Annotated[str, typer.Option("--mode", help="grounded | closed_book")] = "grounded",
+    gguf: Annotated[
+        Path | None, typer.Option("--gguf", help="A GGUF file (default: the newest export).")
+    ] = None,
+) -> None:
+    """Ask question after question (empty line or Ctrl-D ends); the model is loaded once."""
+    from tasks.answer import GuardStats, answer
+    from tasks.retrieve import ChunkIndex
+    from tasks.serve import LlamaCppGenerator
+
+    cfg = settings()
+    with _warehouse(cfg, read_only=True) as con:
+        generator = LlamaCppGenerator(gguf or _newest_gguf(con))
+        index = ChunkIndex.build(con)
+        stats = GuardStats()
+        while True:
+            try:
+                question = input("问> ").strip()
+            except EOFError:
+                break
+            if not question:
+                break
+            result = answer(question, generator, index, con, mode=mode, stats=stats)
+            console.print(result.text)
+            console.print(
+                f"[dim]guard {result.guard_action}; numbers {', '.join(result.numbers) or '-'}[/dim]"
+            )
+        console.print(f"[dim]{stats.report()}[/dim]")
+
+
+@app.command("serve-model")
+def serve_model(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8080,
+    gguf: Annotated[
+        Path | None, typer.Option("--gguf", help="A GGUF file (default: the newest export).")
+    ] = None,
+) -> None:
+    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the exported GGUF (needs its server extra)."""
+    import importlib.util
+    import subprocess
+
+    from tasks.serve import server_command
+
+    if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
+        err_console.print(
+            "[red]the server needs llama-cpp-python's server extra[/red]: "
+            "pip install 'llama-cpp-python[server]==0.3.36'"
+        )
+        raise typer.Exit(2)
+    cfg = settings()
+    with _warehouse(cfg, read_only=True) as con:
+        path = gguf or _newest_gguf(con)
+    command = server_command(path, port)
+    command[0] = sys.executable
+    console.print(f"serving {path} at http://127.0.0.1:{port}/v1 (Ctrl-C stops)")
+    raise typer.Exit(subprocess.call(command))
 
 
 @app.command()
