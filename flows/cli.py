@@ -501,7 +501,7 @@ def review_auto() -> None:
 
     cfg = settings()
     with _warehouse(cfg) as con:
-        counts = apply_auto_policy(con)
+        counts = apply_auto_policy(con, cfg.similarity_threshold)
     console.print(
         f"auto review policy (reviewer auto:ledger): {counts['approved']} approved, {counts['rejected']} rejected"
     )
@@ -806,10 +806,10 @@ def train(
 
     cfg = settings()
     try:
-        with _warehouse(cfg) as con:
-            result, model_id = train_challenger(
-                con, cfg, dataset, base, profile, max_steps, resume, progress=err_console.is_terminal
-            )
+        # The warehouse is opened by train_challenger before and after training, not held during it.
+        result, model_id = train_challenger(
+            cfg, dataset, base, profile, max_steps, resume, progress=err_console.is_terminal
+        )
     except NoDataset as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

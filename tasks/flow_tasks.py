@@ -59,7 +59,7 @@ def auto_review_task(settings: Settings) -> dict[str, int]:
     from review.policy import apply_auto_policy
 
     with open_warehouse(settings.warehouse_path) as con:
-        return apply_auto_policy(con)
+        return apply_auto_policy(con, settings.similarity_threshold)
 
 
 @task(name="push-review-batch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5)

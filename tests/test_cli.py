@@ -102,3 +102,52 @@ def test_facts_for_unknown_document(tmp_path: Path) -> None:
     slm("-w", "ws", "ingest", str(SAMPLE_PDF), cwd=tmp_path)
     result = slm("-w", "ws", "facts", "--doc", "nope.pdf", cwd=tmp_path)
     assert result.returncode == 1 and "no document named" in result.stderr
+
+
+def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
+    """ingest -> distill -> auto review -> release gate -> slm train (tiny base) -> slm models -> slm eval."""
+    from tests.conftest import SAMPLE_MD
+    from tests.tiny import build_tiny_base
+
+    base = build_tiny_base(tmp_path / "tiny")
+    for args in (
+        ("ingest", str(SAMPLE_MD)),
+        ("distill", "--per-fact", "1"),
+        ("review", "auto"),
+        ("gate", "release"),
+    ):
+        step = slm("-w", "ws", *args, cwd=tmp_path)
+        assert step.returncode == 0, (args, step.stdout[-500:], step.stderr[-500:])
+    trained = slm(
+        "-w",
+        "ws",
+        "train",
+        "--base",
+        str(base),
+        "--max-steps",
+        "2",
+        cwd=tmp_path,
+        env={"SLM_TRAIN_THREADS": "1"},
+    )
+    assert trained.returncode == 0, trained.stderr[-1500:]
+    assert "challenger lora-" in trained.stdout
+    listed = slm("-w", "ws", "models", cwd=tmp_path, env={"COLUMNS": "200"})
+    assert "challenger" in listed.stdout
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "伙食补助费每人每天多少钱？", "numbers": ["100"]}\n', encoding="utf-8")
+    graded = slm(
+        "-w",
+        "ws",
+        "eval",
+        "--questions",
+        str(questions),
+        "--model",
+        "challenger",
+        "--base",
+        str(base),
+        "--json",
+        cwd=tmp_path,
+        env={"SLM_EVAL_MAX_NEW_TOKENS": "8"},
+    )
+    assert graded.returncode == 0, graded.stderr[-1500:]
+    assert json.loads(graded.stdout)["n"] == 1
