@@ -19,7 +19,7 @@ _SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
 _CLAUSE_BREAK = re.compile(r"[，：。；;！？!?\n]|(?<!\d)[,:]|[,:](?!\d)")
 _CN_NUM = "一二三四五六七八九十百零〇两"
 # Numbering at the start of a clause is structure, not subject: 第二十条, （一）, 一、, 1.
-_LEADING_MARKER = re.compile(
+LEADING_MARKER = re.compile(
     rf"^\s*(?:第[{_CN_NUM}\d]+[条章节款项]\s*|[（(][{_CN_NUM}\d]+[)）]\s*|[{_CN_NUM}]+、\s*|\d+[.．、)）]\s*)+"
 )
 # Words between a subject and its number that are not part of the subject ("住宿费标准为每人每天不超过").
@@ -79,7 +79,7 @@ def subject_of(text: str, mention: NumberMention, sentence_start: int, sentence_
     In order: a noun phrase in the clause before the number, one right after it (三个月内办理报销手续),
     the topic of the sentence, then the clause text itself.
     """
-    clauses = [_LEADING_MARKER.sub("", c) for c in _CLAUSE_BREAK.split(text[sentence_start:mention.start])]
+    clauses = [LEADING_MARKER.sub("", c) for c in _CLAUSE_BREAK.split(text[sentence_start:mention.start])]
     own = _FILLER.sub("", clauses[-1])
     nouns = list(_SUBJECT_NOUN.finditer(own))
     if nouns:

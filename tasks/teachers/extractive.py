@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tasks.facts import first_noun_phrase, trim_subject
+from tasks.facts import LEADING_MARKER, first_noun_phrase, trim_subject
 from tasks.numbers import rule_numbers
 from tasks.teachers.base import UNANSWERABLE_ANSWER, ChunkContext, FactRef, QAPair, TeacherOutput
 
@@ -20,10 +20,6 @@ PROMPT_VERSION = "extractive-v1"
 _SENTENCE = re.compile(r"[^。；;！？!?\n]+[。；;！？!?]?")
 # A comma or colon between digits is part of a number (1,200元), not a clause break.
 _CLAUSE = re.compile(r"(?:[^，,：:。；;！？!?\n]|(?<=\d)[,:](?=\d))+[，,：:。；;！？!?]?")
-_LEADING_MARKER = re.compile(
-    r"^\s*(?:第[一二三四五六七八九十百零〇两\d]+[条章节款项]\s*|[（(][一二三四五六七八九十\d]+[)）]\s*"
-    r"|[一二三四五六七八九十]+、\s*|\d+[.．、)）]\s*)+"
-)
 _LIMIT_QUALIFIERS = ("不超过", "以内", "以下", "最高", "最多", "不高于", "不得超过")
 _FLOOR_QUALIFIERS = ("以上", "超过", "达到", "不低于", "至少", "满")
 
@@ -136,7 +132,7 @@ def text_rows(chunk: ChunkContext) -> list[QAPair]:
     rows: list[QAPair] = []
     for match in _SENTENCE.finditer(chunk.text):
         sentence = match.group(0).strip()
-        body = _LEADING_MARKER.sub("", sentence)
+        body = LEADING_MARKER.sub("", sentence)
         if len(body) < 8:
             continue
         topic = trim_subject(first_noun_phrase(body)) or _heading_subject(chunk)
@@ -212,7 +208,7 @@ def _answer_for(text: str, fact: FactRef, subject: str) -> tuple[str, str]:
             break
         picked.append(clause.group(0))
     evidence = "".join(picked).strip()
-    answer = _LEADING_MARKER.sub("", evidence).rstrip("，,：:；;")
+    answer = LEADING_MARKER.sub("", evidence).rstrip("，,：:；;")
     if subject and subject not in answer:
         answer = f"{subject}：{answer}"
     return answer + ("" if answer.endswith(("。", "！", "？")) else "。"), evidence
@@ -236,7 +232,7 @@ def _cloze(evidence: str, fact: FactRef) -> str:
     raw = fact.raw
     percent = raw.endswith(("%", "％")) or raw.startswith("百分之")
     asked = "百分之多少" if percent else _NUMERAL_PART.sub("多少", raw)
-    body = _LEADING_MARKER.sub("", evidence).replace(raw, asked, 1).rstrip("，,。；;：: ")
+    body = LEADING_MARKER.sub("", evidence).replace(raw, asked, 1).rstrip("，,。；;：: ")
     return body + "？"
 
 
