@@ -22,6 +22,7 @@ import duckdb
 import numpy as np
 
 from tasks.normalize import fold
+from warehouse.ledger import chunk_texts
 
 __all__ = ["ChunkIndex", "Hit", "clear_cache", "tokens"]
 
@@ -72,16 +73,7 @@ class ChunkIndex:
     @classmethod
     def build(cls, con: duckdb.DuckDBPyConnection, doc: str | None = None) -> ChunkIndex:
         """The index of the chunks of ``con`` (of document ``doc``: file name or doc id prefix), cached."""
-        sql = (
-            "SELECT c.chunk_id, d.name, c.heading_path, c.text FROM chunks c JOIN documents d USING (doc_id)"
-            " WHERE d.status = 'ok'"
-        )
-        params: list[str] = []
-        if doc:
-            sql += " AND (d.name = ? OR d.doc_id LIKE ?)"
-            params = [doc, f"{doc}%"]
-        sql += " ORDER BY d.name, c.seq"
-        rows = [tuple(r) for r in con.execute(sql, params).fetchall()]
+        rows = chunk_texts(con, doc)
         digest = hashlib.sha256((doc or "").encode())
         for chunk_id, *_ in rows:
             digest.update(chunk_id.encode())  # chunk ids hash their text: same ids, same content

@@ -141,3 +141,9 @@ def bulk_insert(
         con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _bulk_rows")
     finally:
         con.unregister("_bulk_rows")
+
+
+def fetch_dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The rows of an executed query as dicts keyed by column name (the one way every query returns rows)."""
+    names = [col[0] for col in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -8,7 +8,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.db import bulk_insert, transaction
+from warehouse.db import bulk_insert, fetch_dicts, transaction
 
 
 def chunks_with_facts(
@@ -32,8 +32,7 @@ def chunks_with_facts(
     if limit:
         sql += f" LIMIT {int(limit)}"
     cursor = con.execute(sql, params)
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def document_texts(con: duckdb.DuckDBPyConnection, doc_ids: Sequence[str]) -> dict[str, str]:
@@ -223,8 +222,7 @@ def list_rows(
         params += [doc, f"{doc}%"]
     sql += " ORDER BY d.name, r.created_at, r.row_id"
     cursor = con.execute(sql, params)
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def rows_summary(con: duckdb.DuckDBPyConnection, doc: str | None = None) -> dict[str, Any]:
@@ -274,5 +272,4 @@ def failed_calls(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> l
         sql += " AND t.run_id = ?"
         params.append(run_id)
     cursor = con.execute(sql, params)
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)

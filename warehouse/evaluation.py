@@ -9,7 +9,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.db import bulk_insert, transaction
+from warehouse.db import bulk_insert, fetch_dicts, transaction
 
 
 def ledger_values(con: duckdb.DuckDBPyConnection) -> tuple[set[Decimal], dict[str, set[Decimal]]]:
@@ -62,5 +62,4 @@ def list_eval_runs(con: duckdb.DuckDBPyConnection, limit: int = 20) -> list[dict
         "SELECT eval_run_id, model_label, model_id, mode, source, n, metrics, created_at FROM eval_runs"
         f" ORDER BY created_at DESC LIMIT {int(limit)}"
     )
-    names = [c[0] for c in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)

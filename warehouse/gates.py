@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from warehouse.db import transaction
+from warehouse.db import fetch_dicts, transaction
 
 # Punctuation, symbols and spaces go; so do polite openings and closing particles, which change no meaning.
 NORMALISED_QUESTION = (
@@ -273,8 +273,7 @@ def conflicts_for(con: duckdb.DuckDBPyConnection, limit: int = 20) -> list[dict[
         " JOIN qa_rows ra ON ra.row_id = c.row_a LEFT JOIN qa_rows rb ON rb.row_id = c.row_b"
         f" ORDER BY c.kind, c.row_a LIMIT {int(limit)}"
     )
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def dataset_exists(con: duckdb.DuckDBPyConnection, dataset_id: str) -> bool:
@@ -320,8 +319,7 @@ def list_datasets(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         "SELECT dataset_id, created_at, row_count, train_count, valid_count, numeric_share, path"
         " FROM datasets ORDER BY created_at DESC"
     )
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def trainable_rows(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0.8) -> list[dict[str, Any]]:

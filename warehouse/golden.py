@@ -6,7 +6,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.db import bulk_insert
+from warehouse.db import bulk_insert, fetch_dicts
 from warehouse.gates import normalised
 
 HELD_OUT = "held_out:"
@@ -23,8 +23,7 @@ def reviewed_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         "SELECT r.row_id, r.question, r.answer, r.numbers, r.kind, d.name AS doc FROM qa_rows r"
         " JOIN documents d USING (doc_id) WHERE r.status IN ('approved', 'corrected') ORDER BY r.row_id"
     )
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def insert_items(con: duckdb.DuckDBPyConnection, items: list[dict[str, Any]]) -> int:
@@ -48,8 +47,7 @@ def list_items(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     cursor = con.execute(
         "SELECT item_id, question, answer, numbers, keywords, type, doc, source FROM golden_items ORDER BY item_id"
     )
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 # Rows held out into the golden set, and rows asking the very same (normalised) question, are not training

@@ -7,7 +7,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.db import bulk_insert, transaction
+from warehouse.db import bulk_insert, fetch_dicts, transaction
 
 
 def document_status(con: duckdb.DuckDBPyConnection, doc_id: str) -> str | None:
@@ -168,8 +168,7 @@ def list_facts(con: duckdb.DuckDBPyConnection, doc: str | None = None) -> list[d
         params = [doc, f"{doc}%"]
     sql += " ORDER BY d.name, c.start_char + f.span_start"
     cursor = con.execute(sql, params)
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def list_documents(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -179,8 +178,7 @@ def list_documents(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         " (SELECT count(*) FROM facts f WHERE f.doc_id = d.doc_id) AS facts"
         " FROM documents d ORDER BY d.name"
     )
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def facts_by_unit(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
@@ -189,3 +187,16 @@ def facts_by_unit(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
         " GROUP BY 1 ORDER BY 2 DESC, 1"
     ).fetchall()
     return [(str(u), int(n)) for u, n in rows]
+
+
+def chunk_texts(con: duckdb.DuckDBPyConnection, doc: str | None = None) -> list[tuple[str, str, str, str]]:
+    """(chunk id, document name, heading path, text) of ingested documents, in document order."""
+    sql = (
+        "SELECT c.chunk_id, d.name, c.heading_path, c.text FROM chunks c JOIN documents d USING (doc_id)"
+        " WHERE d.status = 'ok'"
+    )
+    params: list[str] = []
+    if doc:
+        sql += " AND (d.name = ? OR d.doc_id LIKE ?)"
+        params = [doc, f"{doc}%"]
+    return [tuple(r) for r in con.execute(sql + " ORDER BY d.name, c.seq", params).fetchall()]

@@ -10,7 +10,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.db import transaction
+from warehouse.db import fetch_dicts, transaction
 
 KINDS = ("base", "challenger", "champion", "retired", "rejected")
 
@@ -26,10 +26,8 @@ def _json(value: dict[str, Any] | None) -> str | None:
 
 
 def _rows(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    names = [col[0] for col in cursor.description]
     out = []
-    for row in cursor.fetchall():
-        record = dict(zip(names, row, strict=True))
+    for record in fetch_dicts(cursor):
         for key in ("train_metrics", "eval_metrics"):
             if isinstance(record.get(key), str):
                 record[key] = json.loads(record[key])

@@ -7,7 +7,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.db import transaction
+from warehouse.db import fetch_dicts, transaction
 
 AUTO_REVIEWER = "auto:ledger"
 
@@ -38,11 +38,6 @@ def auto_review(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 # task in a batch that is not yet synced; a row flagged back to needs_review after a sync can go out again.
 
 
-def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    names = [col[0] for col in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
 def review_candidates(
     con: duckdb.DuckDBPyConnection, limit: int | None = None, row_ids: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -61,7 +56,7 @@ def review_candidates(
     sql += " ORDER BY d.name, c.seq, r.created_at, r.row_id"
     if limit:
         sql += f" LIMIT {int(limit)}"
-    return _dicts(con.execute(sql, params))
+    return fetch_dicts(con.execute(sql, params))
 
 
 def create_batch(
@@ -96,12 +91,12 @@ def set_flow_run(con: duckdb.DuckDBPyConnection, batch_id: str, flow_run_id: str
 
 
 def get_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, Any] | None:
-    found = _dicts(con.execute("SELECT * FROM review_batches WHERE batch_id = ?", [batch_id]))
+    found = fetch_dicts(con.execute("SELECT * FROM review_batches WHERE batch_id = ?", [batch_id]))
     return found[0] if found else None
 
 
 def batch_for_project(con: duckdb.DuckDBPyConnection, ls_project_id: int) -> dict[str, Any] | None:
-    found = _dicts(con.execute("SELECT * FROM review_batches WHERE ls_project_id = ?", [ls_project_id]))
+    found = fetch_dicts(con.execute("SELECT * FROM review_batches WHERE ls_project_id = ?", [ls_project_id]))
     return found[0] if found else None
 
 
@@ -111,7 +106,7 @@ def list_batches(con: duckdb.DuckDBPyConnection, status: str | None = None) -> l
     if status:
         sql += " WHERE status = ?"
         params.append(status)
-    return _dicts(con.execute(sql + " ORDER BY created_at, batch_id", params))
+    return fetch_dicts(con.execute(sql + " ORDER BY created_at, batch_id", params))
 
 
 def batches_missing_task_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -138,7 +133,7 @@ def batches_of_rows(con: duckdb.DuckDBPyConnection, row_ids: Sequence[str]) -> l
 
 def batch_tasks(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
     """A batch's tasks with the rows as they are now (and their chunk text, for checking corrections)."""
-    return _dicts(
+    return fetch_dicts(
         con.execute(
             "SELECT t.batch_id, t.row_id, t.ls_task_id, t.annotation_id, t.annotation_at, t.verdict, t.applied_at,"
             " r.question, r.answer, r.original_answer, r.evidence, r.kind, r.numbers, r.verify_notes, r.status,"
@@ -158,7 +153,7 @@ def chunk_facts(con: duckdb.DuckDBPyConnection, chunk_ids: Sequence[str]) -> dic
     out: dict[str, list[dict[str, Any]]] = {c: [] for c in chunk_ids}
     if not chunk_ids:
         return out
-    rows = _dicts(
+    rows = fetch_dicts(
         con.execute(
             "SELECT chunk_id, fact_id, value, value_max, unit, raw, qualifier, subject, context, span_start,"
             " span_end FROM facts WHERE chunk_id IN (SELECT unnest(?)) ORDER BY chunk_id, span_start",
@@ -189,7 +184,7 @@ def record_export(
 
 def pending_exports(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
     """Archived exports of a batch not yet applied (the server or the process died in between)."""
-    return _dicts(
+    return fetch_dicts(
         con.execute(
             "SELECT * FROM review_exports WHERE batch_id = ? AND applied_at IS NULL ORDER BY exported_at, path",
             [batch_id],

@@ -7,6 +7,8 @@ from typing import Any
 
 import duckdb
 
+from warehouse.db import fetch_dicts
+
 
 def record_train_run(con: duckdb.DuckDBPyConnection, run: dict[str, Any]) -> None:
     columns = [
@@ -44,5 +46,4 @@ def list_train_runs(con: duckdb.DuckDBPyConnection, limit: int = 20) -> list[dic
         f" optimizer_steps, final_eval_loss, adapter_path, model_id, created_at FROM train_runs"
         f" ORDER BY created_at DESC LIMIT {int(limit)}"
     )
-    names = [c[0] for c in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return fetch_dicts(cursor)
