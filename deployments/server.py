@@ -1,5 +1,6 @@
-"""Our Prefect server and worker: on 127.0.0.1, SQLite under the workspace, analytics off; started and
-stopped by `slm server up|down|status` together with Label Studio, and `slm deploy` registers the flows."""
+"""Our Prefect server and worker: on ``bind_host`` (127.0.0.1; another address only with allow_remote_bind),
+SQLite under the workspace, analytics off; started and stopped by `slm server up|down|status` together with
+Label Studio, and `slm deploy` registers the flows."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import httpx
 
+from tasks import netbind
 from tasks.config import Settings
 
-HOST = "127.0.0.1"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_YAML = Path(__file__).resolve().parent / "prefect.yaml"
 
@@ -40,7 +41,7 @@ def prefect_home(settings: Settings) -> Path:
 
 
 def api_url(settings: Settings) -> str:
-    return f"http://{HOST}:{settings.prefect_port}/api"
+    return f"http://{netbind.url_host(settings.bind_host)}:{settings.prefect_port}/api"
 
 
 def prefect_env(settings: Settings, with_api: bool = True) -> dict[str, str]:
@@ -50,7 +51,7 @@ def prefect_env(settings: Settings, with_api: bool = True) -> dict[str, str]:
         {
             "PREFECT_HOME": str(prefect_home(settings)),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_API_HOST": HOST,
+            "PREFECT_SERVER_API_HOST": settings.bind_host,
             "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
             "PREFECT_UI_API_URL": api_url(settings),
             "SLM_WORKSPACE": str(settings.workspace.resolve()),
@@ -117,19 +118,22 @@ def _spawn(settings: Settings, name: str, args: list[str]) -> int:
 
 
 def start_server(settings: Settings, timeout_s: float = 120.0) -> ServiceInfo:
-    """Start the Prefect server on 127.0.0.1 (idempotent) and wait until its API answers."""
+    """Start the Prefect server on ``bind_host`` (idempotent) and wait until its API answers. A non-loopback
+    address without ``allow_remote_bind`` is refused (``netbind.RemoteBindRefused``) before anything starts."""
+    host = netbind.bind_host(settings, "the Prefect server")
     pid = _read_pid(settings, "server")
     if _alive(pid) and _healthy(settings):
         return status(settings)["server"]
-    with socket.socket() as probe:
-        if probe.connect_ex((HOST, settings.prefect_port)) == 0:
+    target = netbind.connect_host(host)
+    with socket.socket(netbind.family(target)) as probe:
+        if probe.connect_ex((target, settings.prefect_port)) == 0:
             raise PrefectServerError(
-                f"port {settings.prefect_port} on {HOST} is already in use; choose another with prefect_port"
+                f"port {settings.prefect_port} on {host} is already in use; choose another with prefect_port"
             )
     pid = _spawn(
         settings,
         "server",
-        [*_prefect_cli(), "server", "start", "--host", HOST, "--port", str(settings.prefect_port)],
+        [*_prefect_cli(), "server", "start", "--host", host, "--port", str(settings.prefect_port)],
     )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -357,12 +357,29 @@ def datasets() -> None:
     console.print(table)
 
 
+_ALLOW_REMOTE_HELP = "Allow a non-loopback bind_host (exposes the server to the network)."
+
+
+def _bind_host(cfg: Settings, server_name: str) -> str:
+    """The checked listening address of our servers, or a one-line refusal and exit status 2."""
+    from tasks.netbind import RemoteBindRefused, bind_host
+
+    try:
+        return bind_host(cfg, server_name)
+    except RemoteBindRefused as exc:
+        err_console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
 @review_app.command("up")
-def review_up() -> None:
-    """Install (first time: minutes, ~1 GB, its own venv) and start Label Studio on 127.0.0.1."""
+def review_up(
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help=_ALLOW_REMOTE_HELP)] = False,
+) -> None:
+    """Install (first time: minutes, ~1 GB, its own venv) and start Label Studio on bind_host (127.0.0.1)."""
     from review import server
 
-    cfg = settings()
+    cfg = settings(allow_remote_bind=True if allow_remote else None)
+    _bind_host(cfg, "Label Studio")  # before installing anything
     try:
         server.ensure_installed(cfg, on_progress=lambda line: err_console.print(f"[dim]{line}[/dim]"))
         info = server.start(cfg, on_progress=lambda line: err_console.print(f"[dim]{line}[/dim]"))
@@ -518,11 +535,13 @@ def server_up(
     labelstudio: Annotated[
         bool, typer.Option("--labelstudio/--no-labelstudio", help="Also Label Studio.")
     ] = True,
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help=_ALLOW_REMOTE_HELP)] = False,
 ) -> None:
-    """Start the Prefect server (and Label Studio) on 127.0.0.1 with data under the workspace."""
+    """Start the Prefect server (and Label Studio) on bind_host (127.0.0.1) with data under the workspace."""
     from deployments import server as prefect_server
 
-    cfg = settings()
+    cfg = settings(allow_remote_bind=True if allow_remote else None)
+    _bind_host(cfg, "the Prefect server")
     try:
         info = prefect_server.start_server(cfg)
     except prefect_server.PrefectServerError as exc:
@@ -530,7 +549,7 @@ def server_up(
         raise typer.Exit(1) from exc
     console.print(f"Prefect dashboard: {info.url} (export PREFECT_API_URL={prefect_server.api_url(cfg)})")
     if labelstudio:
-        review_up()
+        review_up(allow_remote=allow_remote)
 
 
 @server_app.command("down")
@@ -566,6 +585,7 @@ def deploy() -> None:
     from deployments import server as prefect_server
 
     cfg = settings()
+    _bind_host(cfg, "the Prefect server")
     try:
         prefect_server.start_server(cfg)
         names = prefect_server.deploy(cfg)
@@ -1000,29 +1020,36 @@ def chat(
 
 @app.command("serve-model")
 def serve_model(
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8080,
+    port: Annotated[int, typer.Option("--port", help="Port on bind_host.")] = 8080,
     gguf: Annotated[
         Path | None, typer.Option("--gguf", help="A GGUF file (default: the newest export).")
     ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen here (default: setting bind_host, 127.0.0.1).")
+    ] = None,
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help=_ALLOW_REMOTE_HELP)] = False,
 ) -> None:
-    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the exported GGUF (needs its server extra)."""
+    """llama-cpp-python's OpenAI-compatible server on bind_host (127.0.0.1) with the exported GGUF (needs
+    its server extra)."""
     import importlib.util
     import subprocess
 
+    from tasks.netbind import url_host
     from tasks.serve import server_command
 
+    cfg = settings(bind_host=host, allow_remote_bind=True if allow_remote else None)
+    bind = _bind_host(cfg, "the model server")  # first: refused before anything else is looked at
     if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
         err_console.print(
             "[red]the server needs llama-cpp-python's server extra[/red]: "
             "pip install 'llama-cpp-python[server]==0.3.36'"
         )
         raise typer.Exit(2)
-    cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
         path = gguf or _newest_gguf(con)
-    command = server_command(path, port)
+    command = server_command(path, port, host=bind)
     command[0] = sys.executable
-    console.print(f"serving {path} at http://127.0.0.1:{port}/v1 (Ctrl-C stops)")
+    console.print(f"serving {path} at http://{url_host(bind)}:{port}/v1 (Ctrl-C stops)")
     raise typer.Exit(subprocess.call(command))
 
 
@@ -1117,7 +1144,12 @@ def _clip(text: str, width: int) -> str:
 def _warehouse(cfg: Settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """The warehouse, or a one-line error and exit status 2 when it cannot be opened."""
     try:
-        con = connect(cfg.warehouse_path, read_only=read_only)
+        con = connect(
+            cfg.warehouse_path,
+            read_only=read_only,
+            lock_wait_s=cfg.warehouse_lock_wait_s,
+            on_wait=lambda line: err_console.print(f"[yellow]{line}[/yellow]"),
+        )
     except WarehouseError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -33,15 +34,17 @@ from typing import Any, TypeVar
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from tasks import netbind
 from tasks.config import Settings
 
 LS_VERSION = "1.23.2"
 DEFAULT_VENV = Path.home() / ".cache" / "slm-factory" / "labelstudio-venv"
 DEFAULT_PORT = 8089
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # the default of the bind_host setting (tasks/netbind.py)
 # Environment variables of ours that the server must not inherit (it needs none of our keys).
 _SECRET_ENV = ("GEMINI_API_KEYS", "OPENAI_API_KEY", "PREFECT_API_KEY")
 T = TypeVar("T")
+_LISTEN_URL = re.compile(r"http://(?:\[[^\]]*\]|[^:/\s\[]+):(\d+)")  # the port in "... at http://host:port/"
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers started by this process, reaped on stop
 
 
@@ -105,8 +108,14 @@ def port(settings: Settings) -> int:
     return int(option(settings, "labelstudio_port", DEFAULT_PORT))
 
 
+def local_url(settings: Settings, p: int | None = None) -> str:
+    """Our own server's URL on this machine (``bind_host``, wildcards reached through loopback)."""
+    host = netbind.url_host(str(option(settings, "bind_host", HOST)))
+    return f"http://{host}:{port(settings) if p is None else p}"
+
+
 def base_url(settings: Settings) -> str:
-    return str(option(settings, "labelstudio_url", None) or f"http://{HOST}:{port(settings)}").rstrip("/")
+    return str(option(settings, "labelstudio_url", None) or local_url(settings)).rstrip("/")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,13 +243,13 @@ def retrying(settings: Settings) -> Callable[[Callable[..., T]], Callable[..., T
 # Process control
 
 
-def _port_free(p: int) -> bool:
-    """Whether a server could listen on ``p`` now. SO_REUSEADDR as the server itself sets it: connections
-    in TIME_WAIT after a stop do not count, a listening socket does."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def _port_free(p: int, host: str = HOST) -> bool:
+    """Whether a server could listen on ``host``:``p`` now. SO_REUSEADDR as the server itself sets it:
+    connections in TIME_WAIT after a stop do not count, a listening socket does."""
+    with socket.socket(netbind.family(host), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, p))
+            sock.bind((host, p))
         except OSError:
             return False
     return True
@@ -298,7 +307,7 @@ def status(settings: Settings) -> ServerInfo:
     """Whether our server is running (pid alive and ``/health`` answering on its port)."""
     record = _read_pid(settings)
     p = int(record["port"]) if record else port(settings)
-    url = f"http://{HOST}:{p}"
+    url = local_url(settings, p)
     pid = int(record["pid"]) if record else None
     running = bool(pid and _alive(pid) and _is_label_studio(pid) and healthy(url))
     return ServerInfo(url, p, pid, data_dir(settings), log_path(settings), running)
@@ -347,6 +356,7 @@ def start(settings: Settings, on_progress: Callable[[str], None] | None = None) 
     is taken: Label Studio would otherwise silently pick another port (unless --debug).
     """
     say = on_progress or (lambda _msg: None)
+    host = netbind.bind_host(settings, "Label Studio")  # refuses a non-loopback address before anything
     current = status(settings)
     if current.running:
         return current
@@ -356,9 +366,9 @@ def start(settings: Settings, on_progress: Callable[[str], None] | None = None) 
             f" {current.url}; run `slm review server stop` first (log: {current.log_path})"
         )
     p = port(settings)
-    if not _port_free(p):
+    if not _port_free(p, host):
         raise LabelStudioError(
-            f"port {p} on {HOST} is already in use; choose another with labelstudio_port (SLM_LABELSTUDIO_PORT)"
+            f"port {p} on {host} is already in use; choose another with labelstudio_port (SLM_LABELSTUDIO_PORT)"
         )
     venv = ensure_installed(settings, say)
     creds = load_credentials(settings, create=True)
@@ -370,7 +380,7 @@ def start(settings: Settings, on_progress: Callable[[str], None] | None = None) 
         "start",
         "--no-browser",
         "--internal-host",
-        HOST,
+        host,
         "--port",
         str(p),
     ]
@@ -387,8 +397,8 @@ def start(settings: Settings, on_progress: Callable[[str], None] | None = None) 
         )
     _CHILDREN[proc.pid] = proc
     pid_path(settings).write_text(json.dumps({"pid": proc.pid, "port": p, "started_at": time.time()}))
-    say(f"starting Label Studio on http://{HOST}:{p} (first start ~1 min: migrations); log: {log_path(settings)}")
-    url = f"http://{HOST}:{p}"
+    url = local_url(settings, p)
+    say(f"starting Label Studio on {url} (first start ~1 min: migrations); log: {log_path(settings)}")
     deadline = started + float(option(settings, "labelstudio_start_timeout_s", 240.0))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -423,15 +433,11 @@ def _port_moved(settings: Settings, asked: int) -> bool:
         return False
     if f"Port {asked} is in use" in text:
         return True
-    marker = f"http://{HOST}:"
     for line in text.splitlines():
         if "Starting development server at" in line or "Listening at" in line:
-            at = line.find(marker)
-            if at >= 0:
-                tail = line[at + len(marker) :]
-                digits = "".join(ch for ch in tail[:6] if ch.isdigit())
-                if digits and int(digits) != asked:
-                    return True
+            found = _LISTEN_URL.search(line)
+            if found and int(found.group(1)) != asked:
+                return True
     return False
 
 

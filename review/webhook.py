@@ -11,9 +11,11 @@ Why the work happens off the request thread: Label Studio sends webhooks synchro
 handler answers at once and a worker thread checks a moment later, and once more after a pause, so the
 annotation that completes a batch is never missed.
 
-Bound to 127.0.0.1 only. Each receiver has a random secret that Label Studio sends back as a header
+Bound to the ``bind_host`` setting, 127.0.0.1 unless remote binding is allowed explicitly
+(``tasks.netbind``). Each receiver has a random secret that Label Studio sends back as a header
 (``register_webhook(..., secret=receiver.secret)``); posts without it are refused. The payload is never
-trusted for completeness anyway: it only names the project to check.
+trusted for completeness anyway: it only names the project to check. Neither the payload nor the headers
+are logged (annotations are the institution's data; the header is the secret).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from typing import Any
 
 import duckdb
 
-from review.server import HOST, retrying
+from review.server import retrying
 from review.sync import BatchProgress, batch_progress
+from tasks import netbind
 from tasks.config import Settings
 from warehouse import review as queries
 from warehouse.db import open_warehouse
@@ -96,6 +99,7 @@ class WebhookReceiver:
         port: int = 0,
         recheck_delays: tuple[float, ...] = RECHECK_DELAYS,
     ) -> None:
+        self.host = netbind.bind_host(settings, "the review webhook receiver")  # refused before binding
         self._con = con
         self._settings = settings
         self._client = client
@@ -106,7 +110,8 @@ class WebhookReceiver:
         self.events = 0
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[float, int] | None] = queue.Queue()
-        self._server = ThreadingHTTPServer((HOST, port), self._handler_class())
+        server_class = type("_Server", (ThreadingHTTPServer,), {"address_family": netbind.family(self.host)})
+        self._server = server_class((self.host, port), self._handler_class())
         self._server.daemon_threads = True
         self._threads: list[threading.Thread] = []
 
@@ -116,7 +121,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/webhook"
+        return f"http://{netbind.url_host(self.host)}:{self.port}/webhook"
 
     def start(self) -> WebhookReceiver:
         serve = threading.Thread(target=self._server.serve_forever, name="ls-webhook-http", daemon=True)
@@ -146,7 +151,9 @@ class WebhookReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                if not secrets.compare_digest(self.headers.get(SECRET_HEADER, ""), receiver.secret):
+                # As bytes: compare_digest raises TypeError on a str header with non-ASCII characters.
+                sent = self.headers.get(SECRET_HEADER, "").encode("latin-1", "replace")
+                if not secrets.compare_digest(sent, receiver.secret.encode()):
                     self._answer(HTTPStatus.FORBIDDEN)
                     return
                 try:
@@ -168,20 +175,24 @@ class WebhookReceiver:
 
         return Handler
 
-    def accept_event(self, payload: dict[str, Any]) -> None:
-        """Queue the completeness checks for the project an event names (ignores other actions)."""
-        if payload.get("action") not in ACTIONS:
+    def accept_event(self, payload: Any) -> None:
+        """Queue the completeness checks for the project an event names (ignores other actions, and
+        payloads of another shape: they come from outside)."""
+        if not isinstance(payload, dict) or payload.get("action") not in ACTIONS:
             return
         project = payload.get("project") or {}
         project_id = project.get("id") if isinstance(project, dict) else project
-        if project_id is None:
-            project_id = (payload.get("task") or {}).get("project")
-        if project_id is None:
+        task = payload.get("task")
+        if project_id is None and isinstance(task, dict):
+            project_id = task.get("project")
+        try:
+            project_number = int(project_id)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
             return
         self.events += 1
         now = time.monotonic()
         for delay in self._delays:
-            self._queue.put((now + delay, int(project_id)))
+            self._queue.put((now + delay, project_number))
 
     def _work(self) -> None:
         while True:

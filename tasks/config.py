@@ -106,6 +106,16 @@ class Settings(BaseSettings):
     )
 
     # Orchestration
+    bind_host: str = Field(
+        "127.0.0.1",
+        description="Address our servers listen on (Label Studio, webhook receiver, Prefect, model server).",
+    )
+    allow_remote_bind: bool = Field(
+        False, description="Allow a non-loopback bind_host (exposes the servers to the network)."
+    )
+    warehouse_lock_wait_s: float = Field(
+        30.0, description="How long an slm command waits for another one holding the warehouse."
+    )
     prefect_port: int = Field(4200, description="Port of our Prefect server on 127.0.0.1.")
     work_pool: str = Field("slm-process", description="Prefect process work pool for our deployments.")
     nightly_cron: str = Field("0 2 * * *", description="When the nightly retrain-and-evaluate runs.")

@@ -208,9 +208,14 @@ def from_transformers(generator: Any) -> Any:
 
 
 def server_command(
-    gguf_path: Path | str, port: int = 8080, lora_path: Path | str | None = None, n_ctx: int = DEFAULT_CTX
+    gguf_path: Path | str,
+    port: int = 8080,
+    lora_path: Path | str | None = None,
+    n_ctx: int = DEFAULT_CTX,
+    host: str = "127.0.0.1",
 ) -> list[str]:
-    """The command line of llama-cpp-python's OpenAI-compatible server for this GGUF (needs its extra)."""
+    """The command line of llama-cpp-python's OpenAI-compatible server for this GGUF (needs its extra).
+    ``host`` must already have passed ``tasks.netbind.bind_host`` (loopback unless allowed)."""
     command = [
         "python",
         "-m",
@@ -218,7 +223,7 @@ def server_command(
         "--model",
         str(gguf_path),
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--n_ctx",

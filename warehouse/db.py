@@ -7,7 +7,8 @@ records which have been applied, so opening an older file brings it up to date i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +19,8 @@ import duckdb
 import pyarrow as pa
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([\w-]+)\.sql$")
+_LOCK_HOLDER = re.compile(r"\(PID (\d+)\)")  # DuckDB names the process holding the file lock
+LOCK_POLL_S = 0.25
 
 
 class WarehouseError(RuntimeError):
@@ -80,36 +83,69 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[Migration]:
     return applied
 
 
-def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) and migrate the warehouse file at ``path``."""
+def _open_file(
+    path: Path, read_only: bool, lock_wait_s: float, on_wait: Callable[[str], None] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """``duckdb.connect``, waiting up to ``lock_wait_s`` while another process holds the file's lock.
+
+    DuckDB allows one writing process per file and refuses (rather than queues) the others at once, so the
+    wait is ours: poll until the holder closes the file or the time is up, then say who holds it.
+    ``on_wait`` hears once that we are waiting, so a command that seems to hang says why."""
+    deadline = time.monotonic() + max(0.0, lock_wait_s)
+    told = False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            message = str(exc)
+            if "lock" not in message.lower():
+                raise WarehouseError(f"{path}: cannot open the warehouse: {exc}") from exc
+            holder = _LOCK_HOLDER.search(message)
+            who = f"another slm process (pid {holder.group(1)})" if holder else "another slm process"
+            if time.monotonic() < deadline:
+                if on_wait is not None and not told:
+                    on_wait(f"{path}: in use by {who}; waiting up to {lock_wait_s:g} s for it")
+                    told = True
+                time.sleep(LOCK_POLL_S)
+                continue
+            waited = f" (waited {lock_wait_s:g} s; setting warehouse_lock_wait_s)" if lock_wait_s > 0 else ""
+            raise WarehouseError(
+                f"{path}: the warehouse is in use by {who}{waited}; wait for it to finish and retry"
+            ) from exc
+        except duckdb.Error as exc:
+            raise WarehouseError(f"{path}: not a readable DuckDB warehouse: {exc}") from exc
+
+
+def connect(
+    path: Path | str,
+    read_only: bool = False,
+    lock_wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) and migrate the warehouse file at ``path``. While another process holds
+    the file, wait up to ``lock_wait_s`` (the CLI passes the ``warehouse_lock_wait_s`` setting), then fail
+    with a ``WarehouseError`` naming that process."""
     path = Path(path)
     if read_only and not path.exists():
         raise WarehouseError(f"{path}: no warehouse yet; run `slm ingest` first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise WarehouseError(
-                f"{path}: the warehouse is in use by another slm process; wait for it to finish and retry"
-            ) from exc
-        raise WarehouseError(f"{path}: cannot open the warehouse: {exc}") from exc
-    except duckdb.Error as exc:
-        raise WarehouseError(f"{path}: not a readable DuckDB warehouse: {exc}") from exc
+    con = _open_file(path, read_only, lock_wait_s, on_wait)
     if not read_only:
         migrate(con)
     elif schema_version(con) < migrations()[-1].version:
         con.close()
         # A read-only handle cannot migrate; reopen for writing once, then hand back a read-only one.
-        connect(path).close()
-        con = duckdb.connect(str(path), read_only=True)
+        connect(path, lock_wait_s=lock_wait_s, on_wait=on_wait).close()
+        con = _open_file(path, True, lock_wait_s, on_wait)
     return con
 
 
 @contextmanager
-def open_warehouse(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_warehouse(
+    path: Path | str, read_only: bool = False, lock_wait_s: float = 0.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """``with open_warehouse(settings.warehouse_path) as con: ...``; closes the file afterwards."""
-    con = connect(path, read_only=read_only)
+    con = connect(path, read_only=read_only, lock_wait_s=lock_wait_s)
     try:
         yield con
     finally:
