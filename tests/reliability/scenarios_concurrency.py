@@ -60,7 +60,9 @@ def snapshot(workspace: Path) -> dict[str, set[str]]:
     with open_warehouse(workspace / "warehouse.duckdb", read_only=True) as con:
         for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
             con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
-        return {name: {row[0] for row in con.execute(sql).fetchall()} for name, sql in SNAPSHOT_QUERIES.items()}
+        return {
+            name: {row[0] for row in con.execute(sql).fetchall()} for name, sql in SNAPSHOT_QUERIES.items()
+        }
 
 
 def sequential(workspace: Path, batches: list[list[Path]], distil: bool = False) -> dict[str, set[str]]:
@@ -190,7 +192,9 @@ def two_ingests_one_refused(work: Path) -> FaultOutcome:
     finally:
         first.kill()
     refused = second.proc.returncode == 2 and f"{LOCK_MESSAGE} (pid {first.pid})" in second.stderr
-    outcome.notes = f"first exit {first_rc}; second exit {second.proc.returncode}: {second.stderr.strip()[-300:]}"
+    outcome.notes = (
+        f"first exit {first_rc}; second exit {second.proc.returncode}: {second.stderr.strip()[-300:]}"
+    )
     if first_rc == 0 and refused:
         outcome.runs_completed += 1
     compare(outcome, snapshot(ws), sequential(work / "expected-1", [first_docs]))
@@ -213,14 +217,18 @@ def distill_waits_for_ingest(work: Path) -> FaultOutcome:
         with frozen_while_holding(first, ws / "warehouse.duckdb"):
             outcome.add_fault("concurrent_writer")
             second = SlmProcess(work, "distill", ["-w", str(ws), "distill"], lock_wait_s=240)
-            said = wait_until(lambda: WAIT_MESSAGE in second.stderr or second.proc.poll() is not None, 240, 0.1)
+            said = wait_until(
+                lambda: WAIT_MESSAGE in second.stderr or second.proc.poll() is not None, 240, 0.1
+            )
         first_rc, second_rc = first.wait(), second.wait()
     finally:
         first.kill()
         if second is not None:
             second.kill()
     waited = said and f"in use by another slm process (pid {first.pid})" in second.stderr
-    outcome.notes = f"ingest exit {first_rc}; distill exit {second_rc}; distill said: {second.stderr.strip()[:300]}"
+    outcome.notes = (
+        f"ingest exit {first_rc}; distill exit {second_rc}; distill said: {second.stderr.strip()[:300]}"
+    )
     if first_rc == 0 and second_rc == 0 and waited:
         outcome.runs_completed += 1
     compare(outcome, snapshot(ws), sequential(work / "expected", [first_docs], distil=True))
