@@ -174,7 +174,13 @@ def distill(
     chunks = [chunk_context(r) for r in queries.chunks_with_facts(con, doc, limit)]
     keys = {c.chunk_id: cache_key(c, teacher, options) for c in chunks}
     done = queries.successful_cache_keys(con, list(keys.values()))
-    todo = [c for c in chunks if keys[c.chunk_id] not in done]
+    # A clause repeated word for word in two documents is one cache key: the teacher is asked once, for the
+    # first chunk in document order, so which chunk owns the rows never depends on which answer comes back
+    # first (and one group of results never holds the same key twice).
+    first: dict[str, ChunkContext] = {}
+    for c in chunks:
+        first.setdefault(keys[c.chunk_id], c)
+    todo = [c for c in chunks if keys[c.chunk_id] not in done and first[keys[c.chunk_id]] is c]
     summary.chunks, summary.cached = len(chunks), len(chunks) - len(todo)
     queries.start_run(con, run_id, teacher.name, teacher.model, teacher.prompt_version)
     progress = 0

@@ -133,7 +133,7 @@ def save_teacher_calls(
     """
     if not results:
         return 0
-    calls = [call for call, _ in results]
+    calls = list({call["cache_key"]: call for call, _ in results}.values())  # a key once per transaction
     rows = {row["row_id"]: (call, row) for call, chunk_rows in results for row in chunk_rows}
     with transaction(con):
         keys = [c["cache_key"] for c in calls]
@@ -144,7 +144,9 @@ def save_teacher_calls(
             _CALL_COLUMNS,
             [
                 [
-                    c[k] if k != "row_count" else sum(1 for r in rows.values() if r[0] is c)
+                    c[k]
+                    if k != "row_count"
+                    else sum(1 for call, _ in rows.values() if call["cache_key"] == c["cache_key"])
                     for k in _CALL_COLUMNS
                 ]
                 for c in calls
