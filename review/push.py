@@ -25,7 +25,8 @@ from typing import Any
 import duckdb
 
 from review.labeling import CONFIG_VERSION, label_config, task_for_row
-from review.server import base_url, retrying
+from review.server import base_url, retrying, transient
+from review.sync import LabelStudioUnavailable
 from tasks.config import Settings
 from warehouse import review as queries
 
@@ -122,8 +123,31 @@ def push_batch(
 
     Returns the new batch; when every waiting row is already in an open batch, the latest open batch (its
     flow run id replaced by ``flow_run_id`` when given: the run now waiting is the one to resume); None when
-    nothing waits for review at all.
+    nothing waits for review at all. Raises ``LabelStudioUnavailable`` (naming the server) when Label Studio
+    stops answering; pushing again after it is back completes the batch.
     """
+    try:
+        return _push(con, settings, client, flow_run_id, limit=limit, row_ids=row_ids)
+    except Exception as exc:
+        if not transient(exc):
+            raise
+        # What was recorded is safe: a batch whose import was not confirmed is finished by the next push,
+        # which lists the project's tasks first and so imports nothing twice.
+        raise LabelStudioUnavailable(
+            f"Label Studio at {base_url(settings)} did not answer while pushing a review batch"
+            f" ({type(exc).__name__}); start it (`slm review up`) and push again: nothing is lost or duplicated"
+        ) from exc
+
+
+def _push(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    client: Any,
+    flow_run_id: str | None,
+    *,
+    limit: int | None,
+    row_ids: list[str] | None,
+) -> BatchInfo | None:
     # A push interrupted after the batch was recorded but before Label Studio confirmed the import.
     for unfinished in queries.batches_missing_task_ids(con):
         batch = queries.get_batch(con, unfinished)

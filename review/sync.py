@@ -388,7 +388,7 @@ def export_batch(
             raise
         raise LabelStudioUnavailable(
             f"Label Studio at {base_url(settings)} did not answer while exporting batch {batch_id}"
-            f" ({type(exc).__name__}); start it (`slm review server start`) and sync again: nothing is lost"
+            f" ({type(exc).__name__}); start it (`slm review up`) and sync again: nothing is lost"
         ) from exc
     content = json.dumps({"tasks": tasks, "users": users}, ensure_ascii=False, sort_keys=True)
     export_id = hashlib.sha256(content.encode()).hexdigest()[:32]
