@@ -445,8 +445,12 @@ def review_push(
     from review.push import push_batch
 
     cfg = settings()
-    with _warehouse(cfg) as con:
-        batch = push_batch(con, cfg, server.client_for(cfg), limit=limit)
+    try:
+        with _warehouse(cfg) as con:
+            batch = push_batch(con, cfg, server.client_for(cfg), limit=limit)
+    except server.LabelStudioError as exc:  # the server is down or unreachable: one line, not a traceback
+        err_console.print(f"[red]Label Studio:[/red] {exc}")
+        raise typer.Exit(1) from exc
     if batch is None:
         console.print("nothing waits for review")
         return
@@ -469,7 +473,11 @@ def review_sync(
         ids = [batch] if batch else [b["batch_id"] for b in list_batches(con) if b["status"] != "synced"]
         client = server.client_for(cfg)
         for batch_id in ids:
-            result = sync_batch(con, cfg, client, batch_id)
+            try:
+                result = sync_batch(con, cfg, client, batch_id)
+            except server.LabelStudioError as exc:  # the server is down: one line, not a traceback
+                err_console.print(f"[red]Label Studio:[/red] {exc}")
+                raise typer.Exit(1) from exc
             console.print(
                 f"batch {batch_id}: applied {result.applied}, {len(result.flagged)} flagged, "
                 f"{result.unchanged} unchanged, status {result.status}"
