@@ -234,6 +234,9 @@ def webhook_listens_on_loopback_and_wants_its_secret(work: Path) -> FaultOutcome
         if rx.events != 0:
             outcome.notes += f"{rx.events} refused events were accepted; "
         accepted = httpx.post(rx.url, json=event, headers={SECRET_HEADER: rx.secret}, timeout=10)
+        deadline = time.monotonic() + 10  # the receiver answers first, then takes the event on its thread
+        while rx.events < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         if accepted.status_code == 200 and rx.events == 1:
             outcome.runs_completed += 1
         else:
@@ -410,6 +413,22 @@ def _distilled_texts(ws: Path, settings: Any, teacher: Any, ingest_file: Any, di
 # The whole pipeline with planted secrets
 
 
+def _pipeline_fake() -> Any:
+    """The fake Gemini server, except that a chunk without ledger facts gets prose instead of the fake's
+    evidence-less filler row (which the pre-review gate rightly refuses): a failed call, as a real model's
+    nonsense would be, so the run goes on to training and export."""
+    from tests.fakes import HOPELESS, OK, Reply, default_rows
+    from tests.fakes.gemini_server import FakeGeminiServer, _GeminiHandler, user_prompt
+
+    class Handler(_GeminiHandler):
+        def answer(self, reply: Reply, model: str, body: dict[str, Any]) -> None:
+            if reply.outcome == OK and not default_rows(user_prompt(body))["rows"][0]["evidence"]:
+                reply = Reply(outcome=HOPELESS)
+            super().answer(reply, model, body)
+
+    return type("PipelineGeminiServer", (FakeGeminiServer,), {"handler_class": Handler})
+
+
 def pipeline_leaks_no_secret(work: Path) -> FaultOutcome:
     """`slm run --teacher gemini --review auto` on the sample with a tiny model, the Gemini teacher on a
     fake server that rate-limits, fails and refuses a key now and then; planted Gemini keys and an OpenAI
@@ -417,7 +436,6 @@ def pipeline_leaks_no_secret(work: Path) -> FaultOutcome:
     folder (warehouse bytes and rows, reports, datasets, adapters, GGUF, Prefect's database and artifacts,
     logs) and the captured stdout/stderr (Prefect and root logging at INFO/DEBUG) hold no fragment."""
     from tests.fakes import BAD_KEY, OK, RATE_LIMIT, SERVER_ERROR, UNAUTHORIZED
-    from tests.fakes.gemini_server import FakeGeminiServer
     from tests.tiny import build_tiny_base
 
     outcome = FaultOutcome("security: no secret in a whole pipeline run")
@@ -432,10 +450,10 @@ def pipeline_leaks_no_secret(work: Path) -> FaultOutcome:
     def schedule(index: int, key_index: int | None) -> str:
         return faults.get(index, OK)
 
-    with FakeGeminiServer(schedule=schedule, keys=gemini_keys) as fake:
+    with _pipeline_fake()(schedule=schedule, keys=gemini_keys) as fake:
         (ws / "slm.toml").write_text(
             f'base_model = "{base}"\nreview_policy = "auto"\nper_fact = 1\ngolden_size = 12\n'
-            'eval_max_new_tokens = 16\nexport_quant = "f16"\ntrain_epochs = 1\npromotion_margin = 1.0\n'
+            'eval_max_new_tokens = 8\nexport_quant = "f16"\ntrain_epochs = 1\npromotion_margin = 1.0\n'
             f'gemini_base_url = "{fake.base_url}"\nteacher_backoff_s = 0.01\nkey_cooldown_s = 0.2\n'
             "teacher_max_attempts = 4\ndistill_concurrency = 4\n",
             encoding="utf-8",
@@ -451,7 +469,7 @@ def pipeline_leaks_no_secret(work: Path) -> FaultOutcome:
         started = time.monotonic()
         run = subprocess.run(
             [sys.executable, "-m", "flows.cli", "-w", str(ws), "run", str(SAMPLE_MD), "--teacher", "gemini",
-             "--review", "auto", "--max-steps", "4"],
+             "--review", "auto", "--max-steps", "2"],
             cwd=work, env=env, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         calls = len(fake.calls)
