@@ -125,6 +125,9 @@ def extract_facts(doc_id: str, text: str, chunks: list[Chunk]) -> list[Fact]:
         if chunk is None:
             continue
         sent_start, sent_end = sentences.around(mention.start, mention.end)
+        # A "sentence" with no break for pages (one endless line) would be every fact's context and make
+        # subject search quadratic; the chunk holding the number bounds both.
+        sent_start, sent_end = max(sent_start, chunk.start_char), min(sent_end, chunk.end_char)
         digest = hashlib.sha256(f"{doc_id}:{mention.start}:{mention.raw}".encode()).hexdigest()[:24]
         facts.append(
             Fact(

@@ -7,6 +7,8 @@ so ingesting the same file twice adds nothing.
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,20 +45,46 @@ class DocumentRecord:
     text: str
 
 
+def shown(path: Path | str) -> str:
+    """``path`` as one printable line: bytes that are not UTF-8 as \\xNN, control characters escaped.
+
+    File names may hold line breaks or undecodable bytes; messages stay one line and the warehouse (UTF-8)
+    can store them."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(
+        ascii(ch)[1:-1] if unicodedata.category(ch)[0] in "CZ" and ch != " " else ch for ch in text
+    )
+
+
 def discover(paths: Iterable[Path]) -> tuple[list[Path], list[IngestResult]]:
-    """Files to ingest (folders walked recursively, sorted), and failures for paths that do not exist."""
+    """Files to ingest (folders walked recursively, sorted), and failures for paths that do not exist and
+    for entries that look like documents but are not regular files (broken or looping links, pipes)."""
     found: list[Path] = []
     missing: list[IngestResult] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
-            )
+            for entry in sorted(path.rglob("*")):
+                if entry.suffix.lower() not in SUPPORTED_SUFFIXES or entry.is_dir():
+                    continue
+                if entry.is_file():
+                    found.append(entry)
+                else:
+                    missing.append(_not_a_file(entry))
         elif path.is_file():
             found.append(path)
+        elif path.is_symlink() or path.exists():
+            missing.append(_not_a_file(path))
         else:
-            missing.append(IngestResult(path, "failed", None, f"{path}: no such file or folder"))
+            missing.append(IngestResult(path, "failed", None, f"{shown(path)}: no such file or folder"))
     return found, missing
+
+
+def _not_a_file(path: Path) -> IngestResult:
+    if path.is_symlink() and not path.exists():
+        reason = "broken symbolic link (its target is missing, or the link points back at itself)"
+    else:
+        reason = "not a regular file (a pipe, socket or device)"
+    return IngestResult(path, "failed", None, f"{shown(path)}: {reason}")
 
 
 def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) -> IngestResult:
@@ -64,12 +92,12 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
     try:
         data = read_bytes(path, settings.max_file_mb)
     except IngestError as exc:
-        return IngestResult(path, "failed", None, f"{path}: {exc}")
+        return IngestResult(path, "failed", None, f"{shown(path)}: {exc}")
     except OSError as exc:
-        return IngestResult(path, "failed", None, f"{path}: cannot read ({exc.strerror or exc})")
+        return IngestResult(path, "failed", None, f"{shown(path)}: cannot read ({exc.strerror or exc})")
     doc_id = content_id(data)
     if ledger.document_status(con, doc_id) == "ok":
-        return IngestResult(path, "unchanged", doc_id, f"{path}: already ingested, nothing added")
+        return IngestResult(path, "unchanged", doc_id, f"{shown(path)}: already ingested, nothing added")
     try:
         raw = extract(path, data, settings.max_pages, settings.min_text_chars_per_page)
         text, pages = join_pages(raw.pages, is_pdf=raw.kind == "pdf", markdown=raw.kind == "md")
@@ -84,15 +112,17 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
     else:
         reason = ""
     if reason:
-        ledger.save_failure(con, doc_id, path.name, str(path), file_kind(path), len(data), reason)
-        return IngestResult(path, "failed", doc_id, f"{path}: {reason}")
-    record = DocumentRecord(doc_id, path.name, str(path), raw.kind, raw.size_bytes, raw.encoding, text)
+        ledger.save_failure(con, doc_id, shown(path.name), shown(path), file_kind(path), len(data), reason)
+        return IngestResult(path, "failed", doc_id, f"{shown(path)}: {reason}")
+    record = DocumentRecord(
+        doc_id, shown(path.name), shown(path), raw.kind, raw.size_bytes, raw.encoding, text
+    )
     ledger.save_document(con, record, pages, chunks, facts)
     return IngestResult(
         path,
         "added",
         doc_id,
-        f"{path}: {len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts",
+        f"{shown(path)}: {len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts",
         len(pages),
         len(chunks),
         len(facts),

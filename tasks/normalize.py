@@ -16,6 +16,11 @@ _FOLD = {0xFF10 + i: ord("0") + i for i in range(10)}
 _FOLD.update({0xFF21 + i: ord("A") + i for i in range(26)})
 _FOLD.update({0xFF41 + i: ord("a") + i for i in range(26)})
 _FOLD.update({ord("％"): "%", ord("\u3000"): " ", ord("\u00a0"): " ", ord("／"): "/", ord("～"): "~"})
+# Invisible format characters (zero-width spaces and joiners, bidi marks and overrides, BOM, soft hyphen)
+# are dropped: inside a number they would split it ("1\u200b00元" read as 1 and 00元).
+_INVISIBLE = [0x00AD, 0xFEFF, *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2065)]
+_FOLD.update(dict.fromkeys([*_INVISIBLE, *range(0x2066, 0x206A)]))
+_DIGITS = "0123456789"
 _FULLWIDTH_DOT_IN_NUMBER = re.compile(r"(?<=\d)[．。·](?=\d)")
 
 _CJK = r"\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"
@@ -95,6 +100,9 @@ def join_pages(pages: list[str], is_pdf: bool, markdown: bool = False) -> tuple[
                 continue
             if parts and (blank_pending or starts_paragraph(previous, line)):
                 parts.append("\n")
+                length += 1
+            elif parts and previous[-1] in _DIGITS and line[0] in _DIGITS:
+                parts.append("\n")  # table cells, one per line: joining "100" and "200" would invent 100200
                 length += 1
             elif parts and previous[-1:].isascii() and line[:1].isascii() and previous[-1:].isalpha():
                 parts.append(" ")  # re-join a wrapped Latin word sequence with its space
