@@ -81,6 +81,20 @@ def save_template(name: str, source: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)  # another run saved it first
 
 
+def start_from_template(name: str, folder: Path, start: Callable[[], Any], stop: Callable[[], Any]) -> float:
+    """Start a server whose data lives in ``folder``, seeded from template ``name`` (made on the first run:
+    start, stop, save, start again). Returns the seconds the start of the seeded or new folder took."""
+    fresh = not seed_from_template(name, folder)
+    started = time.monotonic()
+    start()
+    elapsed = time.monotonic() - started
+    if fresh:
+        stop()
+        save_template(name, folder)
+        start()
+    return round(elapsed, 1)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Teachers: a fake endpoint with a seeded fault schedule
 
@@ -458,15 +472,12 @@ def labelstudio_stopped(work: Path) -> DepsOutcome:
         for path in synthetic_rules(work / "docs", docs=1, articles=20):
             ingest_file(con, path, settings)
         distill(con, settings, make_teacher(settings))
-        template = f"labelstudio-{settings.labelstudio_version}"
-        fresh = not seed_from_template(template, server.data_dir(settings))
-        started = time.monotonic()
-        server.start(settings)
-        outcome.details["first_start_s"] = round(time.monotonic() - started, 1)
-        if fresh:
-            server.stop(settings)
-            save_template(template, server.data_dir(settings))
-            server.start(settings)
+        outcome.details["first_start_s"] = start_from_template(
+            f"labelstudio-{settings.labelstudio_version}",
+            server.data_dir(settings),
+            lambda: server.start(settings),
+            lambda: server.stop(settings),
+        )
         client = server.client_for(settings)
         waiting = [r["row_id"] for r in review_queries.review_candidates(con, limit=2 * BATCH_ROWS)]
         rows_a, rows_b = waiting[:BATCH_ROWS], waiting[BATCH_ROWS:]
@@ -676,15 +687,12 @@ def prefect_restarted_while_paused(work: Path) -> DepsOutcome:
     try:
         import prefect
 
-        template = f"prefect-{prefect.__version__}"
-        fresh = not seed_from_template(template, prefect_server.prefect_home(settings))
-        started = time.monotonic()
-        prefect_server.start_server(settings)
-        outcome.details["start_s"] = round(time.monotonic() - started, 1)
-        if fresh:
-            prefect_server.stop(settings, "server")
-            save_template(template, prefect_server.prefect_home(settings))
-            prefect_server.start_server(settings)
+        outcome.details["start_s"] = start_from_template(
+            f"prefect-{prefect.__version__}",
+            prefect_server.prefect_home(settings),
+            lambda: prefect_server.start_server(settings),
+            lambda: prefect_server.stop(settings, "server"),
+        )
         env = prefect_server.prefect_env(settings)
         flow_process = subprocess.Popen(
             [sys.executable, "-c", _FLOW_SCRIPT, str(settings.workspace), PAUSED_BATCH],
