@@ -362,12 +362,14 @@ _ALLOW_REMOTE_HELP = "Allow a non-loopback bind_host (exposes the server to the 
 
 def _bind_host(cfg: Settings, server_name: str) -> str:
     """The checked listening address of our servers, or a one-line refusal and exit status 2."""
+    from rich.markup import escape
+
     from tasks.netbind import RemoteBindRefused, bind_host
 
     try:
         return bind_host(cfg, server_name)
     except RemoteBindRefused as exc:
-        err_console.print(f"[red]refused:[/red] {exc}")
+        err_console.print(f"[red]refused:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
 
@@ -1047,10 +1049,12 @@ def serve_model(
 
     cfg = settings(bind_host=host, allow_remote_bind=True if allow_remote else None)
     bind = _bind_host(cfg, "the model server")  # first: refused before anything else is looked at
-    if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
+    # Prefect brings uvicorn and fastapi, so only the extra's own packages tell whether it is installed.
+    server_extra = ("uvicorn", "fastapi", "sse_starlette", "starlette_context")
+    if any(importlib.util.find_spec(name) is None for name in server_extra):
         err_console.print(
             "[red]the server needs llama-cpp-python's server extra[/red]: "
-            "pip install 'llama-cpp-python[server]==0.3.36'"
+            "pip install 'llama-cpp-python\\[server]==0.3.36'"  # \\[: a literal bracket, not rich markup
         )
         raise typer.Exit(2)
     with _warehouse(cfg, read_only=True) as con:

@@ -10,6 +10,7 @@ import pytest
 
 from deployments import server as prefect_server
 from tasks.config import load_settings
+from tests.reliability.scenarios_security import listening_addresses
 
 
 def _free_port() -> int:
@@ -27,6 +28,8 @@ def test_deploy_and_read_back_the_nightly_schedule(tmp_path: Path) -> None:
     try:
         info = prefect_server.start_server(settings)
         assert info.running and info.url.startswith("http://127.0.0.1:")
+        # Loopback only: every listening socket on the port is 127.0.0.1 (issue #10, part 5).
+        assert listening_addresses(settings.prefect_port) == {"127.0.0.1"}
         names = prefect_server.deploy(settings)
         assert "nightly" in names
         api = prefect_server.api_url(settings)

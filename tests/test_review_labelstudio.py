@@ -25,6 +25,7 @@ from tasks.config import Settings, load_settings
 from tasks.distill import distill, make_teacher
 from tasks.ingest import ingest_file
 from tests.conftest import SAMPLE_PDF
+from tests.reliability.scenarios_security import listening_addresses
 from warehouse import review as queries
 from warehouse.db import connect
 
@@ -181,6 +182,8 @@ def test_review_round_trip_with_a_real_label_studio(tmp_path: Path, capfd: pytes
         info = server.start(settings, on_progress=print)
         print(f"first start: {time.monotonic() - started:.0f} s")
         assert info.running and info.port == settings.labelstudio_port
+        # Loopback only: every listening socket on the port is 127.0.0.1 (issue #10, part 5).
+        assert listening_addresses(info.port) == {"127.0.0.1"}, listening_addresses(info.port)
         creds = server.credentials_path(settings)
         assert stat.S_IMODE(creds.stat().st_mode) == 0o600
         client = server.client_for(settings)
@@ -197,6 +200,7 @@ def test_review_round_trip_with_a_real_label_studio(tmp_path: Path, capfd: pytes
         assert len(queries.batch_tasks(con, batch.batch_id)) == 6
 
         receiver = webhook.WebhookReceiver(con, settings, client, lambda *a: calls.append(a)).start()
+        assert listening_addresses(receiver.port) == {"127.0.0.1"}
         webhook.register_webhook(client, batch.ls_project_id, receiver.url, receiver.secret, settings)
 
         fact = queries.chunk_facts(con, [rows[2]["chunk_id"]])[rows[2]["chunk_id"]][0]

@@ -11,8 +11,11 @@ from tests.reliability import scenarios_security as scenarios
 
 def test_servers_refuse_a_non_loopback_address_without_the_opt_in(tmp_path: Path) -> None:
     outcome = scenarios.servers_refuse_remote_bind(tmp_path)
-    # 3 servers x 4 addresses, 4 loopback addresses, the opt-in, 4 commands, --allow-remote
-    assert outcome.lost == 0 and outcome.notes == "" and outcome.runs_completed == 12 + 4 + 1 + 4 + 1, outcome
+    # 3 servers x 4 addresses, 4 loopback addresses, the opt-in, 4 commands, the model server's command
+    # line, --allow-remote
+    assert outcome.lost == 0 and outcome.notes == "" and outcome.runs_completed == 12 + 4 + 1 + 4 + 1 + 1, (
+        outcome
+    )
 
 
 def test_the_webhook_listens_on_loopback_and_wants_its_secret(tmp_path: Path) -> None:
