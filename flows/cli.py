@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import duckdb
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -111,7 +112,7 @@ def ingest(
     for result in results:
         style = {"added": "green", "unchanged": "dim", "failed": "red"}[result.status]
         (err_console if result.status == "failed" else console).print(
-            f"[{style}]{result.status:9}[/{style}] {result.message}"
+            f"[{style}]{result.status:9}[/{style}] {escape(result.message)}"  # file names may hold [tags]
         )
     failed = sum(r.status == "failed" for r in results)
     added = sum(r.status == "added" for r in results)

@@ -94,6 +94,8 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
     except IngestError as exc:
         return IngestResult(path, "failed", None, f"{shown(path)}: {exc}")
     except OSError as exc:
+        if path.is_symlink() and not path.exists():
+            return _not_a_file(path)
         return IngestResult(path, "failed", None, f"{shown(path)}: cannot read ({exc.strerror or exc})")
     doc_id = content_id(data)
     if ledger.document_status(con, doc_id) == "ok":
