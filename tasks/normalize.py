@@ -43,6 +43,9 @@ _PARAGRAPH_START = re.compile(
     r"|[①-⑳]|附件|附表|附则)"
 )
 _SENTENCE_END = re.compile(r"[。；！？：:;!?]$")
+# An English sentence ("... mode.") or a markup tag ("<|im_end|>") ending a line ends its block too; joining
+# it to the next line would glue foreign text (or text aimed at a model) onto the rule that follows.
+_BLOCK_END = re.compile(r"(?:[A-Za-z]\.|>)$")
 _MARKDOWN_PREFIX = re.compile(r"^(#{1,6}\s+|>\s*|[-*+]\s+(?=\S))")
 
 
@@ -80,6 +83,7 @@ def starts_paragraph(previous: str, line: str) -> bool:
         not previous
         or bool(_PARAGRAPH_START.match(line))
         or bool(_SENTENCE_END.search(previous))
+        or bool(_BLOCK_END.search(previous))
         or line.startswith(("《", "【"))
     )
 
