@@ -130,8 +130,8 @@ def _bucket(*parts: str) -> float:
 
 def with_context_rows(
     rows: Sequence[Mapping[str, Any]],
-    chunk_texts: Mapping[str, str],
-    distractor_texts: Sequence[str],
+    chunk_texts: Mapping[str, str | Hit],
+    distractor_texts: Sequence[str | Hit],
     share: float,
     seed: int = 0,
     *,
@@ -141,7 +141,8 @@ def with_context_rows(
     """Dataset rows where a ``share`` of them carry context: their own chunk and one distractor chunk.
 
     ``rows`` are dataset records (``{"id", "messages": [system, user, assistant], ...}``), ``chunk_texts``
-    maps a row id to its chunk's text (heading first if wanted), ``distractor_texts`` is the pool to draw
+    maps a row id to its chunk (a text, or a :class:`Hit` to show its heading path as retrieval does),
+    ``distractor_texts`` is the pool to draw
     distractors from (a distractor is never the row's own chunk). The choice of rows, of distractor and of
     order is a hash of ``seed`` and the row id, so a row keeps its form across snapshots. With ``augment``
     the context rows are added (id + ``:ctx``) beside the originals; otherwise they replace them. Rows

@@ -57,12 +57,20 @@ class Settings(BaseSettings):
     distill_concurrency: int = Field(8, description="Chunks sent to a model teacher at once.")
     review_numeric_rows: bool = Field(True, description="Numeric rows go to people even when grounded.")
     review_policy: str = Field("labelstudio", description="labelstudio | auto (demos and CI only)")
-    review_timeout_s: float = Field(7 * 24 * 3600.0, description="How long a flow waits paused for reviewers.")
-    labelstudio_url: str | None = Field(None, description="A Label Studio run elsewhere (else ours on loopback).")
+    review_timeout_s: float = Field(
+        7 * 24 * 3600.0, description="How long a flow waits paused for reviewers."
+    )
+    labelstudio_url: str | None = Field(
+        None, description="A Label Studio run elsewhere (else ours on loopback)."
+    )
     labelstudio_port: int = Field(8089, description="Port of our Label Studio server on 127.0.0.1.")
-    labelstudio_venv: Path | None = Field(None, description="Virtual environment for the Label Studio server.")
+    labelstudio_venv: Path | None = Field(
+        None, description="Virtual environment for the Label Studio server."
+    )
     labelstudio_version: str = Field("1.23.2", description="Label Studio server version to install.")
-    labelstudio_start_timeout_s: float = Field(240.0, description="Wait this long for /health on first start.")
+    labelstudio_start_timeout_s: float = Field(
+        240.0, description="Wait this long for /health on first start."
+    )
     labelstudio_attempts: int = Field(5, description="Attempts per Label Studio call when it is down.")
     labelstudio_backoff_s: float = Field(1.0, description="First backoff between Label Studio attempts.")
     review_webhook_port: int = Field(8090, description="Port of the webhook receiver on 127.0.0.1.")
@@ -87,18 +95,32 @@ class Settings(BaseSettings):
         0.8, description="Character-bigram similarity above which two questions are near duplicates."
     )
     valid_share: float = Field(0.1, description="Share of a frozen dataset held out for validation.")
+    context_share: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Share of dataset rows also trained with their chunk and a distractor chunk as context.",
+    )
     golden_size: int = Field(40, description="Questions held out from reviewed rows as the golden set.")
 
     # Models and training
-    base_model: str = Field("gemma3-270m", description="Base model: HF id or folder, a .gguf file, or gemma3-270m.")
+    base_model: str = Field(
+        "gemma3-270m", description="Base model: HF id or folder, a .gguf file, or gemma3-270m."
+    )
     models_cache: Path | None = Field(None, description="Where converted base models are cached.")
     train_profile: str = Field("cpu-small", description="cpu-small | gpu-qlora | prototype")
-    train_epochs: float = Field(3.0, description="Epochs (early stopping on the validation split may end sooner).")
+    train_epochs: float = Field(
+        3.0, description="Epochs (early stopping on the validation split may end sooner)."
+    )
     train_save_steps: int = Field(50, description="Checkpoint and evaluate every N optimiser steps.")
-    train_early_stopping_patience: int = Field(3, description="Evaluations without improvement before stopping.")
+    train_early_stopping_patience: int = Field(
+        3, description="Evaluations without improvement before stopping."
+    )
     train_device: str = Field("auto", description="auto | cuda | mps | cpu")
     train_seed: int = Field(0, description="Seed for LoRA initialisation and data order.")
-    train_threads: int = Field(0, description="Torch CPU threads; 0 = all cores (fewer on a busy shared machine).")
+    train_threads: int = Field(
+        0, description="Torch CPU threads; 0 = all cores (fewer on a busy shared machine)."
+    )
     eval_max_new_tokens: int = Field(64, description="Longest answer generated in evaluation.")
     export_quant: str = Field("q8_0", description="GGUF quantisation of exports: f16 | q8_0 | q4_k_m")
     promotion_margin: float = Field(

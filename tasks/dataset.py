@@ -1,8 +1,13 @@
 """Frozen dataset snapshots: the rows that passed the release gate, as chat-format JSONL.
 
-The dataset id is a content hash of the sorted rows and the prompt format, so the same rows always give the
-same id and any change to one row gives a new one. Files are written to a temporary folder and renamed into
-place, so a crash never leaves a half-written dataset under its id.
+A share of the rows (``context_share``) is written twice: once closed book, and once with its own chunk and a
+distractor chunk as context, in the prompt format grounded answering uses (:func:`tasks.answer.context_messages`),
+so that the model learns to read the rules before it answers. A context copy stays in its row's split.
+
+The dataset id is a content hash of the records as written (messages included) and the prompt format, so the
+same rows always give the same id and any change to one row, or to a chunk it is shown with, gives a new one.
+Files are written to a temporary folder and renamed into place, so a crash never leaves a half-written
+dataset under its id.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from typing import Any
 
 import duckdb
 
+from tasks.answer import CONTEXT_FORMAT, with_context_rows
 from tasks.config import Settings
 from tasks.golden import hold_out
 from tasks.prompt_format import PROMPT_FORMAT, chat_messages
+from tasks.retrieve import Hit
 from warehouse import gates as queries
+from warehouse.ledger import chunk_texts
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,40 @@ class DatasetInfo:
     created: bool  # False when the same rows were frozen before
 
 
-def dataset_id_for(rows: list[dict[str, Any]], prompt_format: str = PROMPT_FORMAT) -> str:
+def dataset_id_for(records: list[dict[str, Any]], prompt_format: str = PROMPT_FORMAT) -> str:
+    """Content hash of training records (``{"id", "messages", ...}``) in any order."""
     digest = hashlib.sha256(prompt_format.encode())
-    for row in sorted(rows, key=lambda r: r["row_id"]):
-        digest.update(f"\x1e{row['row_id']}\x1f{row['question']}\x1f{row['answer']}".encode())
+    for record in sorted(records, key=lambda r: r["id"]):
+        digest.update(f"\x1e{record['id']}\x1f".encode())
+        digest.update(json.dumps(record["messages"], ensure_ascii=False, sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def prompt_format_for(context_share: float) -> str:
+    """The prompt format(s) of a dataset: closed-book chat, plus the context format when rows carry one."""
+    return f"{PROMPT_FORMAT}+{CONTEXT_FORMAT}" if context_share > 0 else PROMPT_FORMAT
+
+
+def training_records(
+    rows: list[dict[str, Any]], chunks: list[tuple[str, str, str, str]], context_share: float, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Chat records of trainable ``rows``; a ``context_share`` of them also as a copy (id + ``:ctx``) with their
+    chunk and a distractor drawn from ``chunks`` ((chunk id, document, heading, text), as in the ledger)."""
+    records = [
+        {
+            "id": row["row_id"],
+            "messages": chat_messages(row["question"], row["answer"]),
+            "doc": row["doc"],
+            "kind": row["kind"],
+        }
+        for row in rows
+    ]
+    if context_share <= 0:
+        return records
+    # The chunk as grounded answering shows a retrieved one: its heading path, then its text.
+    shown = {chunk_id: Hit(chunk_id, doc, heading, text, 0.0) for chunk_id, doc, heading, text in chunks}
+    own = {row["row_id"]: shown[row["chunk_id"]] for row in rows if row.get("chunk_id") in shown}
+    return with_context_rows(records, own, list(shown.values()), context_share, seed, augment=True)
 
 
 def split_of(row_id: str, valid_share: float) -> str:
@@ -56,7 +93,9 @@ def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_
     rows = queries.trainable_rows(con, settings.similarity_threshold)
     if not rows:
         raise ValueError("no trainable rows: nothing is approved, corrected or verified by the ledger")
-    dataset_id = dataset_id_for(rows)
+    records = training_records(rows, chunk_texts(con), settings.context_share, settings.train_seed)
+    prompt_format = prompt_format_for(settings.context_share)
+    dataset_id = dataset_id_for(records, prompt_format)
     folder = settings.workspace / "datasets" / dataset_id
     splits = [(r["row_id"], split_of(r["row_id"], settings.valid_share)) for r in rows]
     if not any(split == "valid" for _, split in splits) and len(splits) > 1:
@@ -68,18 +107,19 @@ def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_
     )
     if queries.dataset_exists(con, dataset_id) and folder.exists():
         return info
-    _write_files(folder, rows, dict(splits), dataset_id)
+    _write_files(folder, records, dict(splits), dataset_id, prompt_format)
     counts = {
         "status": dict(Counter(r["status"] for r in rows)),
         "kind": dict(Counter(r["kind"] for r in rows)),
         "doc": dict(Counter(r["doc"] for r in rows)),
+        "context_records": sum(r.get("context") == CONTEXT_FORMAT for r in records),
     }
     if not queries.dataset_exists(con, dataset_id):
         queries.register_dataset(
             con,
             {
                 "dataset_id": dataset_id,
-                "prompt_format": PROMPT_FORMAT,
+                "prompt_format": prompt_format,
                 "row_count": len(rows),
                 "train_count": train_count,
                 "valid_count": len(rows) - train_count,
@@ -95,7 +135,9 @@ def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_
     )
 
 
-def _write_files(folder: Path, rows: list[dict[str, Any]], split: dict[str, str], dataset_id: str) -> None:
+def _write_files(
+    folder: Path, records: list[dict[str, Any]], split: dict[str, str], dataset_id: str, prompt_format: str
+) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dataset_id}-", dir=folder.parent))
     try:
@@ -103,16 +145,16 @@ def _write_files(folder: Path, rows: list[dict[str, Any]], split: dict[str, str]
             open(staging / "train.jsonl", "w", encoding="utf-8") as train,
             open(staging / "valid.jsonl", "w", encoding="utf-8") as valid,
         ):
-            for row in rows:
-                record = {
-                    "id": row["row_id"],
-                    "messages": chat_messages(row["question"], row["answer"]),
-                    "doc": row["doc"],
-                    "kind": row["kind"],
-                }
-                target = valid if split[row["row_id"]] == "valid" else train
+            for record in records:
+                row_id = record["id"].removesuffix(":ctx")  # a context copy goes where its row goes
+                target = valid if split[row_id] == "valid" else train
                 target.write(json.dumps(record, ensure_ascii=False) + "\n")
-        manifest = {"dataset_id": dataset_id, "prompt_format": PROMPT_FORMAT, "rows": len(rows)}
+        manifest = {
+            "dataset_id": dataset_id,
+            "prompt_format": prompt_format,
+            "rows": len(split),
+            "records": len(records),
+        }
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), "utf-8")
         if folder.exists():
             shutil.rmtree(folder)  # a leftover from a crash between writing and registering

@@ -67,6 +67,8 @@ class Profile:
     group_by_length: bool = True  # LengthGroupedSampler: batches of similar length
     pad_to_max_length: bool = False  # the prototype's habit; dynamic padding otherwise
     selective_loss: bool = True  # project to the vocabulary only at answer positions
+    # Recompute each layer's activations in the backward pass: ~1/3 more compute, a fraction of the memory.
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -75,7 +77,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # Default off-GPU: small rank, one forward per optimiser step, every speed switch on.
+    # Default off-GPU: small rank, every speed switch on. Rows with retrieved context run to ~650 tokens; batches
+    # of 4 (x2 accumulation) with gradient checkpointing keep the peak under 4 GB on Gemma 3 270M (measured:
+    # batches of 8 without it peaked at 5.2 GB on closed-book rows alone).
     "cpu-small": Profile(
         name="cpu-small",
         lora_r=8,
@@ -83,9 +87,10 @@ PROFILES: dict[str, Profile] = {
         lora_dropout=0.05,
         target_modules=ATTENTION,
         learning_rate=2e-4,
-        batch_size=8,
-        grad_accum=1,
-        max_length=256,
+        batch_size=4,
+        grad_accum=2,
+        max_length=768,
+        gradient_checkpointing=True,
     ),
     # QLoRA: the base in 4-bit NF4 on a CUDA GPU, adapters on every linear projection (as in the QLoRA paper).
     "gpu-qlora": Profile(
@@ -478,10 +483,13 @@ def train(
                 final_eval = trainer.evaluate()["eval_loss"]
 
         adapter_dir = out_dir / ADAPTER_DIR
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        trainer.model.save_pretrained(adapter_dir)
-        tokenizer.save_pretrained(adapter_dir)  # carries the chat template the adapter was trained with
+        # Saved (with its metadata) into a staging folder renamed into place at the end: a crash while saving
+        # leaves the staging folder, which the next run replaces, never weights without their metadata.
+        staging = out_dir / f".{ADAPTER_DIR}.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)  # carries the chat template the adapter was trained with
         curve = loss_curve(trainer.state.log_history)
         train_losses = [t for _, t, _ in curve if t is not None]
         best_step = _step_of(trainer.state.best_model_checkpoint)
@@ -516,7 +524,10 @@ def train(
                 "torch_threads": torch.get_num_threads(),
             },
         )
-        write_metadata(result, adapter_dir / METADATA_FILE)
+        write_metadata(result, staging / METADATA_FILE)
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        os.replace(staging, adapter_dir)
         plot_loss(
             curve, out_dir / LOSS_PLOT, title=f"{identity.spec} · {prof.name} · {result.dataset_id[:12]}"
         )
@@ -568,6 +579,9 @@ def training_arguments(
         report_to="none",
         disable_tqdm=True,  # our rich progress bar, or silence
         dataloader_pin_memory=device == "cuda",
+        gradient_checkpointing=prof.gradient_checkpointing,
+        # Non-reentrant checkpointing works with frozen embeddings (LoRA) without enable_input_require_grads.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if prof.gradient_checkpointing else None,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from expectations.runner import run_gate
 from review.policy import apply_auto_policy
-from tasks.config import Settings
+from tasks.config import Settings, load_settings
 from tasks.dataset import dataset_id_for, freeze_dataset
 from tasks.distill import distill, make_teacher
 from tasks.ingest import ingest_file
@@ -300,11 +300,47 @@ def test_dataset_id_is_a_content_hash(seeded, settings: Settings) -> None:
     again = freeze_dataset(seeded, settings, report.gate_run_id)
     assert first.created and not again.created and first.dataset_id == again.dataset_id
     lines = (first.path / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == first.train_count and json.loads(lines[0])["messages"][-1]["role"] == "assistant"
-    rows = gate_queries.trainable_rows(seeded)
-    assert dataset_id_for(rows) == first.dataset_id
-    rows[0] = {**rows[0], "answer": rows[0]["answer"] + "（修订）"}
-    assert dataset_id_for(rows) != first.dataset_id
+    originals = [line for line in lines if not json.loads(line)["id"].endswith(":ctx")]  # context copies aside
+    assert len(originals) == first.train_count and json.loads(lines[0])["messages"][-1]["role"] == "assistant"
+    records = [
+        json.loads(line)
+        for name in ("train.jsonl", "valid.jsonl")
+        for line in (first.path / name).read_text(encoding="utf-8").splitlines()
+    ]
+    prompt_format = json.loads((first.path / "manifest.json").read_text(encoding="utf-8"))["prompt_format"]
+    assert dataset_id_for(records, prompt_format) == first.dataset_id
+    records[0]["messages"][-1]["content"] += "（修订）"
+    assert dataset_id_for(records, prompt_format) != first.dataset_id
+
+
+def test_a_share_of_rows_is_also_trained_with_its_chunk_and_a_distractor(con, settings: Settings) -> None:
+    ingest_file(con, SAMPLE_PDF, settings)
+    distill(con, settings, make_teacher(settings))
+    apply_auto_policy(con)
+    report = run_gate(con, settings, "release")
+    dataset = freeze_dataset(con, settings, report.gate_run_id)
+    records = {
+        json.loads(line)["id"]: (name, json.loads(line))
+        for name in ("train.jsonl", "valid.jsonl")
+        for line in (dataset.path / name).read_text(encoding="utf-8").splitlines()
+    }
+    copies = {rid: rec for rid, (_, rec) in records.items() if rid.endswith(":ctx")}
+    share = len(copies) / dataset.row_count
+    assert abs(share - settings.context_share) < 0.1, share
+    for rid, record in copies.items():
+        split, original = records[rid.removesuffix(":ctx")]
+        assert records[rid][0] == split  # never the copy in train and its row in valid
+        assert record["messages"][-1] == original["messages"][-1]  # the same answer
+        prompt = record["messages"][1]["content"]
+        assert prompt.startswith("规定原文：") and "【1】" in prompt and "【2】" in prompt
+        assert prompt.endswith(original["messages"][1]["content"])
+    manifest = json.loads((dataset.path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["prompt_format"] == "chat-v1+ctx-v1" and manifest["records"] == len(records)
+
+    closed_book = load_settings(settings.workspace, context_share=0.0)
+    again = freeze_dataset(con, closed_book, report.gate_run_id)
+    assert again.dataset_id != dataset.dataset_id  # the form of the rows is part of the id
+    assert ":ctx" not in (again.path / "train.jsonl").read_text(encoding="utf-8")
 
 
 def test_sample_document_passes_both_gates_under_the_auto_policy(con, settings: Settings) -> None:

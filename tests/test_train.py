@@ -323,6 +323,24 @@ def test_training_memorises_and_writes_the_adapter(tiny_base: Path, tmp_path: Pa
     assert load_tokenizer(out / "adapter").chat_template == GEMMA_CHAT_TEMPLATE
 
 
+def test_gradient_checkpointing_changes_memory_not_the_optimisation(tiny_base: Path, tmp_path: Path) -> None:
+    ds = write_dataset(tmp_path / "ckpt", make_rows(8), [])
+    curves = {}
+    for on in (False, True):
+        result = train(
+            ds,
+            str(tiny_base),
+            tmp_path / f"run-{on}",
+            max_steps=4,
+            progress=False,
+            threads=1,
+            overrides={"gradient_checkpointing": on, "learning_rate": 1e-2},  # dropout stays on: RNG replayed
+        )
+        curves[on] = [t for _, t, _ in result.loss_curve if t is not None]
+    assert len(curves[True]) == 4 and curves[True] == pytest.approx(curves[False], rel=1e-4)
+    assert get_profile("cpu-small").gradient_checkpointing  # the default off-GPU recipe uses it
+
+
 def test_qlora_without_cuda_fails_before_loading(tmp_path: Path, dataset: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

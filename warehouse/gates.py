@@ -211,7 +211,7 @@ def _frame(con: duckdb.DuckDBPyConnection, where: str, golden_threshold: float) 
         "   AND coalesce(rb.reviewer, 'auto:') NOT LIKE 'auto:%'))"
     )
     frame = con.execute(
-        "SELECT r.row_id, d.name AS doc, r.question, r.answer, r.evidence, r.kind, r.status,"
+        "SELECT r.row_id, d.name AS doc, r.chunk_id, r.question, r.answer, r.evidence, r.kind, r.status,"
         " r.numbers, r.is_numeric::INTEGER AS is_numeric, r.grounded,"
         " length(r.question) AS question_length, length(r.answer) AS answer_length,"
         " (r.kind = 'unanswerable' OR length(trim(r.evidence)) > 0) AS evidence_present,"
@@ -336,6 +336,7 @@ def trainable_rows(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0.8
             "status": r.status,
             "is_numeric": bool(r.is_numeric),
             "doc": r.doc,
+            "chunk_id": r.chunk_id,
         }
         for r in frame.itertuples(index=False)
     ]
