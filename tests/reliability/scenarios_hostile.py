@@ -357,7 +357,10 @@ def trusted_invented_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]
     return bad
 
 
-def _injection_outcome(name: str, work: Path, teacher: str, **overrides: Any) -> tuple[FaultOutcome, list]:
+def distil_injections(
+    name: str, work: Path, teacher: str, **overrides: Any
+) -> tuple[FaultOutcome, list[dict[str, Any]]]:
+    """Ingest the injection documents and distil them with ``teacher``; the outcome and every row."""
     outcome = FaultOutcome(name)
     # Numeric rows are not sent to people here, so that the ledger check alone decides what is trusted.
     settings = workspace(work, teacher=teacher, review_numeric_rows=False, **overrides)
@@ -389,13 +392,13 @@ def _injection_outcome(name: str, work: Path, teacher: str, **overrides: Any) ->
 
 def prompt_injection_extractive(work: Path) -> FaultOutcome:
     """The offline teacher over documents with planted instructions."""
-    return _injection_outcome("prompt injection, extractive teacher", work, "extractive")[0]
+    return distil_injections("prompt injection, extractive teacher", work, "extractive")[0]
 
 
 def prompt_injection_openai(work: Path) -> FaultOutcome:
     """An OpenAI-compatible teacher whose model obeys the planted instructions (fake server)."""
     with FakeOpenAIServer(lambda index, key: Reply(text=obey_injection)) as server:
-        outcome, _ = _injection_outcome(
+        outcome, _ = distil_injections(
             "prompt injection, obedient OpenAI-compatible model",
             work,
             "openai",
