@@ -357,6 +357,13 @@ def _ar_value(s: str) -> Decimal:
     return Decimal(s.replace(",", ""))
 
 
+def _times(value: Decimal, scale: Decimal | int | None) -> Decimal:
+    """``value * scale`` exactly: the default context keeps 28 digits and would round a long amount."""
+    with localcontext() as ctx:
+        ctx.prec = max(28, len(value.as_tuple().digits) + 12)
+        return value * (scale or 1)
+
+
 def _fraction(num: Decimal, den: Decimal) -> Decimal | None:
     """num/den kept exact when it terminates (1/4 = 0.25), else rounded to 4 places (1/3 = 0.3333)."""
     if den == 0:
@@ -636,14 +643,14 @@ class _Scanner:
         if first is None:
             return m.end()
         end = first.end
-        value = first.value * (first.scale or 1)
+        value = _times(first.value, first.scale)
         value_max: Decimal | None = None
         unit = first.unit
         second = self._range_tail(first)
         if second is not None:
             scale2 = second.scale or 1
             scale1 = first.scale or (second.scale if first.unit is None else None) or 1
-            value, value_max = first.value * scale1, second.value * scale2
+            value, value_max = _times(first.value, scale1), _times(second.value, scale2)
             unit = first.unit or second.unit
             end = second.end
         elif first.unit is None:
@@ -799,7 +806,7 @@ def parse_numeral(s: str) -> Decimal | None:
     if m := _PARSE_AR_RE.fullmatch(s):
         if m["sc"] and s.endswith("%"):
             return None
-        return _ar_value(m["n"]) * (_SCALES[m["sc"]] if m["sc"] else 1)
+        return _times(_ar_value(m["n"]), _SCALES[m["sc"]] if m["sc"] else None)
     if m := _PARSE_PCT_RE.fullmatch(s):
         return _number_word(m["n"])
     if m := _PARSE_FRAC_RE.fullmatch(s):
@@ -814,7 +821,9 @@ def canonical(value: Decimal) -> str:
     """A Decimal as a plain decimal string: no exponent, no trailing zeros ("1200", "0.5", "0.3333")."""
     if not value.is_finite():
         return str(value)
-    text = format(value.normalize(), "f")
+    with localcontext() as ctx:
+        ctx.prec = max(28, len(value.as_tuple().digits))  # normalize() rounds to the context's precision
+        text = format(value.normalize(), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
