@@ -778,20 +778,10 @@ def _answerer(
         )
     if mode == "closed_book":
         return generator.answer_batch
-    from tasks.answer import answer
-    from tasks.retrieve import ChunkIndex
-    from tasks.serve import from_transformers
+    from tasks.answer import grounded_batch
 
-    call = generator if backend == "llamacpp" else from_transformers(generator)
-    index = ChunkIndex.build(con)
-
-    def grounded(questions: list[str]) -> list[str]:
-        return [
-            answer(q, call, index, con, mode="grounded", max_tokens=cfg.eval_max_new_tokens).scored_text
-            for q in questions
-        ]
-
-    return grounded
+    call = generator if backend == "llamacpp" else generator.messages_call()
+    return grounded_batch(call, con, cfg.eval_max_new_tokens)
 
 
 def _resolve_model(cfg: Settings, con: Any, model: str) -> Path | None:
@@ -897,8 +887,9 @@ def _print_run_summary(cfg: Settings, result: dict[str, Any]) -> None:
         return
     evaluation = result["evaluation"]
     for label, scores in evaluation["scores"].items():
+        model, grounded = label.removesuffix(" grounded"), label.endswith(" grounded")
         table.add_row(
-            f"{label} (closed book)",
+            f"{model} ({'grounded' if grounded else 'closed book'})",
             f"accuracy {scores['accuracy']:.0%}, numeric {scores['numeric_accuracy'] or 0:.0%}, "
             f"invented {scores['invented_number_rate']:.0%}, n={scores['n']}",
         )
@@ -963,55 +954,90 @@ def export_command(
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="A question about the rules.")],
-    mode: Annotated[
-        str, typer.Option("--mode", help="grounded (retrieval + numeric guard) | closed_book")
-    ] = "grounded",
-    gguf: Annotated[
-        Path | None, typer.Option("--gguf", help="A GGUF file (default: the newest export).")
-    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help=_MODE_HELP)] = "grounded",
+    model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
     k: Annotated[int, typer.Option("--k", help="Chunks retrieved.")] = 3,
 ) -> None:
-    """Answer with the exported model through llama.cpp; grounded mode shows no number the ledger lacks."""
+    """Answer with an exported model through llama.cpp: the answer, the article and document its numbers
+    come from, and the guard's verdict. Grounded mode shows no number the ledger lacks."""
     from tasks.answer import answer
     from tasks.serve import LlamaCppGenerator
 
     cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
-        path = gguf or _newest_gguf(con)
-        result = answer(question, LlamaCppGenerator(path), None, con, mode=mode, k=k)
-    console.print(result.text)
-    details = f"[dim]mode {result.mode}; numbers {', '.join(result.numbers) or '-'}; "
-    details += f"verified {result.verified}; guard {result.guard_action}[/dim]"
-    console.print(details)
+        path = _gguf_for(con, model)
+        result = answer(question, LlamaCppGenerator(path), None, con, mode=_answer_mode(mode), k=k)
+    console.print(result.text, markup=False, highlight=False)
+    _print_verdict(result)
     for note in result.notes:
-        console.print(f"[dim]{note}[/dim]")
+        console.print(f"[dim]{escape(note)}[/dim]")
 
 
-def _newest_gguf(con: Any) -> Path:
-    from warehouse.models import list_exports
+_MODE_HELP = "grounded (retrieval + numeric guard) | closed (the model alone; closed_book)"
+_MODEL_HELP = "champion | base | a model id | a .gguf file (default: the newest export)"
 
+
+def _answer_mode(mode: str) -> str:
+    chosen = {"grounded": "grounded", "closed": "closed_book", "closed_book": "closed_book"}.get(mode)
+    if chosen is None:
+        err_console.print(f"[red]--mode {escape(mode)}[/red]: use grounded or closed")
+        raise typer.Exit(2)
+    return chosen
+
+
+def _print_verdict(result: Any) -> None:
+    """Where the numbers come from (article, document) and what the guard did."""
+    for hit in result.cited:
+        console.print(f"[dim]source: {escape(hit.doc)} › {escape(hit.heading_path or '(no heading)')}[/dim]")
+    details = f"mode {result.mode}; numbers {', '.join(result.numbers) or '-'}; "
+    details += f"verified {result.verified}; guard {result.guard_action}"
+    console.print(f"[dim]{escape(details)}[/dim]")
+
+
+def _gguf_for(con: Any, model: str | None) -> Path:
+    """The GGUF to answer with: a file, or the newest full (not adapter-only) export of a registered model."""
+    from warehouse.models import get_champion, list_exports, list_models
+
+    if model is not None and model.endswith(".gguf"):
+        if not Path(model).is_file():
+            err_console.print(f"[red]{escape(model)}[/red]: GGUF file not found")
+            raise typer.Exit(2)
+        return Path(model)
     exports = [e for e in list_exports(con) if e.get("source") != "adapter"]
+    if model == "base":
+        exports = [e for e in exports if e.get("model_id") is None]
+    elif model is not None:
+        if model == "champion":
+            champion = get_champion(con)
+            model_ids = {champion["model_id"]} if champion else set()
+        else:
+            model_ids = {m["model_id"] for m in list_models(con) if m["model_id"].startswith(model)}
+        if not model_ids:
+            err_console.print(f"[red]no {escape(model)} model[/red] (see `slm models`)")
+            raise typer.Exit(2)
+        exports = [e for e in exports if e.get("model_id") in model_ids]
     if not exports:
-        err_console.print("[red]no exported model[/red]: run `slm export` (or pass --gguf FILE)")
+        which = f"--model {model}" if model else ""
+        err_console.print(f"[red]no exported model[/red]: run `slm export {which}`".rstrip() + " first")
         raise typer.Exit(2)
     return Path(exports[0]["path"])
 
 
 @app.command()
 def chat(
-    mode: Annotated[str, typer.Option("--mode", help="grounded | closed_book")] = "grounded",
-    gguf: Annotated[
-        Path | None, typer.Option("--gguf", help="A GGUF file (default: the newest export).")
-    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help=_MODE_HELP)] = "grounded",
+    model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
 ) -> None:
-    """Ask question after question (empty line or Ctrl-D ends); the model is loaded once."""
-    from tasks.answer import GuardStats, answer
+    """Ask question after question (empty line or Ctrl-D ends); the model is loaded once. Answers stream as
+    they are generated, up to their first number: numbers appear once the guard has checked them."""
+    from tasks.answer import GuardStats, HeldNumbersStream, answer
     from tasks.retrieve import ChunkIndex
     from tasks.serve import LlamaCppGenerator
 
     cfg = settings()
+    mode = _answer_mode(mode)
     with _warehouse(cfg, read_only=True) as con:
-        generator = LlamaCppGenerator(gguf or _newest_gguf(con))
+        generator = LlamaCppGenerator(_gguf_for(con, model))
         index = ChunkIndex.build(con)
         stats = GuardStats()
         while True:
@@ -1021,20 +1047,20 @@ def chat(
                 break
             if not question:
                 break
-            result = answer(question, generator, index, con, mode=mode, stats=stats)
-            console.print(result.text)
-            console.print(
-                f"[dim]guard {result.guard_action}; numbers {', '.join(result.numbers) or '-'}[/dim]"
+            stream = HeldNumbersStream(
+                lambda text: console.print(text, end="", markup=False, highlight=False)
             )
-        console.print(f"[dim]{stats.report()}[/dim]")
+            generator.stream_to = stream.feed
+            result = answer(question, generator, index, con, mode=mode, stats=stats)
+            stream.finish(result)
+            _print_verdict(result)
+        console.print(f"[dim]{escape(stats.report())}[/dim]")
 
 
 @app.command("serve-model")
 def serve_model(
     port: Annotated[int, typer.Option("--port", help="Port on bind_host.")] = 8080,
-    gguf: Annotated[
-        Path | None, typer.Option("--gguf", help="A GGUF file (default: the newest export).")
-    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
     host: Annotated[
         str | None, typer.Option("--host", help="Listen here (default: setting bind_host, 127.0.0.1).")
     ] = None,
@@ -1059,7 +1085,7 @@ def serve_model(
         )
         raise typer.Exit(2)
     with _warehouse(cfg, read_only=True) as con:
-        path = gguf or _newest_gguf(con)
+        path = _gguf_for(con, model)
     command = server_command(path, port, host=bind)
     command[0] = sys.executable
     console.print(f"serving {path} at http://{url_host(bind)}:{port}/v1 (Ctrl-C stops)")

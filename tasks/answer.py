@@ -10,7 +10,7 @@ could not verify. Closed-book mode (the fine-tuned model alone) is checked again
 flagged in ``Answer.verified``, never rewritten.
 
 A generator is any callable ``(messages, max_tokens, grammar=None) -> str``: tests pass a fake, real use
-passes ``tasks.serve.LlamaCppGenerator`` or ``tasks.serve.from_transformers(...)``. ``grammar`` is a
+passes ``tasks.serve.LlamaCppGenerator`` or ``TransformersGenerator.messages_call(...)``. ``grammar`` is a
 :class:`NumberConstraint` (``str()`` of it is GBNF) or GBNF text; a generator that cannot constrain decoding
 ignores it (the check afterwards still holds).
 """
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import duckdb
 
-from tasks.numbers import canonical, rule_numbers
+from tasks.numbers import canonical, first_number_char, rule_numbers
 from tasks.prompt_format import SYSTEM_PROMPT, chat_messages
 from tasks.retrieve import ChunkIndex, Hit, tokens
 from tasks.teachers.base import FactRef
@@ -40,12 +40,14 @@ __all__ = [
     "Answer",
     "Generator",
     "GuardStats",
+    "HeldNumbersStream",
     "NumberCheck",
     "NumberConstraint",
     "answer",
     "check_numbers",
     "context_messages",
     "focus",
+    "grounded_batch",
     "number_grammar",
     "with_context_rows",
 ]
@@ -301,6 +303,48 @@ class NumberConstraint:
         return not open_run or open_run.rstrip(".,") in self.allowed
 
 
+# --- streaming -----------------------------------------------------------------------------------------------
+
+
+class HeldNumbersStream:
+    """Streams a draft answer as it is generated, but only up to its first number: the rest is held until the
+    guard has checked the whole answer, so no unchecked number is ever on screen.
+
+    ``feed`` takes the pieces of the draft (a generator's ``stream_to`` hook); ``finish`` takes the final
+    :class:`Answer` and writes what remains: the rest of the draft when the guard kept it, or, below what was
+    shown, the guard's replacement (retry, quoted evidence or abstention).
+    """
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+        self.shown = ""
+        self._draft = ""
+        self._holding = False
+
+    def feed(self, piece: str) -> None:
+        self._draft += piece
+        if self._holding:
+            return
+        cut = first_number_char(piece)
+        if cut >= 0:
+            self._holding = True
+            piece = piece[:cut]
+        if piece:
+            self.shown += piece
+            self.write(piece)
+
+    def finish(self, result: Answer) -> None:
+        # Generators strip their output; compare with the stripped draft and what was shown so far.
+        shown = self.shown.strip()
+        if shown and result.text.startswith(shown):
+            self.write(result.text[len(shown) :])
+        elif shown:
+            self.write(f"\n{result.text}")
+        else:
+            self.write(result.text)
+        self.write("\n")
+
+
 # --- answering -----------------------------------------------------------------------------------------------
 
 
@@ -315,6 +359,7 @@ class Answer:
     notes: tuple[str, ...] = ()
     draft: str = ""  # the model's first answer, kept for audit when the guard replaced it
     fact_ids: tuple[str, ...] = ()
+    cited: tuple[Hit, ...] = ()  # the retrieved chunks (article, document) the stated numbers come from
 
     @property
     def abstained(self) -> bool:
@@ -328,9 +373,11 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["retrieved"] = [
-            {"chunk_id": h.chunk_id, "heading_path": h.heading_path, "score": h.score} for h in self.retrieved
-        ]
+        for name in ("retrieved", "cited"):
+            data[name] = [
+                {"chunk_id": h.chunk_id, "doc": h.doc, "heading_path": h.heading_path, "score": h.score}
+                for h in getattr(self, name)
+            ]
         return data
 
 
@@ -447,6 +494,26 @@ def answer(
     return result
 
 
+def grounded_batch(
+    generator: Generator | Callable[..., str],
+    con: duckdb.DuckDBPyConnection,
+    max_tokens: int,
+    k: int = 3,
+    stats: GuardStats | None = None,
+) -> Callable[[list[str]], list[str]]:
+    """An ``answer_batch`` (for ``tasks.evaluate``) answering in grounded mode; what is scored is what the
+    guard lets the user see (:attr:`Answer.scored_text`)."""
+    index = ChunkIndex.build(con)
+
+    def answer_batch(questions: list[str]) -> list[str]:
+        return [
+            answer(q, generator, index, con, "grounded", k, max_tokens=max_tokens, stats=stats).scored_text
+            for q in questions
+        ]
+
+    return answer_batch
+
+
 def _closed_book(
     question: str,
     generator: Callable[..., str],
@@ -482,13 +549,16 @@ def _grounded(
         )
     by_chunk = facts_by_chunk(con, index)
     facts = [f for h in hits for f in by_chunk.get(h.chunk_id, [])]
-    heading_of = {f.fact_id: h.heading_path for h in hits for f in by_chunk.get(h.chunk_id, [])}
+    hit_of = {f.fact_id: h for h in hits for f in by_chunk.get(h.chunk_id, [])}
+
+    def cited(ids: Sequence[str]) -> tuple[Hit, ...]:
+        return tuple(dict.fromkeys(hit_of[i] for i in ids if i in hit_of))
 
     draft = generator(context_messages(question, hits), max_tokens).strip()
     checks = check_numbers(question, draft, facts)
     if all(c.ok for c in checks):
         ids = tuple(dict.fromkeys(i for c in checks for i in c.fact_ids))
-        return Answer(draft, "grounded", _stated(checks), True, "passed", hits, (), draft, ids)
+        return Answer(draft, "grounded", _stated(checks), True, "passed", hits, (), draft, ids, cited(ids))
 
     problem = _describe(checks, "检索到的规定")
     notes = [f"draft: {problem}"]
@@ -504,18 +574,28 @@ def _grounded(
             ids = tuple(dict.fromkeys(i for c in again for i in c.fact_ids))
             notes.append("retry with the evidence sentence verified")
             return Answer(
-                second, "grounded", _stated(again), True, "retried_ok", hits, tuple(notes), draft, ids
+                second,
+                "grounded",
+                _stated(again),
+                True,
+                "retried_ok",
+                hits,
+                tuple(notes),
+                draft,
+                ids,
+                cited(ids),
             )
         notes.append(f"retry: {_describe(again, '检索到的规定')}")
     if evidence:
         best = evidence[0]
-        text = _quote(best, heading_of.get(best.fact_id, ""))
+        text = _quote(best, hit_of[best.fact_id].heading_path if best.fact_id in hit_of else "")
         values = tuple(
             dict.fromkeys(canonical(v) for m in rule_numbers(text) for v in _values(m.value, m.value_max))
         )
         notes.append(f"quoted the evidence of fact {best.fact_id}")
+        ids = (best.fact_id,)
         return Answer(
-            text, "grounded", values, True, "quoted_evidence", hits, tuple(notes), draft, (best.fact_id,)
+            text, "grounded", values, True, "quoted_evidence", hits, tuple(notes), draft, ids, cited(ids)
         )
     text = f"无法核实：{problem}。文件中没有相关规定可以核实。"
     return Answer(text, "grounded", (), False, "abstained", hits, tuple(notes), draft)

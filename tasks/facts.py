@@ -79,12 +79,12 @@ def subject_of(text: str, mention: NumberMention, sentence_start: int, sentence_
     In order: a noun phrase in the clause before the number, one right after it (三个月内办理报销手续),
     the topic of the sentence, then the clause text itself.
     """
-    clauses = [LEADING_MARKER.sub("", c) for c in _CLAUSE_BREAK.split(text[sentence_start:mention.start])]
+    clauses = [LEADING_MARKER.sub("", c) for c in _CLAUSE_BREAK.split(text[sentence_start : mention.start])]
     own = _FILLER.sub("", clauses[-1])
     nouns = list(_SUBJECT_NOUN.finditer(own))
     if nouns:
         return trim_subject(own[: nouns[-1].end()])  # the whole phrase up to its last noun: 单张发票金额
-    after = _CLAUSE_BREAK.split(text[mention.end:sentence_end])[0]
+    after = _CLAUSE_BREAK.split(text[mention.end : sentence_end])[0]
     after = re.sub(r"^(?:（[^）]*）|以上|以下|以内|及以上|及以下|的|（含）|含|内)+", "", after)
     for clause in (after, *clauses[-2::-1]):
         phrase = first_noun_phrase(clause)

@@ -144,6 +144,7 @@ def train_task(
 @task(name="evaluate-challenger", cache_policy=NO_CACHE)
 def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | None = None) -> dict[str, Any]:
     """Base, champion (if any) and challenger on the golden set, one base model loaded for all three."""
+    from tasks.answer import grounded_batch
     from tasks.generate import TransformersGenerator
     from tasks.golden import golden_items
     from tasks.promote import challenge
@@ -163,6 +164,10 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
     )
     answerers = {label: generator.for_model(label) for label in ("base", *adapters)}
     with open_warehouse(settings.warehouse_path) as con:
+        grounded = {
+            label: grounded_batch(generator.messages_call(label), con, settings.eval_max_new_tokens)
+            for label in ("base", "challenger")
+        }
         outcome = challenge(
             con,
             settings,
@@ -174,6 +179,7 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
                 "training": f"{challenger['steps']} steps, {challenger['tokens_per_s']:.0f} tokens/s",
             },
             Path(challenger["loss_png"]),
+            grounded,
         )
     return {
         "promoted": outcome.promoted,

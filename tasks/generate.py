@@ -3,6 +3,7 @@ in the chat format training uses. Exported GGUF models generate through tasks/se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ class TransformersGenerator:
         import torch
 
         prompts = [
-            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_batch
+            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+            for m in messages_batch
         ]
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
@@ -63,18 +65,40 @@ class TransformersGenerator:
     def answer_batch(self, questions: list[str]) -> list[str]:
         return self.chat([chat_messages(q) for q in questions])
 
+    def _using(self, label: str | None) -> contextlib.AbstractContextManager[Any]:
+        """Select adapter ``label`` (``"base"``: adapters off; None: as it is) for the calls in the block."""
+        if label == "base" and self.adapters:
+            return self.model.disable_adapter()
+        if label is not None and self.adapters:
+            self.model.set_adapter(label)
+        return contextlib.nullcontext()
+
     def for_model(self, label: str) -> Callable[[list[str]], list[str]]:
         """An ``answer_batch`` for one adapter, or for the untuned base (``"base"``)."""
 
         def answer_batch(questions: list[str]) -> list[str]:
-            if label == "base" and self.adapters:
-                with self.model.disable_adapter():
-                    return self.answer_batch(questions)
-            if self.adapters:
-                self.model.set_adapter(label)
-            return self.answer_batch(questions)
+            with self._using(label):
+                return self.answer_batch(questions)
 
         return answer_batch
+
+    def messages_call(self, label: str | None = None) -> Callable[..., str]:
+        """``generate(messages, max_tokens=None, grammar=None) -> text``, the call ``tasks.answer`` expects,
+        for one adapter (or the base). Transformers cannot apply a grammar; the guard's check still runs."""
+
+        def generate(
+            messages: list[dict[str, str]], max_tokens: int | None = None, grammar: Any = None
+        ) -> str:
+            del grammar
+            previous = self.max_new_tokens
+            self.max_new_tokens = max_tokens or previous
+            try:
+                with self._using(label):
+                    return self.chat([messages])[0]
+            finally:
+                self.max_new_tokens = previous
+
+        return generate
 
     def describe(self) -> dict[str, Any]:
         return self.identity.to_dict()

@@ -42,6 +42,7 @@ __all__ = [
     "NumberMention",
     "canonical",
     "find_numbers",
+    "first_number_char",
     "parse_numeral",
     "rule_numbers",
     "values_match",
@@ -830,6 +831,16 @@ def canonical(value: Decimal) -> str:
 
 
 _MATCH_TOLERANCE = Decimal("0.00005")  # half a unit in the 4th decimal place: 0.3333 matches 1/3
+
+
+_NUMBER_CHAR = re.compile(rf"[\d０-９{_CN_CHARS}]")
+
+
+def first_number_char(text: str) -> int:
+    """Index of the first character that could be part of a number (digit, full-width digit, Chinese
+    numeral), or -1. Streaming shows text up to here and holds the rest until the answer has been checked."""
+    found = _NUMBER_CHAR.search(text)
+    return found.start() if found else -1
 
 
 def values_match(a: Decimal, b: Decimal) -> bool:

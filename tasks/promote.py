@@ -39,9 +39,14 @@ def challenge(
     answerers: dict[str, AnswerBatch],
     context: dict[str, Any] | None = None,
     loss_png: Path | None = None,
+    grounded: dict[str, AnswerBatch] | None = None,
 ) -> PromotionResult:
     """Evaluate ``answerers`` (keys: base, challenger, and champion when there is one) on ``items``,
-    decide, record the outcome in the model registry, and write the report."""
+    decide, record the outcome in the model registry, and write the report.
+
+    ``grounded`` answerers (same keys; retrieval and the numeric guard) are scored and reported beside the
+    closed-book ones as ``"<label> grounded"``; the decision stays on closed book, where the model alone
+    answers, so a regression cannot hide behind retrieval."""
     scores: dict[str, dict[str, Any]] = {}
     results: dict[str, list] = {}
     runs: dict[str, str] = {}
@@ -58,6 +63,12 @@ def challenge(
             con, items, answer_batch, label, "golden", model_id=model_id
         )
         scores[label], results[label], runs[label] = metrics, items_out, run_id
+    for label, answer_batch in (grounded or {}).items():
+        model_id = challenger_id if label == "challenger" else None
+        run_id, metrics, _ = run_and_store(
+            con, items, answer_batch, label, "golden", mode="grounded", model_id=model_id
+        )
+        scores[f"{label} grounded"], runs[f"{label} grounded"] = metrics, run_id
     reference = "champion" if "champion" in results else "base"
     decision = compare(results[reference], results["challenger"], margin=settings.promotion_margin)
     summary = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,9 @@ class LlamaCppGenerator:
         self.seed = seed
         self._lock = threading.Lock()  # one llama context: calls must not interleave
         self._digits: tuple[list[int], list[str]] | None = None
+        # Set by `slm chat`: the next call streams its text pieces here (only the next: a guard's retry
+        # is not streamed, it replaces the draft as a whole).
+        self.stream_to: Callable[[str], None] | None = None
 
         template = (
             chat_template or self.llm.metadata.get("tokenizer.chat_template") or self._fallback_template()
@@ -135,9 +138,18 @@ class LlamaCppGenerator:
             from llama_cpp import LlamaGrammar
 
             kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
+        sink, self.stream_to = self.stream_to, None
         with self._lock:
-            out = self.llm.create_chat_completion(**kwargs)
-        return (out["choices"][0]["message"]["content"] or "").strip()
+            if sink is None:
+                out = self.llm.create_chat_completion(**kwargs)
+                return (out["choices"][0]["message"]["content"] or "").strip()
+            pieces = []
+            for chunk in self.llm.create_chat_completion(**kwargs, stream=True):
+                piece = chunk["choices"][0]["delta"].get("content") or ""
+                if piece:
+                    pieces.append(piece)
+                    sink(piece)
+        return "".join(pieces).strip()
 
     def _digit_tokens(self) -> tuple[list[int], list[str]]:
         """Tokens that can write or extend a number (a digit, or a leading . or ,); computed once (~2 s)."""
@@ -186,25 +198,6 @@ class LlamaCppGenerator:
 
     def close(self) -> None:
         self.llm.close()
-
-
-def from_transformers(generator: Any) -> Any:
-    """Adapt ``tasks.generate.TransformersGenerator`` to the ``(messages, max_tokens, grammar=None)`` call
-    ``tasks.answer`` expects (transformers cannot apply a GBNF grammar; the guard's check still runs)."""
-
-    def generate(
-        messages: list[dict[str, str]], max_tokens: int | None = None, grammar: str | None = None
-    ) -> str:
-        del grammar
-        previous = generator.max_new_tokens
-        if max_tokens:
-            generator.max_new_tokens = max_tokens
-        try:
-            return generator.chat([messages])[0]
-        finally:
-            generator.max_new_tokens = previous
-
-    return generate
 
 
 def server_command(

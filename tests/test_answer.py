@@ -13,6 +13,7 @@ from tasks.answer import (
     ABSTAIN_TEXT,
     CONTEXT_FORMAT,
     GuardStats,
+    HeldNumbersStream,
     NumberConstraint,
     answer,
     check_numbers,
@@ -42,6 +43,20 @@ class Scripted:
     def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: str | None = None) -> str:
         self.calls.append((messages, max_tokens, grammar))
         return self.replies[min(len(self.calls), len(self.replies)) - 1]
+
+
+class StreamingScripted(Scripted):
+    """Scripted, streaming its first reply in small pieces to ``stream_to`` as LlamaCppGenerator does."""
+
+    stream_to = None
+
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: str | None = None) -> str:
+        reply = super().__call__(messages, max_tokens, grammar)
+        sink, self.stream_to = self.stream_to, None
+        if sink is not None:
+            for i in range(0, len(reply), 3):
+                sink(reply[i : i + 3])
+        return reply
 
 
 @pytest.fixture
@@ -166,6 +181,40 @@ def test_check_numbers_explains_each_number(sample: duckdb.DuckDBPyConnection, i
     assert checks[0].other_subject == "伙食补助费"
 
 
+@pytest.mark.parametrize(
+    ("question", "reply", "expected"),
+    [
+        (
+            MEAL,
+            "伙食补助费每人每天100元。",
+            "伙食补助费每人每天100元。",
+        ),  # kept: streamed, the rest after the check
+        (MEAL, "每人每天150元。", None),  # replaced by the evidence: 150 never written
+        (LAUNDRY, "洗衣费每人每天100元。", None),  # another subject's number: never written
+    ],
+)
+def test_chat_streams_text_but_never_an_unchecked_number(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex, question: str, reply: str, expected: str | None
+) -> None:
+    writes: list[str] = []
+    on_screen_before_check: list[str] = []
+    stream = HeldNumbersStream(writes.append)
+    fake = StreamingScripted(reply)
+    fake.stream_to = stream.feed
+    result = answer(question, fake, index, sample)
+    on_screen_before_check.append("".join(writes))
+    stream.finish(result)
+    before = on_screen_before_check[0]
+    assert before and not re.search(r"\d", before) and reply.startswith(before)  # streamed up to the number
+    shown = "".join(writes)
+    if expected is not None:
+        assert shown == expected + "\n" and result.guard_action == "passed"
+    else:
+        drafted = re.findall(r"\d+", reply)
+        assert result.guard_action != "passed" and shown.endswith(result.text + "\n")
+        assert not any(n in shown for n in drafted if n not in result.text)
+
+
 def test_context_messages_and_focus() -> None:
     long_text = "甲条规定办公用品。" * 30 + "伙食补助费每人每天100元。" + "乙条规定会议室。" * 30
     cut = focus(MEAL, long_text, max_chars=60)
@@ -234,6 +283,10 @@ def test_llamacpp_generator_obeys_number_constraints(tmp_path: Path) -> None:
     prompt = [{"role": "user", "content": "每人每天100元，会议费每人每天550元，劳务费1200元"}]
     try:
         free = generator(prompt, max_tokens=48)
+        pieces: list[str] = []
+        generator.stream_to = pieces.append
+        streamed = generator(prompt, max_tokens=48)
+        assert streamed == free and "".join(pieces).strip() == free and generator.stream_to is None
         masked = generator(prompt, max_tokens=48, grammar=NumberConstraint(("100",)))
         gbnf = generator(prompt, max_tokens=24, grammar=number_grammar(["100"]))
     finally:

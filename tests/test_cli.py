@@ -11,7 +11,9 @@ from pathlib import Path
 from tests.conftest import SAMPLE_PDF
 
 
-def slm(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def slm(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
     full_env.update(env or {})
     return subprocess.run(
@@ -21,6 +23,7 @@ def slm(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
         capture_output=True,
         text=True,
         timeout=300,
+        input=stdin,
     )
 
 

@@ -73,6 +73,34 @@ def test_run_then_rerun_then_nightly(prefect_server, tmp_path: Path) -> None:
     assert graded.returncode == 0, graded.stderr
     assert json.loads(graded.stdout)["n"] == 2
 
+    # Asking: the champion's GGUF by name; a number is shown only with its source, or not at all.
+    asked = slm(
+        "-w", str(workspace), "ask", "出差伙食补助费每人每天多少钱？", "--model", "champion", cwd=tmp_path
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert "guard " in asked.stdout and "mode grounded" in asked.stdout
+    if "verified True" in asked.stdout and "numbers -" not in asked.stdout:
+        assert "source: sample_rules.md" in asked.stdout
+    closed = slm(
+        "-w", str(workspace), "ask", "出差伙食补助费每人每天多少钱？", "--mode", "closed", cwd=tmp_path
+    )
+    assert closed.returncode == 0 and "mode closed_book" in closed.stdout, closed.stderr
+    missing = slm("-w", str(workspace), "ask", "问题", "--model", "nosuchmodel", cwd=tmp_path)
+    assert missing.returncode == 2 and "no nosuchmodel model" in missing.stderr
+    chatted = slm(
+        "-w",
+        str(workspace),
+        "chat",
+        "--model",
+        "champion",
+        cwd=tmp_path,
+        stdin="会议费标准是多少？\n伙食补助费呢？\n\n",
+    )
+    assert chatted.returncode == 0, chatted.stderr
+    assert (
+        chatted.stdout.count("mode grounded") == 2 and "passed" in chatted.stdout
+    )  # two answers, then stats
+
     second = pipeline([str(SAMPLE_MD)], str(workspace), max_steps=6)
     assert second["trained"] is False
 

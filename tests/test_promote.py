@@ -71,6 +71,29 @@ def test_worse_challenger_is_refused_better_one_promoted(con, settings: Settings
     assert runs == 2 + 3 + 3
 
 
+def test_grounded_scores_are_reported_beside_closed_book_but_do_not_decide(con, settings: Settings) -> None:
+    ingest_file(con, SAMPLE_PDF, settings)
+    registry.register_model(con, "m-g", "challenger", "gemma3-270m", adapter_path="/a1", dataset_id="d1")
+    outcome = challenge(
+        con,
+        settings,
+        "m-g",
+        ITEMS,
+        {"base": answerer(5), "challenger": answerer(24)},
+        grounded={"base": answerer(30), "challenger": answerer(5)},  # worse grounded: still promoted
+    )
+    assert outcome.promoted and set(outcome.scores) == {
+        "base",
+        "challenger",
+        "base grounded",
+        "challenger grounded",
+    }
+    assert outcome.scores["base grounded"]["accuracy"] > outcome.scores["challenger grounded"]["accuracy"]
+    modes = con.execute("SELECT mode, count(*) FROM eval_runs GROUP BY mode ORDER BY mode").fetchall()
+    assert modes == [("closed_book", 2), ("grounded", 2)]
+    assert "challenger grounded" in outcome.report_md.read_text(encoding="utf-8")
+
+
 def test_people_can_force_and_it_is_recorded(con, settings: Settings, tmp_path: Path) -> None:
     registry.register_model(con, "m-x", "challenger", "gemma3-270m", adapter_path="/x")
     force_promote(con, "m-x", "urgent rule change", "finance-office")

@@ -55,9 +55,14 @@ class GeminiTeacher:
         self._settings = settings
         self._pool = KeyPool(keys, settings.key_cooldown_s, sleep=sleep)
         self._resilient = Resilient(
-            self._pool, self._classify, max_attempts=settings.teacher_max_attempts,
-            backoff_s=settings.teacher_backoff_s, secrets=keys, label="gemini",
-            key_hint="GEMINI_API_KEYS", sleep=sleep,
+            self._pool,
+            self._classify,
+            max_attempts=settings.teacher_max_attempts,
+            backoff_s=settings.teacher_backoff_s,
+            secrets=keys,
+            label="gemini",
+            key_hint="GEMINI_API_KEYS",
+            sleep=sleep,
         )
         self._clients: dict[str, genai.Client] = {}
         self._clients_lock = threading.Lock()
@@ -120,8 +125,10 @@ class GeminiTeacher:
         completion_tokens = (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
-        usage.cost_usd += (prompt_tokens * self._settings.price_input_per_mtok
-                           + completion_tokens * self._settings.price_output_per_mtok) / 1_000_000
+        usage.cost_usd += (
+            prompt_tokens * self._settings.price_input_per_mtok
+            + completion_tokens * self._settings.price_output_per_mtok
+        ) / 1_000_000
 
     def _classify(self, exc: BaseException) -> Failure:
         if isinstance(exc, genai_errors.APIError):

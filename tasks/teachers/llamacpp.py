@@ -26,11 +26,11 @@ from tasks.teachers.llm import (
 
 GEMMA3_ALIAS = "gemma3-270m"
 INSTALL_HINT = "pip install 'slm-factory[llamacpp]'"
-DEFAULT_N_CTX = 4096      # a 600-character chunk plus the prompt is ~1k tokens; the rest is room to answer
+DEFAULT_N_CTX = 4096  # a 600-character chunk plus the prompt is ~1k tokens; the rest is room to answer
 DEFAULT_MAX_TOKENS = 2048
 TEMPERATURE = 0.2
-SEED = 0                  # fixed, so reruns give much the same rows (not bit-exact: the prompt cache varies)
-SPARE_ROWS_PER_FACT = 1   # room for an extra paraphrase beyond per_fact before the grammar closes the array
+SEED = 0  # fixed, so reruns give much the same rows (not bit-exact: the prompt cache varies)
+SPARE_ROWS_PER_FACT = 1  # room for an extra paraphrase beyond per_fact before the grammar closes the array
 
 # assemble() writes one shared file under ~/.cache: two teachers built at once must not both write it.
 _ASSEMBLE_LOCK = threading.Lock()

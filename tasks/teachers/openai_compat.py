@@ -47,14 +47,23 @@ class OpenAITeacher:
         self.model = settings.openai_model
         self.prompt_version = PROMPT_VERSION
         self._settings = settings
-        self._client = OpenAI(base_url=settings.openai_base_url, api_key=key or NO_KEY, max_retries=0,
-                              timeout=settings.teacher_timeout_s)
+        self._client = OpenAI(
+            base_url=settings.openai_base_url,
+            api_key=key or NO_KEY,
+            max_retries=0,
+            timeout=settings.teacher_timeout_s,
+        )
         # One key: a 429 backs off (the pool only rotates when it holds several keys).
         self._pool = KeyPool([key or NO_KEY], settings.key_cooldown_s, sleep=sleep)
         self._resilient = Resilient(
-            self._pool, self._classify, max_attempts=settings.teacher_max_attempts,
-            backoff_s=settings.teacher_backoff_s, secrets=[key] if key else [], label="openai",
-            key_hint="OPENAI_API_KEY or openai_api_key", sleep=sleep,
+            self._pool,
+            self._classify,
+            max_attempts=settings.teacher_max_attempts,
+            backoff_s=settings.teacher_backoff_s,
+            secrets=[key] if key else [],
+            label="openai",
+            key_hint="OPENAI_API_KEY or openai_api_key",
+            sleep=sleep,
         )
         self._schema = response_json_schema()
         self._json_object_only = False  # set once the endpoint refuses json_schema
@@ -95,8 +104,10 @@ class OpenAITeacher:
             system += "\n输出必须符合以下 JSON Schema：\n" + json.dumps(self._schema, ensure_ascii=False)
             response_format: dict[str, Any] = {"type": "json_object"}
         else:
-            response_format = {"type": "json_schema",
-                               "json_schema": {"name": "qa_rows", "schema": self._schema}}
+            response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": "qa_rows", "schema": self._schema},
+            }
         try:
             return self._client.chat.completions.create(
                 model=self.model,
@@ -118,8 +129,10 @@ class OpenAITeacher:
         completion_tokens = response.usage.completion_tokens or 0
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
-        usage.cost_usd += (prompt_tokens * self._settings.price_input_per_mtok
-                           + completion_tokens * self._settings.price_output_per_mtok) / 1_000_000
+        usage.cost_usd += (
+            prompt_tokens * self._settings.price_input_per_mtok
+            + completion_tokens * self._settings.price_output_per_mtok
+        ) / 1_000_000
 
     def _classify(self, exc: BaseException) -> Failure:
         if isinstance(exc, _FormatFallback):

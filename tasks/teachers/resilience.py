@@ -37,9 +37,9 @@ BACKOFF_CAP_S = 60.0  # no single backoff waits longer than this, however many a
 
 class FailureKind(enum.Enum):
     RATE_LIMITED = "rate_limited"  # rotate the key (or back off when there is one key)
-    TRANSIENT = "transient"        # back off and retry
-    IMMEDIATE = "immediate"        # retry at once: the caller changed the request (e.g. a format fallback)
-    FATAL = "fatal"                # retrying cannot help
+    TRANSIENT = "transient"  # back off and retry
+    IMMEDIATE = "immediate"  # retry at once: the caller changed the request (e.g. a format fallback)
+    FATAL = "fatal"  # retrying cannot help
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,13 @@ class KeyPool:
     thread saw rate-limited is rested for all of them.
     """
 
-    def __init__(self, keys: Sequence[str], cooldown_s: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        keys: Sequence[str],
+        cooldown_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         unique = list(dict.fromkeys(k.strip() for k in keys if k and k.strip()))
         if not unique:
             raise ValueError("KeyPool needs at least one key")
@@ -145,9 +150,18 @@ class _Failed(Exception):
 class Resilient:
     """Runs one logical request with the retry policy above; ``call(fn, usage)`` calls ``fn(key)``."""
 
-    def __init__(self, pool: KeyPool, classify: Classifier, *, max_attempts: int, backoff_s: float,
-                 secrets: Sequence[str] = (), label: str = "teacher", key_hint: str = "the API key setting",
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        pool: KeyPool,
+        classify: Classifier,
+        *,
+        max_attempts: int,
+        backoff_s: float,
+        secrets: Sequence[str] = (),
+        label: str = "teacher",
+        key_hint: str = "the API key setting",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.pool = pool
         self.classify = classify
         self.max_attempts = max(1, max_attempts)
@@ -211,8 +225,14 @@ class Resilient:
         exc = state.outcome.exception() if state.outcome else None
         summary = exc.failure.summary if isinstance(exc, _Failed) else "failure"
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.info("%s: %s (attempt %d/%d); retrying in %.2f s", self.label, summary, state.attempt_number,
-                 self.max_attempts, wait)
+        log.info(
+            "%s: %s (attempt %d/%d); retrying in %.2f s",
+            self.label,
+            summary,
+            state.attempt_number,
+            self.max_attempts,
+            wait,
+        )
 
     def _scrubbed(self, failure: Failure) -> Failure:
         # A refused key's error body may echo part of the key (OpenAI does): it is not kept.
