@@ -102,20 +102,7 @@ def build_dataset(
         batch = push_review_task(settings, str(flow_run.id))
         if batch:
             logger.info(f"review batch {batch['batch_id']}: {batch['rows']} rows at {batch['url']}")
-            with _webhook(settings, batch):
-                try:
-                    done = pause_flow_run(
-                        wait_for_input=ReviewDone,
-                        timeout=int(settings.review_timeout_s),
-                        poll_interval=5,
-                    )
-                except Exception as exc:
-                    if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
-                        raise ReviewTimedOut(
-                            f"review batch {batch['batch_id']} was not completed within "
-                            f"{settings.review_timeout_s:.0f} s; the rows stay in Label Studio, run the flow again"
-                        ) from exc
-                    raise
+            done = wait_for_review(settings, batch)
             report["review"] = {"resumed_with": done.model_dump() if hasattr(done, "model_dump") else done}
             report["sync"] = sync_review_task(settings, batch["batch_id"])
     release = gate_task(settings, "release")

@@ -18,10 +18,15 @@ class FaultOutcome:
     duplicates: int = 0  # rows, tasks or annotations stored twice
     secrets_found: int = 0  # planted secret values found in any output
     notes: str = ""
+    problems: list[str] = field(default_factory=list)  # properties that did not hold (besides losses)
 
     @property
     def lost(self) -> int:
         return self.rows_lost + self.annotations_lost + self.duplicates + self.secrets_found
+
+    @property
+    def passed(self) -> bool:
+        return self.lost == 0 and not self.problems and self.runs_completed > 0
 
     def add_fault(self, kind: str, count: int = 1) -> None:
         self.faults[kind] += count
