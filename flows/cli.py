@@ -403,6 +403,18 @@ def review_down() -> None:
     console.print("Label Studio stopped" if stopped else "Label Studio was not running")
 
 
+@contextmanager
+def _labelstudio_errors() -> Iterator[None]:
+    """Label Studio down, unreachable or without credentials: one line naming the server, exit 1."""
+    from review.server import LabelStudioError
+
+    try:
+        yield
+    except LabelStudioError as exc:
+        err_console.print(f"[red]Label Studio:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+
+
 @review_app.command("status")
 def review_status() -> None:
     """The server, and per batch: tasks, annotated, remaining, accepted, corrected, rejected."""
@@ -413,7 +425,7 @@ def review_status() -> None:
     cfg = settings()
     info = server.status(cfg)
     console.print(f"Label Studio: {'running at ' + info.url if info.running else 'not running'}")
-    with _warehouse(cfg) as con:
+    with _warehouse(cfg) as con, _labelstudio_errors():
         batches = list_batches(con)
         table = Table(
             "batch",
@@ -448,12 +460,8 @@ def review_push(
     from review.push import push_batch
 
     cfg = settings()
-    try:
-        with _warehouse(cfg) as con:
-            batch = push_batch(con, cfg, server.client_for(cfg), limit=limit)
-    except server.LabelStudioError as exc:  # the server is down or unreachable: one line, not a traceback
-        err_console.print(f"[red]Label Studio:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    with _warehouse(cfg) as con, _labelstudio_errors():
+        batch = push_batch(con, cfg, server.client_for(cfg), limit=limit)
     if batch is None:
         console.print("nothing waits for review")
         return
@@ -472,15 +480,11 @@ def review_sync(
     from warehouse.review import list_batches
 
     cfg = settings()
-    with _warehouse(cfg) as con:
+    with _warehouse(cfg) as con, _labelstudio_errors():
         ids = [batch] if batch else [b["batch_id"] for b in list_batches(con) if b["status"] != "synced"]
         client = server.client_for(cfg)
         for batch_id in ids:
-            try:
-                result = sync_batch(con, cfg, client, batch_id)
-            except server.LabelStudioError as exc:  # the server is down: one line, not a traceback
-                err_console.print(f"[red]Label Studio:[/red] {exc}")
-                raise typer.Exit(1) from exc
+            result = sync_batch(con, cfg, client, batch_id)
             console.print(
                 f"batch {batch_id}: applied {result.applied}, {len(result.flagged)} flagged, "
                 f"{result.unchanged} unchanged, status {result.status}"
@@ -505,7 +509,7 @@ def review_resume(
     cfg = settings()
     _prefect_home(cfg)
     try:
-        with _warehouse(cfg) as con:
+        with _warehouse(cfg) as con, _labelstudio_errors():
             batch_id, progress = resume_batch(con, cfg, server.client_for(cfg), batch, partial)
     except ResumeRefused as exc:
         err_console.print(f"[red]not resumed:[/red] {exc}")

@@ -153,10 +153,14 @@ def task_for_row(
     notes: list[str] = []
     if missing:
         listed = "、".join(_fmt(v) for v in missing)
-        notes.append(f'<mark style="{_MISS_STYLE}">原文中找不到的数字 Not in the source: {html.escape(listed)}</mark>')
+        notes.append(
+            f'<mark style="{_MISS_STYLE}">原文中找不到的数字 Not in the source: {html.escape(listed)}</mark>'
+        )
     if row.get("verify_notes"):
         notes.append(f"校验 Checks: {html.escape(str(row['verify_notes']))}")
-    notes_html = "".join(f'<div class="slm-muted">{n}</div>' for n in notes) or '<div class="slm-muted"></div>'
+    notes_html = (
+        "".join(f'<div class="slm-muted">{n}</div>' for n in notes) or '<div class="slm-muted"></div>'
+    )
     return {
         "task_key": task_key(row["row_id"], batch_id),
         "row_id": row["row_id"],

@@ -51,13 +51,25 @@ FLAGS = [
 
 def ensure_chromium() -> Path:
     """Debian's Chromium (and a CJK font), installed with apt-get when missing and we are root."""
-    missing = [pkg for pkg, path in (("chromium", CHROMIUM), ("fonts-wqy-zenhei", Path(
-        "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"))) if not path.exists()]
+    missing = [
+        pkg
+        for pkg, path in (
+            ("chromium", CHROMIUM),
+            ("fonts-wqy-zenhei", Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")),
+        )
+        if not path.exists()
+    ]
     if missing:
         if os.geteuid() != 0:
-            raise SystemExit(f"missing {' '.join(missing)}: run `sudo apt-get install -y {' '.join(missing)}`")
-        subprocess.run(["apt-get", "install", "-y", *missing], check=True, env={**os.environ,
-                       "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+            raise SystemExit(
+                f"missing {' '.join(missing)}: run `sudo apt-get install -y {' '.join(missing)}`"
+            )
+        subprocess.run(
+            ["apt-get", "install", "-y", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            stdout=subprocess.DEVNULL,
+        )
     return CHROMIUM
 
 
@@ -89,7 +101,9 @@ class DevTools:
         self._buffer = b""
         self.session: str | None = None
 
-    def call(self, method: str, params: dict[str, Any] | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
         self._next += 1
         message: dict[str, Any] = {"id": self._next, "method": method, "params": params or {}}
         if self.session and not method.startswith("Target."):
@@ -156,7 +170,9 @@ def demo_batch(settings: Settings) -> tuple[int, int]:
             ingest_file(con, ROOT / "examples" / "sample_rules.pdf", settings)
             distill(con, settings, make_teacher(settings))
             # Rows about money show the point best: an amount in the answer, lit up in the source.
-            rows = [r["row_id"] for r in queries.review_candidates(con) if r["numbers"] and "元" in r["answer"]]
+            rows = [
+                r["row_id"] for r in queries.review_candidates(con) if r["numbers"] and "元" in r["answer"]
+            ]
             push.push_batch(con, settings, client, None, row_ids=rows[:3])
             batches = queries.list_batches(con)
         batch = batches[-1]
@@ -176,12 +192,18 @@ def screenshot(settings: Settings, out: Path, width: int = 1280, height: int = 1
     browser = DevTools(chromium, profile)
     try:
         target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        browser.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        browser.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
         browser.call("Network.enable")
         for name, value in cookies.items():
-            browser.call("Network.setCookie", {"name": name, "value": value, "url": server.base_url(settings)})
-        browser.call("Emulation.setDeviceMetricsOverride",
-                     {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+            browser.call(
+                "Network.setCookie", {"name": name, "value": value, "url": server.base_url(settings)}
+            )
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
         browser.call("Page.enable")
         browser.call("Page.navigate", {"url": url})
         # The labelling UI is a single-page app: wait until the task's highlighted numbers are on screen.

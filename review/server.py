@@ -153,7 +153,12 @@ def ensure_installed(settings: Settings, on_progress: Callable[[str], None] | No
                 _run_logged([sys.executable, "-m", "venv", str(venv)], out)
             say(f"installing label-studio=={version} into {venv} (minutes, ~1 GB); log: {log}")
             proc = subprocess.Popen(
-                [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", f"label-studio=={version}"],
+                [
+                    str(venv / "bin" / "pip"),
+                    "install",
+                    "--disable-pip-version-check",
+                    f"label-studio=={version}",
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -204,7 +209,7 @@ def api_token(settings: Settings) -> str:
     creds = load_credentials(settings)
     if creds is None:
         raise LabelStudioError(
-            f"no Label Studio token: start the server (`slm review server start`) or set labelstudio_token"
+            f"no Label Studio token: start the server (`slm review up`) or set labelstudio_token"
             f" in {settings.workspace / 'secrets.toml'}"
         )
     return creds.token

@@ -45,6 +45,14 @@ class LabelStudioUnavailable(LabelStudioError):
     """Label Studio did not answer after the retries; archived exports were still applied."""
 
 
+def unavailable(settings: Settings, doing: str, then: str, exc: BaseException) -> LabelStudioUnavailable:
+    """The one-line error for a Label Studio that stopped answering while ``doing``; ``then`` says what to do."""
+    return LabelStudioUnavailable(
+        f"Label Studio at {base_url(settings)} did not answer while {doing} ({type(exc).__name__});"
+        f" start it (`slm review up`) and {then}"
+    )
+
+
 @dataclass(frozen=True)
 class BatchProgress:
     batch_id: str
@@ -116,7 +124,12 @@ def progress_from_tasks(batch_id: str, expected: int, tasks: Iterable[dict[str, 
         annotated += 1
         counts[_verdict_of(annotation) or "accept"] += 1
     return BatchProgress(
-        batch_id, expected, annotated, max(expected - annotated, 0), counts["accept"], counts["correct"],
+        batch_id,
+        expected,
+        annotated,
+        max(expected - annotated, 0),
+        counts["accept"],
+        counts["correct"],
         counts["reject"],
     )
 
@@ -137,7 +150,13 @@ def batch_progress(
     def fetch() -> list[dict[str, Any]]:
         return [_as_dict(t) for t in client.tasks.list(project=int(batch["ls_project_id"]), fields="all")]
 
-    progress = progress_from_tasks(batch_id, expected, retrying(settings)(fetch)())
+    try:
+        tasks = retrying(settings)(fetch)()
+    except Exception as exc:
+        if not transient(exc):
+            raise
+        raise unavailable(settings, f"reading batch {batch_id}", "try again", exc) from exc
+    progress = progress_from_tasks(batch_id, expected, tasks)
     if progress.complete:
         queries.mark_batch_complete(con, batch_id)
     return progress
@@ -307,7 +326,9 @@ def decide(
     if decision["answer"] is not None and verdict != "correct":
         check = check_correction(row, original, "", facts)
         decision.update(
-            numbers=check["numbers"], is_numeric=check["is_numeric"], grounded=check["grounded"],
+            numbers=check["numbers"],
+            is_numeric=check["is_numeric"],
+            grounded=check["grounded"],
             fact_ids=check["fact_ids"],
         )
     return decision, flagged
@@ -386,9 +407,8 @@ def export_batch(
     except Exception as exc:
         if not transient(exc):
             raise
-        raise LabelStudioUnavailable(
-            f"Label Studio at {base_url(settings)} did not answer while exporting batch {batch_id}"
-            f" ({type(exc).__name__}); start it (`slm review up`) and sync again: nothing is lost"
+        raise unavailable(
+            settings, f"exporting batch {batch_id}", "sync again: nothing is lost", exc
         ) from exc
     content = json.dumps({"tasks": tasks, "users": users}, ensure_ascii=False, sort_keys=True)
     export_id = hashlib.sha256(content.encode()).hexdigest()[:32]
@@ -424,9 +444,7 @@ def apply_pending(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[SyncRes
     return results
 
 
-def sync_batch(
-    con: duckdb.DuckDBPyConnection, settings: Settings, client: Any, batch_id: str
-) -> SyncResult:
+def sync_batch(con: duckdb.DuckDBPyConnection, settings: Settings, client: Any, batch_id: str) -> SyncResult:
     """Apply archived-but-unapplied exports, then export the batch, archive it, and apply it.
 
     Raises ``LabelStudioUnavailable`` when the server does not answer after the retries; whatever was

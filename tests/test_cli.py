@@ -154,3 +154,29 @@ def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
     )
     assert graded.returncode == 0, graded.stderr[-1500:]
     assert json.loads(graded.stdout)["n"] == 1
+
+
+def test_review_commands_with_label_studio_down_say_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from tasks.config import load_settings
+    from warehouse import review as review_queries
+    from warehouse.db import open_warehouse
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "slm.toml").write_text(
+        f"labelstudio_port = {port}\nlabelstudio_attempts = 1\nlabelstudio_token = 'not-a-real-token'\n",
+        encoding="utf-8",
+    )
+    with open_warehouse(load_settings(workspace).warehouse_path) as con:
+        review_queries.create_batch(con, "rb-down", 7, "flow-x", ["row-1"])
+    for command in (["review", "sync"], ["review", "resume", "--partial"], ["review", "push"]):
+        done = slm("-w", str(workspace), *command, cwd=tmp_path)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert "Label Studio" in done.stderr and "Traceback" not in done.stderr, (command, done.stderr)
+    status = slm("-w", str(workspace), "review", "status", cwd=tmp_path)
+    assert status.returncode == 0 and "not running" in status.stdout, status.stderr
