@@ -149,10 +149,27 @@ def _push(
     row_ids: list[str] | None,
 ) -> BatchInfo | None:
     # A push interrupted after the batch was recorded but before Label Studio confirmed the import.
+    finished: tuple[dict[str, Any], int] | None = None
     for unfinished in queries.batches_missing_task_ids(con):
         batch = queries.get_batch(con, unfinished)
         if batch is not None:
-            _import_missing(con, settings, client, batch)
+            finished = (batch, _import_missing(con, settings, client, batch))
+    if finished is not None and row_ids is None:
+        # Pushing again after a crash completes the batch the interrupted push made, and stops there: an
+        # uninterrupted `push --limit N` makes one batch of N rows, so the re-run must not add a second one.
+        batch, imported = finished
+        if flow_run_id and flow_run_id != batch["flow_run_id"]:
+            queries.set_flow_run(con, batch["batch_id"], flow_run_id)
+        project_id = int(batch["ls_project_id"])
+        return BatchInfo(
+            batch["batch_id"],
+            project_id,
+            flow_run_id or batch["flow_run_id"],
+            int(batch["row_count"]),
+            imported,
+            True,
+            project_url(settings, project_id),
+        )
 
     candidates = queries.review_candidates(con, limit=limit, row_ids=row_ids)
     if not candidates:

@@ -13,7 +13,7 @@ import duckdb
 
 from tasks.config import Settings
 from warehouse import models as registry
-from warehouse.db import open_warehouse
+from warehouse.db import open_warehouse, transaction
 from warehouse.gates import list_datasets
 from warehouse.training import record_train_run
 
@@ -101,39 +101,41 @@ def _record(
     model_id: str,
     train_metrics: dict[str, Any],
 ) -> None:
-    """Register the challenger and its training run together."""
-    registry.register_model(
-        con,
-        model_id,
-        "challenger",
-        base_spec,
-        adapter_path=str(result.adapter_dir),
-        dataset_id=dataset["dataset_id"],
-        train_metrics=train_metrics,
-        status="trained",
-    )
-    record_train_run(
-        con,
-        {
-            "train_run_id": uuid.uuid4().hex[:16],
-            "dataset_id": dataset["dataset_id"],
-            "base_spec": base_spec,
-            "base_path": result.base.path,
-            "base_hash": result.base.content_hash,
-            "profile": profile_name,
-            "config": json.loads(json.dumps(result.profile, default=str)),
-            "device": result.device,
-            "wall_s": result.wall_s,
-            "tokens_per_s": result.tokens_per_s,
-            "peak_rss_mb": result.peak_rss_mb,
-            "optimizer_steps": result.optimizer_steps,
-            "final_train_loss": result.final_train_loss,
-            "final_eval_loss": result.final_eval_loss,
-            "loss_curve": [list(p) for p in result.loss_curve],
-            "adapter_path": str(result.adapter_dir),
-            "model_id": model_id,
-        },
-    )
+    """Register the challenger and its training run together, in one transaction: a crash in between
+    must not leave a challenger without its run."""
+    with transaction(con):
+        registry.register_model(
+            con,
+            model_id,
+            "challenger",
+            base_spec,
+            adapter_path=str(result.adapter_dir),
+            dataset_id=dataset["dataset_id"],
+            train_metrics=train_metrics,
+            status="trained",
+        )
+        record_train_run(
+            con,
+            {
+                "train_run_id": uuid.uuid4().hex[:16],
+                "dataset_id": dataset["dataset_id"],
+                "base_spec": base_spec,
+                "base_path": result.base.path,
+                "base_hash": result.base.content_hash,
+                "profile": profile_name,
+                "config": json.loads(json.dumps(result.profile, default=str)),
+                "device": result.device,
+                "wall_s": result.wall_s,
+                "tokens_per_s": result.tokens_per_s,
+                "peak_rss_mb": result.peak_rss_mb,
+                "optimizer_steps": result.optimizer_steps,
+                "final_train_loss": result.final_train_loss,
+                "final_eval_loss": result.final_eval_loss,
+                "loss_curve": [list(p) for p in result.loss_curve],
+                "adapter_path": str(result.adapter_dir),
+                "model_id": model_id,
+            },
+        )
 
 
 def last_trained_dataset(settings: Settings) -> str | None:
