@@ -104,9 +104,15 @@ def _spawn(settings: Settings, name: str, args: list[str]) -> int:
     home = prefect_home(settings)
     home.mkdir(parents=True, exist_ok=True)
     log = _log_file(settings, name).open("ab")
+    env = prefect_env(settings, with_api=name != "server")
+    if name == "worker":
+        # Flow runs inherit the worker's environment. A run paused for review waits days; Prefect's client
+        # gives up on a server it cannot reach after 5 retries (about a minute), which would crash the run if
+        # the server restarts. 10 exponential retries ride out a restart of up to about half an hour.
+        env["PREFECT_CLIENT_MAX_RETRIES"] = "10"
     process = subprocess.Popen(
         args,
-        env=prefect_env(settings, with_api=name != "server"),
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
