@@ -246,7 +246,7 @@ def _rerun(outcome: FaultOutcome, workspace: Path, *args: str, env: dict[str, st
     try:
         run_slm(workspace, *args, env=env)
     except StageFailed as exc:
-        _note(outcome, f"re-run failed: {exc}")
+        outcome.problems.append(f"re-run failed: {exc}")
         return False
     outcome.runs_completed += 1
     return True
@@ -256,7 +256,8 @@ def _killed(outcome: FaultOutcome, fault: str, killed: bool, output: str) -> Non
     if killed:
         outcome.add_fault(fault)
     else:
-        _note(outcome, f"{fault}: the command finished before the kill moment:\n{output[-800:]}")
+        # Nothing was tested: the stage was too quick for its kill moment (or the moment never came).
+        outcome.problems.append(f"{fault}: the command finished before the kill moment:\n{output[-800:]}")
 
 
 def _new_workspaces(work: Path) -> tuple[Path, Path]:
@@ -502,8 +503,7 @@ def crash_during_training(work: Path) -> FaultOutcome:
         outcome.duplicates += len(steps) - len(set(steps))
         _note(outcome, f"optimiser steps: clean {clean['optimizer_steps']}, resumed {steps}")
     if not resumed.get("resumed_from"):
-        _note(outcome, "the re-run trained from scratch instead of resuming")
-        outcome.runs_completed -= 1
+        outcome.problems.append("the re-run trained from scratch instead of resuming from the checkpoint")
     if shapes != clean_shapes:
         outcome.rows_lost += 1
         _note(outcome, "the resumed adapter's tensors differ in names or shapes from the clean run's")
@@ -782,8 +782,7 @@ def crash_during_review(work: Path) -> FaultOutcome:
         outcome.annotations_lost += len(set(expected) - set(by_row))
         unsynced = sorted({a["batch_status"] for a in applied} - {"synced"})
         if unsynced:
-            _note(outcome, f"batches left {unsynced} after the sync re-run")
-            outcome.runs_completed -= 1
+            outcome.problems.append(f"batches left {unsynced} after the sync re-run")
         _note(outcome, f"{len(batches)} batches, {pushed} tasks, {len(expected)} annotations")
     finally:
         starting.exception()  # let a start still under way finish, so that stop finds the server it made

@@ -39,7 +39,7 @@ def test_kill_then_rerun_loses_nothing(scenario: Callable[[Path], FaultOutcome],
             pytest.skip(f"Label Studio cannot be installed here: {exc}")
     outcome = scenario(tmp_path)
     faults, runs = EXPECTED.get(scenario.__name__, (1, 1))
-    assert outcome.lost == 0, outcome
+    assert outcome.lost == 0 and outcome.passed, outcome
     assert sum(outcome.faults.values()) == faults, outcome  # every kill landed while the command worked
     assert outcome.runs_completed == runs, outcome
 
