@@ -13,7 +13,7 @@ from tasks.challenger import last_trained_dataset
 from tasks.config import load_settings
 from tasks.flow_tasks import freeze_task, sync_review_task
 from tasks.gates import gate_task
-from warehouse.db import open_warehouse
+from warehouse.db import settings_warehouse
 
 
 @flow(name="nightly", log_prints=True)
@@ -46,5 +46,5 @@ def _open_batches(settings) -> list[str]:
 
     if settings.review_policy != "labelstudio" or not server.status(settings).running:
         return []
-    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+    with settings_warehouse(settings, read_only=True) as con:
         return [b["batch_id"] for b in list_batches(con) if b["status"] != "synced"]

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Settings
-from warehouse.db import open_warehouse
+from warehouse.db import settings_warehouse
 
 
 class IngestFailed(RuntimeError):
@@ -21,7 +21,7 @@ class IngestFailed(RuntimeError):
 def ingest_task(settings: Settings, paths: list[str], allow_failures: bool = False) -> dict[str, Any]:
     from tasks.ingest import ingest_paths
 
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         results = ingest_paths(con, [Path(p) for p in paths], settings)
     failed = [r.message for r in results if r.status == "failed"]
     if failed and not allow_failures:
@@ -39,7 +39,7 @@ def distill_task(settings: Settings) -> dict[str, Any]:
     """Retries are cheap: finished chunks are cached in the warehouse and not billed again."""
     from tasks.distill import distill, make_teacher
 
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         summary = distill(con, settings, make_teacher(settings))
     return {
         "run_id": summary.run_id,
@@ -58,7 +58,7 @@ def distill_task(settings: Settings) -> dict[str, Any]:
 def auto_review_task(settings: Settings) -> dict[str, int]:
     from review.policy import apply_auto_policy
 
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         return apply_auto_policy(con, settings.similarity_threshold)
 
 
@@ -67,7 +67,7 @@ def push_review_task(settings: Settings, flow_run_id: str | None) -> dict[str, A
     from review import server
     from review.push import push_batch
 
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         batch = push_batch(con, settings, server.client_for(settings), flow_run_id)
     return (
         None
@@ -88,7 +88,7 @@ def sync_review_task(settings: Settings, batch_id: str) -> dict[str, Any]:
     from review import server
     from review.sync import sync_batch
 
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         result = sync_batch(con, settings, server.client_for(settings), batch_id)
     return {
         "batch_id": batch_id,
@@ -102,7 +102,7 @@ def sync_review_task(settings: Settings, batch_id: str) -> dict[str, Any]:
 def freeze_task(settings: Settings, gate_run_id: str) -> dict[str, Any]:
     from tasks.dataset import freeze_dataset
 
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         info = freeze_dataset(con, settings, gate_run_id)
     return {
         "dataset_id": info.dataset_id,
@@ -150,7 +150,7 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
     from tasks.promote import challenge
     from warehouse.models import get_champion
 
-    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+    with settings_warehouse(settings, read_only=True) as con:
         items = golden_items(con)
         champion = get_champion(con)
     adapters = {"challenger": Path(challenger["adapter_dir"])}
@@ -163,7 +163,7 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
         max_new_tokens=settings.eval_max_new_tokens,
     )
     answerers = {label: generator.for_model(label) for label in ("base", *adapters)}
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         grounded = {
             label: grounded_batch(generator.messages_call(label), con, settings.eval_max_new_tokens)
             for label in ("base", "challenger")
@@ -196,9 +196,9 @@ def export_task(settings: Settings, quant: str | None = None) -> dict[str, Any]:
     from tasks.export import export_model
     from warehouse.models import get_champion
 
-    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+    with settings_warehouse(settings, read_only=True) as con:
         champion = get_champion(con)
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         result = export_model(
             Path(champion["adapter_path"]) if champion and champion.get("adapter_path") else None,
             champion["base_spec"] if champion else settings.base_model,

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from expectations.runner import GateReport, run_gate
 from tasks.config import Settings
-from warehouse.db import open_warehouse
+from warehouse.db import settings_warehouse
 
 
 class GateFailed(RuntimeError):
@@ -50,7 +50,7 @@ def gate_markdown(report: GateReport, review_policy: str | None = None) -> str:
 @task(name="quality-gate", cache_policy=NO_CACHE)
 def gate_task(settings: Settings, gate: str) -> dict[str, Any]:
     """Run ``gate``; publish the report; raise ``GateFailed`` (failing the flow) when it does not pass."""
-    with open_warehouse(settings.warehouse_path) as con:
+    with settings_warehouse(settings) as con:
         report = run_gate(con, settings, gate)
     create_markdown_artifact(
         key=f"gate-{gate.replace('_', '-')}",

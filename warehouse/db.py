@@ -152,6 +152,12 @@ def open_warehouse(
         con.close()
 
 
+def settings_warehouse(settings: Any, read_only: bool = False) -> Any:
+    """``open_warehouse`` for a workspace's settings: its file, waiting ``warehouse_lock_wait_s`` for another
+    slm process to let go of it (flow steps wait like the CLI instead of failing at once)."""
+    return open_warehouse(settings.warehouse_path, read_only, settings.warehouse_lock_wait_s)
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """All or nothing: a document's rows are written together or not at all."""
