@@ -579,9 +579,10 @@ def training_arguments(
         report_to="none",
         disable_tqdm=True,  # our rich progress bar, or silence
         dataloader_pin_memory=device == "cuda",
-        gradient_checkpointing=prof.gradient_checkpointing,
+        # (transformers 5 calls gradient checkpointing "activation checkpointing"; the old names are deprecated.)
+        activation_checkpointing=prof.gradient_checkpointing,
         # Non-reentrant checkpointing works with frozen embeddings (LoRA) without enable_input_require_grads.
-        gradient_checkpointing_kwargs={"use_reentrant": False} if prof.gradient_checkpointing else None,
+        activation_checkpointing_kwargs={"use_reentrant": False} if prof.gradient_checkpointing else None,
     )
 
 
