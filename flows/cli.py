@@ -1088,8 +1088,11 @@ def serve_model(
             "pip install 'llama-cpp-python\\[server]==0.3.36'"  # \\[: a literal bracket, not rich markup
         )
         raise typer.Exit(2)
-    with _warehouse(cfg, read_only=True) as con:
-        path = _gguf_for(con, model)
+    if model is not None and model.endswith(".gguf"):
+        path = _gguf_for(None, model)  # a file: no warehouse needed
+    else:
+        with _warehouse(cfg, read_only=True) as con:
+            path = _gguf_for(con, model)
     command = server_command(path, port, host=bind)
     command[0] = sys.executable
     console.print(f"serving {path} at http://{url_host(bind)}:{port}/v1 (Ctrl-C stops)")

@@ -296,6 +296,52 @@ def test_llamacpp_generator_obeys_number_constraints(tmp_path: Path) -> None:
         assert not re.search(r"\d", held.replace("100", "")), held
 
 
+def test_serve_model_answers_openai_clients_on_loopback(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extra is not installed")
+    import socket
+    import subprocess
+    import time
+
+    from openai import OpenAI
+
+    from tasks.export import export_model
+    from tests.reliability.scenarios_security import listening_addresses
+    from tests.test_cli import slm_command
+    from tests.test_export import make_model
+
+    make_model("llama", tmp_path / "base")
+    gguf = export_model(None, str(tmp_path / "base"), tmp_path / "out", quant="f16").path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command, env = slm_command(
+        "-w", str(tmp_path / "ws"), "serve-model", "--model", str(gguf), "--port", str(port)
+    )
+    server = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=30)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                models = client.models.list()
+                break
+            except Exception:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    output = server.stdout.read().decode(errors="replace") if server.stdout else ""
+                    raise AssertionError(f"the model server did not start: {output[-2000:]}") from None
+                time.sleep(0.5)
+        assert models.data and listening_addresses(port) == {"127.0.0.1"}
+        reply = client.chat.completions.create(
+            model=models.data[0].id, messages=[{"role": "user", "content": "会议费"}], max_tokens=8
+        )
+        assert reply.choices[0].message.content is not None and reply.usage.completion_tokens > 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_real_gemma_base_under_the_guard(sample: duckdb.DuckDBPyConnection, index: ChunkIndex) -> None:
     """The untuned base parrots and invents; whatever it says, no unverified number may reach the text.

@@ -11,15 +11,21 @@ from pathlib import Path
 from tests.conftest import SAMPLE_PDF
 
 
+def slm_command(*args: str, env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``slm ARGS`` run from this checkout (no SLM_* from outside)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
+    full_env.update(env or {})
+    return [sys.executable, "-m", "flows.cli", *args], {**full_env, "PYTHONPATH": str(_root())}
+
+
 def slm(
     *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
-    full_env.update(env or {})
+    command, full_env = slm_command(*args, env=env)
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        command,
         cwd=cwd,
-        env={**full_env, "PYTHONPATH": str(_root())},
+        env=full_env,
         capture_output=True,
         text=True,
         timeout=300,
