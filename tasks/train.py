@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from tasks.models import BaseIdentity, load_base
 
@@ -69,6 +70,9 @@ class Profile:
     selective_loss: bool = True  # project to the vocabulary only at answer positions
     # Recompute each layer's activations in the backward pass: ~1/3 more compute, a fraction of the memory.
     gradient_checkpointing: bool = False
+    # With checkpointing on, only batches of more than this many (padded) tokens are checkpointed: short
+    # closed-book batches fit in memory as they are and run at full speed. None: checkpoint every batch.
+    checkpoint_above_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -91,6 +95,7 @@ PROFILES: dict[str, Profile] = {
         grad_accum=2,
         max_length=768,
         gradient_checkpointing=True,
+        checkpoint_above_tokens=512,  # measured: ~3.4 MB of activations per token without checkpointing
     ),
     # QLoRA: the base in 4-bit NF4 on a CUDA GPU, adapters on every linear projection (as in the QLoRA paper).
     "gpu-qlora": Profile(
@@ -285,9 +290,17 @@ class SlmTrainer(Trainer):
     # Our loss is summed and divided by the answer tokens of the whole accumulated batch (as HF's own is).
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, selective_loss: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        selective_loss: bool = True,
+        checkpoint_above_tokens: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.selective_loss = selective_loss
+        self.checkpoint_above_tokens = checkpoint_above_tokens
+        self.checkpointed_batches = 0
         # Make the Trainer count answer tokens across gradient accumulation and pass them in.
         self.model_accepts_loss_kwargs = True
         self.train_tokens = 0  # real tokens in training batches
@@ -298,12 +311,24 @@ class SlmTrainer(Trainer):
         if model.training:
             self.train_tokens += int(inputs["attention_mask"].sum())
             self.padded_tokens += inputs["attention_mask"].numel()
+            self._choose_checkpointing(model, inputs["attention_mask"].numel())
         if not self.selective_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = answer_only_loss(
             model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], num_items_in_batch
         )
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _choose_checkpointing(self, model: torch.nn.Module, tokens: int) -> None:
+        """Checkpoint this batch only if it is long. The Trainer set every layer up for checkpointing; a
+        layer checkpoints while its ``gradient_checkpointing`` flag is on, so the flag is set per batch."""
+        if not self.args.activation_checkpointing:
+            return
+        on = self.checkpoint_above_tokens is None or tokens > self.checkpoint_above_tokens
+        self.checkpointed_batches += on
+        for module in model.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.gradient_checkpointing = on
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         started = time.perf_counter()
@@ -469,6 +494,7 @@ def train(
             eval_dataset=valid_ds if has_eval else None,
             callbacks=callbacks,
             selective_loss=prof.selective_loss,
+            checkpoint_above_tokens=prof.checkpoint_above_tokens,
         )
         trainer.remove_callback(PrinterCallback)  # with tqdm off the Trainer would print every log dict
         fit_started = time.perf_counter()
@@ -514,6 +540,7 @@ def train(
                 "resumed_from": str(checkpoint) if checkpoint else None,
                 "train_tokens": trainer.train_tokens,
                 "padded_tokens": trainer.padded_tokens,
+                "checkpointed_batches": trainer.checkpointed_batches,
                 "mean_train_loss": output.training_loss,
                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "seed": seed,

@@ -325,20 +325,30 @@ def test_training_memorises_and_writes_the_adapter(tiny_base: Path, tmp_path: Pa
 
 def test_gradient_checkpointing_changes_memory_not_the_optimisation(tiny_base: Path, tmp_path: Path) -> None:
     ds = write_dataset(tmp_path / "ckpt", make_rows(8), [])
-    curves = {}
-    for on in (False, True):
+    curves, checkpointed = {}, {}
+    # off; every batch checkpointed; checkpointing on but no batch long enough for it
+    for name, on, above in (("off", False, None), ("all", True, None), ("none-long", True, 10**6)):
         result = train(
             ds,
             str(tiny_base),
-            tmp_path / f"run-{on}",
+            tmp_path / f"run-{name}",
             max_steps=4,
             progress=False,
             threads=1,
-            overrides={"gradient_checkpointing": on, "learning_rate": 1e-2},  # dropout stays on: RNG replayed
+            overrides={
+                "gradient_checkpointing": on,
+                "checkpoint_above_tokens": above,
+                "learning_rate": 1e-2,  # dropout stays on: checkpointing replays the RNG
+            },
         )
-        curves[on] = [t for _, t, _ in result.loss_curve if t is not None]
-    assert len(curves[True]) == 4 and curves[True] == pytest.approx(curves[False], rel=1e-4)
-    assert get_profile("cpu-small").gradient_checkpointing  # the default off-GPU recipe uses it
+        curves[name] = [t for _, t, _ in result.loss_curve if t is not None]
+        checkpointed[name] = result.extra["checkpointed_batches"]
+    assert len(curves["all"]) == 4
+    assert curves["all"] == pytest.approx(curves["off"], rel=1e-4)
+    assert curves["none-long"] == pytest.approx(curves["off"], rel=1e-4)
+    assert checkpointed == {"off": 0, "all": 8, "none-long": 0}  # 4 steps x 2 accumulated batches
+    profile = get_profile("cpu-small")  # the default off-GPU recipe checkpoints long batches only
+    assert profile.gradient_checkpointing and profile.checkpoint_above_tokens
 
 
 def test_qlora_without_cuda_fails_before_loading(tmp_path: Path, dataset: Path) -> None:
