@@ -26,7 +26,7 @@ import duckdb
 
 from review.labeling import CONFIG_VERSION, label_config, task_for_row
 from review.server import base_url, retrying, transient
-from review.sync import LabelStudioUnavailable
+from review.sync import unavailable
 from tasks.config import Settings
 from warehouse import review as queries
 
@@ -95,8 +95,14 @@ def _import_missing(
         missing = [r for r in rows if r["row_id"] not in present]
         if missing:
             payload = [
-                {"data": task_for_row(r, {"text": r["chunk_text"], "heading_path": r["heading_path"]}, batch_id,
-                                      doc_name=r["doc_name"])}
+                {
+                    "data": task_for_row(
+                        r,
+                        {"text": r["chunk_text"], "heading_path": r["heading_path"]},
+                        batch_id,
+                        doc_name=r["doc_name"],
+                    )
+                }
                 for r in missing
             ]
             client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
@@ -106,7 +112,9 @@ def _import_missing(
         return present
 
     present = sync_tasks()
-    queries.set_task_ids(con, batch_id, {r["row_id"]: present[r["row_id"]] for r in rows if r["row_id"] in present})
+    queries.set_task_ids(
+        con, batch_id, {r["row_id"]: present[r["row_id"]] for r in rows if r["row_id"] in present}
+    )
     return imported
 
 
@@ -133,9 +141,8 @@ def push_batch(
             raise
         # What was recorded is safe: a batch whose import was not confirmed is finished by the next push,
         # which lists the project's tasks first and so imports nothing twice.
-        raise LabelStudioUnavailable(
-            f"Label Studio at {base_url(settings)} did not answer while pushing a review batch"
-            f" ({type(exc).__name__}); start it (`slm review up`) and push again: nothing is lost or duplicated"
+        raise unavailable(
+            settings, "pushing a review batch", "push again: nothing is lost or duplicated", exc
         ) from exc
 
 
@@ -214,4 +221,6 @@ def _push(
     batch = queries.get_batch(con, batch_id)
     assert batch is not None
     imported = _import_missing(con, settings, client, batch)
-    return BatchInfo(batch_id, project_id, flow_run_id, len(ids), imported, True, project_url(settings, project_id))
+    return BatchInfo(
+        batch_id, project_id, flow_run_id, len(ids), imported, True, project_url(settings, project_id)
+    )
