@@ -166,7 +166,7 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
     with settings_warehouse(settings) as con:
         grounded = {
             label: grounded_batch(generator.messages_call(label), con, settings.eval_max_new_tokens)
-            for label in ("base", "challenger")
+            for label in answerers
         }
         outcome = challenge(
             con,

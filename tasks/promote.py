@@ -44,9 +44,10 @@ def challenge(
     """Evaluate ``answerers`` (keys: base, challenger, and champion when there is one) on ``items``,
     decide, record the outcome in the model registry, and write the report.
 
-    ``grounded`` answerers (same keys; retrieval and the numeric guard) are scored and reported beside the
-    closed-book ones as ``"<label> grounded"``; the decision stays on closed book, where the model alone
-    answers, so a regression cannot hide behind retrieval."""
+    ``grounded`` answerers (same keys; retrieval and the numeric guard, as users are answered) are scored and
+    reported beside the closed-book ones as ``"<label> grounded"``. The challenger must then be not worse in
+    both modes: closed book, where the model alone answers (a regression cannot hide behind retrieval), and
+    grounded, which is what `slm ask` serves (a model that reads its context worse is not promoted)."""
     scores: dict[str, dict[str, Any]] = {}
     results: dict[str, list] = {}
     runs: dict[str, str] = {}
@@ -63,14 +64,32 @@ def challenge(
             con, items, answer_batch, label, "golden", model_id=model_id
         )
         scores[label], results[label], runs[label] = metrics, items_out, run_id
+    grounded_results: dict[str, list] = {}
     for label, answer_batch in (grounded or {}).items():
-        model_id = challenger_id if label == "challenger" else None
-        run_id, metrics, _ = run_and_store(
+        model_id = (
+            challenger_id
+            if label == "challenger"
+            else (champion or {}).get("model_id")
+            if label == "champion"
+            else None
+        )
+        run_id, metrics, items_out = run_and_store(
             con, items, answer_batch, label, "golden", mode="grounded", model_id=model_id
         )
         scores[f"{label} grounded"], runs[f"{label} grounded"] = metrics, run_id
+        grounded_results[label] = items_out
     reference = "champion" if "champion" in results else "base"
     decision = compare(results[reference], results["challenger"], margin=settings.promotion_margin)
+    if "challenger" in grounded_results:
+        grounded_reference = "champion" if "champion" in grounded_results else "base"
+        decision = _in_both_modes(
+            decision,
+            compare(
+                grounded_results[grounded_reference],
+                grounded_results["challenger"],
+                margin=settings.promotion_margin,
+            ),
+        )
     summary = {
         k: scores["challenger"][k] for k in ("n", "accuracy", "numeric_accuracy", "invented_number_rate")
     }
@@ -109,6 +128,18 @@ def challenge(
         loss_png,
     )
     return PromotionResult(challenger_id, decision.promote, decision, scores, runs, md, page)
+
+
+def _in_both_modes(closed_book: Decision, grounded: Decision) -> Decision:
+    """One decision: promote only if neither mode says worse. The reasons and checks name their mode; the
+    regressed and fixed items listed are closed book's (the report shows those answers side by side)."""
+    return Decision(
+        closed_book.promote and grounded.promote,
+        [f"closed book: {r}" for r in closed_book.reasons] + [f"grounded: {r}" for r in grounded.reasons],
+        {**closed_book.checks, **{f"grounded {name}": check for name, check in grounded.checks.items()}},
+        closed_book.regressed,
+        closed_book.fixed,
+    )
 
 
 def force_promote(con: duckdb.DuckDBPyConnection, model_id: str, reason: str, who: str) -> None:

@@ -71,27 +71,38 @@ def test_worse_challenger_is_refused_better_one_promoted(con, settings: Settings
     assert runs == 2 + 3 + 3
 
 
-def test_grounded_scores_are_reported_beside_closed_book_but_do_not_decide(con, settings: Settings) -> None:
+def test_a_challenger_must_be_not_worse_grounded_too(con, settings: Settings) -> None:
     ingest_file(con, SAMPLE_PDF, settings)
     registry.register_model(con, "m-g", "challenger", "gemma3-270m", adapter_path="/a1", dataset_id="d1")
-    outcome = challenge(
+    worse_grounded = challenge(
         con,
         settings,
         "m-g",
         ITEMS,
-        {"base": answerer(5), "challenger": answerer(24)},
-        grounded={"base": answerer(30), "challenger": answerer(5)},  # worse grounded: still promoted
+        {"base": answerer(5), "challenger": answerer(24)},  # better closed book ...
+        grounded={"base": answerer(30), "challenger": answerer(5)},  # ... but reads its context worse
     )
-    assert outcome.promoted and set(outcome.scores) == {
-        "base",
-        "challenger",
-        "base grounded",
-        "challenger grounded",
-    }
-    assert outcome.scores["base grounded"]["accuracy"] > outcome.scores["challenger grounded"]["accuracy"]
+    assert not worse_grounded.promoted and registry.get_model(con, "m-g")["kind"] == "rejected"
+    assert set(worse_grounded.scores) == {"base", "challenger", "base grounded", "challenger grounded"}
+    assert any(r.startswith("grounded: accuracy may be worse") for r in worse_grounded.decision.reasons)
+    assert "grounded accuracy" in worse_grounded.decision.checks
     modes = con.execute("SELECT mode, count(*) FROM eval_runs GROUP BY mode ORDER BY mode").fetchall()
     assert modes == [("closed_book", 2), ("grounded", 2)]
-    assert "challenger grounded" in outcome.report_md.read_text(encoding="utf-8")
+    assert "challenger grounded" in worse_grounded.report_md.read_text(encoding="utf-8")
+
+    registry.register_model(con, "m-h", "challenger", "gemma3-270m", adapter_path="/a2", dataset_id="d2")
+    better = challenge(
+        con,
+        settings,
+        "m-h",
+        ITEMS,
+        {"base": answerer(5), "challenger": answerer(24)},
+        grounded={"base": answerer(20), "challenger": answerer(30)},
+    )
+    assert better.promoted and better.decision.reasons == [
+        "closed book: not worse on any metric",
+        "grounded: not worse on any metric",
+    ]
 
 
 def test_people_can_force_and_it_is_recorded(con, settings: Settings, tmp_path: Path) -> None:
