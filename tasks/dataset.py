@@ -93,7 +93,10 @@ def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_
     rows = queries.trainable_rows(con, settings.similarity_threshold)
     if not rows:
         raise ValueError("no trainable rows: nothing is approved, corrected or verified by the ledger")
-    records = training_records(rows, chunk_texts(con), settings.context_share, settings.train_seed)
+    chunks = (
+        chunk_texts(con) if settings.context_share > 0 else []
+    )  # context rows only: no chunk text otherwise
+    records = training_records(rows, chunks, settings.context_share, settings.train_seed)
     prompt_format = prompt_format_for(settings.context_share)
     dataset_id = dataset_id_for(records, prompt_format)
     folder = settings.workspace / "datasets" / dataset_id

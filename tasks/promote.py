@@ -52,32 +52,16 @@ def challenge(
     results: dict[str, list] = {}
     runs: dict[str, str] = {}
     champion = registry.get_champion(con)
-    for label, answer_batch in answerers.items():
-        model_id = (
-            challenger_id
-            if label == "challenger"
-            else (champion or {}).get("model_id")
-            if label == "champion"
-            else None
-        )
-        run_id, metrics, items_out = run_and_store(
-            con, items, answer_batch, label, "golden", model_id=model_id
-        )
-        scores[label], results[label], runs[label] = metrics, items_out, run_id
+    model_ids = {"challenger": challenger_id, "champion": (champion or {}).get("model_id")}  # base: None
     grounded_results: dict[str, list] = {}
-    for label, answer_batch in (grounded or {}).items():
-        model_id = (
-            challenger_id
-            if label == "challenger"
-            else (champion or {}).get("model_id")
-            if label == "champion"
-            else None
-        )
-        run_id, metrics, items_out = run_and_store(
-            con, items, answer_batch, label, "golden", mode="grounded", model_id=model_id
-        )
-        scores[f"{label} grounded"], runs[f"{label} grounded"] = metrics, run_id
-        grounded_results[label] = items_out
+    for mode, batches in (("closed_book", answerers), ("grounded", grounded or {})):
+        for label, answer_batch in batches.items():
+            run_id, metrics, items_out = run_and_store(
+                con, items, answer_batch, label, "golden", mode=mode, model_id=model_ids.get(label)
+            )
+            key = label if mode == "closed_book" else f"{label} grounded"
+            scores[key], runs[key] = metrics, run_id
+            (results if mode == "closed_book" else grounded_results)[label] = items_out
     reference = "champion" if "champion" in results else "base"
     decision = compare(results[reference], results["challenger"], margin=settings.promotion_margin)
     if "challenger" in grounded_results:
