@@ -43,6 +43,11 @@ class EvalItem:
     keywords: tuple[str, ...] = ()
     type: str = "text"
     doc: str | None = None
+    # Where the item comes from: "held_out:<set id>" (the template golden set) or "file:<name>" (a question
+    # file, e.g. a hand-phrased set); and, for held-out items, their split: "recall" (facts training sees,
+    # phrasings it never sees: closed book is judged here) or "reading" (facts held out entirely: grounded).
+    source: str = ""
+    split: str = ""
 
 
 @dataclass

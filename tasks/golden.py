@@ -102,6 +102,7 @@ def golden_items(con: duckdb.DuckDBPyConnection) -> list[EvalItem]:
             keywords=tuple(r["keywords"]),
             type=r["type"],
             doc=r["doc"],
+            source=r["source"],
         )
         for r in queries.list_items(con)
     ]
