@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -637,16 +638,31 @@ def golden_add(path: Annotated[Path, typer.Argument(help="A question file (JSONL
 
 @golden_app.command("show")
 def golden_show() -> None:
-    """The golden set's questions by source and type."""
+    """The golden set's questions by split, source and type (recall: trained facts in phrasings training
+    never sees; reading: facts held out of training entirely; blank: a question file's)."""
     from warehouse.golden import list_items
 
     cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
         items = list_items(con)
-    table = Table("type", "doc", "question", "numbers", "source", title=f"golden set: {len(items)} questions")
+    splits = ", ".join(f"{name} {sum(i['split'] == name for i in items)}" for name in ("recall", "reading"))
+    table = Table(
+        "split",
+        "type",
+        "doc",
+        "question",
+        "numbers",
+        "source",
+        title=f"golden set: {len(items)} questions ({splits})",
+    )
     for i in items:
         table.add_row(
-            i["type"], i["doc"] or "", _clip(i["question"], 40), ",".join(i["numbers"]), i["source"]
+            i["split"] or "",
+            i["type"],
+            i["doc"] or "",
+            _clip(i["question"], 40),
+            ",".join(i["numbers"]),
+            i["source"],
         )
     console.print(table)
 
@@ -656,27 +672,29 @@ def eval_command(
     questions: Annotated[
         Path | None, typer.Option("--questions", help="A question file (default: the golden set).")
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", help="base | champion | challenger | an adapter folder")
-    ] = "base",
+    model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP + "; or an adapter folder")] = None,
     base: Annotated[
-        str | None, typer.Option("--base", help="Base model (default: setting base_model).")
+        str | None,
+        typer.Option("--base", help="Base model for --backend transformers (default: base_model)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
     backend: Annotated[
-        str, typer.Option("--backend", help="transformers | llamacpp (an exported GGUF)")
-    ] = "transformers",
-    gguf: Annotated[Path | None, typer.Option("--gguf", help="The GGUF for --backend llamacpp.")] = None,
-    mode: Annotated[
-        str, typer.Option("--mode", help="closed_book | grounded (retrieval + numeric guard)")
-    ] = "closed_book",
+        str,
+        typer.Option("--backend", help="llamacpp (the exported GGUF, as `slm ask` answers) | transformers"),
+    ] = "llamacpp",
+    mode: Annotated[str, typer.Option("--mode", help=_MODE_HELP)] = "grounded",
 ) -> None:
-    """Evaluate a model: numeric accuracy, keyword coverage, strict accuracy, invented numbers, abstention."""
+    """Evaluate a model as `slm ask` answers: two score families, *model* (what the model wrote; a quote or
+    abstention by the guard is the model failing) and *shown* (what the user saw), and the guard's actions."""
     from tasks.evaluate import QuestionFileError, load_questions, run_and_store
     from tasks.golden import golden_items
 
     cfg = settings()
+    chosen_mode = _answer_mode(mode)
+    if backend not in ("llamacpp", "transformers"):
+        err_console.print(f"[red]--backend {escape(backend)}[/red]: use llamacpp or transformers")
+        raise typer.Exit(2)
     try:
         items = load_questions(questions) if questions else None
     except QuestionFileError as exc:
@@ -690,10 +708,13 @@ def eval_command(
                 "[red]no questions[/red]: pass --questions FILE or freeze a dataset (golden set)"
             )
             raise typer.Exit(2)
+        if questions:  # a question file is one set, named after it (as `slm golden add` registers it)
+            items = [replace(i, source=f"file:{questions.name}") for i in items]
         items = items[:limit] if limit else items
-        answer_batch = _answerer(cfg, con, model, base, backend, gguf, mode)
+        label = model or ("champion" if backend == "llamacpp" else "base")
+        batch = _answerer(cfg, con, model, base, backend, chosen_mode)
         with Progress(
-            TextColumn(f"[bold]eval {model}[/bold]"),
+            TextColumn(f"[bold]eval {escape(label)} ({chosen_mode})[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -702,94 +723,115 @@ def eval_command(
             disable=not err_console.is_terminal,
         ) as progress:
             task = progress.add_task("", total=len(items))
-            run_id, metrics, results = run_and_store(
+            run_id, result = run_and_store(
                 con,
                 items,
-                answer_batch,
-                model,
+                batch,
+                label,
                 f"file:{questions.name}" if questions else "golden",
-                mode=mode,
+                mode=chosen_mode,
                 on_batch=lambda done, total: progress.update(task, completed=done),
+                batch_size=1,
             )
+    metrics = result.metrics
     if as_json:
-        payload = {
-            k: metrics[k]
-            for k in (
-                "n",
-                "accuracy",
-                "numeric_accuracy",
-                "keyword_coverage",
-                "invented_number_rate",
-                "abstention_accuracy",
-            )
+        payload: dict[str, Any] = {
+            "eval_run_id": run_id,
+            "model_label": label,
+            "mode": chosen_mode,
+            "backend": backend,
+            "model": metrics["model"],
+            "shown": metrics["shown"],
+            "guard_actions": metrics["guard_actions"],
+            "per_set": metrics["per_set"],
+            "items": [
+                {
+                    "id": m.id,
+                    "question": m.question,
+                    "type": m.type,
+                    "set": question_set,
+                    "model_answer": reply.model,
+                    "draft": reply.draft,
+                    "guard_action": reply.guard_action,
+                    "shown": reply.shown,
+                    "model_pass": _passes(m),
+                    "shown_pass": _passes(s),
+                }
+                for m, s, reply, question_set in zip(
+                    result.model, result.shown, result.replies, result.sets, strict=True
+                )
+            ],
         }
-        payload.update(
-            {
-                "eval_run_id": run_id,
-                "model": model,
-                "per_type": metrics["per_type"],
-                "per_doc": metrics["per_doc"],
-            }
-        )
-        payload["items"] = [
-            {
-                "id": r.id,
-                "question": r.question,
-                "answer": r.given,
-                "type": r.type,
-                "pass": {
-                    "numbers": r.numbers_ok,
-                    "keywords": r.keyword_share == 1.0,
-                    "no_invented": not r.invented,
-                    "abstention": r.abstained,
-                    "strict": r.passed,
-                },
-            }
-            for r in results
-        ]
         print(json.dumps(payload, ensure_ascii=False, indent=1))
         return
-    table = Table("metric", "value", "n", title=f"evaluation of {model} ({run_id})")
-    for key, count in (
-        ("accuracy", "n"),
-        ("numeric_accuracy", "n_numeric"),
-        ("keyword_coverage", "n"),
-        ("invented_number_rate", "n"),
-        ("abstention_accuracy", "n_unanswerable"),
-    ):
-        value = metrics[key]
-        table.add_row(key, "-" if value is None else f"{value:.1%}", str(metrics[count]))
-    console.print(table)
+    console.print(_families_table(f"evaluation of {label}, {chosen_mode} ({run_id})", metrics))
+    for name, families in metrics["per_set"].items():
+        console.print(_families_table(f"  {name}", families))
+    console.print(f"guard actions: {_counts(metrics['guard_actions'])}")
 
 
-def _answerer(
-    cfg: Settings, con: Any, model: str, base: str | None, backend: str, gguf: Path | None, mode: str
-) -> Any:
-    """An ``answer_batch`` for the chosen backend and mode (grounded answers go through the numeric guard,
-    scored on what is shown as fact)."""
+def _passes(result: Any) -> dict[str, Any]:
+    return {
+        "numbers": result.numbers_ok,
+        "keywords": None if result.keyword_share is None else result.keyword_share == 1.0,
+        "no_invented": not result.invented,
+        "abstention": result.abstained,
+        "echoed": result.echoed,
+        "strict": result.passed,
+    }
+
+
+_FAMILY_ROWS = (
+    ("accuracy", "n"),
+    ("numeric_accuracy", "n_numeric"),
+    ("keyword_coverage", "n_keywords"),
+    ("invented_number_rate", "n"),
+    ("abstention_accuracy", "n_unanswerable"),
+    ("echo_rate", "n"),
+)
+
+
+def _families_table(title: str, families: dict[str, Any]) -> Table:
+    """One row per metric: the model's own answers beside what was shown, with the item count."""
+    from tasks.evaluate import fmt
+
+    table = Table("metric", "model", "shown", "n", title=title)
+    for key, count in _FAMILY_ROWS:
+        table.add_row(
+            key, fmt(families["model"][key]), fmt(families["shown"][key]), str(families["model"][count])
+        )
+    return table
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
+
+
+def _answerer(cfg: Settings, con: Any, model: str | None, base: str | None, backend: str, mode: str) -> Any:
+    """An ``answer_batch`` that answers as `slm ask` does (same guard, retry and max tokens), through the
+    exported GGUF in llama.cpp, or through transformers with a base and an adapter."""
+    from tasks.answer import answer_batch
+
     if backend == "llamacpp":
         from tasks.serve import LlamaCppGenerator
 
-        if gguf is None:
-            err_console.print("[red]--backend llamacpp needs --gguf FILE[/red] (see `slm export`)")
-            raise typer.Exit(2)
-        generator: Any = LlamaCppGenerator(gguf, max_new_tokens=cfg.eval_max_new_tokens)
+        call: Any = LlamaCppGenerator(_gguf_for(con, model), max_new_tokens=cfg.answer_max_tokens)
     else:
         from tasks.generate import TransformersGenerator
 
         generator = TransformersGenerator(
-            base or cfg.base_model, _resolve_model(cfg, con, model), cfg.models_cache, cfg.eval_max_new_tokens
+            base or cfg.base_model,
+            _resolve_model(cfg, con, model or "base"),
+            cfg.models_cache,
+            cfg.answer_max_tokens,
         )
-    if mode == "closed_book":
-        return generator.answer_batch
-    from tasks.answer import grounded_batch
-
-    call = generator if backend == "llamacpp" else generator.messages_call()
-    return grounded_batch(call, con, cfg.eval_max_new_tokens)
+        call = generator.messages_call()
+    return answer_batch(call, con, mode, cfg.answer_max_tokens)
 
 
 def _resolve_model(cfg: Settings, con: Any, model: str) -> Path | None:
-    """The adapter folder for base | champion | challenger | a path (None: the untuned base)."""
+    """The adapter folder for base | champion | challenger | a path (None: the untuned base, which is also
+    the champion until a challenger is promoted)."""
     if model == "base":
         return None
     if model in ("champion", "challenger"):
@@ -797,6 +839,8 @@ def _resolve_model(cfg: Settings, con: Any, model: str) -> Path | None:
 
         challengers = list_models(con, "challenger")
         found = get_champion(con) if model == "champion" else (challengers[0] if challengers else None)
+        if model == "champion" and (not found or not found.get("adapter_path")):
+            return None  # nothing promoted yet: the untuned base is what serves
         if not found or not found.get("adapter_path"):
             err_console.print(f"[red]no {model} model yet[/red]: train one with `slm train`")
             raise typer.Exit(2)
@@ -889,13 +933,22 @@ def _print_run_summary(cfg: Settings, result: dict[str, Any]) -> None:
         table.add_row("training", "no change: this dataset was already trained on; nothing trained")
         console.print(table)
         return
+    from tasks.evaluate import fmt
+
     evaluation = result["evaluation"]
     for label, scores in evaluation["scores"].items():
         model, grounded = label.removesuffix(" grounded"), label.endswith(" grounded")
+        for set_name, families in scores["per_set"].items():
+            m, s = families["model"], families["shown"]
+            table.add_row(
+                f"{model} ({'grounded' if grounded else 'closed book'}), {set_name}",
+                f"model: accuracy {fmt(m['accuracy'])}, numeric {fmt(m['numeric_accuracy'])}, "
+                f"abstention {fmt(m['abstention_accuracy'])}, invented {fmt(m['invented_number_rate'])}, "
+                f"echo {fmt(m['echo_rate'])} | shown: accuracy {fmt(s['accuracy'])}, "
+                f"numeric {fmt(s['numeric_accuracy'])}, abstention {fmt(s['abstention_accuracy'])} | n={m['n']}",
+            )
         table.add_row(
-            f"{model} ({'grounded' if grounded else 'closed book'})",
-            f"accuracy {scores['accuracy']:.0%}, numeric {scores['numeric_accuracy'] or 0:.0%}, "
-            f"invented {scores['invented_number_rate']:.0%}, n={scores['n']}",
+            f"{model} ({'grounded' if grounded else 'closed book'}), guard", _counts(scores["guard_actions"])
         )
     table.add_row(
         "decision",
@@ -970,7 +1023,15 @@ def ask(
     cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
         path = _gguf_for(con, model)
-        result = answer(question, LlamaCppGenerator(path), None, con, mode=_answer_mode(mode), k=k)
+        result = answer(
+            question,
+            LlamaCppGenerator(path),
+            None,
+            con,
+            mode=_answer_mode(mode),
+            k=k,
+            max_tokens=cfg.answer_max_tokens,
+        )
     console.print(result.text, markup=False, highlight=False)
     _print_verdict(result)
     for note in result.notes:
@@ -1008,8 +1069,10 @@ def _gguf_for(con: Any, model: str | None) -> Path:
             raise typer.Exit(2)
         return Path(model)
     exports = [e for e in list_exports(con) if e.get("source") != "adapter"]
+    if model == "champion" and get_champion(con) is None:
+        model = "base"  # nothing promoted yet: the untuned base is what serves
     if model == "base":
-        exports = [e for e in exports if e.get("model_id") is None]
+        exports = [e for e in exports if e.get("source") == "base"]
     elif model is not None:
         if model == "champion":
             champion = get_champion(con)
@@ -1055,7 +1118,9 @@ def chat(
                 lambda text: console.print(text, end="", markup=False, highlight=False)
             )
             generator.stream_to = stream.feed
-            result = answer(question, generator, index, con, mode=mode, stats=stats)
+            result = answer(
+                question, generator, index, con, mode=mode, stats=stats, max_tokens=cfg.answer_max_tokens
+            )
             stream.finish(result)
             _print_verdict(result)
         console.print(f"[dim]{escape(stats.report())}[/dim]")
@@ -1107,8 +1172,19 @@ def models() -> None:
     cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
         found = list_models(con)
+    from tasks.evaluate import fmt
+
+    columns = ("closed_book numeric_accuracy", "grounded numeric_accuracy", "grounded invented_number_rate")
     table = Table(
-        "model", "kind", "dataset", "accuracy", "numeric", "invented", "created", "note", title="models"
+        "model",
+        "kind",
+        "dataset",
+        "numeric (closed book, model)",
+        "numeric (grounded, model)",
+        "invented (grounded)",
+        "created",
+        "note",
+        title="models",
     )
     for m in found:
         metrics = m.get("eval_metrics") or {}
@@ -1118,10 +1194,7 @@ def models() -> None:
             m["model_id"][:16],
             m["kind"],
             (m.get("dataset_id") or "")[:16],
-            *[
-                ("-" if metrics.get(k) is None else f"{metrics[k]:.0%}")
-                for k in ("accuracy", "numeric_accuracy", "invented_number_rate")
-            ],
+            *[fmt(metrics.get(k)) for k in columns],
             str(m["created_at"])[:16],
             _clip(m.get("note") or "", 50),
         )

@@ -27,8 +27,16 @@ from typing import Any, Protocol
 
 import duckdb
 
+from tasks.evaluate import Reply
 from tasks.numbers import canonical, first_number_char, rule_numbers
-from tasks.prompt_format import SYSTEM_PROMPT, chat_messages
+from tasks.prompt_format import (
+    CONTEXT_INSTRUCTION,
+    EVIDENCE_LEAD,
+    EVIDENCE_ONLY,
+    NO_EVIDENCE,
+    SYSTEM_PROMPT,
+    chat_messages,
+)
 from tasks.retrieve import ChunkIndex, Hit, tokens
 from tasks.teachers.base import FactRef
 from tasks.verify import subject_fits
@@ -44,17 +52,16 @@ __all__ = [
     "NumberCheck",
     "NumberConstraint",
     "answer",
+    "answer_batch",
     "check_numbers",
     "context_messages",
     "focus",
-    "grounded_batch",
     "number_grammar",
     "with_context_rows",
 ]
 
 CONTEXT_FORMAT = "ctx-v1"  # version of the context prompt; part of a dataset id when rows carry context
 ABSTAIN_TEXT = "文件中没有相关规定。"
-CONTEXT_INSTRUCTION = "回答只依据下面检索到的规定原文；原文中没有答案的，回答“文件中没有相关规定。”"
 MAX_CONTEXT_CHARS = 360  # per chunk: three chunks and the question stay well inside a 2k-token window
 MODES = ("grounded", "closed_book")
 ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged")
@@ -360,6 +367,19 @@ class Answer:
     draft: str = ""  # the model's first answer, kept for audit when the guard replaced it
     fact_ids: tuple[str, ...] = ()
     cited: tuple[Hit, ...] = ()  # the retrieved chunks (article, document) the stated numbers come from
+    retry: str = ""  # the model's constrained retry, when the guard asked for one
+
+    @property
+    def model_text(self) -> str:
+        """What the model itself last wrote: the shown text when the guard kept it (draft or verified retry),
+        else the retry (or draft) the guard replaced with a quote or an abstention."""
+        if self.guard_action in ("passed", "retried_ok", "flagged"):
+            return self.text
+        return self.retry or self.draft
+
+    def reply(self) -> Reply:
+        """This answer as evaluation scores it: the model's text, what was shown, the guard's action."""
+        return Reply(self.model_text, self.scored_text, self.guard_action, self.draft)
 
     @property
     def abstained(self) -> bool:
@@ -494,24 +514,28 @@ def answer(
     return result
 
 
-def grounded_batch(
+def answer_batch(
     generator: Generator | Callable[..., str],
     con: duckdb.DuckDBPyConnection,
+    mode: str,
     max_tokens: int,
     k: int = 3,
     stats: GuardStats | None = None,
-) -> Callable[[list[str]], list[str]]:
-    """An ``answer_batch`` (for ``tasks.evaluate``) answering in grounded mode; what is scored is what the
-    guard lets the user see (:attr:`Answer.scored_text`)."""
+) -> Callable[[list[str]], list[Reply]]:
+    """An ``answer_batch`` for ``tasks.evaluate`` that answers exactly as ``slm ask`` does (same mode, guard,
+    retry and max tokens) and returns, per question, the model's answer, the shown answer and the guard's
+    action."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     index = ChunkIndex.build(con)
 
-    def answer_batch(questions: list[str]) -> list[str]:
+    def batch(questions: list[str]) -> list[Reply]:
         return [
-            answer(q, generator, index, con, "grounded", k, max_tokens=max_tokens, stats=stats).scored_text
+            answer(q, generator, index, con, mode, k, max_tokens=max_tokens, stats=stats).reply()
             for q in questions
         ]
 
-    return answer_batch
+    return batch
 
 
 def _closed_book(
@@ -562,6 +586,7 @@ def _grounded(
 
     problem = _describe(checks, "检索到的规定")
     notes = [f"draft: {problem}"]
+    retried = ""
     evidence = _best_evidence(question, facts)
     if retry:
         second = generator(
@@ -584,8 +609,10 @@ def _grounded(
                 draft,
                 ids,
                 cited(ids),
+                second,
             )
         notes.append(f"retry: {_describe(again, '检索到的规定')}")
+        retried = second
     if evidence:
         best = evidence[0]
         text = _quote(best, hit_of[best.fact_id].heading_path if best.fact_id in hit_of else "")
@@ -595,10 +622,20 @@ def _grounded(
         notes.append(f"quoted the evidence of fact {best.fact_id}")
         ids = (best.fact_id,)
         return Answer(
-            text, "grounded", values, True, "quoted_evidence", hits, tuple(notes), draft, ids, cited(ids)
+            text,
+            "grounded",
+            values,
+            True,
+            "quoted_evidence",
+            hits,
+            tuple(notes),
+            draft,
+            ids,
+            cited(ids),
+            retried,
         )
     text = f"无法核实：{problem}。文件中没有相关规定可以核实。"
-    return Answer(text, "grounded", (), False, "abstained", hits, tuple(notes), draft)
+    return Answer(text, "grounded", (), False, "abstained", hits, tuple(notes), draft, retry=retried)
 
 
 def _allowed_numbers(evidence: Sequence[FactRef], question: str) -> list[str]:
@@ -624,9 +661,9 @@ def _evidence_messages(
     messages = context_messages(question, hits)
     if evidence:
         sentences = list(dict.fromkeys(f.context.strip() for f in evidence[:2]))
-        lead = "最相关的规定原文：\n" + "\n".join(f"“{s}”" for s in sentences)
-        lead += "\n只使用这些原文中的数字作答。\n\n"
+        lead = f"{EVIDENCE_LEAD}\n" + "\n".join(f"“{s}”" for s in sentences)
+        lead += f"\n{EVIDENCE_ONLY}\n\n"
     else:
-        lead = "检索到的规定中没有与问题对应的数字，请回答“文件中没有相关规定。”\n\n"
+        lead = f"{NO_EVIDENCE}\n\n"
     messages[1] = {"role": "user", "content": lead + messages[1]["content"]}
     return messages

@@ -121,7 +121,14 @@ class Settings(BaseSettings):
     train_threads: int = Field(
         0, description="Torch CPU threads; 0 = all cores (fewer on a busy shared machine)."
     )
-    eval_max_new_tokens: int = Field(64, description="Longest answer generated in evaluation.")
+    answer_max_tokens: int = Field(
+        96,
+        description="Longest answer generated, by `slm ask`, `slm chat` and evaluation alike (evaluation "
+        "scores what users get).",
+        validation_alias=AliasChoices(
+            "answer_max_tokens", "SLM_ANSWER_MAX_TOKENS", "eval_max_new_tokens", "SLM_EVAL_MAX_NEW_TOKENS"
+        ),
+    )
     export_quant: str = Field("q8_0", description="GGUF quantisation of exports: f16 | q8_0 | q4_k_m")
     promotion_margin: float = Field(
         0.05, description="A challenger is refused if a metric may be worse by more than this (95% interval)."

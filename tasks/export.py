@@ -703,12 +703,15 @@ def export_model(
     name: str | None = None,
     keep_float: bool = False,
     n_threads: int | None = None,
+    reuse: bool = False,
 ) -> ExportResult:
     """Export ``adapter_dir`` merged into ``base_spec`` (or the base alone, when ``adapter_dir`` is None) as a
     GGUF in ``out_dir``; with ``adapter_only``, the LoRA alone as a GGUF adapter for the base GGUF.
 
     q8_0 and q4_k_m go through an f16 file, removed afterwards unless ``keep_float``. With ``con`` the file is
-    recorded in the warehouse ``exports`` table. ``model_id`` defaults to :func:`model_id_for`.
+    recorded in the warehouse ``exports`` table. ``model_id`` defaults to :func:`model_id_for`. With
+    ``reuse`` (and ``con``) an export of the same model and quantisation whose file is still there is
+    returned as it is: evaluation exports each model it answers with, and the champion's export reuses it.
     """
     started = time.perf_counter()
     if quant not in QUANTS:
@@ -729,6 +732,29 @@ def export_model(
     stem = name or source_id
     base_gguf = source_gguf_for(base_spec, folder)
     notes: list[str] = []
+    if reuse and con is not None and not adapter_only:
+        from warehouse.models import list_exports
+
+        for done in list_exports(con, source_id):
+            found = Path(done["path"])
+            # The size too: a file a crashed re-export left half-written is not reused.
+            if (
+                done["quant"] == quant
+                and done["source"] != "adapter"
+                and found.is_file()
+                and found.stat().st_size == done["size_bytes"]
+            ):
+                return ExportResult(
+                    path=found,
+                    size_bytes=done["size_bytes"],
+                    quant=quant,
+                    source_model_id=source_id,
+                    sha256=done["sha256"],
+                    kind="model",
+                    arch=spec.name,
+                    seconds=round(time.perf_counter() - started, 2),
+                    notes=("reused an earlier export",),
+                )
 
     if adapter_only:
         if adapter is None:
@@ -826,3 +852,20 @@ def tensor_differences(original: Path, exported: Path) -> dict[str, tuple[float,
         a, b = theirs.array(name), ours.array(name)
         diffs[name] = (float(np.abs(a - b).max()), float(np.abs(a).max()))
     return diffs
+
+
+def exported_gguf(
+    con: Any, settings: Any, adapter_dir: Path | None, base_spec: str, model_id: str | None = None
+) -> Path:
+    """The GGUF users would run for this model (base, or base merged with ``adapter_dir``) in the
+    configured quantisation: exported now, or an earlier export of the same model reused."""
+    return export_model(
+        adapter_dir,
+        base_spec,
+        settings.artifacts_dir / "gguf",
+        settings.export_quant,
+        cache_dir=settings.models_cache,
+        con=con,
+        model_id=model_id,
+        reuse=True,
+    ).path

@@ -143,44 +143,60 @@ def train_task(
 
 @task(name="evaluate-challenger", cache_policy=NO_CACHE)
 def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | None = None) -> dict[str, Any]:
-    """Base, champion (if any) and challenger on the golden set, one base model loaded for all three."""
-    from tasks.answer import grounded_batch
-    from tasks.generate import TransformersGenerator
+    """Base, champion (if any) and challenger on the golden set, answered as users are answered: each model
+    exported to GGUF (the configured quantisation) and run in llama.cpp through `slm ask`'s path (guard,
+    constrained retry, max tokens), closed book and grounded."""
+    from tasks.answer import answer_batch
+    from tasks.export import exported_gguf
     from tasks.golden import golden_items
     from tasks.promote import challenge
+    from tasks.serve import LlamaCppGenerator
     from warehouse.models import get_champion
+    from warehouse.review import review_sources
 
+    base_spec = base or settings.base_model
     with settings_warehouse(settings, read_only=True) as con:
         items = golden_items(con)
         champion = get_champion(con)
-    adapters = {"challenger": Path(challenger["adapter_dir"])}
+    models: dict[str, tuple[Path | None, str | None]] = {
+        "base": (None, None),
+        "challenger": (Path(challenger["adapter_dir"]), challenger["model_id"]),
+    }
     if champion and champion.get("adapter_path") and champion["model_id"] != challenger["model_id"]:
-        adapters["champion"] = Path(champion["adapter_path"])
-    generator = TransformersGenerator(
-        base or settings.base_model,
-        cache_dir=settings.models_cache,
-        adapters=adapters,
-        max_new_tokens=settings.eval_max_new_tokens,
-    )
-    answerers = {label: generator.for_model(label) for label in ("base", *adapters)}
+        models["champion"] = (Path(champion["adapter_path"]), champion["model_id"])
     with settings_warehouse(settings) as con:
-        grounded = {
-            label: grounded_batch(generator.messages_call(label), con, settings.eval_max_new_tokens)
-            for label in answerers
+        generators = {
+            label: LlamaCppGenerator(
+                exported_gguf(con, settings, adapter, base_spec, model_id),
+                max_new_tokens=settings.answer_max_tokens,
+            )
+            for label, (adapter, model_id) in models.items()
+        }
+        batches = {
+            mode: {
+                label: answer_batch(generator, con, mode, settings.answer_max_tokens)
+                for label, generator in generators.items()
+            }
+            for mode in ("closed_book", "grounded")
         }
         outcome = challenge(
             con,
             settings,
             challenger["model_id"],
             items,
-            answerers,
+            batches["closed_book"],
             {
                 "dataset": challenger.get("dataset_id"),
                 "training": f"{challenger['steps']} steps, {challenger['tokens_per_s']:.0f} tokens/s",
+                "answered by": f"llama.cpp, {settings.export_quant} GGUF exports, "
+                f"at most {settings.answer_max_tokens} tokens, as `slm ask` answers",
+                "review (rows approved by)": describe_review(review_sources(con)),
             },
             Path(challenger["loss_png"]),
-            grounded,
+            batches["grounded"],
         )
+    for generator in generators.values():
+        generator.close()
     return {
         "promoted": outcome.promoted,
         "reasons": outcome.decision.reasons,
@@ -188,6 +204,23 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
         "report_md": str(outcome.report_md),
         "report_html": str(outcome.report_html),
     }
+
+
+def describe_review(sources: dict[str, int]) -> str:
+    """Who approved the trainable rows: the auto policy (the ledger, no person), people, or both."""
+    from warehouse.review import AUTO_REVIEWER
+
+    if not sources:
+        return "no reviewed rows"
+    auto = sources.get(AUTO_REVIEWER, 0)
+    verified = sources.get("ledger-verified", 0)
+    people = {k: v for k, v in sources.items() if k not in (AUTO_REVIEWER, "ledger-verified")}
+    parts = [f"{verified} rows verified by the ledger without review"] if verified else []
+    if auto:
+        parts.append(f"auto policy: the ledger approved {auto} rows, no person reviewed them")
+    if people:
+        parts.append("people: " + ", ".join(f"{who} {n}" for who, n in sorted(people.items())))
+    return "; ".join(parts)
 
 
 @task(name="export-gguf", cache_policy=NO_CACHE)
@@ -207,6 +240,7 @@ def export_task(settings: Settings, quant: str | None = None) -> dict[str, Any]:
             cache_dir=settings.models_cache,
             con=con,
             model_id=champion["model_id"] if champion else None,
+            reuse=True,
         )
     return {
         "path": str(result.path),

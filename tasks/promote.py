@@ -6,29 +6,33 @@ items that regressed."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from tasks.config import Settings
-from tasks.evaluate import Decision, EvalItem, compare, run_and_store
+from tasks.evaluate import Decision, EvalItem, Evaluation, compare, judged_items, run_and_store
 from tasks.report import write_report
 from warehouse import models as registry
 
 AnswerBatch = Callable[[list[str]], list[str]]
 
 
+MODE_NAMES = {"closed_book": "closed book", "grounded": "grounded"}
+
+
 @dataclass
 class PromotionResult:
     challenger_id: str
     promoted: bool
-    decision: Decision
-    scores: dict[str, dict[str, Any]]
+    decision: Decision  # both modes together: promote only if neither says worse
+    scores: dict[str, dict[str, Any]]  # "<label>" (closed book) and "<label> grounded": both families
     eval_runs: dict[str, str]
     report_md: Path
     report_html: Path
+    decisions: dict[str, Decision] = field(default_factory=dict)  # per mode
 
 
 def challenge(
@@ -41,42 +45,46 @@ def challenge(
     loss_png: Path | None = None,
     grounded: dict[str, AnswerBatch] | None = None,
 ) -> PromotionResult:
-    """Evaluate ``answerers`` (keys: base, challenger, and champion when there is one) on ``items``,
-    decide, record the outcome in the model registry, and write the report.
+    """Evaluate ``answerers`` (keys: base, challenger, and champion when there is one) closed book and the
+    ``grounded`` ones (same keys; retrieval and the numeric guard, as users are answered), decide, record the
+    outcome in the model registry, and write the report.
 
-    ``grounded`` answerers (same keys; retrieval and the numeric guard, as users are answered) are scored and
-    reported beside the closed-book ones as ``"<label> grounded"``. The challenger must then be not worse in
-    both modes: closed book, where the model alone answers (a regression cannot hide behind retrieval), and
-    grounded, which is what `slm ask` serves (a model that reads its context worse is not promoted)."""
+    Each mode is judged on its own items (:func:`tasks.evaluate.judged_items`: closed book on the recall
+    split, grounded on the reading split, question files in both) and on the *model* family: what the model
+    wrote, not the guard's quote or abstention. The challenger must be not worse in both modes: closed book,
+    where a regression cannot hide behind retrieval, and grounded, which is what `slm ask` serves."""
     scores: dict[str, dict[str, Any]] = {}
-    results: dict[str, list] = {}
     runs: dict[str, str] = {}
+    evaluations: dict[str, dict[str, Evaluation]] = {}
     champion = registry.get_champion(con)
     model_ids = {"challenger": challenger_id, "champion": (champion or {}).get("model_id")}  # base: None
-    grounded_results: dict[str, list] = {}
     for mode, batches in (("closed_book", answerers), ("grounded", grounded or {})):
+        chosen = judged_items(items, mode)
+        if not batches or not chosen:
+            continue
         for label, answer_batch in batches.items():
-            run_id, metrics, items_out = run_and_store(
-                con, items, answer_batch, label, "golden", mode=mode, model_id=model_ids.get(label)
+            run_id, result = run_and_store(
+                con, chosen, answer_batch, label, "golden", mode=mode, model_id=model_ids.get(label)
             )
             key = label if mode == "closed_book" else f"{label} grounded"
-            scores[key], runs[key] = metrics, run_id
-            (results if mode == "closed_book" else grounded_results)[label] = items_out
-    reference = "champion" if "champion" in results else "base"
-    decision = compare(results[reference], results["challenger"], margin=settings.promotion_margin)
-    if "challenger" in grounded_results:
-        grounded_reference = "champion" if "champion" in grounded_results else "base"
-        decision = _in_both_modes(
-            decision,
-            compare(
-                grounded_results[grounded_reference],
-                grounded_results["challenger"],
-                margin=settings.promotion_margin,
-            ),
+            scores[key], runs[key] = result.metrics, run_id
+            evaluations.setdefault(mode, {})[label] = result
+    decisions: dict[str, Decision] = {}
+    for mode, results in evaluations.items():
+        if "challenger" not in results:
+            continue
+        reference = "champion" if "champion" in results else "base"
+        decisions[mode] = compare(
+            results[reference].model, results["challenger"].model, margin=settings.promotion_margin
         )
+    decision = _in_every_mode(decisions)
+    reference = "champion" if champion and "champion" in answerers else "base"
     summary = {
-        k: scores["challenger"][k] for k in ("n", "accuracy", "numeric_accuracy", "invented_number_rate")
+        f"{mode} {k}": evaluations[mode]["challenger"].metrics["model"][k]
+        for mode in evaluations
+        for k in ("n", "accuracy", "numeric_accuracy", "invented_number_rate")
     }
+    verdict = "; ".join(decision.reasons)
     if decision.promote:
         registry.set_status(
             con,
@@ -84,7 +92,7 @@ def challenge(
             "champion",
             status="promoted",
             eval_metrics=summary,
-            note=f"promoted over the {reference}: " + "; ".join(decision.reasons),
+            note=f"promoted over the {reference}: {verdict}",
         )
     else:
         registry.set_status(
@@ -93,36 +101,36 @@ def challenge(
             "rejected",
             status="refused",
             eval_metrics=summary,
-            note=f"refused against the {reference}: " + "; ".join(decision.reasons),
+            note=f"refused against the {reference}: {verdict}",
         )
     name = f"eval-{challenger_id[:12]}"
     md, page = write_report(
         settings.reports_dir,
         name,
         scores,
-        decision,
-        results[reference],
-        results["challenger"],
-        {
-            "challenger": challenger_id,
-            "compared with": reference,
-            "review policy": settings.review_policy,
-            **(context or {}),
-        },
+        decisions,
+        evaluations,
+        {"challenger": challenger_id, "compared with": reference, **(context or {})},
         loss_png,
     )
-    return PromotionResult(challenger_id, decision.promote, decision, scores, runs, md, page)
+    return PromotionResult(challenger_id, decision.promote, decision, scores, runs, md, page, decisions)
 
 
-def _in_both_modes(closed_book: Decision, grounded: Decision) -> Decision:
-    """One decision: promote only if neither mode says worse. The reasons and checks name their mode; the
-    regressed and fixed items listed are closed book's (the report shows those answers side by side)."""
+def _in_every_mode(decisions: dict[str, Decision]) -> Decision:
+    """One decision: promote only if no mode says worse. Reasons and checks name their mode."""
+    if not decisions:
+        return Decision(False, ["nothing evaluated"], {}, [], [])
+    prefix = {mode: f"{MODE_NAMES[mode]}: " for mode in decisions}
     return Decision(
-        closed_book.promote and grounded.promote,
-        [f"closed book: {r}" for r in closed_book.reasons] + [f"grounded: {r}" for r in grounded.reasons],
-        {**closed_book.checks, **{f"grounded {name}": check for name, check in grounded.checks.items()}},
-        closed_book.regressed,
-        closed_book.fixed,
+        all(d.promote for d in decisions.values()),
+        [prefix[mode] + r for mode, d in decisions.items() for r in d.reasons],
+        {
+            (name if mode == "closed_book" else f"{MODE_NAMES[mode]} {name}"): check
+            for mode, d in decisions.items()
+            for name, check in d.checks.items()
+        },
+        [i for d in decisions.values() for i in d.regressed],
+        [i for d in decisions.values() for i in d.fixed],
     )
 
 

@@ -154,12 +154,45 @@ def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
         "challenger",
         "--base",
         str(base),
+        "--backend",
+        "transformers",
+        "--mode",
+        "closed",
         "--json",
         cwd=tmp_path,
-        env={"SLM_EVAL_MAX_NEW_TOKENS": "8"},
+        env={"SLM_ANSWER_MAX_TOKENS": "8"},
     )
     assert graded.returncode == 0, graded.stderr[-1500:]
-    assert json.loads(graded.stdout)["n"] == 1
+    payload = json.loads(graded.stdout)
+    assert payload["mode"] == "closed_book" and payload["model"]["n"] == 1 and payload["shown"]["n"] == 1
+    assert sum(payload["guard_actions"].values()) == 1 and set(payload["guard_actions"]) <= {
+        "passed",
+        "flagged",
+    }
+    assert payload["items"][0]["guard_action"] in ("passed", "flagged")
+    refused = slm("-w", "ws", "eval", "--questions", str(questions), "--mode", "closedbook", cwd=tmp_path)
+    assert refused.returncode == 2 and "use grounded or closed" in refused.stderr
+    # Nothing promoted: the champion is the untuned base, evaluated as `slm ask` answers (its GGUF, grounded).
+    env = {"SLM_ANSWER_MAX_TOKENS": "8", "SLM_BASE_MODEL": str(base), "SLM_EXPORT_QUANT": "f16"}
+    exported = slm("-w", "ws", "export", "--model", "base", cwd=tmp_path, env=env)
+    assert exported.returncode == 0, exported.stderr[-1500:]
+    graded = slm(
+        "-w",
+        "ws",
+        "eval",
+        "--questions",
+        str(questions),
+        "--model",
+        "champion",
+        "--json",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert graded.returncode == 0, graded.stderr[-1500:]
+    payload = json.loads(graded.stdout)
+    assert payload["mode"] == "grounded" and payload["backend"] == "llamacpp"
+    assert payload["items"][0]["guard_action"] in ("passed", "retried_ok", "quoted_evidence", "abstained")
+    assert list(payload["per_set"]) == ["file:q.jsonl"]
 
 
 def test_review_commands_with_label_studio_down_say_so_in_one_line(tmp_path: Path) -> None:

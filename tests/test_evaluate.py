@@ -10,16 +10,23 @@ import pytest
 
 from tasks.evaluate import (
     EvalItem,
+    LedgerView,
     QuestionFileError,
+    Reply,
     aggregate,
+    check_answer,
     compare,
     evaluate,
-    invented_numbers,
+    fmt,
+    judged_items,
     load_questions,
     mcnemar_p,
+    own_text,
+    question_set,
     score_item,
     states_number,
 )
+from tasks.prompt_format import CONTEXT_INSTRUCTION, SYSTEM_PROMPT
 
 LEDGER = {Decimal(v) for v in ("1200", "100", "80", "100000", "30000", "15")}
 MEALS = EvalItem(
@@ -50,13 +57,14 @@ def test_a_number_from_another_subject_is_wrong_and_an_invented_one_is_counted()
 
 
 def test_numbers_in_the_question_are_not_invented() -> None:
-    assert invented_numbers("超过15天的部分按70%执行", "出差超过15天怎么算？", LEDGER) == ["70%"]
+    item = EvalItem("q", "出差超过15天怎么算？", type="text")
+    assert check_answer(item, "超过15天的部分按70%执行", LedgerView(frozenset(LEDGER)))[2] == ["70%"]
 
 
 def test_the_item_document_scopes_the_ledger() -> None:
     item = EvalItem("d1", "伙食补助费每天多少？", numbers=("100",), type="numeric", doc="a.pdf")
-    other_doc = {"a.pdf": {Decimal("100")}}
-    assert score_item(item, "每天100元，另有30000元补贴", LEDGER, other_doc).invented == ["30000元"]
+    view = LedgerView.build([("a.pdf", "100", None), ("b.pdf", "30000", None)], {})
+    assert score_item(item, "每天100元，另有30000元补贴", view).invented == ["30000元"]
 
 
 def test_abstention_must_not_state_a_number() -> None:
@@ -146,5 +154,126 @@ def test_evaluate_batches_the_questions() -> None:
         seen.append(len(questions))
         return ["每天100元。"] * len(questions)
 
-    metrics, results = evaluate([MEALS] * 5, answer_batch, LEDGER, batch_size=2)
-    assert seen == [2, 2, 1] and metrics["numeric_accuracy"] == 1.0 and len(results) == 5
+    result = evaluate([MEALS] * 5, answer_batch, LEDGER, batch_size=2)
+    assert seen == [2, 2, 1] and len(result.model) == 5
+    assert result.metrics["model"]["numeric_accuracy"] == 1.0
+    assert result.metrics["guard_actions"] == {"unguarded": 5}
+
+
+# --- metrics that cannot be gamed ---------------------------------------------------------------------------
+
+TIERS = EvalItem(
+    "t1",
+    "我是讲师，去北京出差住一晚能报多少？",
+    answer="中级职称人员住宿费每人每天不超过400元。",
+    numbers=("400",),
+    type="numeric",
+    doc="rules.pdf",
+)
+TIER_LEDGER = LedgerView.build(
+    [("rules.pdf", v, None) for v in ("600", "500", "400", "100", "80", "50000")],
+    {"rules.pdf": "第一条 住宿费标准。第二条 伙食补助费。第三条 2024年1月1日起施行。"},
+)
+
+
+def test_an_answer_listing_every_tier_is_wrong() -> None:
+    listing = score_item(TIERS, "高级职称600元，副高500元，中级400元。", TIER_LEDGER)
+    assert not listing.numbers_ok and not listing.passed
+    assert listing.other_subject == ["600元", "500元"] and listing.invented == []
+    assert score_item(TIERS, "讲师住宿每天不超过400元。", TIER_LEDGER).passed
+
+
+def test_a_range_counts_only_as_the_same_range() -> None:
+    assert not score_item(TIERS, "住宿费400-999元。", TIER_LEDGER).numbers_ok
+    ranged = EvalItem("r", "会议费标准？", numbers=("400-600",), type="numeric", doc="rules.pdf")
+    assert score_item(ranged, "每人400-600元。", TIER_LEDGER).numbers_ok
+    assert not score_item(ranged, "每人400元。", TIER_LEDGER).numbers_ok
+
+
+def test_units_must_agree_when_both_sides_carry_one() -> None:
+    item = EvalItem(
+        "w",
+        "多大的合同要招标？",
+        answer="5万元以上的合同须招标。",
+        numbers=("5",),
+        type="numeric",
+        doc="rules.pdf",
+    )
+    assert score_item(item, "合同金额5万元以上须招标。", TIER_LEDGER).numbers_ok
+    assert score_item(item, "50000元以上。", TIER_LEDGER).numbers_ok
+    five_yuan = score_item(item, "5元以上。", TIER_LEDGER)
+    assert not five_yuan.numbers_ok and five_yuan.invented == ["5元"]
+    bare = EvalItem("b", "多大的合同要招标？", numbers=("5",), type="numeric")  # no reference: digits only
+    assert (
+        states_number("5万元", "5")
+        and score_item(bare, "5万元以上", LedgerView(frozenset({Decimal(50000)}))).numbers_ok
+    )
+
+
+def test_an_echoed_prompt_is_no_answer_and_no_abstention() -> None:
+    parrot = SYSTEM_PROMPT + CONTEXT_INSTRUCTION
+    assert own_text(parrot, PET.question) == ""
+    echoed = score_item(PET, parrot, LEDGER)
+    assert echoed.echoed and not echoed.abstained and not echoed.passed
+    assert not score_item(PET, "宠物托运费可以报销吗？", LEDGER).passed  # the question echoed back
+    assert score_item(PET, "宠物托运费可以报销吗？文件中没有相关规定。", LEDGER).abstained
+    assert score_item(PET, "“文件中没有相关规定。”", LEDGER).passed
+    assert score_item(PET, "没有明确规定。", LEDGER).passed
+    # restating the question's subject before the number is an answer, not an echo
+    restated = score_item(MEALS, "出差伙食补助费每人每天100元。", LEDGER)
+    assert restated.passed and not restated.echoed
+
+
+def test_keywords_copied_from_the_question_or_prompt_are_no_hit() -> None:
+    item = EvalItem("k", "报销单据需要谁审批？", keywords=("规章制度",), type="text")
+    assert score_item(item, SYSTEM_PROMPT, LEDGER).keyword_share == 0.0
+    assert score_item(item, "按学校规章制度由处长签字。", LEDGER).keyword_share == 1.0
+
+
+def test_dates_articles_and_long_digit_strings_are_checked_for_invention() -> None:
+    item = EvalItem("a", "住宿费标准在哪一条？", type="text", doc="rules.pdf")
+    assert check_answer(item, "见第一条，2024年1月1日起施行。", TIER_LEDGER)[2] == []
+    invented = check_answer(item, "见第九十九条，2025年3月1日起施行，电话12345678。", TIER_LEDGER)[2]
+    assert invented == ["第九十九条", "2025年3月1日", "12345678"]
+
+
+def test_metrics_without_items_are_n_a() -> None:
+    metrics = aggregate(
+        [score_item(MEALS.__class__("x", "多少？", numbers=("100",), type="numeric"), "100元", LEDGER)]
+    )
+    assert metrics["keyword_coverage"] is None and metrics["abstention_accuracy"] is None
+    assert fmt(metrics["keyword_coverage"]) == "n/a" and fmt(0.5) == "50%"
+
+
+def test_model_and_shown_families_tell_the_model_from_the_fallback() -> None:
+    quoted = Reply(
+        "伙食补助费每人每天150元。", "根据规定：“伙食补助费每人每天100元。”", "quoted_evidence", "150元"
+    )
+    kept = Reply(
+        "伙食补助费每人每天100元。", "伙食补助费每人每天100元。", "passed", "伙食补助费每人每天100元。"
+    )
+    result = evaluate([MEALS, MEALS], lambda qs: [quoted, kept], LEDGER)
+    assert [r.passed for r in result.model] == [False, True]
+    assert [r.passed for r in result.shown] == [True, True]
+    assert result.model[0].invented == ["150元"] and result.model[0].replaced
+    assert (
+        result.metrics["model"]["numeric_accuracy"] == 0.5
+        and result.metrics["shown"]["numeric_accuracy"] == 1.0
+    )
+    assert result.metrics["guard_actions"] == {"quoted_evidence": 1, "passed": 1}
+    # a guard abstention on an unanswerable item is not the model abstaining
+    abstained = evaluate([PET], lambda qs: [Reply("", "文件中没有相关规定。", "abstained")], LEDGER)
+    assert not abstained.model[0].passed and abstained.shown[0].passed
+
+
+def test_question_sets_and_the_items_each_mode_is_judged_on() -> None:
+    recall = EvalItem("r", "q1", source="held_out:abc", split="recall")
+    reading = EvalItem("g", "q2", source="held_out:abc", split="reading")
+    hand = EvalItem("h", "q3", source="file:sample_questions.jsonl")
+    assert [question_set(i) for i in (recall, reading, hand)] == [
+        "golden recall",
+        "golden reading",
+        "file:sample_questions.jsonl",
+    ]
+    assert judged_items([recall, reading, hand], "closed_book") == [recall, hand]
+    assert judged_items([recall, reading, hand], "grounded") == [reading, hand]

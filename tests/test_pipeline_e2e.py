@@ -32,14 +32,22 @@ def test_run_then_rerun_then_nightly(prefect_server, tmp_path: Path) -> None:
     workspace.mkdir()
     (workspace / "slm.toml").write_text(
         f'base_model = "{base}"\nreview_policy = "auto"\nper_fact = 1\ngolden_size = 12\n'
-        'eval_max_new_tokens = 16\nexport_quant = "f16"\ntrain_epochs = 1\n'
+        'answer_max_tokens = 16\nexport_quant = "f16"\ntrain_epochs = 1\n'
         # A tiny random model cannot show it is better: the gate is opened wide so the test sees a promotion.
         "promotion_margin = 1.0\n",
         encoding="utf-8",
     )
     first = pipeline([str(SAMPLE_MD)], str(workspace), max_steps=6)
     assert first["trained"] and first["evaluation"]["promoted"]
+    report = Path(first["evaluation"]["report_md"]).read_text(encoding="utf-8")
+    assert "| model | numeric_accuracy |" in report and "| shown | numeric_accuracy |" in report
+    assert "McNemar p" in report and "auto policy: the ledger approved" in report
     assert Path(first["evaluation"]["report_html"]).exists()
+    assert (
+        Path(first["evaluation"]["report_md"])
+        .with_name(Path(first["evaluation"]["report_md"]).stem + "-guard.png")
+        .exists()
+    )
     gguf = Path(first["export"]["path"])
     assert gguf.exists() and gguf.stat().st_size > 0
     settings = load_settings(workspace)
@@ -61,9 +69,7 @@ def test_run_then_rerun_then_nightly(prefect_server, tmp_path: Path) -> None:
         "eval",
         "--questions",
         str(questions),
-        "--backend",
-        "llamacpp",
-        "--gguf",
+        "--model",
         str(gguf),
         "--mode",
         "grounded",
@@ -71,7 +77,9 @@ def test_run_then_rerun_then_nightly(prefect_server, tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert graded.returncode == 0, graded.stderr
-    assert json.loads(graded.stdout)["n"] == 2
+    payload = json.loads(graded.stdout)
+    assert payload["model"]["n"] == 2 and payload["shown"]["n"] == 2
+    assert sum(payload["guard_actions"].values()) == 2
 
     # Asking: the champion's GGUF by name; a number is shown only with its source, or not at all.
     asked = slm(

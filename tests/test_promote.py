@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.config import Settings
-from tasks.evaluate import EvalItem
+from tasks.evaluate import EvalItem, evaluate, ledger_view
 from tasks.ingest import ingest_file
 from tasks.promote import challenge, force_promote
 from tests.conftest import SAMPLE_PDF
@@ -53,7 +53,9 @@ def test_worse_challenger_is_refused_better_one_promoted(con, settings: Settings
     assert registry.get_champion(con)["model_id"] == "m-first"
     assert registry.get_model(con, "m-worse")["kind"] == "rejected"
     report = worse.report_md.read_text(encoding="utf-8")
-    assert "REFUSED" in report and "Regressed items (12)" in report and "第12类伙食补助费" in report
+    assert (
+        "REFUSED" in report and "Regressed items, closed book (12)" in report and "第12类伙食补助费" in report
+    )
     assert (worse.report_md.parent / f"{worse.report_md.stem}-metrics.png").exists()
     assert worse.report_html.read_text(encoding="utf-8").count("<table>") >= 2
 
@@ -110,3 +112,46 @@ def test_people_can_force_and_it_is_recorded(con, settings: Settings, tmp_path: 
     force_promote(con, "m-x", "urgent rule change", "finance-office")
     model = registry.get_model(con, "m-x")
     assert model["kind"] == "champion" and "finance-office with --force: urgent rule change" in model["note"]
+
+
+def _echo_generator(messages, max_tokens=None, grammar=None) -> str:
+    """A model that parrots its system prompt, whatever it is asked (as the untuned base did)."""
+    return messages[0]["content"]
+
+
+def test_an_echoing_model_and_a_tier_lister_score_zero_and_are_refused(con, settings: Settings) -> None:
+    from tasks.answer import answer_batch
+
+    ingest_file(con, SAMPLE_PDF, settings)
+    echo = {mode: answer_batch(_echo_generator, con, mode, 32) for mode in ("closed_book", "grounded")}
+    for mode, batch in echo.items():
+        result = evaluate(ITEMS, batch, ledger_view(con))
+        for family in ("model", "shown"):
+            scores = result.metrics[family]
+            assert scores["numeric_accuracy"] == 0.0, (mode, family)
+            assert scores["abstention_accuracy"] == 0.0, (mode, family)  # the prompt's 文件中没有相关规定
+        # every answer the model wrote was the prompt (grounded, the guard may abstain before asking it)
+        written = [m for m, reply in zip(result.model, result.replies, strict=True) if reply.model]
+        assert written and all(m.echoed for m in written), mode
+
+    def tier_lister(questions: list[str]) -> list[str]:
+        return ["一类人员100元，二类人员80元。"] * len(questions)
+
+    listed = evaluate(ITEMS, tier_lister, ledger_view(con))
+    assert listed.metrics["model"]["numeric_accuracy"] == 0.0
+
+    registry.register_model(con, "m-echo", "challenger", "gemma3-270m", adapter_path="/e", dataset_id="d1")
+    refused = challenge(
+        con,
+        settings,
+        "m-echo",
+        ITEMS,
+        {"base": answerer(30), "challenger": echo["closed_book"]},
+        grounded={"base": answerer(30), "challenger": echo["grounded"]},
+    )
+    assert not refused.promoted and registry.get_model(con, "m-echo")["kind"] == "rejected"
+    registry.register_model(con, "m-tiers", "challenger", "gemma3-270m", adapter_path="/t", dataset_id="d1")
+    refused = challenge(con, settings, "m-tiers", ITEMS, {"base": answerer(30), "challenger": tier_lister})
+    assert not refused.promoted and any(
+        "numeric_accuracy may be worse" in r for r in refused.decision.reasons
+    )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -12,18 +10,21 @@ import duckdb
 from warehouse.db import bulk_insert, fetch_dicts, transaction
 
 
-def ledger_values(con: duckdb.DuckDBPyConnection) -> tuple[set[Decimal], dict[str, set[Decimal]]]:
-    """Every fact value (and range end) of every document, and per document name."""
-    everything: set[Decimal] = set()
-    per_doc: dict[str, set[Decimal]] = defaultdict(set)
-    for name, value, value_max in con.execute(
+def fact_values(con: duckdb.DuckDBPyConnection) -> list[tuple[str, Any, Any]]:
+    """(document name, value, value_max) of every fact."""
+    return con.execute(
         "SELECT d.name, f.value, f.value_max FROM facts f JOIN documents d USING (doc_id)"
-    ).fetchall():
-        for v in (value, value_max):
-            if v is not None:
-                everything.add(Decimal(v))
-                per_doc[name].add(Decimal(v))
-    return everything, dict(per_doc)
+    ).fetchall()
+
+
+def document_texts(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The normalised text of every ingested document, by name (the scorer checks dates and articles in it)."""
+    return {
+        name: text
+        for name, text in con.execute(
+            "SELECT name, text FROM documents WHERE status = 'ok' AND text IS NOT NULL"
+        ).fetchall()
+    }
 
 
 def save_eval_run(con: duckdb.DuckDBPyConnection, run: dict[str, Any], items: list[dict[str, Any]]) -> None:
@@ -41,19 +42,7 @@ def save_eval_run(con: duckdb.DuckDBPyConnection, run: dict[str, Any], items: li
                 json.dumps(run["metrics"], ensure_ascii=False),
             ],
         )
-        columns = [
-            "eval_run_id",
-            "item_id",
-            "question",
-            "type",
-            "doc",
-            "answer_given",
-            "passed",
-            "numbers_ok",
-            "keyword_share",
-            "invented",
-            "abstained",
-        ]
+        columns = list(items[0]) if items else []
         bulk_insert(con, "eval_items", columns, [[i[c] for c in columns] for i in items])
 
 

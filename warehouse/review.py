@@ -33,6 +33,16 @@ def auto_review(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {"approved": len(approved), "rejected": len(rejected)}
 
 
+def review_sources(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Approved or corrected rows by who decided (a person's name, or AUTO_REVIEWER for the auto policy);
+    rows the ledger verified without review are "ledger-verified"."""
+    rows = con.execute(
+        "SELECT CASE WHEN status = 'auto_verified' THEN 'ledger-verified' ELSE coalesce(reviewer, '?') END,"
+        " count(*) FROM qa_rows WHERE status IN ('approved', 'corrected', 'auto_verified') GROUP BY 1"
+    ).fetchall()
+    return {who: n for who, n in rows}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Label Studio review batches (see review/push.py and review/sync.py). A row is "in review" while it has a
 # task in a batch that is not yet synced; a row flagged back to needs_review after a sync can go out again.

@@ -463,7 +463,7 @@ def pipeline_leaks_no_secret(work: Path) -> FaultOutcome:
     with _pipeline_fake()(schedule=schedule, keys=gemini_keys) as fake:
         (ws / "slm.toml").write_text(
             f'base_model = "{base}"\nreview_policy = "auto"\nper_fact = 1\ngolden_size = 12\n'
-            'eval_max_new_tokens = 8\nexport_quant = "f16"\ntrain_epochs = 1\npromotion_margin = 1.0\n'
+            'answer_max_tokens = 8\nexport_quant = "f16"\ntrain_epochs = 1\npromotion_margin = 1.0\n'
             f'gemini_base_url = "{fake.base_url}"\nteacher_backoff_s = 0.01\nkey_cooldown_s = 0.2\n'
             "teacher_max_attempts = 4\ndistill_concurrency = 4\n",
             encoding="utf-8",
