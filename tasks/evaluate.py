@@ -324,20 +324,27 @@ def _as_view(ledger: LedgerView | set[Decimal] | frozenset[Decimal]) -> LedgerVi
 def check_answer(item: EvalItem, text: str, ledger: LedgerView) -> tuple[list[str], list[str], list[str]]:
     """(missing expected numbers, quantities the ledger gives to another subject, invented numbers).
 
-    A number the question gave is neither. A quantity must be a fact value of the item's document; a date,
-    article, ordinal or identifier must be one the document writes."""
+    A number the question gave is neither, nor is one the reference answer states with the expected one (a
+    condition such as "20万及以下的部分按8%"). A range states two expected numbers only as those two ends.
+    A quantity must be a fact value of the item's document; a date, article, ordinal or identifier must be
+    one the document writes."""
     values, others = ledger.scope(item.doc)
     question = find_numbers(fold(item.question))
     asked = {v for m in question for v in _candidate_values(m)}
+    for m in rule_numbers(fold(item.answer)) if item.answer else []:  # as the reference means them, scaled
+        asked |= {Decimal(v) for v in _exact(m.value, m.value_max) if v is not None}
     others = others | _packed(question)
     wanted = expected_numbers(item)
     mentions = [m for m in find_numbers(text) if m.kind in _CHECKED_KINDS]
-    found = [any(states(m, e) for m in mentions) for e in wanted]
-    missing = [n for n, ok in zip(item.numbers, found, strict=False) if not ok]
+    found = [False] * len(wanted)
     other_subject: list[str] = []
     invented: list[str] = []
     for mention in mentions:
-        if any(states(mention, e) for e in wanted):
+        hits = [k for k, e in enumerate(wanted) if states(mention, e)]
+        hits += _range_of_expected(mention, wanted)
+        if hits:
+            for k in hits:
+                found[k] = True
             continue
         if mention.kind != "quantity":
             if not _packed([mention]) <= others:
@@ -350,7 +357,21 @@ def check_answer(item: EvalItem, text: str, ledger: LedgerView) -> tuple[list[st
             other_subject.append(mention.raw)
         else:
             invented.append(mention.raw)
+    missing = [n for n, ok in zip(item.numbers, found, strict=False) if not ok]
     return missing, other_subject, invented
+
+
+def _range_of_expected(mention: NumberMention, wanted: Sequence[Expected]) -> list[int]:
+    """Indices of two single expected numbers that ``mention``, a range, states as its two ends."""
+    if mention.value_max is None:
+        return []
+    ends = {canonical(mention.value): "low", canonical(mention.value_max): "high"}
+    picked = [k for k, e in enumerate(wanted) if e.value_max is None and canonical(e.value) in ends]
+    unit_ok = all(
+        not (wanted[k].unit and mention.unit and _main_unit(wanted[k].unit) != _main_unit(mention.unit))
+        for k in picked
+    )
+    return picked if len({canonical(wanted[k].value) for k in picked}) == 2 and unit_ok else []
 
 
 def score_item(

@@ -277,3 +277,50 @@ def test_question_sets_and_the_items_each_mode_is_judged_on() -> None:
     ]
     assert judged_items([recall, reading, hand], "closed_book") == [recall, hand]
     assert judged_items([recall, reading, hand], "grounded") == [reading, hand]
+
+
+def test_a_range_states_two_expected_ends_and_a_reference_condition_is_no_other_subject() -> None:
+    both = EvalItem(
+        "c", "专家咨询费一天多少？", answer="标准为400-600元/人天。", numbers=("400", "600"), type="numeric"
+    )
+    assert score_item(both, "每人每天400-600元。", TIER_LEDGER).numbers_ok
+    assert not score_item(both, "每人每天400-500元。", TIER_LEDGER).numbers_ok
+    condition = EvalItem(
+        "d",
+        "管理费按几个点提？",
+        answer="经费5万元及以下的部分按100%核定。",
+        numbers=("100",),
+        type="numeric",
+    )
+    assert score_item(condition, "5万元及以下的部分按100%。", TIER_LEDGER).numbers_ok
+    assert not score_item(condition, "按100%，另外600元。", TIER_LEDGER).numbers_ok
+
+
+@pytest.mark.parametrize(
+    ("questions", "documents"),
+    [
+        (Path(__file__).parents[1] / "examples" / "sample_questions.jsonl", ["examples/sample_rules.pdf"]),
+        (
+            Path(__file__).parents[2] / "shared" / "questions" / "dev_questions.jsonl",
+            [
+                f"../shared/corpus/text/univ_sdvcst_{n}.txt"
+                for n in ("travel", "reimbursement", "research_funds")
+            ],
+        ),
+    ],
+    ids=["sample", "corpus"],
+)
+def test_hand_phrased_reference_answers_score_right_and_the_echo_scores_nothing(
+    con, settings, questions: Path, documents: list[str]
+) -> None:
+    from tasks.evaluate import ledger_view
+    from tasks.ingest import ingest_file
+
+    root = Path(__file__).parents[1]
+    for name in documents:
+        ingest_file(con, root / name, settings)
+    view = ledger_view(con)
+    items = load_questions(questions)
+    wrong = [i.id for i in items if not score_item(i, i.answer, view).passed]
+    assert wrong == []
+    assert not any(score_item(i, SYSTEM_PROMPT + CONTEXT_INSTRUCTION, view).passed for i in items)
