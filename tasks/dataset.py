@@ -89,7 +89,7 @@ def split_of(row_id: str, valid_share: float) -> str:
 def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_id: str) -> DatasetInfo:
     """Freeze the trainable rows (after a passing release gate) under their content hash. The first freeze
     also holds out the golden set, so its questions never reach training."""
-    hold_out(con, settings.golden_size)
+    hold_out(con, settings.golden_size, golden_threshold=settings.similarity_threshold)
     rows = queries.trainable_rows(con, settings.similarity_threshold)
     if not rows:
         raise ValueError("no trainable rows: nothing is approved, corrected or verified by the ledger")

@@ -212,7 +212,7 @@ def _frame(con: duckdb.DuckDBPyConnection, where: str, golden_threshold: float) 
     )
     frame = con.execute(
         "SELECT r.row_id, d.name AS doc, r.chunk_id, r.question, r.answer, r.evidence, r.kind, r.status,"
-        " r.numbers, r.is_numeric::INTEGER AS is_numeric, r.grounded,"
+        " r.numbers, r.fact_ids, r.is_numeric::INTEGER AS is_numeric, r.grounded,"
         " length(r.question) AS question_length, length(r.answer) AS answer_length,"
         " (r.kind = 'unanswerable' OR length(trim(r.evidence)) > 0) AS evidence_present,"
         " (NOT r.is_numeric OR r.grounded) AS numeric_grounded,"
@@ -235,7 +235,8 @@ def pre_review_frame(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0
 
 
 def release_frame(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0.8) -> pd.DataFrame:
-    """The rows that would be trained on: everything not rejected (pending rows fail the gate, not vanish)."""
+    """The rows that would be trained on: everything not rejected (pending rows fail the gate, not vanish),
+    less what the golden set keeps out (its rows, facts of its reading split, phrasings of its recall split)."""
     from warehouse.golden import SHADOWED_BY_GOLDEN
 
     frame = _frame(con, f"r.status <> 'rejected' AND NOT ({SHADOWED_BY_GOLDEN})", golden_threshold)
@@ -324,7 +325,8 @@ def list_datasets(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def trainable_rows(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0.8) -> list[dict[str, Any]]:
     """Rows a dataset is frozen from: reviewed or ledger-verified, never a golden-set question or a near
-    paraphrase of a held-out one (the same rows the release gate validated)."""
+    paraphrase of a held-out one, never a reading item's fact or a recall item's phrasing (the same rows the
+    release gate validated)."""
     frame = release_frame(con, golden_threshold)
     frame = frame[frame["reviewed_or_verified"]]
     return [
@@ -337,6 +339,7 @@ def trainable_rows(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0.8
             "is_numeric": bool(r.is_numeric),
             "doc": r.doc,
             "chunk_id": r.chunk_id,
+            "fact_ids": list(r.fact_ids),
         }
         for r in frame.itertuples(index=False)
     ]
