@@ -7,6 +7,11 @@ and numbers are kept whole, so "500" or "GB" match as written. Each chunk is ind
 
 An index is cached per warehouse content (a hash of the chunk ids, which are content hashes), so asking many
 questions against the same warehouse builds it once; ingesting a document changes the key.
+
+``search(..., expand=True)`` also asks with the rule terms a question's everyday words stand for (打车 ->
+市内交通费; the domain lexicon and the categories the chunks define, ``tasks.fact_retrieve``), weighted below
+the question's own words; without it search is exactly what it always was. To find the fact itself rather
+than its chunk, use ``tasks.fact_retrieve.FactIndex``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import hashlib
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import bm25s
 import duckdb
@@ -24,7 +31,7 @@ import numpy as np
 from tasks.normalize import fold
 from warehouse.ledger import chunk_texts
 
-__all__ = ["ChunkIndex", "Hit", "clear_cache", "tokens"]
+__all__ = ["ChunkIndex", "Hit", "clear_cache", "tokens", "weighted_bm25"]
 
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[A-Za-z]+|\d+(?:\.\d+)?")
@@ -65,6 +72,7 @@ class ChunkIndex:
         self.rows = rows
         self.key = key
         self._retriever: bm25s.BM25 | None = None
+        self._categories: list[Any] | None = None
         corpus = [tokens(f"{heading} {text}") for _, _, heading, text in rows]
         if rows:
             self._retriever = bm25s.BM25()  # Lucene variant, k1=1.5, b=0.75
@@ -93,15 +101,39 @@ class ChunkIndex:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def search(self, question: str, k: int = 3) -> list[Hit]:
-        """The ``k`` best chunks for ``question``; chunks sharing no token with it are never returned."""
+    def categories(self) -> list[Any]:
+        """Categories the indexed chunks define (``tasks.fact_retrieve.learn_categories``), learned once."""
+        if self._categories is None:
+            from tasks.fact_retrieve import learn_categories  # here: fact_retrieve imports this module
+
+            learned: list[Any] = []
+            for _, doc, _, text in self.rows:
+                learned += learn_categories(text, doc)
+            self._categories = list(dict.fromkeys(learned))
+        return self._categories
+
+    def scores(self, parts: Sequence[tuple[Sequence[str], float]]) -> np.ndarray:
+        """BM25 score of every chunk (in ``rows`` order) for a query of weighted token lists."""
+        return weighted_bm25(self._retriever, parts, len(self.rows))
+
+    def search(self, question: str, k: int = 3, *, expand: bool = False) -> list[Hit]:
+        """The ``k`` best chunks for ``question``; chunks sharing no token with it are never returned.
+
+        With ``expand`` the question is also asked with the rule terms its everyday words stand for (the
+        domain lexicon and the categories these chunks define, see ``tasks.fact_retrieve.expand``), weighted
+        below the question's own words; a chunk matching only those terms can then be returned."""
         if self._retriever is None or k <= 0:
             return []
-        vocab = self._retriever.vocab_dict
-        query = [t for t in tokens(question) if t in vocab]
-        if not query:
-            return []
-        scores = np.asarray(self._retriever.get_scores(query))
+        if expand:
+            from tasks.fact_retrieve import query_for
+
+            scores = self.scores(query_for(question, self.categories()).parts())
+        else:
+            vocab = self._retriever.vocab_dict
+            query_tokens = [t for t in tokens(question) if t in vocab]
+            if not query_tokens:
+                return []
+            scores = np.asarray(self._retriever.get_scores(query_tokens))
         order = np.argsort(-scores, kind="stable")[:k]
         hits = []
         for i in order:
@@ -110,6 +142,22 @@ class ChunkIndex:
             chunk_id, doc, heading, text = self.rows[int(i)]
             hits.append(Hit(chunk_id, doc, heading, text, float(scores[i])))
         return hits
+
+
+def weighted_bm25(
+    retriever: bm25s.BM25 | None, parts: Sequence[tuple[Sequence[str], float]], size: int
+) -> np.ndarray:
+    """BM25 scores of every document of ``retriever`` for a query made of (tokens, weight) parts: the
+    weighted sum of each part's scores; tokens the index does not know are skipped."""
+    total = np.zeros(size, dtype=np.float64)
+    if retriever is None:
+        return total
+    vocab = retriever.vocab_dict
+    for part, weight in parts:
+        known = [t for t in part if t in vocab]
+        if known and weight:
+            total += weight * np.asarray(retriever.get_scores(known), dtype=np.float64)
+    return total
 
 
 def clear_cache() -> None:
