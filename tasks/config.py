@@ -129,6 +129,11 @@ class Settings(BaseSettings):
             "answer_max_tokens", "SLM_ANSWER_MAX_TOKENS", "eval_max_new_tokens", "SLM_EVAL_MAX_NEW_TOKENS"
         ),
     )
+    answer_repeat_penalty: float = Field(
+        1.1,
+        description="Repetition penalty on the answer's own recent tokens (llama.cpp's repeat_penalty, the "
+        "same in transformers; the prompt is not penalised); 1.0 turns it off.",
+    )
     export_quant: str = Field("q8_0", description="GGUF quantisation of exports: f16 | q8_0 | q4_k_m")
     promotion_margin: float = Field(
         0.05, description="A challenger is refused if a metric may be worse by more than this (95% interval)."

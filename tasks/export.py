@@ -381,6 +381,39 @@ def _copy_tokenizer_fields(writer: gguf.GGUFWriter, source: Path) -> int:
     return n_tokens
 
 
+def _write_end_of_turn(writer: gguf.GGUFWriter, tokenizer: Any) -> list[str]:
+    """Name the token the chat template ends an assistant turn with as ``tokenizer.ggml.eot_token_id``.
+
+    llama.cpp ends generation at every end-of-generation token: eos, eot, eom (plus a few it recognises by
+    their text, such as ``<end_of_turn>`` and ``<|im_end|>``). Naming the trained end of turn as eot makes
+    every llama.cpp front end stop where the model was taught to, whatever the token is called, and keeps
+    eos as it is (an untuned base may still end with ``<eos>``). eos is set to it only where there is none.
+    The id is checked against the vocabulary just written (copied from a GGUF or from tokenizer.json)."""
+    from tasks.stop import end_of_turn_token
+
+    found = end_of_turn_token(tokenizer)
+    if found is None:
+        return []
+    text, token_id = found
+    kv = writer.kv_data[0]
+    tokens = kv.get(gguf.Keys.Tokenizer.LIST)
+    if tokens is not None:
+        vocab = [
+            t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in tokens.value
+        ]
+        if not 0 <= token_id < len(vocab) or vocab[token_id] != text:
+            if text not in vocab:
+                return [f"end of turn {text!r} is not in the GGUF vocabulary: no eot token written"]
+            token_id = vocab.index(text)
+    keys = [gguf.Keys.Tokenizer.EOT_ID]
+    if gguf.Keys.Tokenizer.EOS_ID not in kv:
+        keys.append(gguf.Keys.Tokenizer.EOS_ID)
+    for key in keys:
+        kv.pop(key, None)  # a copied or SpecialVocab value is replaced, not duplicated
+        writer.add_uint32(key, token_id)
+    return [f"end of turn {text} (id {token_id}) written as tokenizer.ggml.eot_token_id"]
+
+
 def _bpe_pre(model_type: str, vocab: dict[str, int]) -> str:
     """llama.cpp's pre-tokenizer name. llama.cpp's converter recognises it by hashing a probe tokenisation;
     here the known families are named and anything else gets the GPT-2 default (lossless for byte-level BPE,
@@ -526,6 +559,7 @@ def write_model_gguf(
             notes += _write_bpe_vocab(writer, tokenizer_dir, spec.model_type, config.vocab_size)
         if getattr(tokenizer, "chat_template", None):
             writer.add_chat_template(tokenizer.chat_template)
+        notes += _write_end_of_turn(writer, tokenizer)
         state = model.state_dict()
         for tensor_name, data in _gguf_tensors(state, spec, config, n_tokens):
             writer.add_tensor(tensor_name, _stored(tensor_name, data, quant))

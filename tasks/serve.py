@@ -13,10 +13,20 @@ An OpenAI-compatible HTTP server needs no wrapper here; llama-cpp-python ships o
     # a GGUF without a chat template (base):   ... --chat_format gemma
 
 It reads the chat template from the GGUF metadata, like :class:`LlamaCppGenerator`.
+
+Answers end where training taught them to: at the end-of-turn token the chat template closes an assistant turn
+with (derived by rendering the template, ``tasks.stop.turn_end_text``), at eos, and at every token llama.cpp
+counts as end of generation (exports name the end-of-turn token ``tokenizer.ggml.eot_token_id``). The
+answer's own recent tokens carry a repeat penalty (``answer_repeat_penalty``), and an answer caught in a loop
+(``tasks.stop.repeated_span``) stops there, its ``finish_reason`` "repetition". llama.cpp's C-level log lines
+never reach the terminal: they go to a short in-memory tail (:func:`llama_log_tail`), shown only when a model
+fails to load.
 """
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import os
 import re
 import threading
@@ -28,10 +38,42 @@ import numpy as np
 
 from tasks.answer import NumberConstraint
 from tasks.prompt_format import chat_messages
+from tasks.stop import default_repeat_penalty, repeated_span, turn_end_text
 
 _DIGIT = re.compile(r"[0-9０-９]")
 
 DEFAULT_CTX = 4096
+
+_LLAMA_LOG: collections.deque[str] = collections.deque(maxlen=200)
+_llama_log_callback: Any = None  # the ctypes callback must outlive every call into llama.cpp
+
+
+def quiet_llama_logs(quiet: bool = True) -> None:
+    """Keep llama.cpp's and ggml's log lines (model loading, context set-up, warnings) out of stdout and
+    stderr: they go to a short in-memory tail instead (:func:`llama_log_tail`). ``quiet=False`` restores
+    llama-cpp-python's own logger (which prints what its verbosity allows)."""
+    global _llama_log_callback
+    import llama_cpp
+
+    if not quiet:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        return
+    if _llama_log_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            _LLAMA_LOG.append(text.decode("utf-8", errors="replace"))
+
+        _llama_log_callback = keep
+    llama_cpp.llama_log_set(_llama_log_callback, ctypes.c_void_p(0))
+
+
+def llama_log_tail(lines: int = 10) -> str:
+    """The last ``lines`` lines llama.cpp logged while :func:`quiet_llama_logs` held its log."""
+    text = "".join(_LLAMA_LOG)
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def default_threads() -> int:
@@ -56,6 +98,8 @@ class LlamaCppGenerator:
         temperature: float = 0.0,
         seed: int = 0,
         verbose: bool = False,
+        repeat_penalty: float | None = None,
+        stop_on_repeats: bool = True,
     ) -> None:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -66,17 +110,27 @@ class LlamaCppGenerator:
         if lora_path is not None and not Path(lora_path).is_file():
             raise FileNotFoundError(f"{lora_path}: LoRA GGUF file not found")
         self.lora_path = Path(lora_path) if lora_path is not None else None
-        self.llm = Llama(
-            model_path=str(self.gguf_path),
-            n_ctx=n_ctx,
-            n_threads=n_threads or default_threads(),
-            lora_path=str(lora_path) if lora_path is not None else None,
-            seed=seed,
-            verbose=verbose,
-        )
+        quiet_llama_logs(not verbose)
+        _LLAMA_LOG.clear()
+        try:
+            self.llm = Llama(
+                model_path=str(self.gguf_path),
+                n_ctx=n_ctx,
+                n_threads=n_threads or default_threads(),
+                lora_path=str(lora_path) if lora_path is not None else None,
+                seed=seed,
+                verbose=verbose,
+            )
+        except ValueError as exc:  # llama-cpp-python says only "Failed to load model"; llama.cpp said why
+            tail = llama_log_tail()
+            raise ValueError(f"{exc}: {tail}" if tail else str(exc)) from exc
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.seed = seed
+        self.repeat_penalty = default_repeat_penalty() if repeat_penalty is None else float(repeat_penalty)
+        self.stop_on_repeats = stop_on_repeats
+        # How the last call ended: "stop" (end of turn, eos), "length", or "repetition" (a loop was cut).
+        self.finish_reason: str | None = None
         self._lock = threading.Lock()  # one llama context: calls must not interleave
         self._digits: tuple[list[int], list[str]] | None = None
         # Set by `slm chat`: the next call streams its text pieces here (only the next: a guard's retry
@@ -89,17 +143,39 @@ class LlamaCppGenerator:
         self.chat_template = template
         eos_id = self.llm.token_eos()
         bos_id = self.llm.token_bos()
-        stop_ids = [eos_id]
-        end_of_turn = self._single_token("<end_of_turn>")
-        if end_of_turn is not None:
-            stop_ids.append(end_of_turn)  # Gemma ends a turn with <end_of_turn>, not <eos>
-        self._stop = ["<end_of_turn>"] if end_of_turn is not None else []
+        eos_text = self.llm._model.token_get_text(eos_id) if eos_id >= 0 else ""
+        bos_text = self.llm._model.token_get_text(bos_id) if bos_id >= 0 else ""
+        # The template's own end of turn (Gemma: <end_of_turn>, ChatML: <|im_end|>), rendered exactly as the
+        # prompts are; then the GGUF's eot and eos.
+        closing = turn_end_text(
+            lambda m: (
+                Jinja2ChatFormatter(
+                    template=template, eos_token=eos_text, bos_token=bos_text, add_generation_prompt=False
+                )(messages=m).prompt
+            )
+        )
+        end_of_turn = self._single_token(closing) if closing else None
+        self.end_of_turn = (closing, end_of_turn) if end_of_turn is not None else None
+        stop_ids = [t for t in (end_of_turn, self._vocab_eot(), eos_id) if t is not None and t >= 0]
+        self.stop_ids = list(dict.fromkeys(stop_ids))
+        self._stop = [closing] if end_of_turn is not None else []
         self.llm.chat_handler = Jinja2ChatFormatter(
             template=template,
-            eos_token=self.llm._model.token_get_text(eos_id) if eos_id >= 0 else "",
-            bos_token=self.llm._model.token_get_text(bos_id) if bos_id >= 0 else "",
-            stop_token_ids=stop_ids,
+            eos_token=eos_text,
+            bos_token=bos_text,
+            stop_token_ids=self.stop_ids,
         ).to_chat_handler()
+
+    def _vocab_eot(self) -> int | None:
+        """The GGUF's end-of-turn token (``tokenizer.ggml.eot_token_id``, or the one llama.cpp recognises by
+        its text), or None."""
+        import llama_cpp
+
+        try:
+            token = int(llama_cpp.llama_vocab_eot(self.llm._model.vocab))
+        except (AttributeError, TypeError):
+            return None
+        return token if token >= 0 else None
 
     def _single_token(self, text: str) -> int | None:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -127,7 +203,7 @@ class LlamaCppGenerator:
             "messages": messages,
             "max_tokens": max_tokens or self.max_new_tokens,
             "temperature": self.temperature,  # 0: greedy
-            "repeat_penalty": 1.0,
+            "repeat_penalty": self.repeat_penalty,  # on the answer's own last 64 tokens, not the prompt
             "seed": self.seed,
         }
         if self._stop:
@@ -139,16 +215,27 @@ class LlamaCppGenerator:
 
             kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
         sink, self.stream_to = self.stream_to, None
+        pieces: list[str] = []
+        finish: str | None = None
         with self._lock:
-            if sink is None:
-                out = self.llm.create_chat_completion(**kwargs)
-                return (out["choices"][0]["message"]["content"] or "").strip()
-            pieces = []
-            for chunk in self.llm.create_chat_completion(**kwargs, stream=True):
-                piece = chunk["choices"][0]["delta"].get("content") or ""
-                if piece:
+            # Streamed internally even with no sink: a loop is cut as soon as it shows.
+            chunks = self.llm.create_chat_completion(**kwargs, stream=True)
+            try:
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    finish = choice.get("finish_reason") or finish
+                    piece = choice["delta"].get("content") or ""
+                    if not piece:
+                        continue
                     pieces.append(piece)
-                    sink(piece)
+                    if sink is not None:
+                        sink(piece)
+                    if self.stop_on_repeats and repeated_span("".join(pieces)) is not None:
+                        finish = "repetition"
+                        break
+            finally:
+                chunks.close()
+            self.finish_reason = finish
         return "".join(pieces).strip()
 
     def _digit_tokens(self) -> tuple[list[int], list[str]]:
