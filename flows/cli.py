@@ -813,9 +813,9 @@ def _answerer(cfg: Settings, con: Any, model: str | None, base: str | None, back
     from tasks.answer import answer_batch
 
     if backend == "llamacpp":
-        from tasks.serve import LlamaCppGenerator
+        from tasks.serve import answering_generator
 
-        call: Any = LlamaCppGenerator(_gguf_for(con, model), max_new_tokens=cfg.answer_max_tokens)
+        call: Any = answering_generator(_gguf_for(con, model), cfg)
     else:
         from tasks.generate import TransformersGenerator
 
@@ -1018,14 +1018,14 @@ def ask(
     """Answer with an exported model through llama.cpp: the answer, the article and document its numbers
     come from, and the guard's verdict. Grounded mode shows no number the ledger lacks."""
     from tasks.answer import answer
-    from tasks.serve import LlamaCppGenerator
+    from tasks.serve import answering_generator
 
     cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
         path = _gguf_for(con, model)
         result = answer(
             question,
-            LlamaCppGenerator(path),
+            answering_generator(path, cfg),
             None,
             con,
             mode=_answer_mode(mode),
@@ -1099,12 +1099,12 @@ def chat(
     they are generated, up to their first number: numbers appear once the guard has checked them."""
     from tasks.answer import GuardStats, HeldNumbersStream, answer
     from tasks.retrieve import ChunkIndex
-    from tasks.serve import LlamaCppGenerator
+    from tasks.serve import answering_generator
 
     cfg = settings()
     mode = _answer_mode(mode)
     with _warehouse(cfg, read_only=True) as con:
-        generator = LlamaCppGenerator(_gguf_for(con, model))
+        generator = answering_generator(_gguf_for(con, model), cfg)
         index = ChunkIndex.build(con)
         stats = GuardStats()
         while True:

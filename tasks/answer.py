@@ -20,15 +20,18 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
 import duckdb
 
-from tasks.evaluate import Reply
-from tasks.numbers import canonical, first_number_char, rule_numbers
+from tasks.evaluate import Reply, copied_mask, own_text
+from tasks.fact_retrieve import FactIndex
+from tasks.facts import LEADING_MARKER
+from tasks.normalize import fold
+from tasks.numbers import canonical, find_numbers, first_number_char, rule_numbers
 from tasks.prompt_format import (
     CONTEXT_INSTRUCTION,
     EVIDENCE_LEAD,
@@ -38,8 +41,9 @@ from tasks.prompt_format import (
     chat_messages,
 )
 from tasks.retrieve import ChunkIndex, Hit, tokens
+from tasks.stop import repeated_span
 from tasks.teachers.base import FactRef
-from tasks.verify import subject_fits
+from tasks.verify import clause_of, subject_fits
 from warehouse.ledger import list_facts
 
 __all__ = [
@@ -209,9 +213,12 @@ def _fact_values(fact: FactRef) -> set[Decimal]:
     return {Decimal(fact.value)} | ({Decimal(fact.value_max)} if fact.value_max is not None else set())
 
 
-def check_numbers(question: str, text: str, facts: Sequence[FactRef]) -> list[NumberCheck]:
+def check_numbers(
+    question: str, text: str, facts: Sequence[FactRef], relevant: Collection[str] = ()
+) -> list[NumberCheck]:
     """Check each rule number of ``text``: a number the question gave passes; any other must be the value of
-    a fact in ``facts`` whose subject fits the question."""
+    a fact in ``facts`` whose subject fits the question, or that fact retrieval ranks among the few most
+    relevant to it (``relevant``: fact ids; "一笔钱到多少" is about 单笔金额 though they share no word)."""
     given: set[Decimal] = set()
     for m in rule_numbers(question):
         given |= _values(m.value, m.value_max)
@@ -222,8 +229,14 @@ def check_numbers(question: str, text: str, facts: Sequence[FactRef]) -> list[Nu
         if values <= given:
             checks.append(NumberCheck(mention.raw, shown, True))
             continue
-        same = [f for f in facts if values & _fact_values(f)]
-        fitting = [f for f in same if subject_fits(question, f)]
+        # A range states a fact only as the same range ("100-999元" is not the 100元 of a fact); a single
+        # number may state a fact's value or one end of its range.
+        same = [
+            f
+            for f in facts
+            if (values == _fact_values(f) if mention.value_max is not None else values <= _fact_values(f))
+        ]
+        fitting = [f for f in same if f.fact_id in relevant or subject_fits(question, f)]
         if fitting:
             checks.append(NumberCheck(mention.raw, shown, True, tuple(f.fact_id for f in fitting)))
         elif same:
@@ -434,21 +447,6 @@ _facts_cache: dict[str, dict[str, list[FactRef]]] = {}
 _facts_lock = threading.Lock()
 
 
-def _fact_ref(row: Mapping[str, Any]) -> FactRef:
-    return FactRef(
-        fact_id=row["fact_id"],
-        value=row["value"],
-        value_max=row["value_max"],
-        unit=row["unit"],
-        raw=row["raw"],
-        qualifier=row["qualifier"],
-        subject=row["subject"],
-        context=row["context"],
-        span_start=row["span_start"],
-        span_end=row["span_end"],
-    )
-
-
 def facts_by_chunk(
     con: duckdb.DuckDBPyConnection, index: ChunkIndex | None = None
 ) -> dict[str, list[FactRef]]:
@@ -460,7 +458,7 @@ def facts_by_chunk(
                 return _facts_cache[key]
     grouped: dict[str, list[FactRef]] = {}
     for row in list_facts(con):
-        grouped.setdefault(row["chunk_id"], []).append(_fact_ref(row))
+        grouped.setdefault(row["chunk_id"], []).append(FactRef.from_row(row))
     if key is not None:
         with _facts_lock:
             if len(_facts_cache) > 8:
@@ -548,12 +546,80 @@ def _closed_book(
     text = generator(chat_messages(question), max_tokens).strip()
     facts = [f for group in facts_by_chunk(con, index).values() for f in group]
     checks = check_numbers(question, text, facts)
-    ok = all(c.ok for c in checks)
-    notes = () if ok else (_describe(checks, "规定"),)
+    # Closed book flags what it cannot verify (never rewrites): numbers, and answers that are no answer.
+    problem = draft_problem(question, text, checks)
+    ok = not problem
+    notes = () if ok else (_describe(checks, "规定") or problem,)
     fact_ids = tuple(dict.fromkeys(i for c in checks for i in c.fact_ids))
     return Answer(
         text, "closed_book", _stated(checks), ok, "passed" if ok else "flagged", (), notes, text, fact_ids
     )
+
+
+NUMERIC_QUESTION = re.compile(
+    r"多少|几[个天次人元块晚顿级类成折日月年点%]|标准是|什么标准|限额|上限|下限|最高|最多|最少|最低|比例|百分之几"
+    r"|额度|多长|多久|几成|多大"
+)
+_CHUNK_MARK = re.compile(r"【\d+】")
+BEST_FIT_SHARE = 0.8  # a numeric answer must state a fitting fact scoring this share of the best one
+RELEVANT_FACTS = 5  # facts retrieval ranks this high fit the question, whatever their subject's words
+_CONTEXT_COPY_CHARS = 80  # more than this copied from the retrieved rules is a dump, not an answer
+
+
+def asks_for_number(question: str) -> bool:
+    """Whether the question asks for an amount, a limit, a share, a time or a count."""
+    return bool(NUMERIC_QUESTION.search(fold(question)))
+
+
+def draft_problem(
+    question: str,
+    text: str,
+    checks: Sequence[NumberCheck],
+    best: Sequence[FactRef] = (),
+    context: Sequence[str] = (),
+) -> str:
+    """Why an answer may not be shown ("" when it may): it repeats the system prompt or the question, dumps
+    the retrieved rules, repeats itself, states a number the ledger does not back for this question, gives no
+    number to a question asking for one that the rules answer, or a number other than the best-fitting
+    fact's (``best``: the facts that fit the question about as well as the best one)."""
+    if not text.strip():
+        return "答案为空"
+    own = own_text(text, question)
+    if not own:
+        return "答案只复述了系统提示或问题"
+    if _CHUNK_MARK.search(text) or (
+        context and sum(copied_mask(fold(text), [fold(c) for c in context])) > _CONTEXT_COPY_CHARS
+    ):
+        return "答案照抄了检索到的规定原文"
+    span = repeated_span(own)
+    if span:
+        return f"答案重复“{span}”"
+    if not all(c.ok for c in checks):
+        return _describe(checks, "检索到的规定")
+    if best and asks_for_number(question):
+        stated = {Decimal(v) for c in checks for v in c.values}
+        if not stated and any(m.kind in ("date", "ordinal") for m in find_numbers(own)):
+            return ""  # a time or a date answers "几点" or "哪天"; the ledger holds amounts, not those
+        if not stated:
+            return "问题问的是数字，答案没有给出规定中的数字"
+        if not any(stated & _fact_values(f) for f in best):
+            return f"答案中的数字不是最符合问题的规定（{best[0].raw}）"
+    return ""
+
+
+def compose(fact: FactRef, hit: Hit | None) -> str:
+    """An answer made from a fact: the rule's sentence (or, when long, the subject and the clause holding
+    the number) with its source: "根据《差旅费管理办法》第十八条：伙食补助费…每人每天100元。" """
+    sentence = LEADING_MARKER.sub("", fact.context.strip()).rstrip("；;，,：: ")
+    if len(sentence) > 90 or len(rule_numbers(sentence)) > 1:  # other tiers or conditions would confuse
+        clause = LEADING_MARKER.sub("", clause_of(fact).strip())
+        sentence = clause if fact.subject and fact.subject in clause else f"{fact.subject}：{clause}"
+    where = ""
+    if hit is not None:
+        article = next((p for p in reversed(hit.heading_path.split(" > ")) if p.strip()), "")
+        title = hit.doc.rsplit(".", 1)[0]
+        where = f"根据《{title}》{article}："
+    return f"{where}{sentence.rstrip('。')}。"
 
 
 def _grounded(
@@ -565,61 +631,87 @@ def _grounded(
     max_tokens: int,
     retry: bool,
 ) -> Answer:
-    hits = tuple(index.search(question, k))
+    facts_index = FactIndex.build(con)
+    ranked = facts_index.search(question, k=8)
+    # Fit is judged on the question with the rule words its everyday words stand for (住酒店 -> 住宿费).
+    expansions = [t for t in facts_index.expand(question) if len(t) >= 2]
+    asked = " ".join([question, *expansions])
+    # Top-ranked facts that say a rule term the question's everyday words stand for fit it too.
+    relevant = {
+        r.fact.fact_id
+        for r in ranked[:RELEVANT_FACTS]
+        if any(t in r.fact.subject or t in r.fact.context for t in expansions)
+    }
+    # The facts an answer may be composed from, and that overrule an abstention: their words fit.
+    fitting_hits = [r for r in ranked if subject_fits(asked, r.fact)]
+    hits = _context_chunks(
+        index.search(question, k, expand=True), fitting_hits[0].chunk if fitting_hits else None, k
+    )
     if not hits:
         # Nothing retrieved shares a word with the question: there is nothing to ground an answer in.
         return Answer(
             ABSTAIN_TEXT, "grounded", (), False, "abstained", (), ("no chunk matches the question",)
         )
     by_chunk = facts_by_chunk(con, index)
-    facts = [f for h in hits for f in by_chunk.get(h.chunk_id, [])]
+    facts = list(
+        {
+            f.fact_id: f
+            for f in [*(f for h in hits for f in by_chunk.get(h.chunk_id, [])), *(r.fact for r in ranked)]
+        }.values()
+    )
     hit_of = {f.fact_id: h for h in hits for f in by_chunk.get(h.chunk_id, [])}
+    hit_of.update({r.fact.fact_id: r.chunk for r in ranked if r.fact.fact_id not in hit_of})
+    fitting = [r.fact for r in fitting_hits]
+    best = fitting[0] if fitting else None
+    # Facts fitting about as well as the best: retrieval's order among near-equals is no reason to refuse.
+    close = [r.fact for r in fitting_hits if r.score >= BEST_FIT_SHARE * fitting_hits[0].score]
+    context = [h.text for h in hits]
 
     def cited(ids: Sequence[str]) -> tuple[Hit, ...]:
         return tuple(dict.fromkeys(hit_of[i] for i in ids if i in hit_of))
 
-    draft = generator(context_messages(question, hits), max_tokens).strip()
-    checks = check_numbers(question, draft, facts)
-    if all(c.ok for c in checks):
+    def shown(
+        text: str, checks: Sequence[NumberCheck], action: str, notes: Sequence[str], retried: str = ""
+    ) -> Answer:
         ids = tuple(dict.fromkeys(i for c in checks for i in c.fact_ids))
-        return Answer(draft, "grounded", _stated(checks), True, "passed", hits, (), draft, ids, cited(ids))
+        return Answer(
+            text,
+            "grounded",
+            _stated(checks),
+            True,
+            action,
+            hits,
+            tuple(notes),
+            draft,
+            ids,
+            cited(ids),
+            retried,
+        )
 
-    problem = _describe(checks, "检索到的规定")
+    draft = generator(context_messages(question, hits), max_tokens).strip()
+    checks = check_numbers(asked, draft, facts, relevant)
+    problem = draft_problem(question, draft, checks, close, context)
+    if not problem:
+        return shown(draft, checks, "passed", ())
     notes = [f"draft: {problem}"]
     retried = ""
-    evidence = _best_evidence(question, facts)
+    evidence = fitting[:2] or _best_evidence(asked, facts)[:2]
     if retry:
-        second = generator(
+        retried = generator(
             _evidence_messages(question, hits, evidence),
             max_tokens,
-            grammar=NumberConstraint(tuple(_allowed_numbers(evidence, question))),
+            grammar=NumberConstraint(tuple(_allowed_numbers(evidence[:1], question))),
         ).strip()
-        again = check_numbers(question, second, facts)
-        if all(c.ok for c in again):
-            ids = tuple(dict.fromkeys(i for c in again for i in c.fact_ids))
+        again = check_numbers(asked, retried, facts, relevant)
+        second = draft_problem(question, retried, again, close, context)
+        if not second:
             notes.append("retry with the evidence sentence verified")
-            return Answer(
-                second,
-                "grounded",
-                _stated(again),
-                True,
-                "retried_ok",
-                hits,
-                tuple(notes),
-                draft,
-                ids,
-                cited(ids),
-                second,
-            )
-        notes.append(f"retry: {_describe(again, '检索到的规定')}")
-        retried = second
-    if evidence:
-        best = evidence[0]
-        text = _quote(best, hit_of[best.fact_id].heading_path if best.fact_id in hit_of else "")
-        values = tuple(
-            dict.fromkeys(canonical(v) for m in rule_numbers(text) for v in _values(m.value, m.value_max))
-        )
-        notes.append(f"quoted the evidence of fact {best.fact_id}")
+            return shown(retried, again, "retried_ok", notes, retried)
+        notes.append(f"retry: {second}")
+    if best is not None:
+        text = compose(best, hit_of.get(best.fact_id))
+        values = tuple(dict.fromkeys(canonical(v) for v in _fact_values(best)))
+        notes.append(f"composed from fact {best.fact_id}, the best fit for the question")
         ids = (best.fact_id,)
         return Answer(
             text,
@@ -634,8 +726,16 @@ def _grounded(
             cited(ids),
             retried,
         )
-    text = f"无法核实：{problem}。文件中没有相关规定可以核实。"
-    return Answer(text, "grounded", (), False, "abstained", hits, tuple(notes), draft, retry=retried)
+    return Answer(ABSTAIN_TEXT, "grounded", (), False, "abstained", hits, tuple(notes), draft, retry=retried)
+
+
+def _context_chunks(hits: Sequence[Hit], best: Hit | None, k: int) -> tuple[Hit, ...]:
+    """The chunks shown to the model: the chunk search's, with the best-fitting fact's chunk first when the
+    chunk search missed it (the model can only read what it is shown)."""
+    chosen = list(hits)
+    if best is not None and all(h.chunk_id != best.chunk_id for h in chosen):
+        chosen = [best, *chosen][: max(k, 1)]
+    return tuple(chosen)
 
 
 def _allowed_numbers(evidence: Sequence[FactRef], question: str) -> list[str]:

@@ -240,7 +240,7 @@ _ANSWER_SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;\n]*")
 _NOT_WORDS = re.compile(r"[\s\W_]+")
 
 
-def _copied(text: str, sources: Sequence[str], run: int = _ECHO_RUN) -> list[bool]:
+def copied_mask(text: str, sources: Sequence[str], run: int = _ECHO_RUN) -> list[bool]:
     """Per character of ``text``: whether it lies in a run of at least ``run`` characters that occurs in one
     of ``sources``."""
     covered = [False] * len(text)
@@ -263,7 +263,7 @@ def own_text(answer: str, question: str, sources: Sequence[str] = PROMPT_TEXTS) 
     asked = {v for m in find_numbers(fold(question)) for v in _candidate_values(m)}
     kept = []
     for sentence in _ANSWER_SENTENCE.findall(fold(answer)):
-        copied = _copied(sentence, texts)
+        copied = copied_mask(sentence, texts)
         for match in ABSTENTION.finditer(sentence):
             copied[match.start() : match.end()] = [None] * (match.end() - match.start())  # type: ignore[list-item]
         rest = [(c, flag) for c, flag in zip(sentence, copied, strict=True) if flag is not None]

@@ -43,6 +43,7 @@ import numpy as np
 from tasks.normalize import fold
 from tasks.retrieve import ChunkIndex, Hit, tokens, weighted_bm25
 from tasks.teachers.base import FactRef
+from tasks.verify import clause_of
 from warehouse.ledger import list_facts
 
 __all__ = [
@@ -66,13 +67,12 @@ TAG_WEIGHT = 0.5  # unit and qualifier tags the question asks for
 PHRASE_WEIGHT = 1.0  # an added rule term that the fact says as a whole
 BIGRAM_SHARE = 0.4  # share of an added term's weight that its bigrams get in the fact index
 UNIT_MISS = 0.85  # factor on a fact whose unit is not one the question asks for (when it asks for one)
-PLACE_MISS = 0.8  # factor on a fact naming places when the question names only other places
+PLACE_MISS = 0.8  # factor on a fact naming places when the question names only other places, or none
 CHUNK_WEIGHT = 0.35  # share of the chunk's (normalised) score added to each of its facts' (normalised) score
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
-_CLAUSE_BREAK = re.compile(r"[，,。；;：:！？!?\n]")
 _CACHE_SIZE = 8  # indexes kept (per doc filter, warehouse content and lexicon)
 _cache: OrderedDict[str, FactIndex] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -425,32 +425,6 @@ class FactHit:
     score: float
 
 
-def _fact_ref(row: Mapping[str, Any]) -> FactRef:
-    return FactRef(
-        fact_id=row["fact_id"],
-        value=row["value"],
-        value_max=row["value_max"],
-        unit=row["unit"],
-        raw=row["raw"],
-        qualifier=row["qualifier"],
-        subject=row["subject"],
-        context=row["context"],
-        span_start=row["span_start"],
-        span_end=row["span_end"],
-    )
-
-
-def clause_of(fact: FactRef) -> str:
-    """The clause of the fact's sentence that holds its number ("每人每天不超过800元")."""
-    at = fact.context.find(fact.raw)
-    if at < 0:
-        return fact.context
-    breaks = [m.start() for m in _CLAUSE_BREAK.finditer(fact.context)]
-    left = max([b + 1 for b in breaks if b < at], default=0)
-    right = min([b for b in breaks if b >= at + len(fact.raw)], default=len(fact.context))
-    return fact.context[left:right]
-
-
 def fact_tokens(
     fact: FactRef, heading: str, members: Sequence[str] = (), phrases: Iterable[str] = ()
 ) -> list[str]:
@@ -523,7 +497,7 @@ class FactIndex:
                 _cache.move_to_end(key)
                 return cached
         row_of = {chunk_id: i for i, (chunk_id, *_) in enumerate(chunks.rows)}
-        facts = [(_fact_ref(r), row_of[r["chunk_id"]]) for r in rows if r["chunk_id"] in row_of]
+        facts = [(FactRef.from_row(r), row_of[r["chunk_id"]]) for r in rows if r["chunk_id"] in row_of]
         index = cls(facts, chunks, chunks.categories(), key)
         with _cache_lock:
             _cache[key] = index
@@ -561,9 +535,10 @@ class FactIndex:
             asked = set(query.units)
             fits = np.array([f.unit in asked or f.unit.split("/")[0] in asked for f, _ in self.facts])
             combined = np.where(fits, combined, combined * UNIT_MISS)
-        if query.regions:
-            elsewhere = np.array([bool(r) and not (r & query.regions) for r in self._regions])
-            combined = np.where(elsewhere, combined * PLACE_MISS, combined)
+        # A fact about named places is an exception for those places: it ranks lower when the question names
+        # other places, or none (the general rule answers "伙食补助费每天多少", not the 新疆 exception).
+        elsewhere = np.array([bool(r) and not (r & query.regions) for r in self._regions])
+        combined = np.where(elsewhere, combined * PLACE_MISS, combined)
         combined = np.where(fact_scores > 0, combined, 0.0)
         order = np.argsort(-combined, kind="stable")[:k]
         hits = []

@@ -150,7 +150,7 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
     from tasks.export import exported_gguf
     from tasks.golden import golden_items
     from tasks.promote import challenge
-    from tasks.serve import LlamaCppGenerator
+    from tasks.serve import answering_generator
     from warehouse.models import get_champion
     from warehouse.review import review_sources
 
@@ -166,10 +166,7 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
         models["champion"] = (Path(champion["adapter_path"]), champion["model_id"])
     with settings_warehouse(settings) as con:
         generators = {
-            label: LlamaCppGenerator(
-                exported_gguf(con, settings, adapter, base_spec, model_id),
-                max_new_tokens=settings.answer_max_tokens,
-            )
+            label: answering_generator(exported_gguf(con, settings, adapter, base_spec, model_id), settings)
             for label, (adapter, model_id) in models.items()
         }
         batches = {

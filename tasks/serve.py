@@ -312,3 +312,11 @@ def server_command(
     if lora_path is not None:
         command += ["--lora_path", str(lora_path)]
     return command
+
+
+def answering_generator(gguf_path: Path | str, settings: Any) -> LlamaCppGenerator:
+    """The generator `slm ask`, `slm chat` and evaluation answer with: one place for the settings they share
+    (``answer_max_tokens``, ``answer_repeat_penalty``), so evaluation decodes exactly as users are answered."""
+    return LlamaCppGenerator(
+        gguf_path, max_new_tokens=settings.answer_max_tokens, repeat_penalty=settings.answer_repeat_penalty
+    )

@@ -103,11 +103,12 @@ def subject_fits(question: str, fact: FactRef) -> bool:
     subject = _bigrams(fact.subject)
     if subject and len(asked & subject) / len(subject) >= 0.34:
         return True
-    clause = _clause_of(fact)
+    clause = clause_of(fact)
     return len(asked & _bigrams(clause)) >= 2
 
 
-def _clause_of(fact: FactRef) -> str:
+def clause_of(fact: FactRef) -> str:
+    """The clause of the fact's sentence that holds its number ("每人每天不超过800元")."""
     at = fact.context.find(fact.raw)
     if at < 0:
         return fact.context

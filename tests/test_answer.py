@@ -89,7 +89,8 @@ def test_a_number_of_another_subject_is_never_shown(
     fake = Scripted("洗衣费每人每天100元。")
     result = answer(LAUNDRY, fake, index, sample)
     assert result.guard_action == "abstained" and not result.verified
-    assert result.text.startswith("无法核实：答案中的 100元 在检索到的规定中属于伙食补助费")
+    assert result.text == ABSTAIN_TEXT  # the rejected number is in the notes, never on screen
+    assert any("答案中的 100元 在检索到的规定中属于伙食补助费" in note for note in result.notes)
     assert result.numbers == () and result.draft == "洗衣费每人每天100元。"
     assert len(fake.calls) == 2  # one retry, with no number allowed at all
     retry_grammar = fake.calls[1][2]
@@ -108,7 +109,8 @@ def test_an_invented_number_is_replaced_by_the_evidence(
     stats = GuardStats()
     result = answer(MEAL, fake, index, sample, stats=stats)
     assert result.guard_action == "quoted_evidence" and result.verified
-    assert "150" not in result.text and "每人每天100元" in result.text and result.text.startswith("根据规定")
+    assert "150" not in result.text and "每人每天100元" in result.text
+    assert result.text.startswith("根据《sample_rules》第十八条：")
     assert "第十八条" in result.text and result.draft == "每人每天150元。"
     assert any("150元 不在检索到的规定中" in note for note in result.notes)
     retry_messages, _, grammar = fake.calls[1]
@@ -371,3 +373,61 @@ def _retrieved_facts(con: duckdb.DuckDBPyConnection, result) -> list:
 
     by_chunk = facts_by_chunk(con)
     return [f for h in result.retrieved for f in by_chunk.get(h.chunk_id, [])]
+
+
+# --- a guard that wants an answer ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("draft", "problem"),
+    [
+        (SYSTEM_PROMPT, "复述了系统提示或问题"),  # the untuned base's echo
+        (MEAL, "复述了系统提示或问题"),  # the question back
+        ("这要看具体情况。", "没有给出规定中的数字"),  # a numeric question answered without a number
+        ("【100元/人】【100元/人】【100元/人】【100元/人】", "重复"),  # a loop
+        (
+            "伙食补助费每人每天100-999元。",
+            "不在检索到的规定中",
+        ),  # the range hole: 100-999 is not the 100 of a fact
+        (
+            "【1】第三章 差旅费 > 第十八条 伙食补助费按出差自然（日历）天数实行定额包干，每人每天100元。",
+            "照抄",
+        ),
+    ],
+)
+def test_a_draft_that_is_no_answer_is_not_passed(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex, draft: str, problem: str
+) -> None:
+    result = answer(MEAL, Scripted(draft), index, sample)
+    assert result.guard_action == "quoted_evidence" and problem in result.notes[0]
+    # composed from the best-fitting fact, with its source, and it holds the number it is quoted for
+    assert (
+        result.text
+        == "根据《sample_rules》第十八条：伙食补助费按出差自然（日历）天数实行定额包干，每人每天100元。"
+    )
+    assert result.numbers == ("100",) and result.cited[0].heading_path.endswith("第十八条")
+
+
+def test_a_number_that_is_not_the_best_fitting_fact_is_replaced(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex
+) -> None:
+    question = "我是讲师，下周去武汉出差，住酒店一晚最多能报多少钱？"
+    wrong_tier = answer(question, Scripted("每人每天不超过800元。"), index, sample)  # 800: 校级领导's
+    assert (
+        wrong_tier.guard_action == "quoted_evidence"
+        and "400" in wrong_tier.text
+        and "800" not in wrong_tier.text
+    )
+    right = answer(question, Scripted("住宿费每人每天不超过400元。"), index, sample)
+    assert right.guard_action == "passed"
+
+
+def test_an_abstention_stands_only_where_the_rules_say_nothing(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex
+) -> None:
+    abstain = Scripted(ABSTAIN_TEXT)
+    unregulated = answer("宠物托运费最多能报多少？", abstain, index, sample)
+    assert unregulated.guard_action == "passed" and unregulated.text == ABSTAIN_TEXT
+    regulated = answer("去拉萨出差，吃饭一天补多少？", abstain, index, sample)  # 拉萨 is in 西藏: 120元
+    assert regulated.guard_action == "quoted_evidence" and "120元" in regulated.text
+    assert regulated.text.startswith("根据《sample_rules》第十八条：")

@@ -126,13 +126,17 @@ def test_an_echoing_model_and_a_tier_lister_score_zero_and_are_refused(con, sett
     echo = {mode: answer_batch(_echo_generator, con, mode, 32) for mode in ("closed_book", "grounded")}
     for mode, batch in echo.items():
         result = evaluate(ITEMS, batch, ledger_view(con))
-        for family in ("model", "shown"):
-            scores = result.metrics[family]
-            assert scores["numeric_accuracy"] == 0.0, (mode, family)
-            assert scores["abstention_accuracy"] == 0.0, (mode, family)  # the prompt's 文件中没有相关规定
-        # every answer the model wrote was the prompt (grounded, the guard may abstain before asking it)
+        # What the model did is worth nothing, on numeric and unanswerable items alike (the prompt's
+        # 文件中没有相关规定 is no abstention)...
+        assert result.metrics["model"]["numeric_accuracy"] == 0.0, mode
+        assert result.metrics["model"]["abstention_accuracy"] == 0.0, mode
         written = [m for m, reply in zip(result.model, result.replies, strict=True) if reply.model]
         assert written and all(m.echoed for m in written), mode
+        # ... and the guard never lets the echo through as an answer.
+        assert "passed" not in result.metrics["guard_actions"], mode
+        if mode == "closed_book":  # closed book flags but shows what the model wrote: the user saw nothing
+            assert result.metrics["shown"]["numeric_accuracy"] == 0.0
+            assert result.metrics["shown"]["abstention_accuracy"] == 0.0
 
     def tier_lister(questions: list[str]) -> list[str]:
         return ["一类人员100元，二类人员80元。"] * len(questions)

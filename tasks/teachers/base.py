@@ -7,8 +7,9 @@ rows. A teacher never drops a failure silently: it raises nothing for bad model 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class FactRef:
     context: str
     span_start: int
     span_end: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> FactRef:
+        """From a warehouse fact row (``warehouse.ledger.list_facts``); extra columns are ignored."""
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
