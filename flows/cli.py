@@ -1138,7 +1138,6 @@ def serve_model(
     """llama-cpp-python's OpenAI-compatible server on bind_host (127.0.0.1) with the exported GGUF (needs
     its server extra)."""
     import importlib.util
-    import subprocess
 
     from tasks.netbind import url_host
     from tasks.serve import server_command
@@ -1161,7 +1160,10 @@ def serve_model(
     command = server_command(path, port, host=bind)
     command[0] = sys.executable
     console.print(f"serving {path} at http://{url_host(bind)}:{port}/v1 (Ctrl-C stops)")
-    raise typer.Exit(subprocess.call(command))
+    sys.stdout.flush()
+    # The server replaces this process: a signal to `slm serve-model` (Ctrl-C, a supervisor's SIGTERM) stops
+    # the server itself, and no orphan keeps the port.
+    os.execv(command[0], command)
 
 
 @app.command()

@@ -300,10 +300,13 @@ def test_llamacpp_generator_obeys_number_constraints(tmp_path: Path) -> None:
 
 def test_serve_model_answers_openai_clients_on_loopback(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extra is not installed")
+    import os
+    import signal
     import socket
     import subprocess
     import time
 
+    import psutil
     from openai import OpenAI
 
     from tasks.export import export_model
@@ -320,7 +323,12 @@ def test_serve_model_answers_openai_clients_on_loopback(tmp_path: Path) -> None:
         "-w", str(tmp_path / "ws"), "serve-model", "--model", str(gguf), "--port", str(port)
     )
     server = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=30)
@@ -339,9 +347,11 @@ def test_serve_model_answers_openai_clients_on_loopback(tmp_path: Path) -> None:
             model=models.data[0].id, messages=[{"role": "user", "content": "会议费"}], max_tokens=8
         )
         assert reply.choices[0].message.content is not None and reply.usage.completion_tokens > 0
+        assert "llama_cpp.server" in " ".join(psutil.Process(server.pid).cmdline())  # slm became the server
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the whole group: nothing the test started outlives it
         server.wait(timeout=30)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(gguf) in " ".join(p.info["cmdline"] or [])]
 
 
 @pytest.mark.slow
