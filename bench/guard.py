@@ -1,0 +1,90 @@
+"""What the numeric guard alone is worth: grounded answering over the hand-phrased sets with scripted models.
+
+The same two sets as ``bench/retrieval.py`` (the sample's 40 questions over the bundled sample, the 45 dev
+questions over three corpus texts), each document set ingested into a temporary workspace, every question
+answered by ``tasks.answer.answer_batch`` in grounded mode and scored by ``tasks.evaluate`` in both families.
+Three scripted "models" bracket what a real one does:
+
+- ``reference``: always writes the item's reference answer (the guard's ceiling: what it loses by refusing
+  right answers where retrieval ranks the wrong fact first);
+- ``abstain``: always says "文件中没有相关规定。" (what the composer shows when the model knows nothing);
+- ``echo``: always repeats its system prompt (the untuned base's habit).
+
+Model-family scores of the last two are 0 by construction; their *shown* scores are the guard's own work.
+
+    .venv/bin/python bench/guard.py [--misses]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.retrieval import SETS  # noqa: E402
+from tasks.answer import ABSTAIN_TEXT, answer_batch  # noqa: E402
+from tasks.config import load_settings  # noqa: E402
+from tasks.evaluate import EvalItem, evaluate, fmt, ledger_view, load_questions  # noqa: E402
+from tasks.fact_retrieve import clear_cache as clear_fact_cache  # noqa: E402
+from tasks.ingest import ingest_file  # noqa: E402
+from tasks.retrieve import clear_cache  # noqa: E402
+from warehouse.db import open_warehouse  # noqa: E402
+
+
+def scripted(items: list[EvalItem]) -> dict[str, Callable[..., str]]:
+    reference = {i.question: i.answer for i in items}
+
+    def asked(messages: list[dict[str, str]]) -> str:
+        return messages[-1]["content"].rsplit("问题：", 1)[-1].strip()
+
+    return {
+        "reference": lambda messages, max_tokens, grammar=None: reference.get(asked(messages), ABSTAIN_TEXT),
+        "abstain": lambda messages, max_tokens, grammar=None: ABSTAIN_TEXT,
+        "echo": lambda messages, max_tokens, grammar=None: messages[0]["content"],
+    }
+
+
+def run_set(name: str, questions: Path, docs: list[Path], show_misses: bool) -> None:
+    items = load_questions(questions)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(Path(tmp) / "ws")
+        with open_warehouse(settings.warehouse_path) as con:
+            for doc in docs:
+                if ingest_file(con, doc, settings).status == "failed":
+                    raise SystemExit(f"{doc}: ingest failed")
+            clear_cache()
+            clear_fact_cache()
+            view = ledger_view(con)
+            for model, generator in scripted(items).items():
+                result = evaluate(items, answer_batch(generator, con, "grounded", 64), view)
+                for family in ("model", "shown"):
+                    m = result.metrics[family]
+                    print(
+                        f"{name:7} {model:9} {family:6} accuracy {fmt(m['accuracy']):>4}  "
+                        f"numeric {fmt(m['numeric_accuracy']):>4} (n={m['n_numeric']})  "
+                        f"abstention {fmt(m['abstention_accuracy']):>4} (n={m['n_unanswerable']})  "
+                        f"invented {fmt(m['invented_number_rate']):>3}"
+                    )
+                actions = ", ".join(f"{k} {v}" for k, v in sorted(result.metrics["guard_actions"].items()))
+                print(f"{'':7} {model:9} guard  {actions}")
+                if show_misses:
+                    for item, shown, reply in zip(items, result.shown, result.replies, strict=True):
+                        if not shown.passed and item.type != "text":
+                            print(f"{'':9}miss {item.id}: {reply.guard_action}: {reply.shown[:60]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--misses", action="store_true", help="list the numeric and unanswerable misses")
+    args = parser.parse_args()
+    for name, (questions, docs) in SETS.items():
+        run_set(name, questions, docs, args.misses)
+
+
+if __name__ == "__main__":
+    main()
