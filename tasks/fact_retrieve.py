@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import tomllib
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,7 +39,7 @@ import duckdb
 import numpy as np
 
 from tasks.normalize import fold
-from tasks.retrieve import ChunkIndex, Hit, tokens, weighted_bm25
+from tasks.retrieve import ChunkIndex, Hit, IndexCache, tokens, weighted_bm25
 from tasks.teachers.base import FactRef
 from tasks.verify import clause_of
 from warehouse.ledger import list_facts
@@ -73,9 +71,7 @@ CHUNK_WEIGHT = 0.35  # share of the chunk's (normalised) score added to each of 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
-_CACHE_SIZE = 8  # indexes kept (per doc filter, warehouse content and lexicon)
-_cache: OrderedDict[str, FactIndex] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache: IndexCache[FactIndex] = IndexCache()  # per doc filter, warehouse content and lexicon
 
 
 def _words(text: str) -> frozenset[str]:
@@ -491,19 +487,13 @@ class FactIndex:
         for r in rows:
             digest.update(f"{r['fact_id']}|{r['value']}|{r['value_max']}|{r['unit']}|{r['subject']}".encode())
         key = digest.hexdigest()
-        with _cache_lock:
-            cached = _cache.get(key)
-            if cached is not None:
-                _cache.move_to_end(key)
-                return cached
-        row_of = {chunk_id: i for i, (chunk_id, *_) in enumerate(chunks.rows)}
-        facts = [(FactRef.from_row(r), row_of[r["chunk_id"]]) for r in rows if r["chunk_id"] in row_of]
-        index = cls(facts, chunks, chunks.categories(), key)
-        with _cache_lock:
-            _cache[key] = index
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-        return index
+
+        def build() -> FactIndex:
+            row_of = {chunk_id: i for i, (chunk_id, *_) in enumerate(chunks.rows)}
+            facts = [(FactRef.from_row(r), row_of[r["chunk_id"]]) for r in rows if r["chunk_id"] in row_of]
+            return cls(facts, chunks, chunks.categories(), key)
+
+        return _cache.get_or_build(key, build)
 
     def __len__(self) -> int:
         return len(self.facts)
@@ -555,5 +545,4 @@ class FactIndex:
 
 def clear_cache() -> None:
     """Forget every cached fact index (tests; or after deleting documents in place)."""
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()

@@ -20,9 +20,9 @@ import hashlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import bm25s
 import duckdb
@@ -31,13 +31,42 @@ import numpy as np
 from tasks.normalize import fold
 from warehouse.ledger import chunk_texts
 
-__all__ = ["ChunkIndex", "Hit", "clear_cache", "tokens", "weighted_bm25"]
+__all__ = ["ChunkIndex", "Hit", "IndexCache", "clear_cache", "tokens", "weighted_bm25"]
 
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[A-Za-z]+|\d+(?:\.\d+)?")
+T = TypeVar("T")
 _CACHE_SIZE = 8  # indexes kept (per doc filter and warehouse content); each is small
-_cache: OrderedDict[str, ChunkIndex] = OrderedDict()
-_cache_lock = threading.Lock()
+
+
+class IndexCache(Generic[T]):
+    """A small thread-safe LRU of built indexes by content key: asking many questions against the same
+    warehouse builds an index once."""
+
+    def __init__(self, size: int = _CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[str, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_build(self, key: str, build: Callable[[], T]) -> T:
+        with self._lock:
+            cached = self._items.get(key)
+            if cached is not None:
+                self._items.move_to_end(key)
+                return cached
+        built = build()  # outside the lock: a slow build does not block other lookups
+        with self._lock:
+            self._items[key] = built
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return built
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_cache: IndexCache[ChunkIndex] = IndexCache()
 
 
 @dataclass(frozen=True)
@@ -86,17 +115,7 @@ class ChunkIndex:
         for chunk_id, *_ in rows:
             digest.update(chunk_id.encode())  # chunk ids hash their text: same ids, same content
         key = digest.hexdigest()
-        with _cache_lock:
-            cached = _cache.get(key)
-            if cached is not None:
-                _cache.move_to_end(key)
-                return cached
-        index = cls(rows, key)  # type: ignore[arg-type]
-        with _cache_lock:
-            _cache[key] = index
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-        return index
+        return _cache.get_or_build(key, lambda: cls(rows, key))  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -162,5 +181,4 @@ def weighted_bm25(
 
 def clear_cache() -> None:
     """Forget every cached index (tests; or after deleting documents in place)."""
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()
