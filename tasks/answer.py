@@ -670,31 +670,24 @@ def _grounded(
     def cited(ids: Sequence[str]) -> tuple[Hit, ...]:
         return tuple(dict.fromkeys(hit_of[i] for i in ids if i in hit_of))
 
-    def shown(
-        text: str, checks: Sequence[NumberCheck], action: str, notes: Sequence[str], retried: str = ""
-    ) -> Answer:
-        ids = tuple(dict.fromkeys(i for c in checks for i in c.fact_ids))
+    def shown(text: str, action: str, ids: Sequence[str], values: tuple[str, ...]) -> Answer:
+        """A verified answer: the model's (draft or retry) or the one composed from a fact."""
+        ids = tuple(ids)
         return Answer(
-            text,
-            "grounded",
-            _stated(checks),
-            True,
-            action,
-            hits,
-            tuple(notes),
-            draft,
-            ids,
-            cited(ids),
-            retried,
+            text, "grounded", values, True, action, hits, tuple(notes), draft, ids, cited(ids), retried
         )
 
+    def verified(checks: Sequence[NumberCheck]) -> tuple[list[str], tuple[str, ...]]:
+        return list(dict.fromkeys(i for c in checks for i in c.fact_ids)), _stated(checks)
+
+    notes: list[str] = []
+    retried = ""
     draft = generator(context_messages(question, hits), max_tokens).strip()
     checks = check_numbers(asked, draft, facts, relevant)
     problem = draft_problem(question, draft, checks, close, context)
     if not problem:
-        return shown(draft, checks, "passed", ())
-    notes = [f"draft: {problem}"]
-    retried = ""
+        return shown(draft, "passed", *verified(checks))
+    notes.append(f"draft: {problem}")
     evidence = fitting[:2] or _best_evidence(asked, facts)[:2]
     if retry:
         retried = generator(
@@ -706,26 +699,12 @@ def _grounded(
         second = draft_problem(question, retried, again, close, context)
         if not second:
             notes.append("retry with the evidence sentence verified")
-            return shown(retried, again, "retried_ok", notes, retried)
+            return shown(retried, "retried_ok", *verified(again))
         notes.append(f"retry: {second}")
     if best is not None:
-        text = compose(best, hit_of.get(best.fact_id))
-        values = tuple(dict.fromkeys(canonical(v) for v in _fact_values(best)))
         notes.append(f"composed from fact {best.fact_id}, the best fit for the question")
-        ids = (best.fact_id,)
-        return Answer(
-            text,
-            "grounded",
-            values,
-            True,
-            "quoted_evidence",
-            hits,
-            tuple(notes),
-            draft,
-            ids,
-            cited(ids),
-            retried,
-        )
+        values = tuple(dict.fromkeys(canonical(v) for v in _fact_values(best)))
+        return shown(compose(best, hit_of.get(best.fact_id)), "quoted_evidence", [best.fact_id], values)
     return Answer(ABSTAIN_TEXT, "grounded", (), False, "abstained", hits, tuple(notes), draft, retry=retried)
 
 
