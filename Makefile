@@ -35,6 +35,10 @@ demo: venv
 	$(BIN)/slm --workspace $(DEMO_WS) golden add examples/sample_questions.jsonl
 	$(BIN)/slm --workspace $(DEMO_WS) run examples/sample_rules.pdf \
 		--review auto --teacher extractive --max-steps $(DEMO_STEPS)
+	@# Three hand-phrased questions (held out of training), answered by the champion as users are answered.
+	$(BIN)/slm --workspace $(DEMO_WS) ask --model champion "我是讲师，下周去武汉出差三天，住酒店一晚最多能报多少钱？"
+	$(BIN)/slm --workspace $(DEMO_WS) ask --model champion "下个月派我去乌鲁木齐出差一周，那边吃饭一天能补多少？"
+	$(BIN)/slm --workspace $(DEMO_WS) ask --model champion "我的手机话费每个月能报一部分吗？学校有没有通讯补贴标准？"
 
 test: venv
 	$(BIN)/ruff check .

@@ -1057,6 +1057,8 @@ def _print_verdict(result: Any) -> None:
     details = f"mode {result.mode}; numbers {', '.join(result.numbers) or '-'}; "
     details += f"verified {result.verified}; guard {result.guard_action}"
     console.print(f"[dim]{escape(details)}[/dim]")
+    if result.draft and result.draft != result.text:  # what the model wrote, when the guard did not show it
+        console.print(f"[dim]model's draft: {escape(_clip(result.draft, 120))}[/dim]")
 
 
 def _gguf_for(con: Any, model: str | None) -> Path:
