@@ -1,22 +1,37 @@
-"""LoRA training throughput: the prototype's recipe against ours, on the real offline base, in one process.
+"""LoRA training throughput: ours against a plain Hugging Face Trainer and the prototype, in one process.
 
-Same base (``gemma3-270m``), same 200 synthetic finance rows, same seed, same number of optimiser steps:
+Same base (``gemma3-270m``, the real offline base), same synthetic finance rows, same seed:
 
-- ``prototype``: the old recipe on a plain Trainer: batch 1 x accumulation 4, every row padded to 512 tokens,
-  full-vocabulary logits at every position, lr 5e-5, r 16;
-- ``plain``: our ``cpu-small`` hyper-parameters (lr 2e-4, r 8, batch 8) with the prototype's plain habits
-  (random batches padded to max length 256, full-vocabulary logits). Same optimisation as ``ours``, so its
-  loss is the comparable one; the prototype's lr and rank differ and make its loss incomparable;
-- ``ours``: ``cpu-small``: batches grouped by length, dynamic padding, vocabulary projection at answer
-  positions only.
+- ``ours``: ``tasks/train.py`` with profile ``cpu-small``: batches grouped by length, dynamic padding, the
+  vocabulary projection at answer positions only, gradient checkpointing of batches above 512 tokens;
+- ``ours-random`` (a control): ours with plain's random batch order instead of length grouping. Its loss
+  against plain's tests the answer-only loss computation alone; ours against plain includes the row order;
+- ``plain`` (the baseline of the headline ratio): a stock ``transformers.Trainer`` as a tutorial writes it,
+  at equal LoRA settings (``cpu-small``'s rank, alpha, dropout, target modules, learning rate, batch size
+  and accumulation, linear schedule): random batches, dynamic padding to the longest row of each batch
+  (``DataCollatorForSeq2Seq``, right padding, labels padded with -100), and the model's own causal-LM loss
+  over full-vocabulary logits at every position. It trains on the same encoded rows as ours (prompt tokens
+  labelled -100), so both optimise the same objective and their losses are comparable;
+- ``prototype``: the old recipe (``prototype`` profile) on a plain Trainer: batch 1 x accumulation 4, every
+  row padded to 512 tokens, full-vocabulary logits, lr 5e-5, r 16. Its lr and rank differ, so its loss is
+  not comparable; only its throughput is reported, over fewer steps (``--prototype-steps``) because it is
+  slow.
 
-Tokens/s counts real (non-padding) tokens of the training batches per second of training (evaluation and
-loading excluded). Peak RSS is sampled during each run; runs go ``ours`` first, and freed memory is handed
-back to the OS between runs, so a later run's peak is not inflated by an earlier one. The validation loss of
-each final adapter is computed the same way for all runs (16 held-out rows, answer tokens only).
-Targets: ours >= 3x the prototype's tokens/s; final loss within 5% of ``plain``.
+Tokens/s counts real (non-padding) tokens of the training batches per second of training (model loading
+and evaluation excluded). Peak RSS is sampled during each run (loading included); runs go ``ours`` first,
+and freed memory is handed back to the OS between runs. Loss parity: after ``--steps`` optimiser steps
+(default 50), the validation loss of the ``ours``, ``ours-random`` and ``plain`` adapters on 16 held-out
+rows (answer tokens only, computed the same way for every adapter) and the relative differences to plain;
+the base's loss is printed too, to show how far training moved it. Targets (the exit status): ours >= 3x
+the prototype's tokens/s; validation loss of ours and of the control within 5% of ``plain``.
 
-    .venv/bin/python bench/train_throughput.py [--steps 4] [--runs ours,plain,prototype] [--threads N]
+On 1 thread (``make bench``), 50 steps of cpu-small's own batch, 4 x 2 rows, would take the plain run alone
+about a quarter of an hour, and all four runs over half an hour; so the default batch is 2 x 1 for ours,
+the control and plain alike (the smallest batch in which there is still padding to save and rows to group),
+and the output says so. ``--batch-size 4 --grad-accum 2`` measures cpu-small's own batch.
+
+    .venv/bin/python bench/train_throughput.py [--steps 50] [--batch-size 2] [--grad-accum 1]
+        [--prototype-steps 3] [--runs ours,ours-random,plain,prototype] [--threads N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +45,8 @@ import os
 import random
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,22 +57,44 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from tasks.models import load_base  # noqa: E402
-from tasks.train import ChatDataset, PadCollator, TrainResult, answer_only_loss, read_rows, train  # noqa: E402
+from tasks.train import (  # noqa: E402
+    ChatDataset,
+    PadCollator,
+    _PeakRss,
+    answer_only_loss,
+    get_profile,
+    read_rows,
+    train,
+)
 
-TARGET_SPEEDUP = 3.0
+TARGET_SPEEDUP_VS_PROTOTYPE = 3.0
 TARGET_LOSS_GAP = 0.05
+MIN_PARITY_STEPS = 50
+BASE = "gemma3-270m"
 SYSTEM = "你是高校财务制度问答助手。请严格依据学校财务管理制度原文作答，给出具体金额和条款；制度未规定的，明确说明。"
 CITIES = ["北京", "上海", "广州", "深圳", "杭州", "南京", "成都", "武汉", "西安", "济南", "青岛", "拉萨"]
 TITLES = ["教授", "副教授", "讲师", "博士后", "研究生", "行政人员", "院士", "外聘专家"]
-RUNS = {
-    "ours": ("cpu-small", None),
-    # Padded to 256, which every bench row fits (cpu-small's 768 is for rows with retrieved context).
-    "plain": (
-        "cpu-small",
-        {"group_by_length": False, "pad_to_max_length": True, "selective_loss": False, "max_length": 256},
-    ),
-    "prototype": ("prototype", None),
+DESCRIPTIONS = {
+    "ours": "tasks/train.py cpu-small: length grouping, dynamic padding, logits at answer positions only",
+    "ours-random": "control: ours, but in plain's random batch order (no length grouping)",
+    "plain": "stock HF Trainer: random batches, DataCollatorForSeq2Seq dynamic padding, full-vocabulary logits",
+    "prototype": "prototype profile: batch 1 x 4, padded to 512, full-vocabulary logits, lr 5e-5, r 16",
 }
+
+
+@dataclass
+class RunResult:
+    name: str
+    steps: int
+    batch: str
+    tokens_per_s: float
+    train_s: float
+    peak_rss_mb: float
+    train_tokens: int
+    padded_tokens: int
+    last_train_loss: float | None
+    adapter_dir: Path
+    val_loss: float | None = None
 
 
 def synthetic_rows(n: int, seed: int) -> list[dict]:
@@ -129,12 +168,14 @@ def write_dataset(folder: Path, train_rows: list[dict]) -> Path:
     return folder
 
 
-def validation_loss(adapter_dir: Path, rows: list[dict], batch_size: int = 8) -> float:
-    """Mean answer-token loss of base + adapter on ``rows`` (dynamic padding, answer-only projection)."""
-    from peft import PeftModel
+def validation_loss(adapter_dir: Path | None, rows: list[dict], batch_size: int = 8) -> float:
+    """Mean answer-token loss of base (+ adapter) on ``rows``; the same computation for every run."""
+    model, tokenizer, _ = load_base(BASE)
+    if adapter_dir is not None:
+        from peft import PeftModel
 
-    model, tokenizer, _ = load_base("gemma3-270m")
-    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
     ds = ChatDataset(rows, tokenizer, 512)
     collate = PadCollator(tokenizer.pad_token_id)
     total, count = 0.0, 0
@@ -156,15 +197,151 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def counting_trainer(trainer_cls):
+    """``trainer_cls`` counting the real and the computed (padded) tokens of the batches it trains on.
+
+    Counted where the loss is computed, as ours counts them: the dataloader fetches one batch ahead, so a
+    count in the collator would include a batch that is never trained on. The loss is the stock one."""
+
+    class CountingTrainer(trainer_cls):
+        train_tokens = 0
+        padded_tokens = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training:
+                self.train_tokens += int(inputs["attention_mask"].sum())
+                self.padded_tokens += inputs["attention_mask"].numel()
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return CountingTrainer
+
+
+def run_plain(
+    dataset: Path, out_dir: Path, steps: int, seed: int, threads: int | None, batch_size: int, grad_accum: int
+) -> RunResult:
+    """A stock Trainer at cpu-small's LoRA settings: dynamic padding, the model's own full-vocabulary loss."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    prof = get_profile("cpu-small")
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    with _PeakRss() as memory:
+        model, tokenizer, _ = load_base(BASE)
+        tokenizer.padding_side = "right"
+        train_ds = ChatDataset(read_rows(dataset / "train.jsonl"), tokenizer, prof.max_length)
+        set_seed(seed)  # the LoRA initialisation draws random numbers: the same draw as ours
+        lora = LoraConfig(
+            r=prof.lora_r,
+            lora_alpha=prof.lora_alpha,
+            lora_dropout=prof.lora_dropout,
+            target_modules=list(prof.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+        collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+        args = TrainingArguments(
+            output_dir=str(out_dir / "checkpoints"),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=grad_accum,
+            learning_rate=prof.learning_rate,
+            max_steps=steps,
+            lr_scheduler_type="linear",
+            weight_decay=0.0,
+            logging_steps=1,
+            save_strategy="no",
+            seed=seed,
+            data_seed=seed,
+            use_cpu=True,
+            report_to="none",
+            disable_tqdm=True,
+            remove_unused_columns=False,
+        )
+        trainer = counting_trainer(Trainer)(
+            model=model, args=args, data_collator=collator, train_dataset=train_ds
+        )
+        trainer.remove_callback(PrinterCallback)
+        started = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - started
+        adapter_dir = out_dir / "adapter"
+        trainer.model.save_pretrained(adapter_dir)
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        result = RunResult(
+            name="plain",
+            steps=trainer.state.global_step,
+            batch=f"{batch_size} x {grad_accum}",
+            tokens_per_s=trainer.train_tokens / train_s,
+            train_s=train_s,
+            peak_rss_mb=memory.peak_mb(),
+            train_tokens=trainer.train_tokens,
+            padded_tokens=trainer.padded_tokens,
+            last_train_loss=float(losses[-1]) if losses else None,
+            adapter_dir=adapter_dir,
+        )
+    del trainer, model
+    return result
+
+
+def run_ours_or_prototype(
+    name: str,
+    dataset: Path,
+    out_dir: Path,
+    steps: int,
+    seed: int,
+    threads: int | None,
+    overrides: dict | None,
+) -> RunResult:
+    profile = "prototype" if name == "prototype" else "cpu-small"
+    r = train(
+        dataset,
+        BASE,
+        out_dir,
+        profile=profile,
+        max_steps=steps,
+        seed=seed,
+        progress=sys.stderr.isatty(),
+        overrides=overrides,
+        threads=threads,
+    )
+    return RunResult(
+        name=name,
+        steps=r.optimizer_steps,
+        batch=f"{r.profile['batch_size']} x {r.profile['grad_accum']}",
+        tokens_per_s=r.tokens_per_s,
+        train_s=r.train_s,
+        peak_rss_mb=r.peak_rss_mb,
+        train_tokens=r.extra["train_tokens"],
+        padded_tokens=r.extra["padded_tokens"],
+        last_train_loss=r.final_train_loss,
+        adapter_dir=r.adapter_dir,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=4, help="optimiser steps per run (default 4)")
+    parser.add_argument(
+        "--steps", type=int, default=MIN_PARITY_STEPS, help="optimiser steps of ours and plain (default 50)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=2, help="rows per batch, ours and plain (default 2)"
+    )
+    parser.add_argument("--grad-accum", type=int, default=1, help="batches per optimiser step (default 1)")
+    parser.add_argument(
+        "--prototype-steps", type=int, default=3, help="optimiser steps of the prototype (default 3)"
+    )
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--runs", default="ours,plain,prototype", help="comma-separated: ours,plain,prototype"
+        "--runs", default=",".join(DESCRIPTIONS), help=f"comma-separated: {','.join(DESCRIPTIONS)}"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -172,70 +349,166 @@ def main() -> int:
 
     console = Console(highlight=False, width=120)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = set(runs) - set(DESCRIPTIONS)
+    if unknown:
+        parser.error(f"unknown runs: {', '.join(sorted(unknown))}")
+    small = get_profile("cpu-small")
+    batch_overrides = {"batch_size": args.batch_size, "grad_accum": args.grad_accum}
     valid_rows = synthetic_rows(16, args.seed + 1)
-    results: dict[str, TrainResult] = {}
-    val_loss: dict[str, float] = {}
+    results: dict[str, RunResult] = {}
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="slm-train-bench-") as tmp:
         dataset = write_dataset(Path(tmp) / "benchdataset", synthetic_rows(args.rows, args.seed))
         console.print(
-            f"{len(read_rows(dataset / 'train.jsonl'))} rows, {args.steps} optimiser steps per run, seed "
-            f"{args.seed}, threads {args.threads or 'all'}, load average {os.getloadavg()[0]:.1f}"
+            f"{BASE}, {len(read_rows(dataset / 'train.jsonl'))} training rows, seed {args.seed}, threads "
+            f"{args.threads or 'all'}, load average {load_start:.1f}"
         )
-        for name in runs:
-            profile, overrides = RUNS[name]
-            release_memory()
-            console.print(f"[bold]{name}[/bold] ({profile}{' + ' + str(overrides) if overrides else ''}) ...")
-            results[name] = train(
-                dataset,
-                "gemma3-270m",
-                Path(tmp) / name,
-                profile=profile,
-                max_steps=args.steps,
-                seed=args.seed,
-                progress=sys.stderr.isatty(),
-                overrides=overrides,
-                threads=args.threads,
+        console.print(
+            f"ours, ours-random and plain: {args.steps} optimiser steps of batch {args.batch_size} x {args.grad_accum} "
+            f"(cpu-small's own batch is {small.batch_size} x {small.grad_accum}"
+            + (
+                "; a smaller one here so that 50 steps of all four runs fit in about 15 minutes on 1 thread)"
+                if (args.batch_size, args.grad_accum) != (small.batch_size, small.grad_accum)
+                else ")"
             )
-            r = results[name]
+            + f"; prototype: {args.prototype_steps} steps of its own batch 1 x 4, throughput only"
+        )
+        if args.steps < MIN_PARITY_STEPS:
             console.print(
-                f"  {r.tokens_per_s:.1f} tok/s, {r.train_s:.0f} s training, peak RSS {r.peak_rss_mb:.0f} MiB, "
-                f"real/computed tokens {r.extra['train_tokens']}/{r.extra['padded_tokens']}"
+                f"[yellow]loss parity after only {args.steps} steps (< {MIN_PARITY_STEPS})[/yellow]"
+            )
+        for name in runs:
+            release_memory()
+            console.print(f"[bold]{name}[/bold]: {DESCRIPTIONS[name]} ...")
+            out = Path(tmp) / name
+            if name == "plain":
+                r = run_plain(
+                    dataset, out, args.steps, args.seed, args.threads, args.batch_size, args.grad_accum
+                )
+            elif name in ("ours", "ours-random"):
+                overrides = {
+                    **batch_overrides,
+                    **({"group_by_length": False} if name == "ours-random" else {}),
+                }
+                r = run_ours_or_prototype(name, dataset, out, args.steps, args.seed, args.threads, overrides)
+            else:
+                r = run_ours_or_prototype(
+                    name, dataset, out, args.prototype_steps, args.seed, args.threads, None
+                )
+            results[name] = r
+            console.print(
+                f"  {r.steps} steps of {r.batch}: {r.tokens_per_s:.1f} tok/s, {r.train_s:.0f} s training, peak RSS "
+                f"{r.peak_rss_mb:.0f} MiB, real/computed tokens {r.train_tokens}/{r.padded_tokens}"
             )
             release_memory()
-            val_loss[name] = validation_loss(r.adapter_dir, valid_rows)
+            if name != "prototype":
+                r.val_loss = validation_loss(r.adapter_dir, valid_rows)
+        base_loss = validation_loss(None, valid_rows) if set(results) - {"prototype"} else None
 
     table = Table(
-        "run", "profile", "tok/s", "train s", "peak RSS MiB", "padding %", "last train loss", "val loss"
+        "run",
+        "steps",
+        "batch",
+        "tok/s",
+        "train s",
+        "peak RSS MiB",
+        "padding %",
+        "last train loss",
+        "val loss",
     )
     for name, r in results.items():
-        pad = 100 * (1 - r.extra["train_tokens"] / r.extra["padded_tokens"])
+        pad = 100 * (1 - r.train_tokens / r.padded_tokens)
         table.add_row(
             name,
-            r.profile["name"],
+            str(r.steps),
+            r.batch,
             f"{r.tokens_per_s:.1f}",
             f"{r.train_s:.0f}",
             f"{r.peak_rss_mb:.0f}",
             f"{pad:.0f}",
-            f"{r.final_train_loss:.4f}",
-            f"{val_loss[name]:.4f}",
+            f"{r.last_train_loss:.4f}" if r.last_train_loss is not None else "-",
+            f"{r.val_loss:.4f}" if r.val_loss is not None else "-",
         )
     console.print(table)
+    if base_loss is not None:
+        console.print(f"validation loss of the base without adapter: {base_loss:.4f}")
+
     ok = True
     summary: dict[str, float] = {}
-    if "ours" in results and "prototype" in results:
-        speedup = results["ours"].tokens_per_s / results["prototype"].tokens_per_s
-        summary["speedup_vs_prototype"] = speedup
-        summary["rss_ratio_vs_prototype"] = results["ours"].peak_rss_mb / results["prototype"].peak_rss_mb
-        ok &= speedup >= TARGET_SPEEDUP
-        console.print(f"ours / prototype tokens/s: {speedup:.2f}x (target >= {TARGET_SPEEDUP:.0f}x)")
-    if "ours" in results and "plain" in results:
-        summary["speedup_vs_plain"] = results["ours"].tokens_per_s / results["plain"].tokens_per_s
-        gap = abs(val_loss["ours"] - val_loss["plain"]) / val_loss["plain"]
-        summary["val_loss_gap_vs_plain"] = gap
-        ok &= gap <= TARGET_LOSS_GAP
+    parts = []
+    ours, control = results.get("ours"), results.get("ours-random")
+    plain, proto = results.get("plain"), results.get("prototype")
+    if ours and plain:
+        summary["speedup_vs_plain"] = ours.tokens_per_s / plain.tokens_per_s
+        summary["rss_ratio_vs_plain"] = ours.peak_rss_mb / plain.peak_rss_mb
         console.print(
-            f"ours / plain (equal lr and rank) tokens/s: {summary['speedup_vs_plain']:.2f}x; validation loss "
-            f"{val_loss['ours']:.4f} vs {val_loss['plain']:.4f}: {100 * gap:.2f}% apart (target <= 5%)"
+            f"ours / plain HF Trainer (dynamic padding, full-vocabulary logits) tokens/s: "
+            f"{summary['speedup_vs_plain']:.2f}x; peak RSS {summary['rss_ratio_vs_plain']:.2f}x"
+        )
+        part = (
+            f"ours {ours.tokens_per_s:.1f} vs plain HF Trainer (dynamic padding, full-vocabulary logits) "
+            f"{plain.tokens_per_s:.1f} tokens/s = {summary['speedup_vs_plain']:.2f}x"
+        )
+        if control:
+            summary["control_speedup_vs_plain"] = control.tokens_per_s / plain.tokens_per_s
+            ratio = summary["control_speedup_vs_plain"]
+            part += f" (ours in plain's batch order {control.tokens_per_s:.1f} = {ratio:.2f}x)"
+        parts.append(part)
+    if ours and proto:
+        summary["speedup_vs_prototype"] = ours.tokens_per_s / proto.tokens_per_s
+        summary["rss_ratio_vs_prototype"] = ours.peak_rss_mb / proto.peak_rss_mb
+        ok &= summary["speedup_vs_prototype"] >= TARGET_SPEEDUP_VS_PROTOTYPE
+        console.print(
+            f"ours / prototype tokens/s: {summary['speedup_vs_prototype']:.2f}x (target >= "
+            f"{TARGET_SPEEDUP_VS_PROTOTYPE:.0f}x); peak RSS {summary['rss_ratio_vs_prototype']:.2f}x"
+        )
+        parts.append(
+            f"vs prototype {proto.tokens_per_s:.1f} tokens/s = {summary['speedup_vs_prototype']:.2f}x"
+        )
+    if plain:
+        losses = []
+        for key, run in (("", ours), ("control_", control)):
+            if run is None:
+                continue
+            gap = abs(run.val_loss - plain.val_loss) / plain.val_loss
+            summary[f"{key}val_loss_gap_vs_plain"] = gap
+            ok &= gap <= TARGET_LOSS_GAP
+            verdict = "met" if gap <= TARGET_LOSS_GAP else "NOT met"
+            label = "ours" if run is ours else "ours in plain's batch order"
+            console.print(
+                f"loss parity after {run.steps} steps: validation loss {label} {run.val_loss:.4f} vs plain "
+                f"{plain.val_loss:.4f} (base {base_loss:.4f}): {100 * gap:.2f}% apart (target <= "
+                f"{100 * TARGET_LOSS_GAP:.0f}%: {verdict})"
+            )
+            losses.append(f"{label} {run.val_loss:.3f} = {100 * gap:.1f}% apart ({verdict})")
+        if losses:
+            parts.append(
+                f"validation loss after {args.steps} steps vs plain {plain.val_loss:.3f} (base {base_loss:.3f}): "
+                + ", ".join(losses)
+            )
+        gaps = summary.get("val_loss_gap_vs_plain"), summary.get("control_val_loss_gap_vs_plain")
+        rows_per_step = args.batch_size * args.grad_accum
+        # transformers' get_length_grouped_indices: megabatches of min(rows // (4 x batch), 50) batches
+        megabatch = max(1, min(args.rows // (args.batch_size * 4), 50)) * args.batch_size
+        if None not in gaps and gaps[0] > TARGET_LOSS_GAP and gaps[1] < 0.005:
+            console.print(
+                "the gap comes from the order of the rows, not from the loss computation: in plain's order ours "
+                "ends where plain does. Length grouping (HF LengthGroupedSampler) sorts each megabatch of "
+                f"{megabatch} rows by length, longest first, so every {megabatch // rows_per_step} steps the "
+                "rows run from the longest to the shortest instead of in random order."
+            )
+    if results:
+        parts.append(
+            "peak RSS " + ", ".join(f"{n} {r.peak_rss_mb / 1024:.2f} GiB" for n, r in results.items())
+        )
+    if parts:
+        console.print(
+            "summary: "
+            + "; ".join(parts)
+            + f" ({args.threads or 'all'} thread(s), batch {args.batch_size} x {args.grad_accum}, "
+            f"{time.perf_counter() - started:.0f} s in all, load average {load_start:.1f} at the start and "
+            f"{os.getloadavg()[0]:.1f} at the end)"
         )
     if args.json:
         args.json.write_text(
@@ -243,16 +516,19 @@ def main() -> int:
                 {
                     "runs": {
                         name: {
+                            "steps": r.steps,
+                            "batch": r.batch,
                             "tokens_per_s": r.tokens_per_s,
                             "train_s": r.train_s,
                             "peak_rss_mb": r.peak_rss_mb,
-                            "final_train_loss": r.final_train_loss,
-                            "val_loss": val_loss[name],
-                            "train_tokens": r.extra["train_tokens"],
-                            "padded_tokens": r.extra["padded_tokens"],
+                            "last_train_loss": r.last_train_loss,
+                            "val_loss": r.val_loss,
+                            "train_tokens": r.train_tokens,
+                            "padded_tokens": r.padded_tokens,
                         }
                         for name, r in results.items()
                     },
+                    "base_val_loss": base_loss,
                     **summary,
                 },
                 indent=2,
