@@ -64,7 +64,7 @@ __all__ = [
     "with_context_rows",
 ]
 
-CONTEXT_FORMAT = "ctx-v1"  # version of the context prompt; part of a dataset id when rows carry context
+CONTEXT_FORMAT = "ctx-v2"  # version of the context prompt (v2: retrieved top-k chunks); part of a dataset id
 ABSTAIN_TEXT = "文件中没有相关规定。"
 MAX_CONTEXT_CHARS = 360  # per chunk: three chunks and the question stay well inside a 2k-token window
 MODES = ("grounded", "closed_book")
@@ -143,45 +143,37 @@ def _bucket(*parts: str) -> float:
 
 def with_context_rows(
     rows: Sequence[Mapping[str, Any]],
-    chunk_texts: Mapping[str, str | Hit],
-    distractor_texts: Sequence[str | Hit],
+    contexts: Mapping[str, Sequence[str | Hit]] | Callable[[str], Sequence[str | Hit] | None],
     share: float,
     seed: int = 0,
     *,
     augment: bool = False,
     max_chars: int = MAX_CONTEXT_CHARS,
 ) -> list[dict[str, Any]]:
-    """Dataset rows where a ``share`` of them carry context: their own chunk and one distractor chunk.
+    """Dataset rows where a ``share`` of them carry context: the chunks grounded answering would show.
 
-    ``rows`` are dataset records (``{"id", "messages": [system, user, assistant], ...}``), ``chunk_texts``
-    maps a row id to its chunk (a text, or a :class:`Hit` to show its heading path as retrieval does),
-    ``distractor_texts`` is the pool to draw
-    distractors from (a distractor is never the row's own chunk). The choice of rows, of distractor and of
-    order is a hash of ``seed`` and the row id, so a row keeps its form across snapshots. With ``augment``
-    the context rows are added (id + ``:ctx``) beside the originals; otherwise they replace them. Rows
-    without a chunk text are left as they are. Context rows get ``"context": CONTEXT_FORMAT``.
+    ``rows`` are dataset records (``{"id", "messages": [system, user, assistant], ...}``); ``contexts`` gives
+    the chunks to show with a row, in order (texts, or :class:`Hit` to show their heading paths as retrieval
+    does): a mapping from row id, or a function of the row id, called only for the rows chosen.
+    ``tasks.dataset`` builds them as grounded answering retrieves: the top-k chunks for the row's question,
+    the row's own chunk among them. The choice of rows is a hash of ``seed`` and the row id, so a row keeps
+    its form across snapshots. With ``augment`` the context rows are added (id + ``:ctx``) beside the
+    originals; otherwise they replace them. Rows without chunks are left as they are. Context rows get
+    ``"context": CONTEXT_FORMAT``.
     """
+    lookup = contexts.get if isinstance(contexts, Mapping) else contexts
     out: list[dict[str, Any]] = []
-    pool = list(dict.fromkeys(distractor_texts))
     for row in rows:
         row_id = str(row["id"])
-        own = chunk_texts.get(row_id)
-        chosen = own is not None and _bucket(str(seed), "share", row_id) < share
-        if not chosen or own is None:
+        chunks = lookup(row_id) if _bucket(str(seed), "share", row_id) < share else None
+        if not chunks:
             out.append(dict(row))
             continue
-        candidates = [t for t in pool if t != own]
-        texts = [own]
-        if candidates:
-            distractor = candidates[
-                int(_bucket(str(seed), "pick", row_id) * len(candidates)) % len(candidates)
-            ]
-            texts = [own, distractor] if _bucket(str(seed), "order", row_id) < 0.5 else [distractor, own]
         messages = row["messages"]
         question = next(m["content"] for m in messages if m["role"] == "user")
         reply = next((m["content"] for m in messages if m["role"] == "assistant"), None)
         new = dict(row)
-        new["messages"] = context_messages(question, texts, reply, max_chars)
+        new["messages"] = context_messages(question, list(chunks), reply, max_chars)
         new["context"] = CONTEXT_FORMAT
         if augment:
             new["id"] = f"{row_id}:ctx"

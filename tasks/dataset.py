@@ -1,8 +1,10 @@
 """Frozen dataset snapshots: the rows that passed the release gate, as chat-format JSONL.
 
-A share of the rows (``context_share``) is written twice: once closed book, and once with its own chunk and a
-distractor chunk as context, in the prompt format grounded answering uses (:func:`tasks.answer.context_messages`),
-so that the model learns to read the rules before it answers. A context copy stays in its row's split.
+A share of the rows (``context_share``) is written twice: once closed book, and once with the chunks grounded
+answering would show for its question (the top ``CONTEXT_K`` of ``ChunkIndex.search(question, k, expand=True)``
+over the warehouse, its own chunk among them), in the prompt format grounded answering uses
+(:func:`tasks.answer.context_messages`), so that the model learns to read the right rule among the real
+distractors retrieval brings. A context copy stays in its row's split.
 
 The dataset id is a content hash of the records as written (messages included) and the prompt format, so the
 same rows always give the same id and any change to one row, or to a chunk it is shown with, gives a new one.
@@ -28,9 +30,8 @@ from tasks.answer import CONTEXT_FORMAT, with_context_rows
 from tasks.config import Settings
 from tasks.golden import hold_out
 from tasks.prompt_format import PROMPT_FORMAT, chat_messages
-from tasks.retrieve import Hit
+from tasks.retrieve import ChunkIndex, Hit
 from warehouse import gates as queries
-from warehouse.ledger import chunk_texts
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,35 @@ def prompt_format_for(context_share: float) -> str:
     return f"{PROMPT_FORMAT}+{CONTEXT_FORMAT}" if context_share > 0 else PROMPT_FORMAT
 
 
+CONTEXT_K = 3  # chunks a context row shows: as many as grounded answering retrieves (tasks.answer.answer's k)
+
+
+def retrieved_context(
+    index: ChunkIndex, question: str, own: Hit, row_id: str, seed: int = 0, k: int = CONTEXT_K
+) -> list[Hit]:
+    """The chunks grounded answering shows for ``question`` (``index.search(question, k, expand=True)``, best
+    first), with the row's ``own`` chunk among them. Where retrieval missed it, it takes the place of the
+    lowest-ranked chunk, at a position (0..k-1) drawn from a hash of ``seed`` and ``row_id``: the model must
+    find the rule by reading, not by its place. (Answering puts the best-fitting fact's chunk first when the
+    chunk search missed it; training does not teach that place, so a wrong best fit is not trusted blindly.)"""
+    hits = index.search(question, k, expand=True)
+    if any(h.chunk_id == own.chunk_id for h in hits):
+        return hits
+    kept = hits[: max(k, 1) - 1]
+    slot = int(_bucket(str(seed), "slot", row_id) * (len(kept) + 1)) % (len(kept) + 1)
+    return [*kept[:slot], own, *kept[slot:]]
+
+
 def training_records(
-    rows: list[dict[str, Any]], chunks: list[tuple[str, str, str, str]], context_share: float, seed: int = 0
+    rows: list[dict[str, Any]],
+    index: ChunkIndex | None,
+    context_share: float,
+    seed: int = 0,
+    k: int = CONTEXT_K,
 ) -> list[dict[str, Any]]:
-    """Chat records of trainable ``rows``; a ``context_share`` of them also as a copy (id + ``:ctx``) with their
-    chunk and a distractor drawn from ``chunks`` ((chunk id, document, heading, text), as in the ledger)."""
+    """Chat records of trainable ``rows``; a ``context_share`` of them also as a copy (id + ``:ctx``) with the
+    chunks grounded answering would retrieve for the row's question from ``index`` (the warehouse's chunk
+    index), the row's own chunk among them (:func:`retrieved_context`)."""
     records = [
         {
             "id": row["row_id"],
@@ -72,12 +97,23 @@ def training_records(
         }
         for row in rows
     ]
-    if context_share <= 0:
+    if context_share <= 0 or index is None:
         return records
-    # The chunk as grounded answering shows a retrieved one: its heading path, then its text.
-    shown = {chunk_id: Hit(chunk_id, doc, heading, text, 0.0) for chunk_id, doc, heading, text in chunks}
-    own = {row["row_id"]: shown[row["chunk_id"]] for row in rows if row.get("chunk_id") in shown}
-    return with_context_rows(records, own, list(shown.values()), context_share, seed, augment=True)
+    # Chunks as retrieval returns them (heading path, then text), so the prompt is the one answering builds.
+    by_id = {chunk_id: Hit(chunk_id, doc, heading, text, 0.0) for chunk_id, doc, heading, text in index.rows}
+    by_row = {row["row_id"]: row for row in rows}
+
+    def context_of(row_id: str) -> list[Hit] | None:  # asked only for the rows chosen to carry context
+        row = by_row[row_id]
+        own = by_id.get(row.get("chunk_id") or "")
+        return None if own is None else retrieved_context(index, row["question"], own, row_id, seed, k)
+
+    return with_context_rows(records, context_of, context_share, seed, augment=True)
+
+
+def _bucket(*parts: str) -> float:
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return int(digest[:8], 16) / 0xFFFFFFFF
 
 
 def split_of(row_id: str, valid_share: float) -> str:
@@ -93,10 +129,9 @@ def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_
     rows = queries.trainable_rows(con, settings.similarity_threshold)
     if not rows:
         raise ValueError("no trainable rows: nothing is approved, corrected or verified by the ledger")
-    chunks = (
-        chunk_texts(con) if settings.context_share > 0 else []
-    )  # context rows only: no chunk text otherwise
-    records = training_records(rows, chunks, settings.context_share, settings.train_seed)
+    # Context rows only: the warehouse's chunk index, the one grounded answering searches (cached per content).
+    index = ChunkIndex.build(con) if settings.context_share > 0 else None
+    records = training_records(rows, index, settings.context_share, settings.train_seed)
     prompt_format = prompt_format_for(settings.context_share)
     dataset_id = dataset_id_for(records, prompt_format)
     folder = settings.workspace / "datasets" / dataset_id

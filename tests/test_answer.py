@@ -233,21 +233,31 @@ def test_with_context_rows_is_deterministic_and_keeps_answers() -> None:
         {"id": f"r{i}", "messages": chat_messages(f"问题{i}？", f"答案{i}。"), "doc": "d", "kind": "numeric"}
         for i in range(40)
     ]
-    chunks = {f"r{i}": f"第{i}条 规定原文{i}。" for i in range(40)}
-    pool = list(chunks.values())
-    assert with_context_rows(rows, chunks, pool, share=0.0) == rows
-    out = with_context_rows(rows, chunks, pool, share=0.5, seed=3)
-    assert out == with_context_rows(rows, chunks, pool, share=0.5, seed=3)
+    # The chunks shown with each row, in order (tasks.dataset retrieves them): its own and two others.
+    contexts = {
+        f"r{i}": [f"第{(i + j) % 40}条 规定原文{(i + j) % 40}。" for j in (1, 0, 2)] for i in range(40)
+    }
+    assert with_context_rows(rows, contexts, share=0.0) == rows
+    out = with_context_rows(rows, contexts, share=0.5, seed=3)
+    assert out == with_context_rows(rows, contexts, share=0.5, seed=3)
+    assert out == with_context_rows(rows, contexts.get, share=0.5, seed=3)  # a function of the row id too
     with_ctx = [r for r in out if r.get("context") == CONTEXT_FORMAT]
     assert 10 <= len(with_ctx) <= 30 and len(out) == 40
     for row in with_ctx:
         user = row["messages"][1]["content"]
-        own = chunks[row["id"]]
-        assert own in user and user.count("【") == 2  # its own chunk and one distractor
-        assert row["messages"][2]["content"] == f"答案{row['id'][1:]}。"
-    both = with_context_rows(rows, chunks, pool, share=1.0, augment=True)
+        i = int(row["id"][1:])
+        assert user.count("【") == 3 and user.endswith(f"问题：问题{i}？")
+        # In the order given: its own chunk second, between the two retrieved beside it.
+        shown = [user.index(text) for text in contexts[row["id"]]]
+        assert shown == sorted(shown) and f"【2】\n第{i}条 规定原文{i}。" in user
+        assert row["messages"][2]["content"] == f"答案{i}。"
+    asked: list[str] = []
+    with_context_rows(rows, lambda rid: asked.append(rid) or contexts[rid], share=0.5, seed=3)
+    assert sorted(asked) == sorted(r["id"] for r in with_ctx)  # only the chosen rows are looked up
+    both = with_context_rows(rows, contexts, share=1.0, augment=True)
     assert len(both) == 80 and {r["id"] for r in both if r.get("context")} == {f"r{i}:ctx" for i in range(40)}
-    assert with_context_rows(rows, {}, pool, share=1.0) == rows  # rows without a chunk stay as they are
+    assert with_context_rows(rows, {}, share=1.0) == rows  # rows without chunks stay as they are
+    assert with_context_rows(rows, lambda rid: [], share=1.0) == rows
 
 
 def test_number_grammar_is_valid_gbnf() -> None:

@@ -11,10 +11,12 @@ import pytest
 
 from expectations.runner import run_gate
 from review.policy import apply_auto_policy
+from tasks.answer import context_messages
 from tasks.config import Settings, load_settings
-from tasks.dataset import dataset_id_for, freeze_dataset
+from tasks.dataset import CONTEXT_K, dataset_id_for, freeze_dataset
 from tasks.distill import distill, make_teacher
 from tasks.ingest import ingest_file
+from tasks.retrieve import ChunkIndex
 from tests.conftest import SAMPLE_PDF
 from warehouse import distill as distill_queries
 from warehouse import gates as gate_queries
@@ -300,7 +302,9 @@ def test_dataset_id_is_a_content_hash(seeded, settings: Settings) -> None:
     again = freeze_dataset(seeded, settings, report.gate_run_id)
     assert first.created and not again.created and first.dataset_id == again.dataset_id
     lines = (first.path / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    originals = [line for line in lines if not json.loads(line)["id"].endswith(":ctx")]  # context copies aside
+    originals = [
+        line for line in lines if not json.loads(line)["id"].endswith(":ctx")
+    ]  # context copies aside
     assert len(originals) == first.train_count and json.loads(lines[0])["messages"][-1]["role"] == "assistant"
     records = [
         json.loads(line)
@@ -313,7 +317,7 @@ def test_dataset_id_is_a_content_hash(seeded, settings: Settings) -> None:
     assert dataset_id_for(records, prompt_format) != first.dataset_id
 
 
-def test_a_share_of_rows_is_also_trained_with_its_chunk_and_a_distractor(con, settings: Settings) -> None:
+def test_a_share_of_rows_is_also_trained_with_the_chunks_answering_retrieves(con, settings: Settings) -> None:
     ingest_file(con, SAMPLE_PDF, settings)
     distill(con, settings, make_teacher(settings))
     apply_auto_policy(con)
@@ -327,15 +331,28 @@ def test_a_share_of_rows_is_also_trained_with_its_chunk_and_a_distractor(con, se
     copies = {rid: rec for rid, (_, rec) in records.items() if rid.endswith(":ctx")}
     share = len(copies) / dataset.row_count
     assert abs(share - settings.context_share) < 0.1, share
+    index = ChunkIndex.build(con)
+    own_chunk = dict(con.execute("SELECT row_id, chunk_id FROM qa_rows").fetchall())
+    headings = {chunk_id: heading for chunk_id, _, heading, _ in index.rows}
+    as_answering_shows = 0
     for rid, record in copies.items():
         split, original = records[rid.removesuffix(":ctx")]
         assert records[rid][0] == split  # never the copy in train and its row in valid
         assert record["messages"][-1] == original["messages"][-1]  # the same answer
+        question = original["messages"][1]["content"]
         prompt = record["messages"][1]["content"]
-        assert prompt.startswith("规定原文：") and "【1】" in prompt and "【2】" in prompt
-        assert prompt.endswith(original["messages"][1]["content"])
+        assert prompt.startswith("规定原文：") and prompt.endswith(question)
+        assert 2 <= prompt.count("【") <= CONTEXT_K  # the retrieved chunks, not one distractor
+        # Its own chunk is always among them; where retrieval found it, the prompt is exactly answering's.
+        own = own_chunk[rid.removesuffix(":ctx")]
+        assert f"{headings[own]}\n" in prompt
+        hits = index.search(question, CONTEXT_K, expand=True)
+        if own in [h.chunk_id for h in hits]:
+            assert record["messages"][:2] == context_messages(question, hits)
+            as_answering_shows += 1
+    assert as_answering_shows >= 0.8 * len(copies)
     manifest = json.loads((dataset.path / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["prompt_format"] == "chat-v1+ctx-v1" and manifest["records"] == len(records)
+    assert manifest["prompt_format"] == "chat-v1+ctx-v2" and manifest["records"] == len(records)
 
     closed_book = load_settings(settings.workspace, context_share=0.0)
     again = freeze_dataset(con, closed_book, report.gate_run_id)
