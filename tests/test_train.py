@@ -6,6 +6,7 @@ the Gemma chat template applies. Everything runs on CPU in well under a minute a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -408,3 +409,22 @@ def test_resume_after_sigkill_finishes_with_the_same_steps(
 
 def test_uninterrupted_run_makes_the_same_steps(tiny_base: Path, dataset: Path, tmp_path: Path) -> None:
     assert train(dataset, str(tiny_base), tmp_path / "ref", **RESUME_KW).optimizer_steps == RESUME_STEPS
+
+
+def test_length_grouped_batches_come_in_random_order_and_replay_per_epoch() -> None:
+    from tasks.train import ShuffledLengthGroupedSampler
+
+    lengths = [i % 37 + 1 for i in range(400)]
+    sampler = ShuffledLengthGroupedSampler(lengths, batch_size=4, seed=3, megabatch=5)
+    first = list(sampler)
+    assert sorted(first) == list(range(400))  # every row once
+    batches = [first[i : i + 4] for i in range(0, 400, 4)]
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert sum(spread) / len(spread) < 6  # grouped: rows of a batch have similar lengths (random: ~25)
+    # ... but not longest first within each megabatch: the batch lengths do not run downhill in cycles
+    heads = [max(lengths[i] for i in b) for b in batches]
+    downhill = sum(a >= b for a, b in itertools.pairwise(heads)) / (len(heads) - 1)
+    assert downhill < 0.75
+    assert list(sampler) == first  # same epoch, same order (a resumed run replays it)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
