@@ -1,0 +1,58 @@
+"""bench/learning_curve.py end to end on a tiny model: the real pipeline (ingest, distil, gates, freeze), two
+profiles trained with two checkpoints each, every checkpoint exported and answering through llama.cpp."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import build_tiny_base
+
+
+@pytest.mark.slow
+def test_learning_curve_runs_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("llama_cpp")
+    from bench.learning_curve import main
+
+    base = build_tiny_base(tmp_path / "tiny-base")
+    out = tmp_path / "curve.png"
+    argv = ["--base", str(base), "--steps", "2,4", "--limit", "5", "--threads", "1", "--quant", "f16"]
+    points = main([*argv, "--out", str(out), "--workspace", str(tmp_path / "ws")])
+    printed = capsys.readouterr().out
+
+    assert [(p.profile, p.step) for p in points] == [
+        ("base", 0),
+        ("cpu-small", 2),
+        ("cpu-small", 4),
+        ("prototype", 2),
+        ("prototype", 4),
+    ]
+    table = printed.split("\n\nprofile", 1)[1].split("\n\nplot:", 1)[0].splitlines()
+    rows = [line.split()[:2] for line in table[2:]]
+    assert rows == [
+        ["base", "0"],
+        ["cpu-small", "2"],
+        ["cpu-small", "4"],
+        ["prototype", "2"],
+        ["prototype", "4"],
+    ]
+    assert "hand·closed (n=5)" in table[0] and "reading·grounded" in table[0] and "recall·closed" in table[0]
+    for point in points:
+        # Every (set, mode) column was answered, at most 5 questions per set, scored in the model family.
+        assert set(point.scores) == {
+            "file:sample_questions.jsonl|closed_book",
+            "golden recall|closed_book",
+            "file:sample_questions.jsonl|grounded",
+            "golden reading|grounded",
+        }
+        assert all(0 < m["n"] <= 5 and m["numeric_accuracy"] is not None for m in point.scores.values())
+        assert sum(point.guard["grounded"].values()) == sum(
+            m["n"] for key, m in point.scores.items() if key.endswith("|grounded")
+        )
+    trained = [p for p in points if p.step]
+    assert all(p.cpu_min > 0 and p.train_loss is not None for p in trained)
+    assert trained[0].cpu_min < trained[1].cpu_min and trained[2].cpu_min < trained[3].cpu_min
+    assert out.is_file() and out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))) == len(points)
