@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         0.3,
         ge=0.0,
         le=1.0,
-        description="Share of dataset rows also trained with their chunk and a distractor chunk as context.",
+        description="Share of dataset rows also trained with the chunks answering retrieves for them as context.",
     )
     golden_size: int = Field(40, description="Questions held out from reviewed rows as the golden set.")
 
