@@ -275,7 +275,14 @@ def own_text(answer: str, question: str, sources: Sequence[str] = PROMPT_TEXTS) 
         if words and len(added) < max(2, 0.2 * len(words)) and not new_numbers:
             continue  # copied from the prompt or the question
         kept.append(sentence)
-    return "".join(kept).strip()
+    own = "".join(kept).strip()
+    # What is left after the copies is a scrap ("回答", where max tokens cut a copied prompt short): no answer.
+    own_words = len(_NOT_WORDS.sub("", own))
+    all_words = len(_NOT_WORDS.sub("", fold(answer)))
+    scrap = own_words < min(4, all_words) and own_words < 0.2 * all_words and not ABSTENTION.search(own)
+    if own and scrap and all(_candidate_values(m) <= asked for m in find_numbers(own)):
+        return ""
+    return own
 
 
 # --- scoring ------------------------------------------------------------------------------------------------

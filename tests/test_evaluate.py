@@ -213,6 +213,8 @@ def test_units_must_agree_when_both_sides_carry_one() -> None:
 def test_an_echoed_prompt_is_no_answer_and_no_abstention() -> None:
     parrot = SYSTEM_PROMPT + CONTEXT_INSTRUCTION
     assert own_text(parrot, PET.question) == ""
+    assert own_text(SYSTEM_PROMPT + "回答", PET.question) == ""  # a copy cut short by max tokens: a scrap
+    assert own_text("可以。", PET.question) == "可以。"  # a short answer of its own stays
     echoed = score_item(PET, parrot, LEDGER)
     assert echoed.echoed and not echoed.abstained and not echoed.passed
     assert not score_item(PET, "宠物托运费可以报销吗？", LEDGER).passed  # the question echoed back
