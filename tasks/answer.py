@@ -558,6 +558,12 @@ RELEVANT_FACTS = 5  # facts retrieval ranks this high fit the question, whatever
 _CONTEXT_COPY_CHARS = 80  # more than this copied from the retrieved rules is a dump, not an answer
 
 
+def _fits_well(asked: str, fact: FactRef) -> bool:
+    """More than a single shared character pair between the question and the fact's subject or clause."""
+    words = set(tokens(asked))
+    return len(words & set(tokens(fact.subject))) >= 2 or len(words & set(tokens(clause_of(fact)))) >= 3
+
+
 def asks_for_number(question: str) -> bool:
     """Whether the question asks for an amount, a limit, a share, a time or a count."""
     return bool(NUMERIC_QUESTION.search(fold(question)))
@@ -634,8 +640,13 @@ def _grounded(
         for r in ranked[:RELEVANT_FACTS]
         if any(t in r.fact.subject or t in r.fact.context for t in expansions)
     }
-    # The facts an answer may be composed from, and that overrule an abstention: their words fit.
-    fitting_hits = [r for r in ranked if subject_fits(asked, r.fact)]
+    # The facts an answer may be composed from, and that overrule an abstention: their words fit, by more than
+    # one shared word-pair ("部分" alone does not make 500至1000万元的部分 an answer about phone bills).
+    fitting_hits = [
+        r
+        for r in ranked
+        if subject_fits(asked, r.fact) and (r.fact.fact_id in relevant or _fits_well(asked, r.fact))
+    ]
     hits = _context_chunks(
         index.search(question, k, expand=True), fitting_hits[0].chunk if fitting_hits else None, k
     )
