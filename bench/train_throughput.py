@@ -63,6 +63,7 @@ from tasks.train import (  # noqa: E402
     _PeakRss,
     answer_only_loss,
     get_profile,
+    lora_config,
     read_rows,
     train,
 )
@@ -220,7 +221,7 @@ def run_plain(
     dataset: Path, out_dir: Path, steps: int, seed: int, threads: int | None, batch_size: int, grad_accum: int
 ) -> RunResult:
     """A stock Trainer at cpu-small's LoRA settings: dynamic padding, the model's own full-vocabulary loss."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import (
         DataCollatorForSeq2Seq,
         PrinterCallback,
@@ -236,15 +237,7 @@ def run_plain(
         tokenizer.padding_side = "right"
         train_ds = ChatDataset(read_rows(dataset / "train.jsonl"), tokenizer, prof.max_length)
         set_seed(seed)  # the LoRA initialisation draws random numbers: the same draw as ours
-        lora = LoraConfig(
-            r=prof.lora_r,
-            lora_alpha=prof.lora_alpha,
-            lora_dropout=prof.lora_dropout,
-            target_modules=list(prof.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora_config(prof))
         collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
         args = TrainingArguments(
             output_dir=str(out_dir / "checkpoints"),

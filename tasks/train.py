@@ -480,7 +480,7 @@ def train(
         # faster: OpenMP workers then wait on each other at every small elementwise op.
         torch.set_num_threads(threads or _cpu_count())
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, set_seed
 
     with _PeakRss() as memory:
@@ -495,15 +495,7 @@ def train(
         set_seed(seed)  # the LoRA initialisation draws random numbers before the Trainer seeds anything
         if prof.quantize_4bit:
             model = prepare_model_for_kbit_training(model)
-        lora = LoraConfig(
-            r=prof.lora_r,
-            lora_alpha=prof.lora_alpha,
-            lora_dropout=prof.lora_dropout,
-            target_modules=list(prof.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora_config(prof))
 
         ckpt_dir = out_dir / CHECKPOINTS_DIR
         checkpoint = last_complete_checkpoint(ckpt_dir) if resume else None
@@ -604,6 +596,20 @@ def train(
             curve, out_dir / LOSS_PLOT, title=f"{identity.spec} · {prof.name} · {result.dataset_id[:12]}"
         )
         return result
+
+
+def lora_config(prof: Profile) -> Any:
+    """The LoRA adapter a run with profile ``prof`` trains (also the benchmark's baseline runs)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=prof.lora_r,
+        lora_alpha=prof.lora_alpha,
+        lora_dropout=prof.lora_dropout,
+        target_modules=list(prof.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def training_arguments(
