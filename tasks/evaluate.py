@@ -519,6 +519,7 @@ def question_set(item: EvalItem) -> str:
 
 
 JUDGED_SPLIT = {"closed_book": "recall", "grounded": "reading"}
+MODE_NAMES = {"closed_book": "closed book", "grounded": "grounded"}  # as reports and reasons write them
 
 
 def judged_items(items: Sequence[EvalItem], mode: str) -> list[EvalItem]:

@@ -150,6 +150,7 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
     from tasks.export import exported_gguf
     from tasks.golden import golden_items
     from tasks.promote import challenge
+    from tasks.report import describe_review
     from tasks.serve import answering_generator
     from warehouse.models import get_champion
     from warehouse.review import review_sources
@@ -201,23 +202,6 @@ def evaluate_task(settings: Settings, challenger: dict[str, Any], base: str | No
         "report_md": str(outcome.report_md),
         "report_html": str(outcome.report_html),
     }
-
-
-def describe_review(sources: dict[str, int]) -> str:
-    """Who approved the trainable rows: the auto policy (the ledger, no person), people, or both."""
-    from warehouse.review import AUTO_REVIEWER
-
-    if not sources:
-        return "no reviewed rows"
-    auto = sources.get(AUTO_REVIEWER, 0)
-    verified = sources.get("ledger-verified", 0)
-    people = {k: v for k, v in sources.items() if k not in (AUTO_REVIEWER, "ledger-verified")}
-    parts = [f"{verified} rows verified by the ledger without review"] if verified else []
-    if auto:
-        parts.append(f"auto policy: the ledger approved {auto} rows, no person reviewed them")
-    if people:
-        parts.append("people: " + ", ".join(f"{who} {n}" for who, n in sorted(people.items())))
-    return "; ".join(parts)
 
 
 @task(name="export-gguf", cache_policy=NO_CACHE)

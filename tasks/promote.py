@@ -13,14 +13,11 @@ from typing import Any
 import duckdb
 
 from tasks.config import Settings
-from tasks.evaluate import Decision, EvalItem, Evaluation, compare, judged_items, run_and_store
+from tasks.evaluate import MODE_NAMES, Decision, EvalItem, Evaluation, compare, judged_items, run_and_store
 from tasks.report import write_report
 from warehouse import models as registry
 
 AnswerBatch = Callable[[list[str]], list[str]]
-
-
-MODE_NAMES = {"closed_book": "closed book", "grounded": "grounded"}
 
 
 @dataclass

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks.evaluate import FAMILIES, Decision, Evaluation, fmt
+from tasks.evaluate import FAMILIES, MODE_NAMES, Decision, Evaluation, fmt
 
 METRICS = (
     "accuracy",
@@ -21,7 +21,6 @@ METRICS = (
     "echo_rate",
 )
 GUARD_ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged", "unguarded")
-MODE_NAMES = {"closed_book": "closed book", "grounded": "grounded"}
 
 
 def _pyplot() -> Any:
@@ -235,3 +234,20 @@ def _html(name: str, md: list[str]) -> str:
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(name)}</title><style>{style}</style>"
         + "".join(body)
     )
+
+
+def describe_review(sources: dict[str, int]) -> str:
+    """Who approved the trainable rows: the auto policy (the ledger, no person), people, or both."""
+    from warehouse.review import AUTO_REVIEWER
+
+    if not sources:
+        return "no reviewed rows"
+    auto = sources.get(AUTO_REVIEWER, 0)
+    verified = sources.get("ledger-verified", 0)
+    people = {k: v for k, v in sources.items() if k not in (AUTO_REVIEWER, "ledger-verified")}
+    parts = [f"{verified} rows verified by the ledger without review"] if verified else []
+    if auto:
+        parts.append(f"auto policy: the ledger approved {auto} rows, no person reviewed them")
+    if people:
+        parts.append("people: " + ", ".join(f"{who} {n}" for who, n in sorted(people.items())))
+    return "; ".join(parts)
