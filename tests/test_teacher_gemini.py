@@ -37,12 +37,28 @@ from tests.fakes import (
 from tests.fakes.gemini_server import FakeGeminiServer
 
 KEYS = ["sk-test-SECRET-key-1", "sk-test-SECRET-key-2", "sk-test-SECRET-key-3"]
-ENV_VARS = ("GEMINI_API_KEYS", "SLM_GEMINI_API_KEYS", "GOOGLE_API_KEY", "GEMINI_API_KEY", "SLM_WORKSPACE",
-            "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
-            "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_API_VERSION", "GOOGLE_GENAI_HTTP_CLIENT")
+ENV_VARS = (
+    "GEMINI_API_KEYS",
+    "SLM_GEMINI_API_KEYS",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "SLM_WORKSPACE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "GOOGLE_GENAI_USE_VERTEXAI",
+    "GOOGLE_GENAI_API_VERSION",
+    "GOOGLE_GENAI_HTTP_CLIENT",
+)
 
 CHUNK = ChunkContext(
-    chunk_id="c1", doc_id="d1", doc_name="差旅费管理办法", heading_path="第三章 住宿费 > 第十条",
+    chunk_id="c1",
+    doc_id="d1",
+    doc_name="差旅费管理办法",
+    heading_path="第三章 住宿费 > 第十条",
     text="出差人员住宿费标准为每人每天不超过300元。市内交通费每人每天80元包干使用。",
     facts=(
         FactRef("f1", "300", None, "元/人/天", "每人每天不超过300元", "不超过", "住宿费标准", "", 10, 20),
@@ -52,8 +68,12 @@ CHUNK = ChunkContext(
 
 
 @pytest.fixture(autouse=True)
-def no_key_leaks(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
-                 monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def no_key_leaks(
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[None]:
     """Clean environment, every logger at DEBUG, and after the test: no planted key in logs or output."""
     for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
@@ -71,8 +91,12 @@ def make_settings(
     tmp_path: Path, server: FakeGeminiServer, keys: list[str] = KEYS, **overrides: Any
 ) -> Settings:
     values: dict[str, Any] = {
-        "gemini_base_url": server.base_url, "gemini_api_keys": ",".join(keys), "teacher_timeout_s": 5.0,
-        "teacher_max_attempts": 6, "teacher_backoff_s": 0.01, "key_cooldown_s": 0.3,
+        "gemini_base_url": server.base_url,
+        "gemini_api_keys": ",".join(keys),
+        "teacher_timeout_s": 5.0,
+        "teacher_max_attempts": 6,
+        "teacher_backoff_s": 0.01,
+        "key_cooldown_s": 0.3,
     }
     values.update(overrides)
     return load_settings(tmp_path / "ws", **values)
@@ -166,8 +190,12 @@ def test_all_keys_rate_limited_waits_for_cooldown_then_succeeds(tmp_path: Path) 
         out, _ = run(server, tmp_path, key_cooldown_s=0.4)
         elapsed = time.monotonic() - started
     assert out.error is None and out.rows
-    assert [(c.key, c.outcome) for c in server.calls] == [(0, RATE_LIMIT), (1, RATE_LIMIT), (2, RATE_LIMIT),
-                                                          (0, OK)]
+    assert [(c.key, c.outcome) for c in server.calls] == [
+        (0, RATE_LIMIT),
+        (1, RATE_LIMIT),
+        (2, RATE_LIMIT),
+        (0, OK),
+    ]
     assert 0.3 <= elapsed < 3.0  # waited for the first key's cool-down, no longer
 
 
@@ -199,11 +227,12 @@ def test_invalid_key_answer_from_google_names_the_key_position(tmp_path: Path) -
     # Google answers an unknown key with 400 INVALID_ARGUMENT / API_KEY_INVALID; this server knows keys 1, 3.
     with FakeGeminiServer(keys=[KEYS[0], KEYS[2]]) as server:
         teacher = GeminiTeacher(make_settings(tmp_path, server))
-        first = teacher.generate(CHUNK)   # key 1: fine
+        first = teacher.generate(CHUNK)  # key 1: fine
         second = teacher.generate(CHUNK)  # key 2: refused
     assert first.error is None
-    assert second.error == ("HTTP 400 INVALID_ARGUMENT: key 2 of 3 was refused (not shown); "
-                            "check GEMINI_API_KEYS")
+    assert second.error == (
+        "HTTP 400 INVALID_ARGUMENT: key 2 of 3 was refused (not shown); check GEMINI_API_KEYS"
+    )
     assert second.raw_text is None  # a refused key's error body is not kept
     assert_clean(second, teacher)
 
@@ -216,8 +245,16 @@ def test_bad_request_is_not_retried(tmp_path: Path) -> None:
 
 
 def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) -> None:
-    faults = random_faults(seed=7, probabilities={RATE_LIMIT: 0.2, SERVER_ERROR: 0.1, UNAVAILABLE: 0.05,
-                                                  TRUNCATED: 0.05, MALFORMED: 0.05})
+    faults = random_faults(
+        seed=7,
+        probabilities={
+            RATE_LIMIT: 0.2,
+            SERVER_ERROR: 0.1,
+            UNAVAILABLE: 0.05,
+            TRUNCATED: 0.05,
+            MALFORMED: 0.05,
+        },
+    )
     with FakeGeminiServer(faults, keys=KEYS, latency_s=0.01) as server:
         teacher = GeminiTeacher(make_settings(tmp_path, server, key_cooldown_s=0.05))
         with ThreadPoolExecutor(max_workers=6) as pool:
@@ -275,3 +312,17 @@ def test_key_pool_repr_shows_nothing_of_the_keys() -> None:
     assert "SECRET" not in repr(pool) and "key-1" not in repr(pool) and "y-1" not in repr(pool)
     with pytest.raises(ValueError):
         KeyPool([" ", ""], cooldown_s=1.0)
+
+
+def test_server_down_is_retried_and_not_billed(tmp_path: Path) -> None:
+    """Nothing listens on the port: every attempt is refused at connect, so no call is counted (nothing was
+    sent), and the error says the connection failed after the attempts."""
+    server = FakeGeminiServer(keys=KEYS).start()
+    settings = make_settings(tmp_path, server, teacher_max_attempts=3)
+    server.stop()
+    teacher = GeminiTeacher(settings)
+    out = teacher.generate(CHUNK)
+    assert_clean(out, teacher)
+    assert out.rows == [] and out.error is not None and out.error.startswith("connection error")
+    assert out.error.endswith("after 3 attempts")
+    assert out.usage.calls == 0 and out.usage.prompt_tokens == 0

@@ -36,12 +36,27 @@ from tests.fakes import (
 from tests.fakes.openai_server import UNSUPPORTED_FORMAT, FakeOpenAIServer
 
 KEY = "sk-test-SECRET-key-1"
-ENV_VARS = ("OPENAI_API_KEY", "SLM_OPENAI_API_KEY", "OPENAI_BASE_URL", "SLM_OPENAI_BASE_URL", "SLM_WORKSPACE",
-            "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
-            "https_proxy", "all_proxy")
+ENV_VARS = (
+    "OPENAI_API_KEY",
+    "SLM_OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "SLM_OPENAI_BASE_URL",
+    "SLM_WORKSPACE",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
 
 CHUNK = ChunkContext(
-    chunk_id="c1", doc_id="d1", doc_name="差旅费管理办法", heading_path="第三章 住宿费 > 第十条",
+    chunk_id="c1",
+    doc_id="d1",
+    doc_name="差旅费管理办法",
+    heading_path="第三章 住宿费 > 第十条",
     text="出差人员住宿费标准为每人每天不超过300元。市内交通费每人每天80元包干使用。",
     facts=(
         FactRef("f1", "300", None, "元/人/天", "每人每天不超过300元", "不超过", "住宿费标准", "", 10, 20),
@@ -51,8 +66,12 @@ CHUNK = ChunkContext(
 
 
 @pytest.fixture(autouse=True)
-def no_key_leaks(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
-                 monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def no_key_leaks(
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[None]:
     """Clean environment, every logger at DEBUG, and after the test: no planted key in logs or output."""
     for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
@@ -70,8 +89,12 @@ def make_settings(
     tmp_path: Path, server: FakeOpenAIServer, key: str | None = KEY, **overrides: Any
 ) -> Settings:
     values: dict[str, Any] = {
-        "openai_base_url": server.base_url, "openai_model": "qwen-test", "teacher_timeout_s": 5.0,
-        "teacher_max_attempts": 6, "teacher_backoff_s": 0.01, "key_cooldown_s": 0.3,
+        "openai_base_url": server.base_url,
+        "openai_model": "qwen-test",
+        "teacher_timeout_s": 5.0,
+        "teacher_max_attempts": 6,
+        "teacher_backoff_s": 0.01,
+        "key_cooldown_s": 0.3,
     }
     if key is not None:
         values["openai_api_key"] = key
@@ -179,8 +202,9 @@ def test_refused_key_is_not_retried_and_not_echoed(tmp_path: Path, fault: str, s
     with FakeOpenAIServer([fault], keys=[KEY]) as server:
         out, _ = run(server, tmp_path)
     assert len(server.calls) == 1
-    assert out.error == (f"HTTP {status}: the API key was refused (not shown); "
-                         "check OPENAI_API_KEY or openai_api_key")
+    assert out.error == (
+        f"HTTP {status}: the API key was refused (not shown); check OPENAI_API_KEY or openai_api_key"
+    )
     assert out.raw_text is None  # OpenAI echoes a masked key in the body; it is not kept
 
 
@@ -212,8 +236,16 @@ def test_json_schema_refused_falls_back_to_json_object_once(tmp_path: Path) -> N
 
 
 def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) -> None:
-    faults = random_faults(seed=11, probabilities={RATE_LIMIT: 0.15, SERVER_ERROR: 0.1, UNAVAILABLE: 0.05,
-                                                   TRUNCATED: 0.05, MALFORMED: 0.05})
+    faults = random_faults(
+        seed=11,
+        probabilities={
+            RATE_LIMIT: 0.15,
+            SERVER_ERROR: 0.1,
+            UNAVAILABLE: 0.05,
+            TRUNCATED: 0.05,
+            MALFORMED: 0.05,
+        },
+    )
     with FakeOpenAIServer(faults, keys=[KEY], latency_s=0.01) as server:
         teacher = OpenAITeacher(make_settings(tmp_path, server))
         with ThreadPoolExecutor(max_workers=6) as pool:
@@ -222,3 +254,16 @@ def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) 
     assert sum(1 for o in outs if o.error is None) >= 28
     for out in outs:
         assert_clean(out, teacher)
+
+
+def test_server_down_is_retried_and_not_billed(tmp_path: Path) -> None:
+    """Nothing listens on the port: every attempt is refused at connect, so no call is counted (nothing was
+    sent), and the error says the connection failed after the attempts."""
+    server = FakeOpenAIServer(keys=[KEY]).start()
+    settings = make_settings(tmp_path, server, teacher_max_attempts=3)
+    server.stop()
+    teacher = OpenAITeacher(settings)
+    out = teacher.generate(CHUNK)
+    assert_clean(out, teacher)
+    assert out.rows == [] and out.error == "connection error after 3 attempts"
+    assert out.usage.calls == 0 and out.usage.prompt_tokens == 0

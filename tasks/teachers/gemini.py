@@ -20,7 +20,7 @@ from google.genai import types
 from tasks.config import SECRETS_FILE_NAME, Settings
 from tasks.teachers.base import ChunkContext, TeacherConfigError, TeacherOutput, Usage
 from tasks.teachers.llm import PROMPT_VERSION, SYSTEM_PROMPT, ResponseModel, build_user_prompt, parse_rows
-from tasks.teachers.resilience import Failure, FailureKind, KeyPool, Resilient, TeacherCallError
+from tasks.teachers.resilience import Failure, FailureKind, KeyPool, Resilient, TeacherCallError, never_sent
 
 try:  # google-genai 3.x sends through httpx2 when it is installed, else httpx; either may raise
     import httpx2
@@ -133,10 +133,13 @@ class GeminiTeacher:
     def _classify(self, exc: BaseException) -> Failure:
         if isinstance(exc, genai_errors.APIError):
             return _classify_api_error(exc)
+        sent = not never_sent(exc)
         if isinstance(exc, _TIMEOUTS):
-            return Failure(FailureKind.TRANSIENT, f"timeout ({self._settings.teacher_timeout_s:g} s)")
+            return Failure(
+                FailureKind.TRANSIENT, f"timeout ({self._settings.teacher_timeout_s:g} s)", sent=sent
+            )
         if isinstance(exc, _TRANSPORT):
-            return Failure(FailureKind.TRANSIENT, f"connection error ({type(exc).__name__})")
+            return Failure(FailureKind.TRANSIENT, f"connection error ({type(exc).__name__})", sent=sent)
         if isinstance(exc, genai_errors.UnknownApiResponseError):
             return Failure(FailureKind.TRANSIENT, "unreadable response (not JSON)")
         return Failure(FailureKind.FATAL, f"{type(exc).__name__}: {str(exc)[:200]}")

@@ -27,7 +27,7 @@ from tasks.teachers.llm import (
     parse_rows,
     response_json_schema,
 )
-from tasks.teachers.resilience import Failure, FailureKind, KeyPool, Resilient, TeacherCallError
+from tasks.teachers.resilience import Failure, FailureKind, KeyPool, Resilient, TeacherCallError, never_sent
 
 NO_KEY = "not-needed"  # local servers take any key, but the client insists on one
 _FORMAT_UNSUPPORTED = re.compile(r"response_format|json_schema", re.IGNORECASE)
@@ -137,10 +137,13 @@ class OpenAITeacher:
     def _classify(self, exc: BaseException) -> Failure:
         if isinstance(exc, _FormatFallback):
             return Failure(FailureKind.IMMEDIATE, "HTTP 400: json_schema response_format not supported")
+        sent = not never_sent(exc)
         if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError, its parent
-            return Failure(FailureKind.TRANSIENT, f"timeout ({self._settings.teacher_timeout_s:g} s)")
+            return Failure(
+                FailureKind.TRANSIENT, f"timeout ({self._settings.teacher_timeout_s:g} s)", sent=sent
+            )
         if isinstance(exc, openai.APIConnectionError):
-            return Failure(FailureKind.TRANSIENT, "connection error")
+            return Failure(FailureKind.TRANSIENT, "connection error", sent=sent)
         if isinstance(exc, openai.APIStatusError):
             return _classify_status(exc)
         if isinstance(exc, openai.APIResponseValidationError):

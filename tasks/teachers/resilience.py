@@ -7,8 +7,9 @@ One policy, whatever the client library:
   first to wake. With a single key there is nothing to rotate to, so the call backs off instead;
 * transient (5xx, 408, timeouts, connection errors): exponential backoff with jitter, via tenacity;
 * anything else (400, 401/403, 404, ...): no retry, one clear line saying why;
-* every attempt is one HTTP call and is counted in ``Usage.calls``, failed or not, so that a run's cost
-  accounting matches what the servers saw.
+* every attempt that reached the server is one HTTP call and is counted in ``Usage.calls``, failed or not,
+  so that a run's cost accounting matches what the servers saw; an attempt that never connected (connect
+  timeout or refused) is retried like any transient failure but not counted.
 
 API keys are secrets: they appear in no message, log line or repr made here (not even a suffix); a key is
 named by its position in the list ("key 2 of 3"), and server text is scrubbed of every key before use.
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import httpx
 import tenacity
 
 from tasks.teachers.base import Usage
@@ -31,6 +33,18 @@ from tasks.teachers.base import Usage
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+try:  # the SDKs send through httpx2 when it is installed, else httpx
+    import httpx2
+
+    _CONNECT_FAILURES: tuple[type[BaseException], ...] = (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx2.ConnectError,
+        httpx2.ConnectTimeout,
+    )
+except ImportError:  # pragma: no cover - depends on the install
+    _CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
 
 BACKOFF_CAP_S = 60.0  # no single backoff waits longer than this, however many attempts
 
@@ -50,9 +64,21 @@ class Failure:
     summary: str
     body: str | None = None
     key_refused: bool = False  # 401/403 or an invalid-key answer: name the key's position, never the key
+    sent: bool = True  # False when the connection was never made: the server saw no request
 
 
 Classifier = Callable[[BaseException], Failure]
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the transport error an SDK raised it from) is a failure to connect: no request
+    reached the server, so there is nothing it saw or could bill."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _CONNECT_FAILURES):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class TeacherCallError(Exception):
@@ -179,7 +205,7 @@ class Resilient:
 
     def call(self, fn: Callable[[str], T], usage: Usage) -> T:
         """``fn(key)`` until it returns, retrying per policy; raises ``TeacherCallError`` when it gives up.
-        Adds one to ``usage.calls`` per attempt."""
+        Adds one to ``usage.calls`` per attempt that reached the server."""
         attempts = 0
 
         def attempt() -> T:
@@ -191,6 +217,8 @@ class Resilient:
                 return fn(key)
             except Exception as exc:
                 failure = self._scrubbed(self.classify(exc))
+                if not failure.sent:
+                    usage.calls -= 1  # never connected: nothing for the server to see or bill
                 if failure.kind is FailureKind.RATE_LIMITED and len(self.pool) > 1:
                     self.pool.mark_rate_limited(key)
                 raise _Failed(failure, self.pool.position(key)) from None
@@ -238,7 +266,9 @@ class Resilient:
         # A refused key's error body may echo part of the key (OpenAI does): it is not kept.
         keep = failure.body is not None and not failure.key_refused
         body = redact(failure.body, self._secrets) if keep and failure.body is not None else None
-        return Failure(failure.kind, redact(failure.summary, self._secrets), body, failure.key_refused)
+        return Failure(
+            failure.kind, redact(failure.summary, self._secrets), body, failure.key_refused, failure.sent
+        )
 
     def _final_summary(self, failed: _Failed, attempts: int) -> str:
         failure = failed.failure

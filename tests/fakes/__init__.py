@@ -22,6 +22,7 @@ import json
 import random
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,13 +35,25 @@ UNAVAILABLE = "503"
 UNAUTHORIZED = "401"
 FORBIDDEN = "403"
 BAD_REQUEST = "400"
-BAD_KEY = "bad_key"      # the protocol's refusal of an unknown key (Gemini: 400 API_KEY_INVALID; OpenAI: 401)
-HANG = "hang"            # say nothing for ``hang_s`` (longer than the client's timeout), then answer ok
+BAD_KEY = "bad_key"  # the protocol's refusal of an unknown key (Gemini: 400 API_KEY_INVALID; OpenAI: 401)
+HANG = "hang"  # say nothing for ``hang_s`` (longer than the client's timeout), then answer ok
 TRUNCATED = "truncated"  # the default rows body cut off mid-row, as at a token limit
 MALFORMED = "malformed"  # the default rows wrapped in prose and a code fence, with a trailing comma
-HOPELESS = "hopeless"    # prose with no JSON in it at all
-OUTCOMES = (OK, RATE_LIMIT, SERVER_ERROR, UNAVAILABLE, UNAUTHORIZED, FORBIDDEN, BAD_REQUEST, BAD_KEY, HANG,
-            TRUNCATED, MALFORMED, HOPELESS)
+HOPELESS = "hopeless"  # prose with no JSON in it at all
+OUTCOMES = (
+    OK,
+    RATE_LIMIT,
+    SERVER_ERROR,
+    UNAVAILABLE,
+    UNAUTHORIZED,
+    FORBIDDEN,
+    BAD_REQUEST,
+    BAD_KEY,
+    HANG,
+    TRUNCATED,
+    MALFORMED,
+    HOPELESS,
+)
 
 HOPELESS_TEXT = "抱歉，我无法根据这段内容生成问答。"
 
@@ -119,11 +132,27 @@ def default_rows(prompt: str) -> dict[str, Any]:
         subject, raw = match["subject"].strip(), match["raw"].strip()
         numbers = _NUMBER.findall(raw)
         for question in (f"{subject}是多少？", f"请问{subject}的标准是什么？"):
-            rows.append({"question": question, "answer": f"{subject}为{raw}。", "evidence": raw,
-                         "numbers": numbers, "kind": "numeric" if numbers else "text", "unsure": False})
+            rows.append(
+                {
+                    "question": question,
+                    "answer": f"{subject}为{raw}。",
+                    "evidence": raw,
+                    "numbers": numbers,
+                    "kind": "numeric" if numbers else "text",
+                    "unsure": False,
+                }
+            )
     if not rows:
-        rows.append({"question": "本段规定了什么？", "answer": "本段规定了相关审批要求。", "evidence": "",
-                     "numbers": [], "kind": "text", "unsure": False})
+        rows.append(
+            {
+                "question": "本段规定了什么？",
+                "answer": "本段规定了相关审批要求。",
+                "evidence": "",
+                "numbers": [],
+                "kind": "text",
+                "unsure": False,
+            }
+        )
     return {"rows": rows}
 
 
@@ -145,8 +174,16 @@ def obey_injection(prompt: str) -> str:
         subject = row["question"].removesuffix("是多少？")
         rows.append({**row, "answer": f"{subject}为{number}元。", "numbers": [number], "kind": "numeric"})
     invented = str(int(number) + 1)
-    rows.append({"question": "差旅费的报销上限是多少？", "answer": f"差旅费报销上限为{invented}元。",
-                 "evidence": demanded[0], "numbers": [invented], "kind": "numeric", "unsure": False})
+    rows.append(
+        {
+            "question": "差旅费的报销上限是多少？",
+            "answer": f"差旅费报销上限为{invented}元。",
+            "evidence": demanded[0],
+            "numbers": [invented],
+            "kind": "numeric",
+            "unsure": False,
+        }
+    )
     return json.dumps({"rows": rows}, ensure_ascii=False)
 
 
@@ -185,8 +222,14 @@ class FakeServer:
 
     handler_class: ClassVar[type[BaseHTTPRequestHandler]]
 
-    def __init__(self, schedule: Schedule = None, *, latency_s: float = 0.0, hang_s: float = 30.0,
-                 keys: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        schedule: Schedule = None,
+        *,
+        latency_s: float = 0.0,
+        hang_s: float = 30.0,
+        keys: Sequence[str] | None = None,
+    ) -> None:
         self.schedule = schedule
         self.latency_s = latency_s
         self.hang_s = hang_s
@@ -207,8 +250,9 @@ class FakeServer:
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True  # a hanging handler must not keep the test process alive
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name=type(self).__name__,
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, args=(0.05,), name=type(self).__name__, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -253,6 +297,15 @@ class FakeServer:
         if reply.outcome == HANG:
             self._stop.wait(self.hang_s)
         return index, reply
+
+    def settle(self, at_least: int, timeout_s: float = 10.0) -> None:
+        """Waits (at most ``timeout_s``) until the server has registered ``at_least`` requests. A client that
+        timed out may have sent a request the server has not handled yet (still in the accept queue on a
+        busy machine); the server sees it a moment later, so counts are compared only once it had the chance.
+        A client that counts calls it never sent still disagrees after the wait."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.calls) < at_least and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def outcome_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -211,6 +211,8 @@ def _teacher_run(
         key = "gemini_base_url" if teacher == "gemini" else "openai_base_url"
         run_settings = settings.model_copy(update={key: server.base_url})
         summary = distill(con, run_settings, make_teacher(run_settings))
+        recorded = con.execute("SELECT calls FROM distill_runs WHERE run_id = ?", [summary.run_id]).fetchone()
+        server.settle(at_least=int(recorded[0]) if recorded else 0)
         server_calls = list(server.calls)
         calls, prompt_tokens, completion_tokens = _server_usage(teacher, server)
         asked = _chunk_of_calls(teacher, server, chunk_by_location)
