@@ -183,8 +183,10 @@ def encode_messages(tokenizer: Any, messages: Sequence[dict[str, str]], max_leng
     """Token ids and labels of one chat row: labels are -100 on the prompt, the ids on the answer.
 
     The prompt (everything up to and including the assistant header) and the answer are tokenised apart
-    and joined, exactly the split the model sees when it generates from the same prompt. Rows longer than
-    ``max_length`` are cut at the end; ``None`` when no answer token would be left.
+    and joined, exactly the split the model sees when it generates from the same prompt. A row longer than
+    ``max_length`` whose answer fits in half of it loses the middle of its prompt (the far end of a long
+    retrieved context), so the instructions, the question and the whole answer stay; otherwise it is cut at
+    the end. ``None`` when no answer token would be left.
     """
     prompt = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(list(messages), tokenize=False)
@@ -192,6 +194,11 @@ def encode_messages(tokenizer: Any, messages: Sequence[dict[str, str]], max_leng
         raise TrainError("the chat template renders the prompt differently with and without the answer")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    too_long = len(prompt_ids) + len(answer_ids) > max_length
+    budget = max_length - len(answer_ids)
+    if too_long and budget >= max_length // 2:
+        head = budget // 2
+        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (budget - head) :]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
@@ -199,7 +206,7 @@ def encode_messages(tokenizer: Any, messages: Sequence[dict[str, str]], max_leng
     return {
         "input_ids": input_ids,
         "labels": labels,
-        "truncated": len(prompt_ids) + len(answer_ids) > max_length,
+        "truncated": too_long,
     }
 
 

@@ -217,7 +217,24 @@ def test_labels_mask_the_prompt_and_keep_the_answer() -> None:
     batch = PadCollator(tokenizer.pad_token_id, max_length=len(ids) + 5)([encoded])
     assert batch["labels"][0, -5:].tolist() == [IGNORE_INDEX] * 5
     assert batch["attention_mask"][0].sum() == len(ids)
-    # Too long for max_length: cut at the end; nothing of the answer left: dropped.
+    # A long prompt (a long retrieved context) loses its middle; the question and the answer stay whole.
+    long_messages = [
+        messages[0],
+        {"role": "user", "content": "规定原文：" + "资料" * 400 + "问题：住宿费标准是多少？"},
+        messages[-1],
+    ]
+    cut = encode_messages(tokenizer, long_messages, 128)
+    assert cut is not None and len(cut["input_ids"]) == 128 and cut["truncated"]
+    answer_tokens = [
+        t for t, label in zip(cut["input_ids"], cut["labels"], strict=True) if label != IGNORE_INDEX
+    ]
+    assert tokenizer.decode(answer_tokens) == messages[-1]["content"] + "<end_of_turn>\n"
+    kept_prompt = tokenizer.decode(
+        [t for t, label in zip(cut["input_ids"], cut["labels"], strict=True) if label == IGNORE_INDEX]
+    )
+    assert "住宿费标准是多少？" in kept_prompt and kept_prompt.endswith("<start_of_turn>model\n")
+    assert kept_prompt.count("资料") < 400
+    # Answer longer than half of max_length: cut at the end; nothing of the answer left: dropped.
     assert encode_messages(tokenizer, messages, n_prompt + 2)["labels"][-2:] == ids[n_prompt : n_prompt + 2]
     assert encode_messages(tokenizer, messages, n_prompt) is None
 
