@@ -2,7 +2,7 @@
 
 Retrieval: one question per ledger fact ("<subject>的标准是多少？"), recall@1/3/5 of the fact's chunk, index
 build time (first and cached) and search latency. Answering: the first N questions through
-``tasks.answer.answer`` with a llama.cpp generator; prints each guard action, the guard counts and seconds
+``tasks.answer.answer.answer`` with a llama.cpp generator; prints each guard action, the guard counts and seconds
 per answer.
 
     .venv/bin/python bench/answer.py [--file examples/sample_rules.md] [--gguf model.gguf --n 8 --lora a.gguf]
@@ -23,10 +23,10 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.answer import GuardStats, answer  # noqa: E402
-from tasks.config import load_settings  # noqa: E402
-from tasks.ingest import ingest_file  # noqa: E402
-from tasks.retrieve import ChunkIndex, clear_cache  # noqa: E402
+from runtime.config import load_settings  # noqa: E402
+from tasks.answer.answer import GuardStats, answer  # noqa: E402
+from tasks.answer.retrieve import ChunkIndex, clear_cache  # noqa: E402
+from tasks.ingest.documents import ingest_file  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
 from warehouse.ledger import list_facts  # noqa: E402
 
@@ -80,7 +80,7 @@ def main() -> None:
             )
             console.print(table)
             if args.gguf:
-                from tasks.serve import LlamaCppGenerator
+                from tasks.answer.serve import LlamaCppGenerator
 
                 generator = LlamaCppGenerator(args.gguf, lora_path=args.lora)
                 stats = GuardStats()

@@ -22,9 +22,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.config import load_settings  # noqa: E402
-from tasks.distill import distill, make_teacher  # noqa: E402
-from tasks.ingest import ingest_file  # noqa: E402
+from runtime.config import load_settings  # noqa: E402
+from tasks.distill.distill import distill, make_teacher  # noqa: E402
+from tasks.ingest.documents import ingest_file  # noqa: E402
 from tests.fakes.gemini_server import FakeGeminiServer  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from expectations.runner import run_gate  # noqa: E402
-from tasks.config import load_settings  # noqa: E402
+from runtime.config import load_settings  # noqa: E402
 from warehouse import gates as queries  # noqa: E402
 from warehouse import ledger  # noqa: E402
 from warehouse.db import bulk_insert, open_warehouse  # noqa: E402

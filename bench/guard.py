@@ -2,7 +2,8 @@
 
 The same two sets as ``bench/retrieval.py`` (the sample's 40 questions over the bundled sample, the 45 dev
 questions over three corpus texts), each document set ingested into a temporary workspace, every question
-answered by ``tasks.answer.answer_batch`` in grounded mode and scored by ``tasks.evaluate`` in both families.
+answered by ``tasks.answer.answer.answer_batch`` in grounded mode and scored by
+``tasks.evaluate.evaluate`` in both families.
 Three scripted "models" bracket what a real one does:
 
 - ``reference``: always writes the item's reference answer (the guard's ceiling: what it loses by refusing
@@ -27,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.retrieval import SETS  # noqa: E402
-from tasks.answer import ABSTAIN_TEXT, answer_batch  # noqa: E402
-from tasks.config import load_settings  # noqa: E402
-from tasks.evaluate import EvalItem, evaluate, fmt, ledger_view, load_questions  # noqa: E402
-from tasks.fact_retrieve import clear_cache as clear_fact_cache  # noqa: E402
-from tasks.ingest import ingest_file  # noqa: E402
-from tasks.retrieve import clear_cache  # noqa: E402
+from runtime.config import load_settings  # noqa: E402
+from tasks.answer.answer import ABSTAIN_TEXT, answer_batch  # noqa: E402
+from tasks.answer.fact_retrieve import clear_cache as clear_fact_cache  # noqa: E402
+from tasks.answer.retrieve import clear_cache  # noqa: E402
+from tasks.evaluate.evaluate import EvalItem, evaluate, fmt, ledger_view, load_questions  # noqa: E402
+from tasks.ingest.documents import ingest_file  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
 
 

@@ -18,10 +18,10 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.export import export_model  # noqa: E402
-from tasks.generate import TransformersGenerator  # noqa: E402
-from tasks.prompt_format import chat_messages  # noqa: E402
-from tasks.serve import LlamaCppGenerator  # noqa: E402
+from tasks.answer.generate import TransformersGenerator  # noqa: E402
+from tasks.answer.prompts import chat_messages  # noqa: E402
+from tasks.answer.serve import LlamaCppGenerator  # noqa: E402
+from tasks.export.export import export_model  # noqa: E402
 
 TARGET = 5.0
 QUESTIONS = [

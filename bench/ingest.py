@@ -25,8 +25,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.config import load_settings  # noqa: E402
-from tasks.ingest import ingest_file  # noqa: E402
+from runtime.config import load_settings  # noqa: E402
+from tasks.ingest.documents import ingest_file  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
 
 TARGET_RATIO = 2.0

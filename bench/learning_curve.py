@@ -6,13 +6,13 @@ answer_max_tokens 48): ingest ``examples/sample_rules.pdf``, register ``examples
 ``auto`` review policy, the release gate and the frozen dataset (its context rows built as grounded answering
 retrieves). Then, per training profile (default: the demo's ``cpu-small`` beside ``prototype``), one LoRA
 run to the largest step count, its adapter saved at every requested step; each of those adapters (and the
-untuned base, step 0) is exported to GGUF and answers through the path users get (``tasks.serve.
-answering_generator`` + ``tasks.answer.answer_batch``: llama.cpp, the guard, the constrained retry):
+untuned base, step 0) is exported to GGUF and answers through the path users get (``tasks.answer.serve.
+answering_generator`` + ``tasks.answer.answer.answer_batch``: llama.cpp, the guard, the constrained retry):
 
 - closed book on the *recall* golden split (facts training sees, phrasings it never sees) and the hand set;
 - grounded on the *reading* golden split (facts held out entirely) and the hand set;
 
-scored by ``tasks.evaluate`` in the *model* family (what the model wrote: a quote or abstention by the
+scored by ``tasks.evaluate.evaluate`` in the *model* family (what the model wrote: a quote or abstention by the
 guard counts as the model failing). The table shows numeric accuracy and accuracy per set and mode, with
 the optimiser steps, the CPU minutes (process CPU time of training up to that step, all threads) and the
 wall minutes; a PNG plots the same against steps and against CPU minutes.
@@ -46,17 +46,17 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from expectations.runner import run_gate  # noqa: E402
 from review.policy import apply_auto_policy  # noqa: E402
-from tasks.answer import answer_batch  # noqa: E402
-from tasks.config import Settings, load_settings  # noqa: E402
-from tasks.dataset import DatasetInfo, freeze_dataset  # noqa: E402
-from tasks.distill import distill, make_teacher  # noqa: E402
-from tasks.evaluate import EvalItem, evaluate, fmt, judged_items, ledger_view, question_set  # noqa: E402
-from tasks.export import export_model  # noqa: E402
-from tasks.golden import add_file, golden_items  # noqa: E402
-from tasks.ingest import ingest_file  # noqa: E402
-from tasks.models import load_tokenizer, resolve_base  # noqa: E402
-from tasks.serve import answering_generator  # noqa: E402
-from tasks.train import train  # noqa: E402
+from runtime.config import Settings, load_settings  # noqa: E402
+from tasks.answer.answer import answer_batch  # noqa: E402
+from tasks.answer.serve import answering_generator  # noqa: E402
+from tasks.distill.distill import distill, make_teacher  # noqa: E402
+from tasks.evaluate.evaluate import EvalItem, evaluate, fmt, judged_items, ledger_view, question_set  # noqa: E402
+from tasks.evaluate.golden import add_file, golden_items  # noqa: E402
+from tasks.export.export import export_model  # noqa: E402
+from tasks.ingest.documents import ingest_file  # noqa: E402
+from tasks.train.base_models import load_tokenizer, resolve_base  # noqa: E402
+from tasks.train.dataset import DatasetInfo, freeze_dataset  # noqa: E402
+from tasks.train.train import train  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
 
 SAMPLE_PDF = ROOT / "examples" / "sample_rules.pdf"

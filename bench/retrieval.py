@@ -9,7 +9,7 @@ research_funds}.txt`` (each set ingested into its own temporary workspace). Thre
 - ``chunk+exp``: the same with the question expanded (``ChunkIndex.search(..., expand=True)``);
 - ``fact``: ``FactIndex.search``; a hit at k = one of the top k facts states an expected number.
 
-A fact "states" an expected number as ``tasks.evaluate`` scores answers (its raw text read by the one number
+A fact "states" an expected number as ``tasks.evaluate.evaluate`` scores answers (its raw text read by the one number
 parser, value, unit and scale as the reference answer writes them, a range stating two expected ends).
 ``reachable`` counts the items where some fact of the document states an expected number at all (the ceiling
 for every column: a number the ledger does not hold, such as a time of day, cannot be retrieved as a fact).
@@ -31,13 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.config import load_settings  # noqa: E402
-from tasks.evaluate import EvalItem, expected_numbers, load_questions, states  # noqa: E402
-from tasks.fact_retrieve import FactIndex  # noqa: E402
-from tasks.fact_retrieve import clear_cache as clear_fact_cache  # noqa: E402
-from tasks.ingest import ingest_file  # noqa: E402
-from tasks.numbers import NumberMention, canonical  # noqa: E402
-from tasks.retrieve import ChunkIndex, clear_cache  # noqa: E402
+from runtime.config import load_settings  # noqa: E402
+from tasks.answer.fact_retrieve import FactIndex  # noqa: E402
+from tasks.answer.fact_retrieve import clear_cache as clear_fact_cache  # noqa: E402
+from tasks.answer.retrieve import ChunkIndex, clear_cache  # noqa: E402
+from tasks.evaluate.evaluate import EvalItem, expected_numbers, load_questions, states  # noqa: E402
+from tasks.ingest.documents import ingest_file  # noqa: E402
+from tasks.ingest.numbers import NumberMention, canonical  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
 from warehouse.ledger import list_facts  # noqa: E402
 
@@ -79,7 +79,7 @@ def ledger_fact(row: dict) -> LedgerFact:
 
 def fact_states(item: EvalItem, fact: LedgerFact) -> bool:
     """Whether ``fact`` (of the item's document) states one of the item's expected numbers, compared as
-    ``tasks.evaluate`` compares an answer's number: same value (or the number as written before 万), a range
+    ``tasks.evaluate.evaluate`` compares an answer's number: same value (or the number as written before 万), a range
     only as the same range or as two expected ends, the same main unit when both carry one."""
     if item.doc and fact.doc != item.doc:
         return False

@@ -2,7 +2,7 @@
 
 Same base (``gemma3-270m``, the real offline base), same synthetic finance rows, same seed:
 
-- ``ours``: ``tasks/train.py`` with profile ``cpu-small``: batches grouped by length, dynamic padding, the
+- ``ours``: ``tasks/train/train.py`` with profile ``cpu-small``: batches grouped by length, dynamic padding, the
   vocabulary projection at answer positions only, gradient checkpointing of batches above 512 tokens;
 - ``ours-random`` (a control): ours with plain's random batch order instead of length grouping. Its loss
   against plain's tests the answer-only loss computation alone; ours against plain includes the row order;
@@ -56,8 +56,8 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from tasks.models import load_base  # noqa: E402
-from tasks.train import (  # noqa: E402
+from tasks.train.base_models import load_base  # noqa: E402
+from tasks.train.train import (  # noqa: E402
     ChatDataset,
     PadCollator,
     _PeakRss,
@@ -76,7 +76,7 @@ SYSTEM = "你是高校财务制度问答助手。请严格依据学校财务管�
 CITIES = ["北京", "上海", "广州", "深圳", "杭州", "南京", "成都", "武汉", "西安", "济南", "青岛", "拉萨"]
 TITLES = ["教授", "副教授", "讲师", "博士后", "研究生", "行政人员", "院士", "外聘专家"]
 DESCRIPTIONS = {
-    "ours": "tasks/train.py cpu-small: length grouping, dynamic padding, logits at answer positions only",
+    "ours": "tasks/train/train.py cpu-small: length grouping, dynamic padding, logits at answer positions only",
     "ours-random": "control: ours, but in plain's random batch order (no length grouping)",
     "plain": "stock HF Trainer: random batches, DataCollatorForSeq2Seq dynamic padding, full-vocabulary logits",
     "prototype": "prototype profile: batch 1 x 4, padded to 512, full-vocabulary logits, lr 5e-5, r 16",

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from tasks import netbind
-from tasks.config import Settings
+from runtime import netbind
+from runtime.config import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_YAML = Path(__file__).resolve().parent / "prefect.yaml"

@@ -13,7 +13,7 @@ import duckdb
 import pandas as pd
 
 from expectations.suites import SUITES
-from tasks.config import Settings
+from runtime.config import Settings
 from warehouse import gates as queries
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no telemetry: this machine is offline by design

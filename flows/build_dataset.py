@@ -11,8 +11,8 @@ from prefect import flow, get_run_logger, pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
-from tasks.config import Settings, load_settings
-from tasks.flow_tasks import (
+from flows.gates import gate_task
+from flows.prefect_tasks import (
     auto_review_task,
     distill_task,
     freeze_task,
@@ -20,7 +20,7 @@ from tasks.flow_tasks import (
     push_review_task,
     sync_review_task,
 )
-from tasks.gates import gate_task
+from runtime.config import Settings, load_settings
 
 
 class ReviewDone(RunInput):

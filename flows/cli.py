@@ -18,11 +18,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tasks.config import ConfigError, Settings, load_settings
-from tasks.distill import DistillSummary, make_teacher
-from tasks.distill import distill as run_distill
-from tasks.ingest import discover, ingest_file
-from tasks.teachers.base import TeacherConfigError
+from runtime.config import ConfigError, Settings, load_settings
+from tasks.distill.distill import DistillSummary, make_teacher
+from tasks.distill.distill import distill as run_distill
+from tasks.distill.teachers.base import TeacherConfigError
+from tasks.ingest.documents import discover, ingest_file
 from warehouse import distill as distill_queries
 from warehouse import ledger
 from warehouse.db import WarehouseError, connect
@@ -279,7 +279,7 @@ def gate(
 ) -> None:
     """Run a quality gate (Great Expectations) over the rows; a passing release gate freezes a dataset."""
     from expectations.runner import GATES, run_gate
-    from tasks.dataset import freeze_dataset
+    from tasks.train.dataset import freeze_dataset
 
     if name not in GATES:
         err_console.print(f"[red]unknown gate {name!r}[/red]; choose one of {', '.join(GATES)}")
@@ -366,7 +366,7 @@ def _bind_host(cfg: Settings, server_name: str) -> str:
     """The checked listening address of our servers, or a one-line refusal and exit status 2."""
     from rich.markup import escape
 
-    from tasks.netbind import RemoteBindRefused, bind_host
+    from runtime.netbind import RemoteBindRefused, bind_host
 
     try:
         return bind_host(cfg, server_name)
@@ -623,8 +623,8 @@ app.add_typer(golden_app, name="golden")
 @golden_app.command("add")
 def golden_add(path: Annotated[Path, typer.Argument(help="A question file (JSONL).")]) -> None:
     """Register a question file in the golden set (the release gate then keeps its questions out of training)."""
-    from tasks.evaluate import QuestionFileError
-    from tasks.golden import add_file
+    from tasks.evaluate.evaluate import QuestionFileError
+    from tasks.evaluate.golden import add_file
 
     cfg = settings()
     try:
@@ -687,8 +687,8 @@ def eval_command(
 ) -> None:
     """Evaluate a model as `slm ask` answers: two score families, *model* (what the model wrote; a quote or
     abstention by the guard is the model failing) and *shown* (what the user saw), and the guard's actions."""
-    from tasks.evaluate import QuestionFileError, load_questions, run_and_store
-    from tasks.golden import golden_items
+    from tasks.evaluate.evaluate import QuestionFileError, load_questions, run_and_store
+    from tasks.evaluate.golden import golden_items
 
     cfg = settings()
     chosen_mode = _answer_mode(mode)
@@ -793,7 +793,7 @@ _FAMILY_ROWS = (
 
 def _families_table(title: str, families: dict[str, Any]) -> Table:
     """One row per metric: the model's own answers beside what was shown, with the item count."""
-    from tasks.evaluate import fmt
+    from tasks.evaluate.evaluate import fmt
 
     table = Table("metric", "model", "shown", "n", title=title)
     for key, count in _FAMILY_ROWS:
@@ -810,14 +810,14 @@ def _counts(counts: dict[str, int]) -> str:
 def _answerer(cfg: Settings, con: Any, model: str | None, base: str | None, backend: str, mode: str) -> Any:
     """An ``answer_batch`` that answers as `slm ask` does (same guard, retry and max tokens), through the
     exported GGUF in llama.cpp, or through transformers with a base and an adapter."""
-    from tasks.answer import answer_batch
+    from tasks.answer.answer import answer_batch
 
     if backend == "llamacpp":
-        from tasks.serve import answering_generator
+        from tasks.answer.serve import answering_generator
 
         call: Any = answering_generator(_gguf_for(con, model), cfg)
     else:
-        from tasks.generate import TransformersGenerator
+        from tasks.answer.generate import TransformersGenerator
 
         generator = TransformersGenerator(
             base or cfg.base_model,
@@ -871,7 +871,7 @@ def train(
     ] = False,
 ) -> None:
     """LoRA fine-tuning on a frozen dataset; the adapter becomes a challenger model."""
-    from tasks.challenger import NoDataset, train_challenger
+    from tasks.train.challenger import NoDataset, train_challenger
 
     cfg = settings()
     try:
@@ -933,7 +933,7 @@ def _print_run_summary(cfg: Settings, result: dict[str, Any]) -> None:
         table.add_row("training", "no change: this dataset was already trained on; nothing trained")
         console.print(table)
         return
-    from tasks.evaluate import fmt
+    from tasks.evaluate.evaluate import fmt
 
     evaluation = result["evaluation"]
     for label, scores in evaluation["scores"].items():
@@ -977,7 +977,7 @@ def export_command(
     model: Annotated[str, typer.Option("--model", help="champion | base | a model id")] = "champion",
 ) -> None:
     """Write the champion (merged) as GGUF for llama.cpp; size, quantisation and source model are recorded."""
-    from tasks.export import ExportError, export_model
+    from tasks.export.export import ExportError, export_model
     from warehouse.models import get_champion, get_model
 
     cfg = settings()
@@ -1017,8 +1017,8 @@ def ask(
 ) -> None:
     """Answer with an exported model through llama.cpp: the answer, the article and document its numbers
     come from, and the guard's verdict. Grounded mode shows no number the ledger lacks."""
-    from tasks.answer import answer
-    from tasks.serve import answering_generator
+    from tasks.answer.answer import answer
+    from tasks.answer.serve import answering_generator
 
     cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
@@ -1099,9 +1099,9 @@ def chat(
 ) -> None:
     """Ask question after question (empty line or Ctrl-D ends); the model is loaded once. Answers stream as
     they are generated, up to their first number: numbers appear once the guard has checked them."""
-    from tasks.answer import GuardStats, HeldNumbersStream, answer
-    from tasks.retrieve import ChunkIndex
-    from tasks.serve import answering_generator
+    from tasks.answer.answer import GuardStats, HeldNumbersStream, answer
+    from tasks.answer.retrieve import ChunkIndex
+    from tasks.answer.serve import answering_generator
 
     cfg = settings()
     mode = _answer_mode(mode)
@@ -1141,8 +1141,8 @@ def serve_model(
     its server extra)."""
     import importlib.util
 
-    from tasks.netbind import url_host
-    from tasks.serve import server_command
+    from runtime.netbind import url_host
+    from tasks.answer.serve import server_command
 
     cfg = settings(bind_host=host, allow_remote_bind=True if allow_remote else None)
     bind = _bind_host(cfg, "the model server")  # first: refused before anything else is looked at
@@ -1176,7 +1176,7 @@ def models() -> None:
     cfg = settings()
     with _warehouse(cfg, read_only=True) as con:
         found = list_models(con)
-    from tasks.evaluate import fmt
+    from tasks.evaluate.evaluate import fmt
 
     columns = ("closed_book numeric_accuracy", "grounded numeric_accuracy", "grounded invented_number_rate")
     table = Table(
@@ -1214,7 +1214,7 @@ def promote(
     """Make a model champion by hand. Needs --force: the automatic gate did not promote it. Recorded."""
     import getpass
 
-    from tasks.promote import force_promote
+    from tasks.evaluate.promote import force_promote
     from warehouse.models import get_model
 
     if not force:

@@ -8,11 +8,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.gates import gate_task
+from flows.prefect_tasks import freeze_task, sync_review_task
 from flows.train_and_evaluate import train_and_evaluate
-from tasks.challenger import last_trained_dataset
-from tasks.config import load_settings
-from tasks.flow_tasks import freeze_task, sync_review_task
-from tasks.gates import gate_task
+from runtime.config import load_settings
+from tasks.train.challenger import last_trained_dataset
 from warehouse.db import settings_warehouse
 
 

@@ -9,8 +9,8 @@ from prefect import flow
 
 from flows.build_dataset import build_dataset
 from flows.train_and_evaluate import train_and_evaluate
-from tasks.challenger import last_trained_dataset
-from tasks.config import load_settings
+from runtime.config import load_settings
+from tasks.train.challenger import last_trained_dataset
 
 
 @flow(name="pipeline", log_prints=True)

@@ -8,8 +8,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.config import load_settings
-from tasks.flow_tasks import evaluate_task, export_task, train_task
+from flows.prefect_tasks import evaluate_task, export_task, train_task
+from runtime.config import load_settings
 
 
 @flow(name="train-and-evaluate", log_prints=True)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from tasks.numbers import NumberMention, rule_numbers
+from tasks.ingest.numbers import NumberMention, rule_numbers
 
 # Names of the control tags; sync reads the annotation results by these names.
 VERDICT = "verdict"
@@ -101,7 +101,7 @@ def marked_html(text: str, numbers: Iterable[str], style: str = _MARK_STYLE) -> 
     """``text`` HTML-escaped, each rule number whose value is in ``numbers`` wrapped in ``<mark>``.
 
     Returns the HTML and the values that were found (so the caller can list the ones that were not).
-    Numbers are found with the one parser (``tasks.numbers``), so "三个月" and "3 个月" both light up for 3.
+    Numbers are found with the one parser (``tasks.ingest.numbers``), so "三个月" and "3 个月" both light up for 3.
     """
     wanted = _as_decimals(numbers)
     parts: list[str] = []

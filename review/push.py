@@ -27,7 +27,7 @@ import duckdb
 from review.labeling import CONFIG_VERSION, label_config, task_for_row
 from review.server import base_url, retrying, transient
 from review.sync import unavailable
-from tasks.config import Settings
+from runtime.config import Settings
 from warehouse import review as queries
 
 INSTRUCTION = (

@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from review.sync import BatchProgress, batch_progress
-from tasks.config import Settings
+from runtime.config import Settings
 from warehouse import review as queries
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from review import push, server
-from tasks.config import Settings, load_settings
+from runtime.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -157,8 +157,8 @@ def login_cookies(settings: Settings) -> dict[str, str]:
 
 def demo_batch(settings: Settings) -> tuple[int, int]:
     """(project id, task id) of the newest batch's first task, making a batch from the sample when none."""
-    from tasks.distill import distill, make_teacher
-    from tasks.ingest import ingest_file
+    from tasks.distill.distill import distill, make_teacher
+    from tasks.ingest.documents import ingest_file
     from warehouse import review as queries
     from warehouse.db import connect
 

@@ -34,13 +34,13 @@ from typing import Any, TypeVar
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from tasks import netbind
-from tasks.config import Settings
+from runtime import netbind
+from runtime.config import Settings
 
 LS_VERSION = "1.23.2"
 DEFAULT_VENV = Path.home() / ".cache" / "slm-factory" / "labelstudio-venv"
 DEFAULT_PORT = 8089
-HOST = "127.0.0.1"  # the default of the bind_host setting (tasks/netbind.py)
+HOST = "127.0.0.1"  # the default of the bind_host setting (runtime/netbind.py)
 # Environment variables of ours that the server must not inherit (it needs none of our keys).
 _SECRET_ENV = ("GEMINI_API_KEYS", "OPENAI_API_KEY", "PREFECT_API_KEY")
 T = TypeVar("T")

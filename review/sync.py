@@ -30,10 +30,10 @@ import duckdb
 
 from review.labeling import COMMENT, CORRECTED_ANSWER, CORRECTED_NUMBERS, VERDICT, VERDICTS
 from review.server import LabelStudioError, base_url, retrying, transient
-from tasks.config import Settings
-from tasks.numbers import NumberMention, canonical, parse_numeral, rule_numbers, values_match
-from tasks.teachers.base import FactRef, QAPair
-from tasks.verify import verify_row
+from runtime.config import Settings
+from tasks.distill.teachers.base import FactRef, QAPair
+from tasks.distill.verify import verify_row
+from tasks.ingest.numbers import NumberMention, canonical, parse_numeral, rule_numbers, values_match
 from warehouse import review as queries
 
 STATUS_BY_VERDICT = {"accept": "approved", "correct": "corrected", "reject": "rejected"}

@@ -12,7 +12,7 @@ handler answers at once and a worker thread checks a moment later, and once more
 annotation that completes a batch is never missed.
 
 Bound to the ``bind_host`` setting, 127.0.0.1 unless remote binding is allowed explicitly
-(``tasks.netbind``). Each receiver has a random secret that Label Studio sends back as a header
+(``runtime.netbind``). Each receiver has a random secret that Label Studio sends back as a header
 (``register_webhook(..., secret=receiver.secret)``); posts without it are refused. The payload is never
 trusted for completeness anyway: it only names the project to check. Neither the payload nor the headers
 are logged (annotations are the institution's data; the header is the secret).
@@ -36,8 +36,8 @@ import duckdb
 
 from review.server import retrying
 from review.sync import BatchProgress, batch_progress
-from tasks import netbind
-from tasks.config import Settings
+from runtime import netbind
+from runtime.config import Settings
 from warehouse import review as queries
 from warehouse.db import open_warehouse
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.config import Settings, load_settings
+from runtime.config import Settings, load_settings
 from warehouse.db import connect
 
 # Offline machine: no telemetry (it also causes "database is locked" on SQLite), and a slow first start.

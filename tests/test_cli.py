@@ -198,7 +198,7 @@ def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
 def test_review_commands_with_label_studio_down_say_so_in_one_line(tmp_path: Path) -> None:
     import socket
 
-    from tasks.config import load_settings
+    from runtime.config import load_settings
     from warehouse import review as review_queries
     from warehouse.db import open_warehouse
 

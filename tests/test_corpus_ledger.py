@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Settings
-from tasks.ingest import ingest_file
-from tasks.normalize import fold
+from runtime.config import Settings
+from tasks.ingest.documents import ingest_file
+from tasks.ingest.normalize import fold
 from tests.conftest import EXPECTED, corpus_path
 from warehouse import ledger
 

@@ -15,7 +15,7 @@ import pytest
 
 from deployments import server as prefect_server
 from review import server as labelstudio
-from tasks.config import load_settings
+from runtime.config import load_settings
 from tests.conftest import SAMPLE_MD
 from tests.reliability.scenarios_deps import start_from_template
 from tests.reliability.scenarios_security import listening_addresses

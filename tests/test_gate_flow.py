@@ -9,10 +9,10 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.config import Settings
-from tasks.distill import distill, make_teacher
-from tasks.gates import GateFailed, gate_task
-from tasks.ingest import ingest_file
+from flows.gates import GateFailed, gate_task
+from runtime.config import Settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_PDF
 from warehouse.db import open_warehouse
 

@@ -11,12 +11,12 @@ import pytest
 
 from expectations.runner import run_gate
 from review.policy import apply_auto_policy
-from tasks.answer import context_messages
-from tasks.config import Settings, load_settings
-from tasks.dataset import CONTEXT_K, dataset_id_for, freeze_dataset
-from tasks.distill import distill, make_teacher
-from tasks.ingest import ingest_file
-from tasks.retrieve import ChunkIndex
+from runtime.config import Settings, load_settings
+from tasks.answer.answer import context_messages
+from tasks.answer.retrieve import ChunkIndex
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import ingest_file
+from tasks.train.dataset import CONTEXT_K, dataset_id_for, freeze_dataset
 from tests.conftest import SAMPLE_PDF
 from warehouse import distill as distill_queries
 from warehouse import gates as gate_queries
@@ -385,7 +385,7 @@ def test_sample_document_passes_both_gates_under_the_auto_policy(con, settings: 
 
 def test_gate_works_with_a_relative_workspace(tmp_path: Path, monkeypatch) -> None:
     """`slm --workspace workspace/demo ...` gives a relative path; Data Docs still land in it."""
-    from tasks.config import load_settings
+    from runtime.config import load_settings
     from warehouse.db import open_warehouse
 
     monkeypatch.chdir(tmp_path)

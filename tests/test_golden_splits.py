@@ -13,10 +13,10 @@ import duckdb
 import pytest
 
 from review.policy import apply_auto_policy
-from tasks.config import Settings
-from tasks.distill import distill, make_teacher
-from tasks.golden import add_file, golden_items, hold_out
-from tasks.ingest import ingest_file
+from runtime.config import Settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.evaluate.golden import add_file, golden_items, hold_out
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_MD
 from warehouse.db import connect
 from warehouse.gates import normalised, trainable_rows
@@ -25,7 +25,7 @@ from warehouse.gates import normalised, trainable_rows
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample ingested, distilled (two phrasings per fact) and reviewed by the auto policy, once."""
-    from tasks.config import load_settings
+    from runtime.config import load_settings
 
     cfg = load_settings(tmp_path_factory.mktemp("ws") / "ws")
     con = connect(cfg.warehouse_path)

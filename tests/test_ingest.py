@@ -8,11 +8,11 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from tasks.chunk import chunk_document
-from tasks.config import Settings
-from tasks.extract import decode_text
-from tasks.ingest import ingest_file
-from tasks.normalize import join_pages
+from runtime.config import Settings
+from tasks.ingest.chunk import chunk_document
+from tasks.ingest.documents import ingest_file
+from tasks.ingest.extract import decode_text
+from tasks.ingest.normalize import join_pages
 from tests.conftest import SAMPLE_MD, SAMPLE_PDF
 from warehouse import ledger
 

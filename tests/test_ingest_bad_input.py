@@ -9,9 +9,9 @@ import duckdb
 import pymupdf
 import pytest
 
-from tasks.config import Settings
-from tasks.extract import content_id
-from tasks.ingest import ingest_file, ingest_paths
+from runtime.config import Settings
+from tasks.ingest.documents import ingest_file, ingest_paths
+from tasks.ingest.extract import content_id
 from warehouse import ledger
 
 RULE = "第一条 出差人员伙食补助费按每人每天100元包干使用，市内交通费每人每天80元。"

@@ -1,4 +1,4 @@
-"""The one number parser (tasks/numbers.py): table tests from real-looking and real rule sentences, and
+"""The one number parser (tasks/ingest/numbers.py): table tests from real-looking and real rule sentences, and
 property-based tests (hypothesis) for Chinese numerals, number formats and robustness on arbitrary text."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.numbers import (
+from tasks.ingest.numbers import (
     KINDS,
     NumberMention,
     canonical,

@@ -11,7 +11,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.nightly import nightly
 from flows.pipeline import pipeline
-from tasks.config import load_settings
+from runtime.config import load_settings
 from tests.conftest import SAMPLE_MD
 from tests.test_cli import slm
 from tests.tiny import build_tiny_base

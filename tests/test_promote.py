@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config import Settings
-from tasks.evaluate import EvalItem, evaluate, ledger_view
-from tasks.ingest import ingest_file
-from tasks.promote import challenge, force_promote
+from runtime.config import Settings
+from tasks.evaluate.evaluate import EvalItem, evaluate, ledger_view
+from tasks.evaluate.promote import challenge, force_promote
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_PDF
 from warehouse import models as registry
 
@@ -120,7 +120,7 @@ def _echo_generator(messages, max_tokens=None, grammar=None) -> str:
 
 
 def test_an_echoing_model_and_a_tier_lister_score_zero_and_are_refused(con, settings: Settings) -> None:
-    from tasks.answer import answer_batch
+    from tasks.answer.answer import answer_batch
 
     ingest_file(con, SAMPLE_PDF, settings)
     echo = {mode: answer_batch(_echo_generator, con, mode, 32) for mode in ("closed_book", "grounded")}

@@ -8,9 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.config import Settings
-from tasks.ingest import ingest_file
-from tasks.retrieve import ChunkIndex, clear_cache, tokens
+from runtime.config import Settings
+from tasks.answer.retrieve import ChunkIndex, clear_cache, tokens
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_MD
 from warehouse.ledger import list_facts
 

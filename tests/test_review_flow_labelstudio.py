@@ -12,9 +12,9 @@ from prefect.client.schemas.objects import StateType
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.build_dataset import build_dataset
+from flows.gates import GateFailed
 from review import server
-from tasks.config import load_settings
-from tasks.gates import GateFailed
+from runtime.config import load_settings
 from tests.conftest import SAMPLE_PDF
 from tests.test_review_labelstudio import _result
 from warehouse import review as review_queries

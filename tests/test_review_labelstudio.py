@@ -21,9 +21,9 @@ import pytest
 
 from review import push, server, sync, webhook
 from review.labeling import COMMENT, CORRECTED_ANSWER, CORRECTED_NUMBERS, VERDICT
-from tasks.config import Settings, load_settings
-from tasks.distill import distill, make_teacher
-from tasks.ingest import ingest_file
+from runtime.config import Settings, load_settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_PDF
 from tests.reliability.scenarios_security import listening_addresses
 from warehouse import review as queries

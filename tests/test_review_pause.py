@@ -18,9 +18,9 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.build_dataset import ReviewTimedOut, wait_for_review
 from review.resume import ResumeRefused, resume_batch
-from tasks.config import Settings
-from tasks.distill import distill, make_teacher
-from tasks.ingest import ingest_file
+from runtime.config import Settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_PDF
 from warehouse import distill as distill_queries
 from warehouse import review as review_queries

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import pytest
 
-from tasks.evaluate import EvalItem, load_questions
-from tasks.numbers import NumberMention, canonical, find_numbers, rule_numbers
+from tasks.evaluate.evaluate import EvalItem, load_questions
+from tasks.ingest.numbers import NumberMention, canonical, find_numbers, rule_numbers
 from tests.conftest import EXAMPLES, SAMPLE_MD, SAMPLE_PDF
 
 QUESTIONS = EXAMPLES / "sample_questions.jsonl"

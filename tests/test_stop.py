@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.models import GEMMA_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE, load_tokenizer
-from tasks.prompt_format import chat_messages
-from tasks.stop import end_of_turn_token, repeated_span, stop_token_ids, turn_end_text
+from tasks.answer.prompts import chat_messages
+from tasks.answer.stop import end_of_turn_token, repeated_span, stop_token_ids, turn_end_text
+from tasks.train.base_models import GEMMA_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE, load_tokenizer
 from tests.conftest import SAMPLE_MD
 
 ROWS = [
@@ -101,7 +101,7 @@ def test_end_of_turn_is_read_from_the_template(tiny_base: Path) -> None:
 
 
 def test_transformers_penalty_spares_the_prompt() -> None:
-    from tasks.generate import _AnswerRepeatPenalty
+    from tasks.answer.generate import _AnswerRepeatPenalty
 
     ids = torch.tensor([[5, 6, 7, 8]])  # prompt 5, 6; answer so far 7, 8
     scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, -2.0]])
@@ -115,8 +115,8 @@ def test_transformers_penalty_spares_the_prompt() -> None:
 @pytest.fixture(scope="module")
 def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny base trained until it reproduces ROWS and LOOP, and its merged f16 GGUF export."""
-    from tasks.export import export_model
-    from tasks.train import ALL_LINEAR, train
+    from tasks.export.export import export_model
+    from tasks.train.train import ALL_LINEAR, train
 
     root = tmp_path_factory.mktemp("trained")
     dataset = root / "stopds"
@@ -160,7 +160,7 @@ def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_labels_end_the_answer_with_end_of_turn(trained: dict) -> None:
-    from tasks.train import IGNORE_INDEX, encode_messages
+    from tasks.train.train import IGNORE_INDEX, encode_messages
 
     tokenizer = load_tokenizer(trained["adapter"])
     eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
@@ -174,7 +174,7 @@ def test_labels_end_the_answer_with_end_of_turn(trained: dict) -> None:
 
 
 def test_transformers_generation_stops_at_end_of_turn(trained: dict) -> None:
-    from tasks.generate import TransformersGenerator
+    from tasks.answer.generate import TransformersGenerator
 
     generator = TransformersGenerator(str(trained["base"]), adapter_dir=trained["adapter"], max_new_tokens=64)
     eot = generator.tokenizer.convert_tokens_to_ids("<end_of_turn>")
@@ -189,7 +189,7 @@ def test_transformers_generation_stops_at_end_of_turn(trained: dict) -> None:
 def test_exported_gguf_names_end_of_turn(trained: dict) -> None:
     if trained["gguf"] is None:
         pytest.skip("llama-cpp-python is not installed")
-    from tasks.export import read_gguf
+    from tasks.export.export import read_gguf
 
     contents = read_gguf(trained["gguf"])
     tokens = contents.value("tokenizer.ggml.tokens")
@@ -202,7 +202,7 @@ def test_exported_gguf_names_end_of_turn(trained: dict) -> None:
 
 def test_llamacpp_generation_stops_at_end_of_turn(trained: dict) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
-    from tasks.serve import LlamaCppGenerator
+    from tasks.answer.serve import LlamaCppGenerator
 
     generator = LlamaCppGenerator(trained["gguf"], n_ctx=512, n_threads=2, max_new_tokens=64)
     try:
@@ -231,7 +231,7 @@ def test_llamacpp_generation_stops_at_end_of_turn(trained: dict) -> None:
 
 def test_a_loop_is_cut_in_both_backends(trained: dict) -> None:
     """The model was taught an answer that repeats itself eight times: both backends stop at the third."""
-    from tasks.generate import TransformersGenerator
+    from tasks.answer.generate import TransformersGenerator
 
     question, looping = LOOP
     hf = TransformersGenerator(
@@ -243,7 +243,7 @@ def test_a_loop_is_cut_in_both_backends(trained: dict) -> None:
     assert hf.chat([chat_messages(question)])[0] == looping  # without the cut it runs on
     if trained["gguf"] is None:
         return
-    from tasks.serve import LlamaCppGenerator
+    from tasks.answer.serve import LlamaCppGenerator
 
     generator = LlamaCppGenerator(
         trained["gguf"], n_ctx=512, n_threads=2, max_new_tokens=96, repeat_penalty=1.0
@@ -267,7 +267,7 @@ def swa_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     at load ("llama_kv_cache_iswa: using full-size SWA cache", "n_ctx_seq > n_ctx_train"), lines that
     llama-cpp-python's own logger prints even with verbose=False."""
     pytest.importorskip("llama_cpp")
-    from tasks.export import export_model
+    from tasks.export.export import export_model
     from tests.test_export import make_model
 
     root = tmp_path_factory.mktemp("swa")
@@ -276,7 +276,7 @@ def swa_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_llamacpp_logs_never_reach_the_terminal(swa_gguf: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    from tasks.serve import LlamaCppGenerator, llama_log_tail
+    from tasks.answer.serve import LlamaCppGenerator, llama_log_tail
 
     capfd.readouterr()
     generator = LlamaCppGenerator(swa_gguf, n_ctx=512, n_threads=2, max_new_tokens=16)

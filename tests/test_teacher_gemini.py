@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tasks.config import Settings, load_settings
-from tasks.teachers.base import ChunkContext, FactRef, TeacherConfigError, TeacherOutput
-from tasks.teachers.gemini import GeminiTeacher
-from tasks.teachers.resilience import KeyPool
+from runtime.config import Settings, load_settings
+from tasks.distill.teachers.base import ChunkContext, FactRef, TeacherConfigError, TeacherOutput
+from tasks.distill.teachers.gemini import GeminiTeacher
+from tasks.distill.teachers.resilience import KeyPool
 from tests.fakes import (
     BAD_REQUEST,
     FORBIDDEN,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Settings
-from tasks.teachers.base import ChunkContext, FactRef, TeacherConfigError
-from tasks.teachers.llamacpp import INSTALL_HINT, LlamaCppTeacher
-from tasks.teachers.llm import PROMPT_VERSION, ResponseModel
+from runtime.config import Settings
+from tasks.distill.teachers.base import ChunkContext, FactRef, TeacherConfigError
+from tasks.distill.teachers.llamacpp import INSTALL_HINT, LlamaCppTeacher
+from tasks.distill.teachers.llm import PROMPT_VERSION, ResponseModel
 
 # Not imported here: the teacher sets OMP_WAIT_POLICY before llama_cpp (and OpenMP) first loads.
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None

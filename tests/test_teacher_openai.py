@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tasks.config import Settings, load_settings
-from tasks.teachers.base import ChunkContext, FactRef, TeacherOutput
-from tasks.teachers.openai_compat import NO_KEY, OpenAITeacher
+from runtime.config import Settings, load_settings
+from tasks.distill.teachers.base import ChunkContext, FactRef, TeacherOutput
+from tasks.distill.teachers.openai_compat import NO_KEY, OpenAITeacher
 from tests.fakes import (
     BAD_REQUEST,
     FORBIDDEN,

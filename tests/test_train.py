@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from tasks.models import (
+from tasks.train.base_models import (
     GEMMA_CHAT_TEMPLATE,
     SIMPLE_CHAT_TEMPLATE,
     BaseModelError,
@@ -27,7 +27,7 @@ from tasks.models import (
     load_tokenizer,
     resolve_base,
 )
-from tasks.train import (
+from tasks.train.train import (
     ALL_LINEAR,
     IGNORE_INDEX,
     QLORA_NEEDS_CUDA,
@@ -429,7 +429,7 @@ def test_uninterrupted_run_makes_the_same_steps(tiny_base: Path, dataset: Path, 
 
 
 def test_length_grouped_batches_come_in_random_order_and_replay_per_epoch() -> None:
-    from tasks.train import ShuffledLengthGroupedSampler
+    from tasks.train.train import ShuffledLengthGroupedSampler
 
     lengths = [i % 37 + 1 for i in range(400)]
     sampler = ShuffledLengthGroupedSampler(lengths, batch_size=4, seed=3, megabatch=5)

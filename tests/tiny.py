@@ -16,7 +16,7 @@ def build_tiny_base(folder: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from tasks.prompt_format import SYSTEM_PROMPT
+    from tasks.answer.prompts import SYSTEM_PROMPT
 
     text = SAMPLE_MD.read_text(encoding="utf-8") + SYSTEM_PROMPT + "文件中没有相关规定。"
     core = Tokenizer(models.BPE(unk_token=None))

@@ -159,7 +159,7 @@ def batch_tasks(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str,
 
 
 def chunk_facts(con: duckdb.DuckDBPyConnection, chunk_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """The ledger facts of each chunk (the fields of ``tasks.teachers.base.FactRef``), in text order."""
+    """The ledger facts of each chunk (the fields of ``tasks.distill.teachers.base.FactRef``), in text order."""
     out: dict[str, list[dict[str, Any]]] = {c: [] for c in chunk_ids}
     if not chunk_ids:
         return out

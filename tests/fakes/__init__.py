@@ -121,7 +121,7 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def default_rows(prompt: str) -> dict[str, Any]:
-    """A valid rows body for a user prompt of ``tasks.teachers.llm.build_user_prompt``: two questions per
+    """A valid rows body for a user prompt of ``tasks.distill.teachers.llm.build_user_prompt``: two questions per
     fact line it finds (one plain, one rephrased), or one text question when the prompt lists no facts."""
     facts_part = prompt.split("数字事实：", 1)[1] if "数字事实：" in prompt else ""
     rows: list[dict[str, Any]] = []

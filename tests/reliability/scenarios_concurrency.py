@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tasks.config import load_settings
-from tasks.distill import distill, make_teacher
-from tasks.ingest import ingest_file
+from runtime.config import load_settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import ingest_file
 from tests.reliability.outcome import FaultOutcome
 from warehouse.db import connect, open_warehouse
 

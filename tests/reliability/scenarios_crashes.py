@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Settings, load_settings
+from runtime.config import Settings, load_settings
 from tests.conftest import SAMPLE_MD
 from tests.reliability.outcome import FaultOutcome
 from warehouse.db import connect, fetch_dicts, open_warehouse
@@ -294,8 +294,8 @@ def freeze(workspace: Path, distil: bool = False) -> None:
     then loads once for every scenario instead of once per command."""
     from expectations.runner import run_gate
     from review.policy import apply_auto_policy
-    from tasks.dataset import freeze_dataset
-    from tasks.distill import distill, make_teacher
+    from tasks.distill.distill import distill, make_teacher
+    from tasks.train.dataset import freeze_dataset
 
     settings = load_settings(workspace, per_fact=1, teacher="extractive")
     with open_warehouse(settings.warehouse_path) as con:
@@ -323,7 +323,7 @@ INGEST_DOCS = 5
 
 
 def _ingest(workspace: Path, docs: Path, env: dict[str, str] | None = None) -> None:
-    from tasks.ingest import ingest_paths
+    from tasks.ingest.documents import ingest_paths
 
     settings = settings_for(workspace, env)
     with open_warehouse(settings.warehouse_path) as con:
@@ -366,7 +366,7 @@ def _after_a_flush(workspace: Path, calls: list[Any], more: int = 8) -> Callable
 
 
 def _distill(workspace: Path, env: dict[str, str]) -> None:
-    from tasks.distill import distill, make_teacher
+    from tasks.distill.distill import distill, make_teacher
 
     settings = settings_for(workspace, env)
     with open_warehouse(settings.warehouse_path) as con:
@@ -430,7 +430,7 @@ def _dataset_workspaces(reference: Path, crashed: Path) -> None:
     under test), and the same warehouse and dataset copied to ``crashed`` (half the setup time)."""
     import shutil
 
-    from tasks.ingest import ingest_file
+    from tasks.ingest.documents import ingest_file
 
     settings = load_settings(reference)
     with open_warehouse(settings.warehouse_path) as con:
@@ -452,7 +452,7 @@ def _run_dir(workspace: Path) -> Path | None:
 
 
 def _has_checkpoint(workspace: Path) -> Callable[[], bool]:
-    from tasks.train import last_complete_checkpoint
+    from tasks.train.train import last_complete_checkpoint
 
     def ready() -> bool:
         run = _run_dir(workspace)
@@ -487,7 +487,7 @@ def crash_during_training(work: Path) -> FaultOutcome:
     reference, crashed = _new_workspaces(work)
     _dataset_workspaces(reference, crashed)
     args = ["train", "--base", base, "--max-steps", str(TRAIN_STEPS)]
-    from tasks.challenger import train_challenger
+    from tasks.train.challenger import train_challenger
 
     train_challenger(
         settings_for(reference, slm_env(TRAIN_ENV)), base=base, max_steps=TRAIN_STEPS, progress=False
@@ -539,7 +539,7 @@ def _part_file(folder: Path, pattern: str) -> Callable[[], bool]:
 
 def _broken_ggufs(folder: Path) -> list[str]:
     """GGUF files under their final names that do not read back whole."""
-    from tasks.export import read_gguf
+    from tasks.export.export import read_gguf
 
     broken = []
     for path in sorted(folder.glob("*.gguf")):
@@ -552,7 +552,7 @@ def _broken_ggufs(folder: Path) -> list[str]:
 
 def _export_base(workspace: Path, env: dict[str, str]) -> None:
     """What ``slm export --model base --quant q8_0`` does, in this process."""
-    from tasks.export import export_model
+    from tasks.export.export import export_model
 
     settings = settings_for(workspace, env)
     with open_warehouse(settings.warehouse_path) as con:
@@ -706,8 +706,8 @@ def crash_during_review(work: Path) -> FaultOutcome:
     starting = ThreadPoolExecutor(max_workers=1).submit(server.start, settings)
     try:
         with open_warehouse(settings.warehouse_path) as con:
-            from tasks.distill import distill, make_teacher
-            from tasks.ingest import ingest_file
+            from tasks.distill.distill import distill, make_teacher
+            from tasks.ingest.documents import ingest_file
 
             ingest_file(con, SAMPLE_MD, settings)
             distill(con, settings.model_copy(update={"per_fact": 1}), make_teacher(settings, "extractive"))

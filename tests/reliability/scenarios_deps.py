@@ -20,9 +20,9 @@ from typing import Any
 
 import duckdb
 
-from tasks.config import Settings, load_settings
-from tasks.distill import distill, make_teacher
-from tasks.ingest import ingest_file
+from runtime.config import Settings, load_settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import ingest_file
 from tests.fakes import (
     HANG,
     HOPELESS,

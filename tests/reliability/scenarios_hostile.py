@@ -26,10 +26,10 @@ from typing import Any
 
 import duckdb
 
-from tasks.config import Settings, load_settings
-from tasks.distill import distill, make_teacher
-from tasks.extract import content_id
-from tasks.ingest import IngestResult, ingest_file, ingest_paths, shown
+from runtime.config import Settings, load_settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import IngestResult, ingest_file, ingest_paths, shown
+from tasks.ingest.extract import content_id
 from tests.fakes import Reply, obey_injection
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.reliability.hostile import (

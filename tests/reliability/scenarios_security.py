@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from tasks.config import SECRETS_FILE_NAME, ConfigError, load_settings
+from runtime.config import SECRETS_FILE_NAME, ConfigError, load_settings
 from tests.reliability.outcome import FaultOutcome
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +120,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def only_loopback(addresses: set[str]) -> bool:
-    from tasks.netbind import is_loopback
+    from runtime.netbind import is_loopback
 
     return bool(addresses) and all(is_loopback(a.removeprefix("::ffff:")) for a in addresses)
 
@@ -131,7 +131,7 @@ def only_loopback(addresses: set[str]) -> bool:
 
 def _refused(outcome: FaultOutcome, name: str, start: Callable[[], Any], leftovers: list[Path]) -> None:
     """``start()`` must raise the bind refusal (naming the setting) and leave nothing behind."""
-    from tasks.netbind import RemoteBindRefused
+    from runtime.netbind import RemoteBindRefused
 
     outcome.add_fault("remote_bind")
     try:
@@ -157,7 +157,7 @@ def servers_refuse_remote_bind(work: Path) -> FaultOutcome:
     from flows.cli import app
     from review import server as ls_server
     from review.webhook import WebhookReceiver
-    from tasks.netbind import bind_host
+    from runtime.netbind import bind_host
 
     outcome = FaultOutcome("security: servers refuse a non-loopback address")
     for host in NON_LOOPBACK:
@@ -189,7 +189,7 @@ def servers_refuse_remote_bind(work: Path) -> FaultOutcome:
         else:
             outcome.notes += f"slm {' '.join(args)}: exit {result.exit_code}: {text[-300:]}; "
     # The model server's command line carries the checked address, loopback by default.
-    from tasks.serve import server_command
+    from tasks.answer.serve import server_command
 
     default = server_command("m.gguf")
     if default[default.index("--host") + 1] == "127.0.0.1" and "::1" in server_command("m.gguf", host="::1"):
@@ -327,11 +327,11 @@ def teacher_errors_carry_no_key(work: Path) -> FaultOutcome:
     """Gemini and OpenAI-compatible teachers whose keys are refused (401, 403, invalid key) or rate limited:
     the error each reports, the exception the retry layer raises (str and repr), the logs and the
     warehouse rows a distillation writes hold no fragment of any key."""
-    from tasks.distill import distill
-    from tasks.ingest import ingest_file
-    from tasks.teachers.gemini import GeminiTeacher
-    from tasks.teachers.openai_compat import OpenAITeacher
-    from tasks.teachers.resilience import TeacherCallError
+    from tasks.distill.distill import distill
+    from tasks.distill.teachers.gemini import GeminiTeacher
+    from tasks.distill.teachers.openai_compat import OpenAITeacher
+    from tasks.distill.teachers.resilience import TeacherCallError
+    from tasks.ingest.documents import ingest_file
     from tests.fakes import BAD_KEY, FORBIDDEN, RATE_LIMIT, UNAUTHORIZED
     from tests.fakes.gemini_server import FakeGeminiServer
     from tests.fakes.openai_server import FakeOpenAIServer
@@ -383,7 +383,7 @@ def teacher_errors_carry_no_key(work: Path) -> FaultOutcome:
 
 
 def _generate_each(teacher: Any, count: int) -> list[Any]:
-    from tasks.teachers.base import ChunkContext
+    from tasks.distill.teachers.base import ChunkContext
 
     chunk = ChunkContext(chunk_id="c1", doc_id="d1", doc_name="规定", heading_path="第一条",
                          text="出差人员住宿费标准为每人每天不超过300元。", facts=())  # fmt: skip
@@ -392,7 +392,7 @@ def _generate_each(teacher: Any, count: int) -> list[Any]:
 
 def _call_error_texts(teacher: Any, error_type: type[BaseException]) -> list[str]:
     """The exception the retry layer raises when a key is refused: its message, repr and arguments."""
-    from tasks.teachers.base import Usage
+    from tasks.distill.teachers.base import Usage
 
     # Gemini's _call takes the key (one client per key); the OpenAI teacher's client holds its one key.
     call = (

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Settings
-from tasks.distill import distill, make_teacher
-from tasks.ingest import ingest_file
+from runtime.config import Settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import ingest_file
 from tests.conftest import SAMPLE_MD
 from tests.reliability.outcome import FaultOutcome
 from tests.reliability.scenarios_crashes import SCENARIOS, crash_during_review
@@ -31,7 +31,7 @@ EXPECTED = {
 def test_kill_then_rerun_loses_nothing(scenario: Callable[[Path], FaultOutcome], tmp_path: Path) -> None:
     if scenario is crash_during_review:
         from review import server
-        from tasks.config import load_settings
+        from runtime.config import load_settings
 
         try:
             server.ensure_installed(load_settings(tmp_path / "probe"))

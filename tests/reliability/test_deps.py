@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import load_settings
+from runtime.config import load_settings
 from tests.fakes import HANG, MALFORMED, RATE_LIMIT, SERVER_ERROR, TRUNCATED
 from tests.reliability import scenarios_deps
 from tests.reliability.scenarios_deps import DepsOutcome

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.chunk import chunk_document
-from tasks.config import Settings
-from tasks.extract import IngestError, decode_text
-from tasks.facts import extract_facts
-from tasks.normalize import join_pages
-from tasks.numbers import KINDS, canonical, find_numbers, parse_numeral, rule_numbers
+from runtime.config import Settings
+from tasks.ingest.chunk import chunk_document
+from tasks.ingest.extract import IngestError, decode_text
+from tasks.ingest.facts import extract_facts
+from tasks.ingest.normalize import join_pages
+from tasks.ingest.numbers import KINDS, canonical, find_numbers, parse_numeral, rule_numbers
 from tests.reliability import scenarios_hostile as scenarios
 from tests.reliability.hostile import GOOD_PAGES, pdf_bytes
 from warehouse import ledger

@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.config import Settings
-from tasks.ingest import ingest_file
+from runtime.config import Settings
+from tasks.ingest.documents import ingest_file
 from tests.fakes import Reply, obey_injection
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.reliability import scenarios_hostile as scenarios

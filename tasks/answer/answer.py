@@ -1,0 +1,751 @@
+"""Answering questions: grounded (retrieve, read, answer, then check every number) or closed book.
+
+The numeric guard is the point of grounded mode. Every number the model states must be a ledger fact of the
+retrieved chunks whose subject fits the question (``tasks.distill.verify.subject_fits``, the same test distillation
+uses): "洗衣费 100 元" fails when 100 元 is the 伙食补助费 of the chunk, and an invented 150 元 fails because no
+fact has it. A failing answer is never shown. The guard retries once with the best-matching evidence
+sentence in the prompt and constrained decoding that only allows the numbers of fitting facts; if that still fails it
+quotes the evidence sentence itself, and if no fact fits the question it abstains, saying which number it
+could not verify. Closed-book mode (the fine-tuned model alone) is checked against the whole ledger and
+flagged in ``Answer.verified``, never rewritten.
+
+A generator is any callable ``(messages, max_tokens, grammar=None) -> str``: tests pass a fake, real use
+passes ``tasks.answer.serve.LlamaCppGenerator`` or ``TransformersGenerator.messages_call(...)``. ``grammar`` is a
+:class:`NumberConstraint` (``str()`` of it is GBNF) or GBNF text; a generator that cannot constrain decoding
+ignores it (the check afterwards still holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+import duckdb
+
+from tasks.answer.fact_retrieve import FactIndex
+from tasks.answer.prompts import (
+    CONTEXT_INSTRUCTION,
+    EVIDENCE_LEAD,
+    EVIDENCE_ONLY,
+    NO_EVIDENCE,
+    SYSTEM_PROMPT,
+    chat_messages,
+)
+from tasks.answer.retrieve import ChunkIndex, Hit, tokens
+from tasks.answer.stop import repeated_span
+from tasks.distill.teachers.base import FactRef
+from tasks.distill.verify import clause_of, subject_fits
+from tasks.evaluate.evaluate import Reply, copied_mask, own_text
+from tasks.ingest.facts import LEADING_MARKER
+from tasks.ingest.normalize import fold
+from tasks.ingest.numbers import canonical, find_numbers, first_number_char, rule_numbers
+from warehouse.ledger import list_facts
+
+__all__ = [
+    "ABSTAIN_TEXT",
+    "CONTEXT_FORMAT",
+    "Answer",
+    "Generator",
+    "GuardStats",
+    "HeldNumbersStream",
+    "NumberCheck",
+    "NumberConstraint",
+    "answer",
+    "answer_batch",
+    "check_numbers",
+    "context_messages",
+    "focus",
+    "number_grammar",
+    "with_context_rows",
+]
+
+CONTEXT_FORMAT = "ctx-v2"  # version of the context prompt (v2: retrieved top-k chunks); part of a dataset id
+ABSTAIN_TEXT = "文件中没有相关规定。"
+MAX_CONTEXT_CHARS = 360  # per chunk: three chunks and the question stay well inside a 2k-token window
+MODES = ("grounded", "closed_book")
+ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged")
+
+_SENTENCE = re.compile(r"[^。；;！？!?\n]*[。；;！？!?\n]?")
+
+
+class Generator(Protocol):
+    def __call__(
+        self, messages: list[dict[str, str]], max_tokens: int, grammar: str | None = None
+    ) -> str: ...
+
+
+# --- prompts -------------------------------------------------------------------------------------------------
+
+
+def focus(question: str, text: str, max_chars: int = MAX_CONTEXT_CHARS) -> str:
+    """``text`` cut to ``max_chars``: the sentences sharing most tokens with the question, in their order.
+
+    Chunks run to 600 characters; a small model reads three of them better when each is cut to the
+    sentences that matter, and training rows stay short enough for the training max_length.
+    """
+    if len(text) <= max_chars:
+        return text
+    asked = set(tokens(question))
+    sentences = [s for s in _SENTENCE.findall(text) if s.strip()]
+    ranked = sorted(range(len(sentences)), key=lambda i: (-len(asked & set(tokens(sentences[i]))), i))
+    keep: set[int] = set()
+    used = 0
+    for i in ranked:
+        if used + len(sentences[i]) > max_chars and keep:
+            continue
+        keep.add(i)
+        used += len(sentences[i])
+    kept = "".join(sentences[i] for i in sorted(keep))
+    return kept[:max_chars]
+
+
+def _chunk_parts(chunk: str | Hit | Any) -> tuple[str, str]:
+    if isinstance(chunk, str):
+        return "", chunk
+    return getattr(chunk, "heading_path", "") or "", chunk.text
+
+
+def context_messages(
+    question: str,
+    chunks: Sequence[str | Hit],
+    answer: str | None = None,
+    max_chars: int = MAX_CONTEXT_CHARS,
+) -> list[dict[str, str]]:
+    """System, user (numbered rule excerpts, then the question) and, for training, assistant messages.
+
+    The same function builds training rows (:func:`with_context_rows`) and grounded prompts, so the model
+    is asked in exactly the format it learned.
+    """
+    parts = []
+    for n, chunk in enumerate(chunks, start=1):
+        heading, text = _chunk_parts(chunk)
+        title = f"【{n}】{heading}" if heading else f"【{n}】"
+        parts.append(f"{title}\n{focus(question, text.strip(), max_chars)}")
+    context = "\n\n".join(parts) if parts else "（没有检索到相关规定）"
+    messages = [
+        {"role": "system", "content": f"{SYSTEM_PROMPT}{CONTEXT_INSTRUCTION}"},
+        {"role": "user", "content": f"规定原文：\n{context}\n\n问题：{question}"},
+    ]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def _bucket(*parts: str) -> float:
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return int(digest[:8], 16) / 0xFFFFFFFF
+
+
+def with_context_rows(
+    rows: Sequence[Mapping[str, Any]],
+    contexts: Mapping[str, Sequence[str | Hit]] | Callable[[str], Sequence[str | Hit] | None],
+    share: float,
+    seed: int = 0,
+    *,
+    augment: bool = False,
+    max_chars: int = MAX_CONTEXT_CHARS,
+) -> list[dict[str, Any]]:
+    """Dataset rows where a ``share`` of them carry context: the chunks grounded answering would show.
+
+    ``rows`` are dataset records (``{"id", "messages": [system, user, assistant], ...}``); ``contexts`` gives
+    the chunks to show with a row, in order (texts, or :class:`Hit` to show their heading paths as retrieval
+    does): a mapping from row id, or a function of the row id, called only for the rows chosen.
+    ``tasks.train.dataset`` builds them as grounded answering retrieves: the top-k chunks for the row's question,
+    the row's own chunk among them. The choice of rows is a hash of ``seed`` and the row id, so a row keeps
+    its form across snapshots. With ``augment`` the context rows are added (id + ``:ctx``) beside the
+    originals; otherwise they replace them. Rows without chunks are left as they are. Context rows get
+    ``"context": CONTEXT_FORMAT``.
+    """
+    lookup = contexts.get if isinstance(contexts, Mapping) else contexts
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        row_id = str(row["id"])
+        chunks = lookup(row_id) if _bucket(str(seed), "share", row_id) < share else None
+        if not chunks:
+            out.append(dict(row))
+            continue
+        messages = row["messages"]
+        question = next(m["content"] for m in messages if m["role"] == "user")
+        reply = next((m["content"] for m in messages if m["role"] == "assistant"), None)
+        new = dict(row)
+        new["messages"] = context_messages(question, list(chunks), reply, max_chars)
+        new["context"] = CONTEXT_FORMAT
+        if augment:
+            new["id"] = f"{row_id}:ctx"
+            out.append(dict(row))
+        out.append(new)
+    return out
+
+
+# --- checking numbers ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NumberCheck:
+    """One number of an answer against the facts it may come from."""
+
+    raw: str  # as written in the answer
+    values: tuple[str, ...]  # canonical value(s)
+    ok: bool
+    fact_ids: tuple[str, ...] = ()  # fitting facts with this value
+    problem: str = ""  # "" | not_in_rules | other_subject
+    other_subject: str = ""  # for other_subject: what the number belongs to in the rules
+
+
+def _values(value: Decimal, value_max: Decimal | None) -> set[Decimal]:
+    return {Decimal(canonical(value))} | ({Decimal(canonical(value_max))} if value_max is not None else set())
+
+
+def _fact_values(fact: FactRef) -> set[Decimal]:
+    return {Decimal(fact.value)} | ({Decimal(fact.value_max)} if fact.value_max is not None else set())
+
+
+def check_numbers(
+    question: str, text: str, facts: Sequence[FactRef], relevant: Collection[str] = ()
+) -> list[NumberCheck]:
+    """Check each rule number of ``text``: a number the question gave passes; any other must be the value of
+    a fact in ``facts`` whose subject fits the question, or that fact retrieval ranks among the few most
+    relevant to it (``relevant``: fact ids; "一笔钱到多少" is about 单笔金额 though they share no word)."""
+    given: set[Decimal] = set()
+    for m in rule_numbers(question):
+        given |= _values(m.value, m.value_max)
+    checks = []
+    for mention in rule_numbers(text):
+        values = _values(mention.value, mention.value_max)
+        shown = tuple(canonical(v) for v in sorted(values))
+        if values <= given:
+            checks.append(NumberCheck(mention.raw, shown, True))
+            continue
+        # A range states a fact only as the same range ("100-999元" is not the 100元 of a fact); a single
+        # number may state a fact's value or one end of its range.
+        same = [
+            f
+            for f in facts
+            if (values == _fact_values(f) if mention.value_max is not None else values <= _fact_values(f))
+        ]
+        fitting = [f for f in same if f.fact_id in relevant or subject_fits(question, f)]
+        if fitting:
+            checks.append(NumberCheck(mention.raw, shown, True, tuple(f.fact_id for f in fitting)))
+        elif same:
+            checks.append(NumberCheck(mention.raw, shown, False, (), "other_subject", same[0].subject))
+        else:
+            checks.append(NumberCheck(mention.raw, shown, False, (), "not_in_rules"))
+    return checks
+
+
+def _describe(checks: Sequence[NumberCheck], where: str) -> str:
+    bad = [c for c in checks if not c.ok]
+    missing = [c.raw for c in bad if c.problem == "not_in_rules"]
+    other = [c for c in bad if c.problem == "other_subject"]
+    parts = []
+    if missing:
+        parts.append(f"答案中的 {'、'.join(missing)} 不在{where}中")
+    for c in other:
+        parts.append(f"答案中的 {c.raw} 在{where}中属于{c.other_subject}，与所问不符")
+    return "；".join(parts)
+
+
+def number_grammar(allowed: Sequence[str]) -> str:
+    """GBNF that lets the model write any text without digits plus exactly the ``allowed`` numbers.
+
+    Chinese numerals cannot be excluded without excluding ordinary words (一律, 一次), so the check after
+    generation still runs; the grammar just removes the easiest way to invent an amount. (llama.cpp applies a
+    GBNF grammar to every candidate token: about 2 s a token over Gemma's 262k vocabulary here, which is why
+    the guard passes a :class:`NumberConstraint` and ``LlamaCppGenerator`` enforces it as a logits mask.)
+    """
+    numbers = sorted({a for a in allowed if a}, key=len, reverse=True)
+    alternatives = " | ".join(f'"{n}"' for n in numbers)
+    lines = ["root ::= piece*", "piece ::= other" + (" | number" if numbers else "")]
+    if numbers:
+        lines.append(f"number ::= {alternatives}")
+    lines.append("other ::= [^0-9０-９]")
+    return "\n".join(lines) + "\n"
+
+
+_FULL_WIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+_DIGIT_RUN = re.compile(r"\d+(?:[.,]\d+)*")
+_OPEN_RUN = re.compile(r"\d[\d.,]*$")
+
+
+@dataclass(frozen=True)
+class NumberConstraint:
+    """Constrained decoding for the guard's retry: digits may only spell one of ``allowed``.
+
+    Passed as the generator's ``grammar``: ``str(constraint)`` is the equivalent GBNF for generators that take
+    a grammar string; :class:`tasks.answer.serve.LlamaCppGenerator` applies it as a fast logits mask through
+    :meth:`open_run`, :meth:`accepts` and :meth:`closes`.
+    """
+
+    allowed: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        cleaned = tuple(dict.fromkeys(a.translate(_FULL_WIDTH_DIGITS) for a in self.allowed if a))
+        object.__setattr__(self, "allowed", cleaned)
+        object.__setattr__(self, "_prefixes", frozenset(a[:i] for a in cleaned for i in range(1, len(a) + 1)))
+
+    def __str__(self) -> str:
+        return number_grammar(self.allowed)
+
+    @staticmethod
+    def open_run(text: str) -> str:
+        """The number still being written at the end of ``text`` ("" when none)."""
+        match = _OPEN_RUN.search(text.translate(_FULL_WIDTH_DIGITS))
+        return match.group() if match else ""
+
+    def accepts(self, open_run: str, piece: str) -> bool:
+        """Whether ``piece`` may follow a text whose unfinished number is ``open_run``."""
+        text = (open_run + piece).translate(_FULL_WIDTH_DIGITS)
+        prefixes: frozenset[str] = self._prefixes  # type: ignore[attr-defined]
+        for match in _DIGIT_RUN.finditer(text):
+            rest = text[match.end() :]
+            if not rest or rest in (".", ","):  # still open: may grow into an allowed number
+                if match.group() + rest not in prefixes and match.group() not in self.allowed:
+                    return False
+            elif match.group() not in self.allowed:
+                return False
+        return True
+
+    def closes(self, open_run: str) -> bool:
+        """Whether a token without digits may end the number being written."""
+        return not open_run or open_run.rstrip(".,") in self.allowed
+
+
+# --- streaming -----------------------------------------------------------------------------------------------
+
+
+class HeldNumbersStream:
+    """Streams a draft answer as it is generated, but only up to its first number: the rest is held until the
+    guard has checked the whole answer, so no unchecked number is ever on screen.
+
+    ``feed`` takes the pieces of the draft (a generator's ``stream_to`` hook); ``finish`` takes the final
+    :class:`Answer` and writes what remains: the rest of the draft when the guard kept it, or, below what was
+    shown, the guard's replacement (retry, quoted evidence or abstention).
+    """
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+        self.shown = ""
+        self._draft = ""
+        self._holding = False
+
+    def feed(self, piece: str) -> None:
+        self._draft += piece
+        if self._holding:
+            return
+        cut = first_number_char(piece)
+        if cut >= 0:
+            self._holding = True
+            piece = piece[:cut]
+        if piece:
+            self.shown += piece
+            self.write(piece)
+
+    def finish(self, result: Answer) -> None:
+        # Generators strip their output; compare with the stripped draft and what was shown so far.
+        shown = self.shown.strip()
+        if shown and result.text.startswith(shown):
+            self.write(result.text[len(shown) :])
+        elif shown:
+            self.write(f"\n{result.text}")
+        else:
+            self.write(result.text)
+        self.write("\n")
+
+
+# --- answering -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    text: str  # what to show
+    mode: str  # grounded | closed_book
+    numbers: tuple[str, ...]  # canonical values stated in ``text`` as fact (none for an abstention)
+    verified: bool  # every number stated as fact is a fitting ledger fact (False for an abstention)
+    guard_action: str  # passed | retried_ok | quoted_evidence | abstained | flagged (closed book, unverified)
+    retrieved: tuple[Hit, ...] = ()
+    notes: tuple[str, ...] = ()
+    draft: str = ""  # the model's first answer, kept for audit when the guard replaced it
+    fact_ids: tuple[str, ...] = ()
+    cited: tuple[Hit, ...] = ()  # the retrieved chunks (article, document) the stated numbers come from
+    retry: str = ""  # the model's constrained retry, when the guard asked for one
+
+    @property
+    def model_text(self) -> str:
+        """What the model itself last wrote: the shown text when the guard kept it (draft or verified retry),
+        else the retry (or draft) the guard replaced with a quote or an abstention."""
+        if self.guard_action in ("passed", "retried_ok", "flagged"):
+            return self.text
+        return self.retry or self.draft
+
+    def reply(self) -> Reply:
+        """This answer as evaluation scores it: the model's text, what was shown, the guard's action."""
+        return Reply(self.model_text, self.scored_text, self.guard_action, self.draft)
+
+    @property
+    def abstained(self) -> bool:
+        return self.guard_action == "abstained"
+
+    @property
+    def scored_text(self) -> str:
+        """The text to score with ``tasks.evaluate.evaluate``: an abstention names the number it rejected, which the
+        scorer would count as invented, so it is scored as the plain abstention it is."""
+        return ABSTAIN_TEXT if self.abstained else self.text
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("retrieved", "cited"):
+            data[name] = [
+                {"chunk_id": h.chunk_id, "doc": h.doc, "heading_path": h.heading_path, "score": h.score}
+                for h in getattr(self, name)
+            ]
+        return data
+
+
+@dataclass
+class GuardStats:
+    """How often the guard let an answer through, fixed it, quoted evidence, abstained or flagged it."""
+
+    passed: int = 0
+    retried_ok: int = 0
+    quoted_evidence: int = 0
+    abstained: int = 0
+    flagged: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record(self, result: Answer) -> None:
+        with self._lock:
+            setattr(self, result.guard_action, getattr(self, result.guard_action) + 1)
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.retried_ok + self.quoted_evidence + self.abstained + self.flagged
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ACTIONS} | {"total": self.total}
+
+    def report(self) -> str:
+        total = self.total or 1
+        return ", ".join(
+            f"{name} {getattr(self, name)} ({getattr(self, name) / total:.0%})" for name in ACTIONS
+        )
+
+
+_facts_cache: dict[str, dict[str, list[FactRef]]] = {}
+_facts_lock = threading.Lock()
+
+
+def facts_by_chunk(
+    con: duckdb.DuckDBPyConnection, index: ChunkIndex | None = None
+) -> dict[str, list[FactRef]]:
+    """Ledger facts per chunk id, cached per index (facts derive from the chunks the index key hashes)."""
+    key = index.key if index is not None else None
+    if key is not None:
+        with _facts_lock:
+            if key in _facts_cache:
+                return _facts_cache[key]
+    grouped: dict[str, list[FactRef]] = {}
+    for row in list_facts(con):
+        grouped.setdefault(row["chunk_id"], []).append(FactRef.from_row(row))
+    if key is not None:
+        with _facts_lock:
+            if len(_facts_cache) > 8:
+                _facts_cache.clear()
+            _facts_cache[key] = grouped
+    return grouped
+
+
+def _best_evidence(question: str, facts: Sequence[FactRef]) -> list[FactRef]:
+    """Facts whose subject fits the question, best first (most shared tokens, then retrieval order)."""
+    asked = set(tokens(question))
+    fitting = [(i, f) for i, f in enumerate(facts) if subject_fits(question, f)]
+    fitting.sort(
+        key=lambda p: (-len(asked & set(tokens(p[1].subject))), -len(asked & set(tokens(p[1].context))), p[0])
+    )
+    return [f for _, f in fitting]
+
+
+def _quote(fact: FactRef, heading: str) -> str:
+    where = f"（{heading}）" if heading else ""
+    return f"根据规定{where}：“{fact.context.strip()}”"
+
+
+def _stated(checks: Sequence[NumberCheck]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v for c in checks for v in c.values))
+
+
+def answer(
+    question: str,
+    generator: Generator | Callable[..., str],
+    index: ChunkIndex | None,
+    con: duckdb.DuckDBPyConnection,
+    mode: str = "grounded",
+    k: int = 3,
+    *,
+    max_tokens: int = 160,
+    retry: bool = True,
+    stats: GuardStats | None = None,
+) -> Answer:
+    """Answer ``question``; in grounded mode no number reaches the text unless the ledger backs it."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "closed_book":
+        result = _closed_book(question, generator, index, con, max_tokens)
+    else:
+        if index is None:
+            index = ChunkIndex.build(con)
+        result = _grounded(question, generator, index, con, k, max_tokens, retry)
+    if stats is not None:
+        stats.record(result)
+    return result
+
+
+def answer_batch(
+    generator: Generator | Callable[..., str],
+    con: duckdb.DuckDBPyConnection,
+    mode: str,
+    max_tokens: int,
+    k: int = 3,
+    stats: GuardStats | None = None,
+) -> Callable[[list[str]], list[Reply]]:
+    """An ``answer_batch`` for ``tasks.evaluate.evaluate`` that answers exactly as ``slm ask`` does (same mode, guard,
+    retry and max tokens) and returns, per question, the model's answer, the shown answer and the guard's
+    action."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    index = ChunkIndex.build(con)
+
+    def batch(questions: list[str]) -> list[Reply]:
+        return [
+            answer(q, generator, index, con, mode, k, max_tokens=max_tokens, stats=stats).reply()
+            for q in questions
+        ]
+
+    return batch
+
+
+def _closed_book(
+    question: str,
+    generator: Callable[..., str],
+    index: ChunkIndex | None,
+    con: duckdb.DuckDBPyConnection,
+    max_tokens: int,
+) -> Answer:
+    text = generator(chat_messages(question), max_tokens).strip()
+    facts = [f for group in facts_by_chunk(con, index).values() for f in group]
+    checks = check_numbers(question, text, facts)
+    # Closed book flags what it cannot verify (never rewrites): numbers, and answers that are no answer.
+    problem = draft_problem(question, text, checks)
+    ok = not problem
+    notes = () if ok else (_describe(checks, "规定") or problem,)
+    fact_ids = tuple(dict.fromkeys(i for c in checks for i in c.fact_ids))
+    return Answer(
+        text, "closed_book", _stated(checks), ok, "passed" if ok else "flagged", (), notes, text, fact_ids
+    )
+
+
+NUMERIC_QUESTION = re.compile(
+    r"多少|几[个天次人元块晚顿级类成折日月年点%]|标准|限额|上限|下限|最高|最多|最少|最低|比例|百分之几"
+    r"|额度|多长|多久|几成|多大"
+)
+_CHUNK_MARK = re.compile(r"【\d+】")
+BEST_FIT_SHARE = 0.8  # a numeric answer must state a fitting fact scoring this share of the best one
+RELEVANT_FACTS = 5  # facts retrieval ranks this high fit the question, whatever their subject's words
+_CONTEXT_COPY_CHARS = 80  # more than this copied from the retrieved rules is a dump, not an answer
+
+
+def _fits_well(asked: str, fact: FactRef) -> bool:
+    """More than a single shared character pair between the question and the fact's subject or clause."""
+    words = set(tokens(asked))
+    return len(words & set(tokens(fact.subject))) >= 2 or len(words & set(tokens(clause_of(fact)))) >= 3
+
+
+def asks_for_number(question: str) -> bool:
+    """Whether the question asks for an amount, a limit, a share, a time or a count."""
+    return bool(NUMERIC_QUESTION.search(fold(question)))
+
+
+def draft_problem(
+    question: str,
+    text: str,
+    checks: Sequence[NumberCheck],
+    best: Sequence[FactRef] = (),
+    context: Sequence[str] = (),
+) -> str:
+    """Why an answer may not be shown ("" when it may): it repeats the system prompt or the question, dumps
+    the retrieved rules, repeats itself, states a number the ledger does not back for this question, gives no
+    number to a question asking for one that the rules answer, or a number other than the best-fitting
+    fact's (``best``: the facts that fit the question about as well as the best one)."""
+    if not text.strip():
+        return "答案为空"
+    own = own_text(text, question)
+    if not own:
+        return "答案只复述了系统提示或问题"
+    if _CHUNK_MARK.search(text) or (
+        context and sum(copied_mask(fold(text), [fold(c) for c in context])) > _CONTEXT_COPY_CHARS
+    ):
+        return "答案照抄了检索到的规定原文"
+    span = repeated_span(own)
+    if span:
+        return f"答案重复“{span}”"
+    if not all(c.ok for c in checks):
+        return _describe(checks, "检索到的规定")
+    if best and asks_for_number(question):
+        stated = {Decimal(v) for c in checks for v in c.values}
+        if not stated and any(m.kind in ("date", "ordinal") for m in find_numbers(own)):
+            return ""  # a time or a date answers "几点" or "哪天"; the ledger holds amounts, not those
+        if not stated:
+            return "问题问的是数字，答案没有给出规定中的数字"
+        if not any(stated & _fact_values(f) for f in best):
+            return f"答案中的数字不是最符合问题的规定（{best[0].raw}）"
+    return ""
+
+
+def compose(fact: FactRef, hit: Hit | None) -> str:
+    """An answer made from a fact: the rule's sentence (or, when long, the subject and the clause holding
+    the number) with its source: "根据《差旅费管理办法》第十八条：伙食补助费…每人每天100元。" """
+    sentence = LEADING_MARKER.sub("", fact.context.strip()).rstrip("；;，,：: ")
+    if len(sentence) > 90 or len(rule_numbers(sentence)) > 1:  # other tiers or conditions would confuse
+        clause = LEADING_MARKER.sub("", clause_of(fact).strip())
+        sentence = clause if fact.subject and fact.subject in clause else f"{fact.subject}：{clause}"
+    where = ""
+    if hit is not None:
+        article = next((p for p in reversed(hit.heading_path.split(" > ")) if p.strip()), "")
+        title = hit.doc.rsplit(".", 1)[0]
+        where = f"根据《{title}》{article}："
+    return f"{where}{sentence.rstrip('。')}。"
+
+
+def _grounded(
+    question: str,
+    generator: Callable[..., str],
+    index: ChunkIndex,
+    con: duckdb.DuckDBPyConnection,
+    k: int,
+    max_tokens: int,
+    retry: bool,
+) -> Answer:
+    facts_index = FactIndex.build(con)
+    ranked = facts_index.search(question, k=8)
+    # Fit is judged on the question with the rule words its everyday words stand for (住酒店 -> 住宿费).
+    expansions = [t for t in facts_index.expand(question) if len(t) >= 2]
+    asked = " ".join([question, *expansions])
+    # Top-ranked facts that say a rule term the question's everyday words stand for fit it too.
+    relevant = {
+        r.fact.fact_id
+        for r in ranked[:RELEVANT_FACTS]
+        if any(t in r.fact.subject or t in r.fact.context for t in expansions)
+    }
+    # The facts an answer may be composed from, and that overrule an abstention: their words fit, by more than
+    # one shared word-pair ("部分" alone does not make 500至1000万元的部分 an answer about phone bills).
+    fitting_hits = [
+        r
+        for r in ranked
+        if subject_fits(asked, r.fact) and (r.fact.fact_id in relevant or _fits_well(asked, r.fact))
+    ]
+    hits = _context_chunks(
+        index.search(question, k, expand=True), fitting_hits[0].chunk if fitting_hits else None, k
+    )
+    if not hits:
+        # Nothing retrieved shares a word with the question: there is nothing to ground an answer in.
+        return Answer(
+            ABSTAIN_TEXT, "grounded", (), False, "abstained", (), ("no chunk matches the question",)
+        )
+    by_chunk = facts_by_chunk(con, index)
+    facts = list(
+        {
+            f.fact_id: f
+            for f in [*(f for h in hits for f in by_chunk.get(h.chunk_id, [])), *(r.fact for r in ranked)]
+        }.values()
+    )
+    hit_of = {f.fact_id: h for h in hits for f in by_chunk.get(h.chunk_id, [])}
+    hit_of.update({r.fact.fact_id: r.chunk for r in ranked if r.fact.fact_id not in hit_of})
+    fitting = [r.fact for r in fitting_hits]
+    best = fitting[0] if fitting else None
+    # Facts fitting about as well as the best: retrieval's order among near-equals is no reason to refuse.
+    close = [r.fact for r in fitting_hits if r.score >= BEST_FIT_SHARE * fitting_hits[0].score]
+    context = [h.text for h in hits]
+
+    def cited(ids: Sequence[str]) -> tuple[Hit, ...]:
+        return tuple(dict.fromkeys(hit_of[i] for i in ids if i in hit_of))
+
+    def shown(text: str, action: str, ids: Sequence[str], values: tuple[str, ...]) -> Answer:
+        """A verified answer: the model's (draft or retry) or the one composed from a fact."""
+        ids = tuple(ids)
+        return Answer(
+            text, "grounded", values, True, action, hits, tuple(notes), draft, ids, cited(ids), retried
+        )
+
+    def verified(checks: Sequence[NumberCheck]) -> tuple[list[str], tuple[str, ...]]:
+        return list(dict.fromkeys(i for c in checks for i in c.fact_ids)), _stated(checks)
+
+    notes: list[str] = []
+    retried = ""
+    draft = generator(context_messages(question, hits), max_tokens).strip()
+    checks = check_numbers(asked, draft, facts, relevant)
+    problem = draft_problem(question, draft, checks, close, context)
+    if not problem:
+        return shown(draft, "passed", *verified(checks))
+    notes.append(f"draft: {problem}")
+    evidence = fitting[:2] or _best_evidence(asked, facts)[:2]
+    if retry:
+        retried = generator(
+            _evidence_messages(question, hits, evidence),
+            max_tokens,
+            grammar=NumberConstraint(tuple(_allowed_numbers(evidence[:1], question))),
+        ).strip()
+        again = check_numbers(asked, retried, facts, relevant)
+        second = draft_problem(question, retried, again, close, context)
+        if not second:
+            notes.append("retry with the evidence sentence verified")
+            return shown(retried, "retried_ok", *verified(again))
+        notes.append(f"retry: {second}")
+    if best is not None:
+        notes.append(f"composed from fact {best.fact_id}, the best fit for the question")
+        values = tuple(dict.fromkeys(canonical(v) for v in _fact_values(best)))
+        return shown(compose(best, hit_of.get(best.fact_id)), "quoted_evidence", [best.fact_id], values)
+    return Answer(ABSTAIN_TEXT, "grounded", (), False, "abstained", hits, tuple(notes), draft, retry=retried)
+
+
+def _context_chunks(hits: Sequence[Hit], best: Hit | None, k: int) -> tuple[Hit, ...]:
+    """The chunks shown to the model: the chunk search's, with the best-fitting fact's chunk first when the
+    chunk search missed it (the model can only read what it is shown)."""
+    chosen = list(hits)
+    if best is not None and all(h.chunk_id != best.chunk_id for h in chosen):
+        chosen = [best, *chosen][: max(k, 1)]
+    return tuple(chosen)
+
+
+def _allowed_numbers(evidence: Sequence[FactRef], question: str) -> list[str]:
+    """The numbers a retried answer may write: fitting facts as written and as plain digits, and the
+    question's own numbers."""
+    allowed: list[str] = []
+    for fact in evidence:
+        for mention in rule_numbers(fact.raw):
+            allowed.extend(re.findall(r"\d[\d,]*(?:\.\d+)?", mention.raw))
+        allowed.append(fact.value)
+        if fact.value_max:
+            allowed.append(fact.value_max)
+    for mention in rule_numbers(question):
+        allowed.extend(re.findall(r"\d[\d,]*(?:\.\d+)?", mention.raw))
+    return allowed
+
+
+def _evidence_messages(
+    question: str, hits: Sequence[Hit], evidence: Sequence[FactRef]
+) -> list[dict[str, str]]:
+    """The context prompt again, with the best evidence sentences put first and an instruction to use only
+    their numbers (or to abstain when none fits)."""
+    messages = context_messages(question, hits)
+    if evidence:
+        sentences = list(dict.fromkeys(f.context.strip() for f in evidence[:2]))
+        lead = f"{EVIDENCE_LEAD}\n" + "\n".join(f"“{s}”" for s in sentences)
+        lead += f"\n{EVIDENCE_ONLY}\n\n"
+    else:
+        lead = f"{NO_EVIDENCE}\n\n"
+    messages[1] = {"role": "user", "content": lead + messages[1]["content"]}
+    return messages

@@ -1,0 +1,150 @@
+"""Ingesting files into the warehouse: extract, normalise, chunk, build the fact ledger, store.
+
+One transaction per document: a file either lands with all its pages, chunks and facts, or is recorded as
+failed with a one-line reason and leaves nothing else behind. The document id is the sha256 of its bytes,
+so ingesting the same file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from runtime.config import Settings
+from tasks.ingest.chunk import chunk_document
+from tasks.ingest.extract import SUPPORTED_SUFFIXES, IngestError, content_id, extract, file_kind, read_bytes
+from tasks.ingest.facts import extract_facts
+from tasks.ingest.normalize import join_pages
+from warehouse import ledger
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    path: Path
+    status: str  # added | unchanged | failed
+    doc_id: str | None
+    message: str  # one line for people
+    pages: int = 0
+    chunks: int = 0
+    facts: int = 0
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    doc_id: str
+    name: str
+    path: str
+    kind: str
+    size_bytes: int
+    encoding: str | None
+    text: str
+
+
+def shown(path: Path | str) -> str:
+    """``path`` as one printable line: bytes that are not UTF-8 as \\xNN, control characters escaped.
+
+    File names may hold line breaks or undecodable bytes; messages stay one line and the warehouse (UTF-8)
+    can store them."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(
+        ascii(ch)[1:-1] if unicodedata.category(ch)[0] in "CZ" and ch != " " else ch for ch in text
+    )
+
+
+def discover(paths: Iterable[Path]) -> tuple[list[Path], list[IngestResult]]:
+    """Files to ingest (folders walked recursively, sorted), and failures for paths that do not exist and
+    for entries that look like documents but are not regular files (broken or looping links, pipes)."""
+    found: list[Path] = []
+    missing: list[IngestResult] = []
+    for path in paths:
+        if path.is_dir():
+            for entry in sorted(path.rglob("*")):
+                if entry.suffix.lower() not in SUPPORTED_SUFFIXES or entry.is_dir():
+                    continue
+                if entry.is_file():
+                    found.append(entry)
+                else:
+                    missing.append(_not_a_file(entry))
+        elif path.is_file():
+            found.append(path)
+        elif path.is_symlink() or path.exists():
+            missing.append(_not_a_file(path))
+        else:
+            missing.append(IngestResult(path, "failed", None, f"{shown(path)}: no such file or folder"))
+    return found, missing
+
+
+def _not_a_file(path: Path) -> IngestResult:
+    if path.is_symlink() and not path.exists():
+        reason = "broken symbolic link (its target is missing, or the link points back at itself)"
+    else:
+        reason = "not a regular file (a pipe, socket or device)"
+    return IngestResult(path, "failed", None, f"{shown(path)}: {reason}")
+
+
+def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) -> IngestResult:
+    """Ingest one file; never raises for bad input (the result says what happened)."""
+    try:
+        data = read_bytes(path, settings.max_file_mb)
+    except IngestError as exc:
+        return IngestResult(path, "failed", None, f"{shown(path)}: {exc}")
+    except OSError as exc:
+        if path.is_symlink() and not path.exists():
+            return _not_a_file(path)
+        return IngestResult(path, "failed", None, f"{shown(path)}: cannot read ({exc.strerror or exc})")
+    doc_id = content_id(data)
+    if ledger.document_status(con, doc_id) == "ok":
+        return IngestResult(path, "unchanged", doc_id, f"{shown(path)}: already ingested, nothing added")
+    try:
+        raw = extract(path, data, settings.max_pages, settings.min_text_chars_per_page)
+        text, pages = join_pages(raw.pages, is_pdf=raw.kind == "pdf", markdown=raw.kind == "md")
+        if not text.strip():
+            raise IngestError("no text after normalisation (only page numbers or blank lines)")
+        chunks = chunk_document(doc_id, text, pages, settings.chunk_size, settings.chunk_overlap)
+        facts = extract_facts(doc_id, text, chunks)
+    except IngestError as exc:
+        reason = str(exc)
+    except Exception as exc:  # a bug must not stop the other files; it is recorded, not hidden
+        reason = f"unexpected error while reading ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+    else:
+        reason = ""
+    if reason:
+        ledger.save_failure(con, doc_id, shown(path.name), shown(path), file_kind(path), len(data), reason)
+        return IngestResult(path, "failed", doc_id, f"{shown(path)}: {reason}")
+    record = DocumentRecord(
+        doc_id, shown(path.name), shown(path), raw.kind, raw.size_bytes, raw.encoding, text
+    )
+    ledger.save_document(con, record, pages, chunks, facts)
+    return IngestResult(
+        path,
+        "added",
+        doc_id,
+        f"{shown(path)}: {len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts",
+        len(pages),
+        len(chunks),
+        len(facts),
+    )
+
+
+def ingest_paths(
+    con: duckdb.DuckDBPyConnection,
+    paths: Iterable[Path],
+    settings: Settings,
+    on_file: Callable[[IngestResult], None] | None = None,
+) -> list[IngestResult]:
+    """Ingest every file under ``paths``; one bad file never stops the others."""
+    files, results = discover(paths)
+    for result in results:
+        if on_file:
+            on_file(result)
+    for path in files:
+        result = ingest_file(con, path, settings)
+        results.append(result)
+        if on_file:
+            on_file(result)
+    return results
