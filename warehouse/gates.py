@@ -15,21 +15,12 @@ import duckdb
 import pandas as pd
 
 from warehouse.db import fetch_dicts, transaction
+from warehouse.golden import SHADOWED_BY_GOLDEN, normalised
 
-# Punctuation, symbols and spaces go; so do polite openings and closing particles, which change no meaning.
-NORMALISED_QUESTION = (
-    "regexp_replace(regexp_replace(regexp_replace(lower({col}), '[\\s\\p{{P}}\\p{{S}}]', '', 'g'),"
-    " '^(请问|麻烦问一下|麻烦问|麻烦|您好|你好|请教一下|请教|想问一下|想问|请)+', ''),"
-    " '(呢|吗|啊|呀|吧|谢谢)+$', '')"
-)
 LSH_HASHES = 32
 LSH_ROWS_PER_BAND = 4
 LSH_COMMON_MIN = 50  # a bigram in more questions than this (and this share of them) is template, not content
 LSH_COMMON_SHARE = 0.01
-
-
-def normalised(col: str) -> str:
-    return NORMALISED_QUESTION.format(col=col)
 
 
 def _lsh_pairs(con: duckdb.DuckDBPyConnection, items_table: str, threshold: float, out_table: str) -> None:
@@ -237,8 +228,6 @@ def pre_review_frame(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0
 def release_frame(con: duckdb.DuckDBPyConnection, golden_threshold: float = 0.8) -> pd.DataFrame:
     """The rows that would be trained on: everything not rejected (pending rows fail the gate, not vanish),
     less what the golden set keeps out (its rows, facts of its reading split, phrasings of its recall split)."""
-    from warehouse.golden import SHADOWED_BY_GOLDEN
-
     frame = _frame(con, f"r.status <> 'rejected' AND NOT ({SHADOWED_BY_GOLDEN})", golden_threshold)
     # Paraphrases of a held-out golden question are not trained on (see trainable_rows), so not checked.
     return frame[~frame["near_held_out"]].reset_index(drop=True)

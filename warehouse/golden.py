@@ -7,12 +7,22 @@ from typing import Any
 import duckdb
 
 from warehouse.db import bulk_insert, fetch_dicts
-from warehouse.gates import normalised
 
 HELD_OUT = "held_out:"
 RECALL = "recall"
 READING = "reading"
 SUBJECT_PLACEHOLDER = "{s}"
+
+# Punctuation, symbols and spaces go; so do polite openings and closing particles, which change no meaning.
+NORMALISED_QUESTION = (
+    "regexp_replace(regexp_replace(regexp_replace(lower({col}), '[\\s\\p{{P}}\\p{{S}}]', '', 'g'),"
+    " '^(请问|麻烦问一下|麻烦问|麻烦|您好|你好|请教一下|请教|想问一下|想问|请)+', ''),"
+    " '(呢|吗|啊|呀|吧|谢谢)+$', '')"
+)
+
+
+def normalised(col: str) -> str:
+    return NORMALISED_QUESTION.format(col=col)
 
 
 def phrasing_key(row: str = "r") -> str:

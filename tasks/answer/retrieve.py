@@ -9,7 +9,7 @@ An index is cached per warehouse content (a hash of the chunk ids, which are con
 questions against the same warehouse builds it once; ingesting a document changes the key.
 
 ``search(..., expand=True)`` also asks with the rule terms a question's everyday words stand for (打车 ->
-市内交通费; the domain lexicon and the categories the chunks define, ``tasks.answer.fact_retrieve``), weighted below
+市内交通费; the domain lexicon and the categories the chunks define, ``tasks.answer.reading``), weighted below
 the question's own words; without it search is exactly what it always was. To find the fact itself rather
 than its chunk, use ``tasks.answer.fact_retrieve.FactIndex``.
 """
@@ -17,7 +17,6 @@ than its chunk, use ``tasks.answer.fact_retrieve.FactIndex``.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -28,13 +27,11 @@ import bm25s
 import duckdb
 import numpy as np
 
-from tasks.ingest.normalize import fold
+from tasks.answer.reading import learn_categories, query_for, tokens
 from warehouse.ledger import chunk_texts
 
 __all__ = ["ChunkIndex", "Hit", "IndexCache", "clear_cache", "tokens", "weighted_bm25"]
 
-_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
-_WORD = re.compile(r"[A-Za-z]+|\d+(?:\.\d+)?")
 T = TypeVar("T")
 _CACHE_SIZE = 8  # indexes kept (per doc filter and warehouse content); each is small
 
@@ -80,19 +77,6 @@ class Hit:
     score: float
 
 
-def tokens(text: str) -> list[str]:
-    """Character bigrams of every CJK run (a lone character stands for itself), plus Latin words and numbers."""
-    folded = fold(text)
-    out: list[str] = []
-    for run in _CJK_RUN.findall(folded):
-        if len(run) == 1:
-            out.append(run)
-        else:
-            out.extend(run[i : i + 2] for i in range(len(run) - 1))
-    out.extend(m.group().lower() for m in _WORD.finditer(folded))
-    return out
-
-
 class ChunkIndex:
     """A BM25 index of the warehouse chunks (optionally of one document)."""
 
@@ -121,10 +105,8 @@ class ChunkIndex:
         return len(self.rows)
 
     def categories(self) -> list[Any]:
-        """Categories the indexed chunks define (``tasks.answer.fact_retrieve.learn_categories``), learned once."""
+        """Categories the indexed chunks define (``tasks.answer.reading.learn_categories``), learned once."""
         if self._categories is None:
-            from tasks.answer.fact_retrieve import learn_categories  # here: fact_retrieve imports this module
-
             learned: list[Any] = []
             for _, doc, _, text in self.rows:
                 learned += learn_categories(text, doc)
@@ -139,13 +121,11 @@ class ChunkIndex:
         """The ``k`` best chunks for ``question``; chunks sharing no token with it are never returned.
 
         With ``expand`` the question is also asked with the rule terms its everyday words stand for (the
-        domain lexicon and the categories these chunks define, see ``tasks.answer.fact_retrieve.expand``), weighted
+        domain lexicon and the categories these chunks define, see ``tasks.answer.reading.expand``), weighted
         below the question's own words; a chunk matching only those terms can then be returned."""
         if self._retriever is None or k <= 0:
             return []
         if expand:
-            from tasks.answer.fact_retrieve import query_for
-
             scores = self.scores(query_for(question, self.categories()).parts())
         else:
             vocab = self._retriever.vocab_dict
