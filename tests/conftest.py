@@ -1,12 +1,27 @@
-"""Shared fixtures: a fresh workspace per test, and the paths of the sample and of ../shared/corpus."""
+"""Shared fixtures: a fresh workspace per test, and the paths of the sample and of ../shared/corpus.
+
+Also the run's rules for real components and processes:
+
+- :func:`require_or_skip`: a real component (Label Studio, the Prefect server) that cannot be installed or
+  started skips the test on a developer's machine, with the reason; in CI (``CI`` set) it fails the test;
+- :func:`stop_later`: a server is stopped by a finaliser registered before it starts, even when the test fails;
+- at the end of the run, a process the tests started that is still alive fails the run (see
+  :func:`pytest_sessionfinish`), and so does a run that collected no test.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
 import duckdb
+import psutil
 import pytest
 
 from runtime.config import Settings, load_settings
@@ -16,6 +31,10 @@ from warehouse.db import connect
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# Every process the tests start inherits this mark, even one that daemonises away from pytest's process tree.
+RUN_MARK = "SLM_TEST_RUN"
+os.environ[RUN_MARK] = uuid.uuid4().hex
+LEAK_GRACE_S = float(os.environ.get("SLM_TEST_LEAK_GRACE_S", "10"))
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -48,3 +67,141 @@ def con(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
         yield connection
     finally:
         connection.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real components: skip on a developer's machine, fail in CI
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's: ``CI`` is set to anything but empty, 0, false or no."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_or_skip(reason: str) -> NoReturn:
+    """A real component the test needs cannot be installed or started (``reason`` says which and why).
+
+    On a developer's machine the test is skipped with the reason. In CI it fails: a green CI must mean the
+    component was really exercised, never that every test needing it skipped."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: a component that cannot start fails the test)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def stop_later() -> Iterator[Callable[[Callable[[], Any]], None]]:
+    """``stop_later(stop)`` registers ``stop`` to run when the test ends, passed or failed (last registered
+    first). Register a server's stop *before* starting it, so a start that fails half way is cleaned up too;
+    every stop runs even if another raises."""
+    stops: list[Callable[[], Any]] = []
+    yield stops.append
+    errors = []
+    for stop in reversed(stops):
+        try:
+            stop()
+        except Exception as exc:  # the other servers must still be stopped
+            errors.append(f"{getattr(stop, '__name__', stop)}: {exc!r}")
+    if errors:
+        pytest.fail("stopping servers failed: " + "; ".join(errors), pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The end of the run: no process the tests started is left alive; a run with no test fails
+
+_BEFORE: set[tuple[int, float]] = set()
+
+
+def _key(proc: psutil.Process) -> tuple[int, float] | None:
+    try:
+        return proc.pid, proc.create_time()
+    except psutil.Error:
+        return None
+
+
+def started_by_this_run() -> list[psutil.Process]:
+    """Processes alive now that this run started: descendants of this process, and processes carrying this
+    run's mark in their environment (a server that daemonised itself is no longer a descendant)."""
+    me = psutil.Process()
+    found: dict[int, psutil.Process] = {}
+    try:
+        for child in me.children(recursive=True):
+            found[child.pid] = child
+    except psutil.Error:
+        pass
+    mark = os.environ[RUN_MARK]
+    for proc in psutil.process_iter():
+        if proc.pid == me.pid or proc.pid in found:
+            continue
+        try:
+            if proc.environ().get(RUN_MARK) == mark:
+                found[proc.pid] = proc
+        except psutil.Error:  # gone, a zombie, or not ours to read
+            continue
+    return [p for p in found.values() if _alive(p) and _key(p) not in _BEFORE and not _library_helper(p)]
+
+
+# Helpers Python's multiprocessing starts on first use and keeps for the life of the interpreter (torch and
+# the data loaders use it): they end with pytest itself, they are not servers a test forgot.
+_LIBRARY_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "semaphore_tracker")
+
+
+def _library_helper(proc: psutil.Process) -> bool:
+    try:
+        command = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return any(helper in command for helper in _LIBRARY_HELPERS)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def leftover_processes(grace_s: float) -> list[psutil.Process]:
+    """The processes this run started that are still alive after ``grace_s`` seconds of waiting for them."""
+    deadline = time.monotonic() + grace_s
+    left = started_by_this_run()
+    while left and time.monotonic() < deadline:
+        _, left = psutil.wait_procs(left, timeout=min(1.0, max(0.05, deadline - time.monotonic())))
+        left = [p for p in left if _alive(p)]
+    return left
+
+
+def describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid}: {' '.join(proc.cmdline())[:300]}"
+    except psutil.Error:
+        return f"pid {proc.pid}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Children alive before any test ran (a plugin's helper, say) are not the tests' to stop.
+    with contextlib.suppress(psutil.Error):
+        _BEFORE.update(k for k in map(_key, psutil.Process().children(recursive=True)) if k)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.testscollected == 0 and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED  # a run that ran nothing passes nothing
+    if session.config.option.collectonly:
+        return
+    left = leftover_processes(LEAK_GRACE_S)
+    if not left:
+        return
+    lines = [
+        f"{len(left)} process(es) started by the tests are still alive {LEAK_GRACE_S:g} s after the run:"
+    ]
+    lines += [f"  {describe(p)}" for p in left]
+    lines.append(
+        "A fixture finaliser (see stop_later in tests/conftest.py) must stop every server a test starts."
+    )
+    print("\n" + "\n".join(lines), file=sys.stderr)
+    for proc in left:  # after reporting them, leave the machine clean
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

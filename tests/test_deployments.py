@@ -16,7 +16,7 @@ import pytest
 from deployments import server as prefect_server
 from review import server as labelstudio
 from runtime.config import load_settings
-from tests.conftest import SAMPLE_MD
+from tests.conftest import SAMPLE_MD, require_or_skip
 from tests.reliability.scenarios_deps import start_from_template
 from tests.reliability.scenarios_security import listening_addresses
 from tests.test_review_labelstudio import _result
@@ -46,7 +46,9 @@ def _wait_for_state(api: str, flow_run_id: str, wanted: str, timeout_s: float) -
 
 
 @pytest.mark.slow
-def test_deploy_read_back_the_schedule_and_run_build_dataset_through_a_pause(tmp_path: Path) -> None:
+def test_deploy_read_back_the_schedule_and_run_build_dataset_through_a_pause(
+    tmp_path: Path, stop_later
+) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
     # In the workspace's slm.toml, not as overrides: the flow run (a worker's subprocess) reads it too.
@@ -60,7 +62,11 @@ def test_deploy_read_back_the_schedule_and_run_build_dataset_through_a_pause(tmp
     try:
         labelstudio.ensure_installed(settings)
     except (labelstudio.LabelStudioError, OSError) as exc:
-        pytest.skip(f"Label Studio cannot be installed here: {exc}")
+        require_or_skip(f"Label Studio cannot be installed here: {exc}")
+    # Registered before anything starts: whatever fails, nothing this test started outlives it.
+    stop_later(lambda: prefect_server.stop(settings, "server"))
+    stop_later(lambda: prefect_server.stop(settings, "worker"))
+    stop_later(lambda: labelstudio.stop(settings))
     try:
         start_from_template(
             f"prefect-{prefect.__version__}",

@@ -15,14 +15,14 @@ from flows.build_dataset import build_dataset
 from flows.gates import GateFailed
 from review import server
 from runtime.config import load_settings
-from tests.conftest import SAMPLE_PDF
+from tests.conftest import SAMPLE_PDF, require_or_skip
 from tests.test_review_labelstudio import _result
 from warehouse import review as review_queries
 from warehouse.db import open_warehouse
 
 
 @pytest.mark.slow
-def test_flow_pauses_for_people_and_the_webhook_resumes_it(tmp_path: Path) -> None:
+def test_flow_pauses_for_people_and_the_webhook_resumes_it(tmp_path: Path, stop_later) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
     (workspace / "slm.toml").write_text(
@@ -34,7 +34,8 @@ def test_flow_pauses_for_people_and_the_webhook_resumes_it(tmp_path: Path) -> No
     try:
         server.ensure_installed(settings)
     except (server.LabelStudioError, OSError) as exc:
-        pytest.skip(f"Label Studio cannot be installed here: {exc}")
+        require_or_skip(f"Label Studio cannot be installed here: {exc}")
+    stop_later(lambda: server.stop(settings))  # before the start: a start that fails half way is stopped too
     server.start(settings)
     outcome: dict = {}
     try:

@@ -456,8 +456,7 @@ def labelstudio_stopped(work: Path) -> DepsOutcome:
     is stopped: the sync fails before archiving anything, the push before recording task ids. `slm review
     push` and `slm review sync` then fail with one line naming the server. After a restart, pushing again
     completes B without a duplicate task, and syncing applies every annotation of A and B exactly once."""
-    from review import push, server, sync
-    from warehouse import review as review_queries
+    from review import server
 
     outcome = DepsOutcome("Label Studio stopped during push and sync")
     ws = work / "ws"
@@ -469,6 +468,16 @@ def labelstudio_stopped(work: Path) -> DepsOutcome:
     settings = load_settings(ws)
     url = server.base_url(settings)
     server.ensure_installed(settings)
+    try:
+        return _labelstudio_stopped(work, settings, url, outcome)
+    finally:  # the scenario stops and restarts the server; whatever fails, it is not left running
+        server.stop(settings)
+
+
+def _labelstudio_stopped(work: Path, settings: Settings, url: str, outcome: DepsOutcome) -> DepsOutcome:
+    from review import push, server, sync
+    from warehouse import review as review_queries
+
     con = connect(settings.warehouse_path)
     try:
         for path in synthetic_rules(work / "docs", docs=1, articles=20):

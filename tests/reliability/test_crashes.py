@@ -14,7 +14,7 @@ import pytest
 from runtime.config import Settings
 from tasks.distill.distill import distill, make_teacher
 from tasks.ingest.documents import ingest_file
-from tests.conftest import SAMPLE_MD
+from tests.conftest import SAMPLE_MD, require_or_skip
 from tests.reliability.outcome import FaultOutcome
 from tests.reliability.scenarios_crashes import SCENARIOS, crash_during_review
 from warehouse.db import open_warehouse
@@ -36,7 +36,7 @@ def test_kill_then_rerun_loses_nothing(scenario: Callable[[Path], FaultOutcome],
         try:
             server.ensure_installed(load_settings(tmp_path / "probe"))
         except (server.LabelStudioError, OSError) as exc:
-            pytest.skip(f"Label Studio cannot be installed here: {exc}")
+            require_or_skip(f"Label Studio cannot be installed here: {exc}")
     outcome = scenario(tmp_path)
     faults, runs = EXPECTED.get(scenario.__name__, (1, 1))
     assert outcome.lost == 0 and outcome.passed, outcome
