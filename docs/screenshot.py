@@ -1,6 +1,9 @@
 """Render the review interface, with a real task, to a PNG (``docs/review_interface.png``).
 
-    python -m review.screenshot --workspace /tmp/shot [--out docs/review_interface.png]
+    python docs/screenshot.py --workspace /tmp/shot [--out docs/review_interface.png]
+
+Docs tooling, not part of the installed packages: run it from a checkout whose venv has the project
+installed (``make venv``).
 
 Uses (starting it if needed) the Label Studio server of the workspace; when the workspace has no review
 batch yet, ingests ``examples/sample_rules.pdf``, distils it with the extractive teacher and pushes three

@@ -1,0 +1,49 @@
+"""The import contracts of pyproject.toml ([tool.importlinter]) hold: the layers (runtime <- warehouse <-
+expectations <- tasks <- review <- deployments <- flows), the pipeline stages inside tasks, and no cycles
+between sibling modules. Runs the venv's ``lint-imports`` and fails with its report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def _contracts() -> list[dict]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return config["tool"]["importlinter"]["contracts"]
+
+
+def test_the_contracts_cover_every_package_and_stage() -> None:
+    """A contract that forgot a package would keep without checking it."""
+    by_id = {c["id"]: c for c in _contracts()}
+    packages = {"runtime", "warehouse", "expectations", "tasks", "review", "flows", "deployments"}
+    assert set(by_id["layers"]["layers"]) == packages
+    assert set(by_id["acyclic"]["ancestors"]) == packages
+    stages = {p.name for p in (ROOT / "tasks").iterdir() if (p / "__init__.py").exists()}
+    assert set(by_id["stages"]["layers"]) == stages
+    assert by_id["stages"]["containers"] == ["tasks"]
+
+
+def test_import_contracts_are_kept() -> None:
+    if not LINT_IMPORTS.exists():
+        pytest.fail(f"{LINT_IMPORTS} is missing: install the dev extra (pip install -e '.[dev]')")
+    result = subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"},  # this checkout's packages
+    )
+    report = result.stdout + result.stderr
+    if result.returncode != 0:
+        pytest.fail(f"lint-imports exited {result.returncode}:\n{report}", pytrace=False)
+    assert "0 broken" in report, report
