@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from tasks.ingest.numbers import NumberMention, rule_numbers
+from tasks.ingest.numbers import rule_numbers
 
 # Names of the control tags; sync reads the annotation results by these names.
 VERDICT = "verdict"
@@ -83,10 +83,6 @@ def label_config() -> str:
 """
 
 
-def _values(mention: NumberMention) -> list[Decimal]:
-    return [mention.value] + ([mention.value_max] if mention.value_max is not None else [])
-
-
 def _as_decimals(numbers: Iterable[str]) -> set[Decimal]:
     out = set()
     for n in numbers:
@@ -108,7 +104,7 @@ def marked_html(text: str, numbers: Iterable[str], style: str = _MARK_STYLE) -> 
     found: set[Decimal] = set()
     pos = 0
     for mention in rule_numbers(text):
-        hit = [v for v in _values(mention) if v in wanted]
+        hit = [v for v in mention.values() if v in wanted]
         if not hit:
             continue
         found.update(hit)

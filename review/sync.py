@@ -31,9 +31,10 @@ import duckdb
 from review.labeling import COMMENT, CORRECTED_ANSWER, CORRECTED_NUMBERS, VERDICT, VERDICTS
 from review.server import LabelStudioError, base_url, retrying, transient
 from runtime.config import Settings
-from tasks.distill.teachers.base import FactRef, QAPair
+from tasks.distill.teachers.base import QAPair
 from tasks.distill.verify import verify_row
-from tasks.ingest.numbers import NumberMention, canonical, parse_numeral, rule_numbers, values_match
+from tasks.ingest.facts import Fact, agrees
+from tasks.ingest.numbers import canonical, parse_numeral, rule_numbers
 from warehouse import review as queries
 
 STATUS_BY_VERDICT = {"accept": "approved", "correct": "corrected", "reject": "rejected"}
@@ -173,10 +174,6 @@ def _batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, Any]:
 # Checking corrections against the ledger
 
 
-def _values(mention: NumberMention) -> list[Decimal]:
-    return [mention.value] + ([mention.value_max] if mention.value_max is not None else [])
-
-
 def parse_corrected_numbers(text: str) -> tuple[list[tuple[str, Decimal]], list[str]]:
     """The numbers an annotator typed ("800元; 1,200元", "三个月", "800 1200", "三 5万"): (raw, value) pairs,
     and the pieces that are no number. Mentions with units are read by the one parser; what is left is
@@ -184,7 +181,7 @@ def parse_corrected_numbers(text: str) -> tuple[list[tuple[str, Decimal]], list[
     found: list[tuple[str, Decimal]] = []
     rest = list(text)
     for mention in rule_numbers(text):
-        found += [(mention.raw, v) for v in _values(mention)]
+        found += [(mention.raw, v) for v in mention.values()]
         rest[mention.start : mention.end] = [" "] * (mention.end - mention.start)
     unreadable: list[str] = []
     for piece in _SPLIT.split("".join(rest).strip()):
@@ -206,17 +203,18 @@ def check_correction(
     Returns the new values (numbers, fact_ids, grounded, is_numeric, corrected_numbers) and ``problems``:
     the reasons the correction cannot be trusted (empty when it can).
     """
-    refs = [FactRef(**f) for f in facts]
-    source_values = [Decimal(f.value) for f in refs] + [Decimal(f.value_max) for f in refs if f.value_max]
-    given = [v for m in rule_numbers(row["question"]) for v in _values(m)]  # the question supplied these
+    refs = [Fact.from_row(f) for f in facts]
+    # Each value on its own (one wrong end of a range is a wrong number), within fraction rounding.
+    source_values = {v for f in refs for v in f.values()}
+    given = {v for m in rule_numbers(row["question"]) for v in m.values()}  # the question supplied these
 
     def in_source(value: Decimal) -> bool:
-        return any(values_match(value, s) for s in [*source_values, *given])
+        return agrees((value,), source_values | given, tolerant=True)
 
     problems: list[str] = []
     if not corrected_answer:
         problems.append("correction has no corrected answer text")
-    stated = [(m.raw, v) for m in rule_numbers(corrected_answer) for v in _values(m)]
+    stated = [(m.raw, v) for m in rule_numbers(corrected_answer) for v in m.values()]
     typed, unreadable = parse_corrected_numbers(corrected_numbers)
     problems += [f"corrected number {p!r} is not a number" for p in unreadable]
     by_value: dict[str, str] = {}  # one note per number, as first written ("7个工作日" and "7" are one)
@@ -226,7 +224,7 @@ def check_correction(
         if not in_source(Decimal(key)):
             problems.append(f"correction states {raw} which is not in the source")
     for raw, value in typed:
-        if corrected_answer and not any(values_match(value, v) for _, v in stated):
+        if corrected_answer and not agrees((value,), [v for _, v in stated], tolerant=True):
             problems.append(f"corrected number {raw} is not stated in the corrected answer")
     kind = row["kind"]
     if kind == "unanswerable":  # a person decided the rules do answer it

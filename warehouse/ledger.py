@@ -9,6 +9,22 @@ import duckdb
 
 from warehouse.db import bulk_insert, fetch_dicts, transaction
 
+# The columns of a ledger fact besides its doc_id. ``tasks.ingest.facts.Fact`` has exactly these
+# fields and checks so on import (the warehouse may not import tasks); writing and reading go by this list.
+FACT_FIELDS = (
+    "fact_id",
+    "chunk_id",
+    "value",
+    "value_max",
+    "unit",
+    "raw",
+    "qualifier",
+    "subject",
+    "context",
+    "span_start",
+    "span_end",
+)
+
 
 def document_status(con: duckdb.DuckDBPyConnection, doc_id: str) -> str | None:
     row = con.execute("SELECT status FROM documents WHERE doc_id = ?", [doc_id]).fetchone()
@@ -82,37 +98,8 @@ def save_document(
         bulk_insert(
             con,
             "facts",
-            [
-                "fact_id",
-                "doc_id",
-                "chunk_id",
-                "value",
-                "value_max",
-                "unit",
-                "raw",
-                "qualifier",
-                "subject",
-                "context",
-                "span_start",
-                "span_end",
-            ],
-            [
-                [
-                    f.fact_id,
-                    document.doc_id,
-                    f.chunk_id,
-                    f.value,
-                    f.value_max,
-                    f.unit,
-                    f.raw,
-                    f.qualifier,
-                    f.subject,
-                    f.context,
-                    f.span_start,
-                    f.span_end,
-                ]
-                for f in facts
-            ],
+            ["doc_id", *FACT_FIELDS],
+            [[document.doc_id, *(getattr(f, name) for name in FACT_FIELDS)] for f in facts],
         )
 
 
@@ -151,10 +138,7 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return counts
 
 
-_FACT_COLUMNS = (
-    "d.name AS doc, f.fact_id, f.chunk_id, f.value, f.value_max, f.unit, f.raw, f.qualifier, f.subject,"
-    " f.context, f.span_start, f.span_end, c.heading_path"
-)
+_FACT_COLUMNS = ", ".join(["d.name AS doc", *(f"f.{name}" for name in FACT_FIELDS), "c.heading_path"])
 
 
 def list_facts(con: duckdb.DuckDBPyConnection, doc: str | None = None) -> list[dict[str, Any]]:

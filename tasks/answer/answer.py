@@ -41,9 +41,11 @@ from tasks.answer.stop import repeated_span
 from tasks.distill.teachers.base import FactRef
 from tasks.distill.verify import clause_of, subject_fits
 from tasks.evaluate.evaluate import Reply, copied_mask, own_text
-from tasks.ingest.facts import LEADING_MARKER
+from tasks.ingest.chunk import LEADING_MARKER
+from tasks.ingest.facts import match_numbers
 from tasks.ingest.normalize import fold
 from tasks.ingest.numbers import canonical, find_numbers, first_number_char, rule_numbers
+from tasks.vocabulary import ABSTAIN_TEXT
 from warehouse.ledger import list_facts
 
 __all__ = [
@@ -65,7 +67,6 @@ __all__ = [
 ]
 
 CONTEXT_FORMAT = "ctx-v2"  # version of the context prompt (v2: retrieved top-k chunks); part of a dataset id
-ABSTAIN_TEXT = "文件中没有相关规定。"
 MAX_CONTEXT_CHARS = 360  # per chunk: three chunks and the question stay well inside a 2k-token window
 MODES = ("grounded", "closed_book")
 ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged")
@@ -197,42 +198,28 @@ class NumberCheck:
     other_subject: str = ""  # for other_subject: what the number belongs to in the rules
 
 
-def _values(value: Decimal, value_max: Decimal | None) -> set[Decimal]:
-    return {Decimal(canonical(value))} | ({Decimal(canonical(value_max))} if value_max is not None else set())
-
-
-def _fact_values(fact: FactRef) -> set[Decimal]:
-    return {Decimal(fact.value)} | ({Decimal(fact.value_max)} if fact.value_max is not None else set())
-
-
 def check_numbers(
     question: str, text: str, facts: Sequence[FactRef], relevant: Collection[str] = ()
 ) -> list[NumberCheck]:
     """Check each rule number of ``text``: a number the question gave passes; any other must be the value of
     a fact in ``facts`` whose subject fits the question, or that fact retrieval ranks among the few most
     relevant to it (``relevant``: fact ids; "一笔钱到多少" is about 单笔金额 though they share no word)."""
-    given: set[Decimal] = set()
-    for m in rule_numbers(question):
-        given |= _values(m.value, m.value_max)
     checks = []
-    for mention in rule_numbers(text):
-        values = _values(mention.value, mention.value_max)
-        shown = tuple(canonical(v) for v in sorted(values))
-        if values <= given:
+    # A range states a fact only as the same range ("100-999元" is not the 100元 of a fact); a single number
+    # may state a fact's value or one end of its range.
+    for number in match_numbers(text, facts, given=question, whole_range=True):
+        mention = number.mention
+        shown = tuple(canonical(v) for v in sorted(set(mention.values())))
+        if number.given:
             checks.append(NumberCheck(mention.raw, shown, True))
             continue
-        # A range states a fact only as the same range ("100-999元" is not the 100元 of a fact); a single
-        # number may state a fact's value or one end of its range.
-        same = [
-            f
-            for f in facts
-            if (values == _fact_values(f) if mention.value_max is not None else values <= _fact_values(f))
-        ]
-        fitting = [f for f in same if f.fact_id in relevant or subject_fits(question, f)]
+        fitting = [f for f in number.facts if f.fact_id in relevant or subject_fits(question, f)]
         if fitting:
             checks.append(NumberCheck(mention.raw, shown, True, tuple(f.fact_id for f in fitting)))
-        elif same:
-            checks.append(NumberCheck(mention.raw, shown, False, (), "other_subject", same[0].subject))
+        elif number.facts:
+            checks.append(
+                NumberCheck(mention.raw, shown, False, (), "other_subject", number.facts[0].subject)
+            )
         else:
             checks.append(NumberCheck(mention.raw, shown, False, (), "not_in_rules"))
     return checks
@@ -600,7 +587,7 @@ def draft_problem(
             return ""  # a time or a date answers "几点" or "哪天"; the ledger holds amounts, not those
         if not stated:
             return "问题问的是数字，答案没有给出规定中的数字"
-        if not any(stated & _fact_values(f) for f in best):
+        if not any(stated & set(f.values()) for f in best):
             return f"答案中的数字不是最符合问题的规定（{best[0].raw}）"
     return ""
 
@@ -706,7 +693,7 @@ def _grounded(
         notes.append(f"retry: {second}")
     if best is not None:
         notes.append(f"composed from fact {best.fact_id}, the best fit for the question")
-        values = tuple(dict.fromkeys(canonical(v) for v in _fact_values(best)))
+        values = tuple(dict.fromkeys(canonical(v) for v in best.values()))
         return shown(compose(best, hit_of.get(best.fact_id)), "quoted_evidence", [best.fact_id], values)
     return Answer(ABSTAIN_TEXT, "grounded", (), False, "abstained", hits, tuple(notes), draft, retry=retried)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal
 from difflib import SequenceMatcher
 
 from tasks.distill.teachers.base import FactRef, QAPair
+from tasks.ingest.facts import match_numbers
 from tasks.ingest.normalize import fold
-from tasks.ingest.numbers import NumberMention, canonical, rule_numbers
+from tasks.ingest.numbers import canonical
 
 # Minimum share of the evidence that must appear in one piece in the chunk (extraction noise tolerated).
 EVIDENCE_MATCH = 0.85
@@ -118,40 +118,31 @@ def clause_of(fact: FactRef) -> str:
     return fact.context[left:right]
 
 
-def _mention_values(mention: NumberMention) -> list[Decimal]:
-    return [mention.value] + ([mention.value_max] if mention.value_max is not None else [])
-
-
-def _fact_values(fact: FactRef) -> set[Decimal]:
-    values = {Decimal(fact.value)}
-    if fact.value_max is not None:
-        values.add(Decimal(fact.value_max))
-    return values
-
-
 def verify_row(
     row: QAPair, chunk_text: str, facts: list[FactRef] | tuple[FactRef, ...], review_numeric_rows: bool = True
 ) -> Verdict:
     """Check one row against its chunk and the chunk's ledger facts; decide its status."""
-    mentions = rule_numbers(row.answer)
-    given = {v for m in rule_numbers(row.question) for v in _mention_values(m)}
-    numbers = tuple(dict.fromkeys(canonical(v) for m in mentions for v in _mention_values(m)))
+    # Any shared value grounds a number here (a range need not be a fact's whole range): distillation
+    # reviews numeric rows anyway, and the answer guard is the strict one.
+    stated = match_numbers(row.answer, facts, given=row.question)
+    mentions = [s.mention for s in stated]
+    numbers = tuple(dict.fromkeys(canonical(v) for m in mentions for v in m.values()))
     notes: list[str] = []
     fact_ids: list[str] = []
     grounded_numbers = True
-    for mention in mentions:
-        values = _mention_values(mention)
-        if all(v in given for v in values):
+    for number in stated:
+        if number.given:
             continue  # the question supplied this number
-        same_value = [f for f in facts if any(v in _fact_values(f) for v in values)]
-        if not same_value:
+        if not number.facts:
             grounded_numbers = False
-            notes.append(f"{mention.raw} is not a ledger fact of this chunk")
+            notes.append(f"{number.mention.raw} is not a ledger fact of this chunk")
             continue
-        fitting = [f for f in same_value if subject_fits(row.question, f)]
+        fitting = [f for f in number.facts if subject_fits(row.question, f)]
         if not fitting:
             grounded_numbers = False
-            notes.append(f"{mention.raw} belongs to {same_value[0].subject}, not to what the question asks")
+            notes.append(
+                f"{number.mention.raw} belongs to {number.facts[0].subject}, not to what the question asks"
+            )
             continue
         fact_ids.extend(f.fact_id for f in fitting)
     is_numeric = bool(mentions)

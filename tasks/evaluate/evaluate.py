@@ -22,7 +22,16 @@ from typing import Any
 
 from tasks.answer.prompts import PROMPT_TEXTS
 from tasks.ingest.normalize import fold
-from tasks.ingest.numbers import NumberMention, canonical, find_numbers, parse_numeral, rule_numbers
+from tasks.ingest.numbers import (
+    NumberMention,
+    canonical,
+    find_numbers,
+    parse_numeral,
+    range_key,
+    readings,
+    rule_numbers,
+    units_agree,
+)
 
 TYPES = ("numeric", "text", "unanswerable")
 # Longest first: at one position the first alternative that matches wins, and own_text needs the whole phrase.
@@ -30,7 +39,6 @@ ABSTENTION = re.compile(
     r"(?:文件|规定|制度)中?(?:没有|无)(?:相关|明确|具体)?(?:的)?规定|(?:没有|无)(?:相关|明确|具体)?(?:的)?规定"
     r"|未作?(?:明确|具体)?规定|文件中没有|不在.*规定"
 )
-_SCALES = {"万": Decimal(10_000), "亿": Decimal(100_000_000)}
 
 
 class QuestionFileError(ValueError):
@@ -157,8 +165,8 @@ def expected_numbers(item: EvalItem) -> list[Expected]:
         if value is None:
             continue
         value_max = first.value_max if first else None
-        want = _exact(value, value_max)
-        found = next((m for m in reference if want in _readings(m)), None)
+        want = range_key(value, value_max)
+        found = next((m for m in reference if want in readings(m)), None)
         if found is not None:
             out.append(Expected(found.value, found.value_max, found.unit, bare=False))
         else:
@@ -168,52 +176,23 @@ def expected_numbers(item: EvalItem) -> list[Expected]:
     return out
 
 
-def _exact(value: Decimal, value_max: Decimal | None) -> tuple[str, str | None]:
-    return canonical(value), canonical(value_max) if value_max is not None else None
-
-
-def _readings(mention: NumberMention) -> set[tuple[str, str | None]]:
-    """(value, range end) pairs a mention may be read as: its canonical value, and the number as written
-    before 万/亿 scaling (10万元 reads as 100000 and as 10). A range reads only as a range. A date also
-    reads as each numeral written in it (12月31日: 1231, 12 and 31; 下午4:00: 400 and 4)."""
-    readings = {_exact(mention.value, mention.value_max)}
-    for mark, scale in _SCALES.items():
-        if mark in mention.raw:
-            readings.add(
-                _exact(mention.value / scale, mention.value_max / scale if mention.value_max else None)
-            )
-    if mention.kind == "date":
-        for token in _NUMERAL_TOKEN.findall(fold(mention.raw)):
-            value = parse_numeral(token)
-            if value is not None:
-                readings.add((canonical(value), None))
-    return readings
-
-
-_NUMERAL_TOKEN = re.compile(r"\d+(?:\.\d+)?|[零〇一二两三四五六七八九十百千]+")
-
-
-def _main_unit(unit: str) -> str:
-    return unit.split("/")[0]
-
-
 def states(mention: NumberMention, expected: Expected) -> bool:
     """Whether ``mention`` states ``expected``: the same value, a range only as the same range, and the same
     unit when both carry one (5元 does not state 5万元; 100元/人·天 states 100元)."""
-    want = _exact(expected.value, expected.value_max)
+    want = range_key(expected.value, expected.value_max)
     if expected.bare:
-        if want not in _readings(mention):
+        if want not in readings(mention):
             return False
-    elif _exact(mention.value, mention.value_max) != want:
+    elif range_key(mention.value, mention.value_max) != want:
         return False
-    return not (expected.unit and mention.unit and _main_unit(expected.unit) != _main_unit(mention.unit))
+    return units_agree(expected.unit, mention.unit)
 
 
 def _candidate_values(mention: NumberMention) -> set[Decimal]:
     """Values a mention may be checked against the ledger on: its canonical value(s), and the number as
     written before 万/亿 scaling."""
     values: set[Decimal] = set()
-    for low, high in _readings(mention):
+    for low, high in readings(mention):
         values.add(Decimal(low))
         if high is not None:
             values.add(Decimal(high))
@@ -339,7 +318,7 @@ def check_answer(item: EvalItem, text: str, ledger: LedgerView) -> tuple[list[st
     question = find_numbers(fold(item.question))
     asked = {v for m in question for v in _candidate_values(m)}
     for m in rule_numbers(fold(item.answer)) if item.answer else []:  # as the reference means them, scaled
-        asked |= {Decimal(v) for v in _exact(m.value, m.value_max) if v is not None}
+        asked |= {Decimal(v) for v in range_key(m.value, m.value_max) if v is not None}
     others = others | _packed(question)
     wanted = expected_numbers(item)
     mentions = [m for m in find_numbers(text) if m.kind in _CHECKED_KINDS]
@@ -374,10 +353,7 @@ def _range_of_expected(mention: NumberMention, wanted: Sequence[Expected]) -> li
         return []
     ends = {canonical(mention.value): "low", canonical(mention.value_max): "high"}
     picked = [k for k, e in enumerate(wanted) if e.value_max is None and canonical(e.value) in ends]
-    unit_ok = all(
-        not (wanted[k].unit and mention.unit and _main_unit(wanted[k].unit) != _main_unit(mention.unit))
-        for k in picked
-    )
+    unit_ok = all(units_agree(wanted[k].unit, mention.unit) for k in picked)
     return picked if len({canonical(wanted[k].value) for k in picked}) == 2 and unit_ok else []
 
 

@@ -14,13 +14,26 @@ import re
 from dataclasses import dataclass
 
 from tasks.ingest.normalize import PageSpan
+from tasks.ingest.numbers import CN_INDEX_NUMERALS
 
-_CN_NUM = "一二三四五六七八九十百零〇两兩"
+# The one set of heading and list-numbering patterns; facts, teachers and the answer guard import them.
+_INDEX = rf"[{CN_INDEX_NUMERALS}\d]+"
+
+
+def heading(words: str) -> str:
+    """Regex source for 第 + a number + one of ``words`` (第二十条, 第 3 章: PDF text puts spaces in it)."""
+    return rf"第\s*{_INDEX}\s*[{words}]"
+
+
 # Simplified and traditional forms: Big5 documents write 條 and 節.
-_CHAPTER = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*[章编編]")
-_SECTION = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*[节節]")
-_ARTICLE = re.compile(rf"^第\s*[{_CN_NUM}\d]+\s*[条條]")
-_TOP_ITEM = re.compile(rf"^[{_CN_NUM}]+、")
+_CHAPTER = re.compile("^" + heading("章编編"))
+_SECTION = re.compile("^" + heading("节節"))
+_ARTICLE = re.compile("^" + heading("条條"))
+_TOP_ITEM = re.compile(rf"^[{CN_INDEX_NUMERALS}]+、")
+# Numbering at the start of a clause is structure, not subject: 第二十条, （一）, 一、, 1.
+LEADING_MARKER = re.compile(
+    rf"^\s*(?:{heading('条章节款项條節')}\s*|[（(]{_INDEX}[)）]\s*|[{CN_INDEX_NUMERALS}]+、\s*|\d+[.．、)）]\s*)+"
+)
 _SENTENCE_END = re.compile(r"[。；;！？!?]|\n")
 _SOFT_BREAK = re.compile(r"[，,、：:]")
 _HEADING_TITLE_CHARS = 24

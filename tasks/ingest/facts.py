@@ -9,19 +9,18 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+from typing import Any
 
-from tasks.ingest.chunk import Chunk
-from tasks.ingest.numbers import NumberMention, canonical, rule_numbers
+from tasks.ingest.chunk import LEADING_MARKER, Chunk
+from tasks.ingest.numbers import NumberMention, canonical, rule_numbers, units_agree, values_match
+from warehouse.ledger import FACT_FIELDS
 
 _SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
 # A comma or colon between digits is part of a number (1,200元), not a clause break.
 _CLAUSE_BREAK = re.compile(r"[，：。；;！？!?\n]|(?<!\d)[,:]|[,:](?!\d)")
-_CN_NUM = "一二三四五六七八九十百零〇两"
-# Numbering at the start of a clause is structure, not subject: 第二十条, （一）, 一、, 1.
-LEADING_MARKER = re.compile(
-    rf"^\s*(?:第[{_CN_NUM}\d]+[条章节款项]\s*|[（(][{_CN_NUM}\d]+[)）]\s*|[{_CN_NUM}]+、\s*|\d+[.．、)）]\s*)+"
-)
 # Words between a subject and its number that are not part of the subject ("住宿费标准为每人每天不超过").
 _FILLER = re.compile(
     r"(?:按照|按|为|是|给予|实行|标准|的|在|须|应当|应|可|最高|最多|不得|均|统一|一般|原则上|每人每天|每人每餐"
@@ -37,10 +36,15 @@ _MAX_SUBJECT = 16
 
 @dataclass(frozen=True)
 class Fact:
+    """One rule number of the ledger: the one fact type. Ingestion makes it, the warehouse stores its fields
+    (``warehouse.ledger.FACT_FIELDS``), teachers, the answer guard and review read it back (``from_row``).
+
+    Values are canonical decimal strings as stored; ``values()`` gives them as numbers.
+    """
+
     fact_id: str
-    chunk_id: str
     value: str
-    value_max: str | None
+    value_max: str | None  # upper end of a range ("1500-2400元"), else None
     unit: str
     raw: str
     qualifier: str
@@ -48,6 +52,83 @@ class Fact:
     context: str
     span_start: int  # inside the chunk's text
     span_end: int
+    # Keyword-only, "" where the chunk is known from elsewhere (a teacher's ChunkContext holds its facts).
+    chunk_id: str = field(default="", kw_only=True)
+
+    def values(self) -> tuple[Decimal, ...]:
+        """The number(s) it states: its value, and for a range also the upper end."""
+        if self.value_max is None:
+            return (Decimal(self.value),)
+        return Decimal(self.value), Decimal(self.value_max)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Fact:
+        """From a warehouse fact row or record; extra columns (doc, heading_path) are ignored."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+
+# The warehouse keeps the column list (it may not import tasks); the one fact type must say the same.
+if {f.name for f in fields(Fact)} != set(FACT_FIELDS):
+    raise ImportError(f"Fact fields and warehouse.ledger.FACT_FIELDS differ: {sorted(FACT_FIELDS)}")
+
+
+@dataclass(frozen=True)
+class StatedNumber:
+    """A rule number stated in a text, and the ledger facts it may refer to."""
+
+    mention: NumberMention
+    given: bool  # every value of it is also stated in the given text (the question): no fact is needed
+    facts: tuple[Fact, ...]  # facts with its value; () when given
+
+
+def agrees(
+    stated: Collection[Decimal],
+    fact: Collection[Decimal],
+    *,
+    whole_range: bool = False,
+    tolerant: bool = False,
+) -> bool:
+    """Whether a number stated with the values ``stated`` (one value, or a range's two ends) states a fact with
+    the values ``fact``. By default one shared value is enough; with ``whole_range`` a range states only the
+    same range ("100-999元" is not the 100元 of a fact), a single number still any end of a fact's range.
+    ``tolerant`` allows the 4-decimal rounding of fractions (0.3333 ~ 1/3)."""
+
+    def has(value: Decimal, among: Collection[Decimal]) -> bool:
+        return any(values_match(value, v) for v in among) if tolerant else value in among
+
+    if whole_range and len(stated) > 1:
+        return all(has(v, fact) for v in stated) and all(has(v, stated) for v in fact)
+    return any(has(v, fact) for v in stated)
+
+
+def match_numbers(
+    text: str,
+    facts: Iterable[Fact],
+    *,
+    given: str = "",
+    whole_range: bool = False,
+    same_unit: bool = False,
+) -> list[StatedNumber]:
+    """Every rule number of ``text`` with the facts among ``facts`` it may refer to: those with its value
+    (see :func:`agrees` for ``whole_range``), with ``same_unit`` only those whose unit agrees
+    (``tasks.ingest.numbers.units_agree``). A number whose values all stand in ``given`` (the question) is
+    marked given and needs no fact. Value scale is the parser's: "5万元" states a fact of 50000."""
+    candidates = [(f, frozenset(f.values())) for f in facts]
+    asked = {v for m in rule_numbers(given) for v in m.values()} if given else set()
+    out = []
+    for mention in rule_numbers(text):
+        values = mention.values()
+        if all(v in asked for v in values):
+            out.append(StatedNumber(mention, True, ()))
+            continue
+        matched = tuple(
+            f
+            for f, fact_values in candidates
+            if agrees(values, fact_values, whole_range=whole_range)
+            and (not same_unit or units_agree(mention.unit, f.unit))
+        )
+        out.append(StatedNumber(mention, False, matched))
+    return out
 
 
 class SentenceIndex:

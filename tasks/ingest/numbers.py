@@ -37,6 +37,9 @@ from functools import lru_cache
 import cn2an
 
 __all__ = [
+    "CN_DIGITS",
+    "CN_INDEX_NUMERALS",
+    "CN_NUMERALS",
     "KINDS",
     "QUALIFIERS",
     "NumberMention",
@@ -44,7 +47,10 @@ __all__ = [
     "find_numbers",
     "first_number_char",
     "parse_numeral",
+    "range_key",
+    "readings",
     "rule_numbers",
+    "units_agree",
     "values_match",
 ]
 
@@ -72,6 +78,10 @@ class NumberMention:
     def value_str(self) -> str:
         """The value as a canonical decimal string: "1200", "0.5", "0.3333"."""
         return canonical(self.value)
+
+    def values(self) -> tuple[Decimal, ...]:
+        """The number(s) it states: its value, and for a range also the upper end."""
+        return (self.value,) if self.value_max is None else (self.value, self.value_max)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,10 +121,13 @@ def _fold(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks (regex source strings).
 _S = r"[ \t]*"  # PDF extraction puts spaces between number and unit ("1000 元", "8.8 折"), never newlines
-_CN_DIGITS = "零〇一二两三四五六七八九"
-_CN_CHARS = _CN_DIGITS + "十百千万亿"
-_CNRUN = f"[{_CN_CHARS}]+"
-_CNNUM = rf"{_CNRUN}(?:点[{_CN_DIGITS}]+)?"
+# The one set of Chinese numeral characters every stage's patterns are built from.
+CN_DIGITS = "零〇一二两三四五六七八九"
+CN_NUMERALS = CN_DIGITS + "十百千万亿"  # every character a Chinese numeral is written with
+# The numerals that number headings and list items (第二十条, 三、, （十二）); 兩 as Big5 documents write it.
+CN_INDEX_NUMERALS = CN_DIGITS + "十百兩"
+_CNRUN = f"[{CN_NUMERALS}]+"
+_CNNUM = rf"{_CNRUN}(?:点[{CN_DIGITS}]+)?"
 # Thousands separators only in groups of exactly three ("1,2000" is 1 then 2000, not 12000).
 _AR = r"(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?)"
 _SEP = r"[·./]"
@@ -252,7 +265,7 @@ _ITEM_CORE = (
 )
 # Every alternative starts with one of these characters; testing it first lets the engine skip the other
 # positions of the text with one class test instead of trying every alternative (10x faster on real text).
-_FIRST_CHAR = rf"(?=[\d \t\r第\[(\u2460-\u249b\u2776-\u277f{_CN_CHARS}])"
+_FIRST_CHAR = rf"(?=[\d \t\r第\[(\u2460-\u249b\u2776-\u277f{CN_NUMERALS}])"
 _MASTER = re.compile(
     _FIRST_CHAR
     + "(?:"
@@ -269,17 +282,17 @@ _MASTER = re.compile(
             rf"(?P<time>(?<![\d.])(?:2[0-4]|[01]?\d)(?:{_S}:{_S}[0-5]\d(?!\d)|{_S}时(?![间候效])"
             rf"|{_S}点(?:{_S}[0-5]?\d{_S}分)?(?=前|后|至|到|整|半|钟|以前|以后|之前|之后|[^\u4e00-\u9fff]|$)))",
             r"(?P<phone>(?<!\d)(?:\d{3,4}-\d{7,8}|1[3-9]\d{9})(?!\d))",
-            rf"(?P<dcy>(?<![{_CN_CHARS}])[〇零一二三四五六七八九]{{4}}{_S}年)",
-            rf"(?P<dcmd>(?<![{_CN_CHARS}])(?:十[一二]?|[一二三四五六七八九]){_S}月{_S}"
+            rf"(?P<dcy>(?<![{CN_NUMERALS}])[〇零一二三四五六七八九]{{4}}{_S}年)",
+            rf"(?P<dcmd>(?<![{CN_NUMERALS}])(?:十[一二]?|[一二三四五六七八九]){_S}月{_S}"
             rf"(?:[一二]?十[一二三四五六七八九]?|三十一?|[一二三四五六七八九]){_S}[日号])",
-            rf"(?P<ord>第{_S}[\d{_CN_CHARS}])",
-            rf"(?P<frac>(?<![{_CN_CHARS}]){_CNRUN}{_S}分{_S}之{_S}[\d{_CN_CHARS}])",
+            rf"(?P<ord>第{_S}[\d{CN_NUMERALS}])",
+            rf"(?P<frac>(?<![{CN_NUMERALS}]){_CNRUN}{_S}分{_S}之{_S}[\d{CN_NUMERALS}])",
             r"(?P<afrac>(?<![A-Za-z\d/.])\d{1,3}/\d{1,3}(?![\d/.]))",
             r"(?P<num>(?<![A-Za-z\d])\d)",
             # A Chinese numeral counts only with a unit (or as the start of a range): 八十元, 三个月, 一次.
             # Not after characters that make 一 part of a word (统一, 唯一, 之一, 进一步, 每一, 最后一).
-            rf"(?P<cnq>(?<![{_CN_CHARS}点每统唯之进划逐单同任其另某])(?<!最后){_CNNUM}"
-            rf"(?={_S}(?:{_UNIT_BODY}|{_RANGE_SEP}{_S}[{_CN_CHARS}])))",
+            rf"(?P<cnq>(?<![{CN_NUMERALS}点每统唯之进划逐单同任其另某])(?<!最后){_CNNUM}"
+            rf"(?={_S}(?:{_UNIT_BODY}|{_RANGE_SEP}{_S}[{CN_NUMERALS}])))",
         )
     )
     + ")",
@@ -303,7 +316,7 @@ _DCY_RE = re.compile(
     rf"(?:{_S}(?P<m>十[一二]?|[一二三四五六七八九]){_S}月"
     rf"(?:{_S}(?P<d>[一二]?十[一二三四五六七八九]?|三十一?|[一二三四五六七八九]){_S}[日号])?)?"
 )
-_DCMD_RE = re.compile(rf"(?P<m>[{_CN_CHARS}]+){_S}月{_S}(?P<d>[{_CN_CHARS}]+){_S}[日号]")
+_DCMD_RE = re.compile(rf"(?P<m>[{CN_NUMERALS}]+){_S}月{_S}(?P<d>[{CN_NUMERALS}]+){_S}[日号]")
 _ORD_RE = re.compile(
     rf"第{_S}(?P<a>\d+|{_CNRUN})(?:{_S}(?P<sep>{_RANGE_SEP}){_S}(?P<b>\d+|{_CNRUN}))?"
     # "第一、二条": a list of numbers belongs to the article word after it
@@ -833,7 +846,7 @@ def canonical(value: Decimal) -> str:
 _MATCH_TOLERANCE = Decimal("0.00005")  # half a unit in the 4th decimal place: 0.3333 matches 1/3
 
 
-_NUMBER_CHAR = re.compile(rf"[\d０-９{_CN_CHARS}]")
+_NUMBER_CHAR = re.compile(rf"[\d０-９{CN_NUMERALS}]")
 
 
 def first_number_char(text: str) -> int:
@@ -850,3 +863,37 @@ def values_match(a: Decimal, b: Decimal) -> bool:
     if canonical(a) == canonical(b):
         return True
     return abs(a - b) <= _MATCH_TOLERANCE
+
+
+def range_key(value: Decimal, value_max: Decimal | None) -> tuple[str, str | None]:
+    """A value (and range end) as canonical strings, for comparing a stated number with another exactly."""
+    return canonical(value), canonical(value_max) if value_max is not None else None
+
+
+# 千 is left out: in what was written it is mostly a digit place (一千二百元), and "5千元" is rare.
+_WRITTEN_SCALES = {k: _SCALES[k] for k in ("万", "亿")}
+_NUMERAL_TOKEN = re.compile(rf"\d+(?:\.\d+)?|[{CN_NUMERALS}]+")
+
+
+def readings(mention: NumberMention) -> set[tuple[str, str | None]]:
+    """(value, range end) pairs a mention may be read as: its canonical value, and the number as written
+    before 万/亿 scaling (10万元 reads as 100000 and as 10). A range reads only as a range. A date also
+    reads as each numeral written in it (12月31日: 1231, 12 and 31; 下午4:00: 400 and 4)."""
+    found = {range_key(mention.value, mention.value_max)}
+    for mark, scale in _WRITTEN_SCALES.items():
+        if mark in mention.raw:
+            found.add(
+                range_key(mention.value / scale, mention.value_max / scale if mention.value_max else None)
+            )
+    if mention.kind == "date":
+        for token in _NUMERAL_TOKEN.findall(_fold(mention.raw)):
+            value = parse_numeral(token)
+            if value is not None:
+                found.add((canonical(value), None))
+    return found
+
+
+def units_agree(a: str, b: str) -> bool:
+    """Whether two canonical units name the same thing where both are given: the main unit decides, so
+    100元/人·天 agrees with 元 but 5元 does not with 5天 ("" agrees with anything)."""
+    return not (a and b and a.split("/")[0] != b.split("/")[0])

@@ -7,30 +7,13 @@ rows. A teacher never drops a failure silently: it raises nothing for bad model 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from tasks.ingest.facts import Fact
 
-@dataclass(frozen=True)
-class FactRef:
-    """A ledger fact as a teacher sees it (see warehouse facts table)."""
-
-    fact_id: str
-    value: str
-    value_max: str | None
-    unit: str
-    raw: str
-    qualifier: str
-    subject: str
-    context: str
-    span_start: int
-    span_end: int
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> FactRef:
-        """From a warehouse fact row (``warehouse.ledger.list_facts``); extra columns are ignored."""
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+# A ledger fact as a teacher sees it is the one fact type; the name stays for the teacher interface.
+FactRef = Fact
 
 
 @dataclass(frozen=True)
@@ -97,6 +80,3 @@ class Teacher(Protocol):
 
 class TeacherConfigError(ValueError):
     """A teacher cannot be built from the configuration (missing key, unknown name); says which setting."""
-
-
-UNANSWERABLE_ANSWER = "文件中没有相关规定。"

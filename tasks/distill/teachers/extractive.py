@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tasks.distill.teachers.base import UNANSWERABLE_ANSWER, ChunkContext, FactRef, QAPair, TeacherOutput
-from tasks.ingest.facts import LEADING_MARKER, first_noun_phrase, trim_subject
-from tasks.ingest.numbers import rule_numbers
+from tasks.distill.teachers.base import ChunkContext, FactRef, QAPair, TeacherOutput
+from tasks.ingest.chunk import LEADING_MARKER, heading
+from tasks.ingest.facts import first_noun_phrase, trim_subject
+from tasks.ingest.numbers import CN_NUMERALS, rule_numbers
+from tasks.vocabulary import ABSTAIN_TEXT
 
 PROMPT_VERSION = "extractive-v1"
 
@@ -158,7 +160,7 @@ def unanswerable_rows(document_text: str, count: int, seed: str) -> list[QAPair]
     for i in range(min(count, len(topics) * len(_UNANSWERABLE_PHRASINGS))):
         topic = topics[i % len(topics)]
         phrasing = _UNANSWERABLE_PHRASINGS[(i // len(topics)) % len(_UNANSWERABLE_PHRASINGS)]
-        rows.append(QAPair(phrasing.format(t=topic), UNANSWERABLE_ANSWER, "", kind="unanswerable"))
+        rows.append(QAPair(phrasing.format(t=topic), ABSTAIN_TEXT, "", kind="unanswerable"))
     return rows
 
 
@@ -215,7 +217,7 @@ def _answer_for(text: str, fact: FactRef, subject: str) -> tuple[str, str]:
 
 
 _GENERIC_SUBJECTS = {"部分", "标准", "金额", "项目", "费用", "经费", "支出", "合同", "款", "费"}
-_NUMERAL_PART = re.compile(r"^[0-9０-９.,，~～\-—–至到零〇一二两三四五六七八九十百千万亿]+")
+_NUMERAL_PART = re.compile(rf"^[0-9０-９.,，~～\-—–至到{CN_NUMERALS}]+")
 
 
 def _ambiguous(chunk: ChunkContext, fact: FactRef, subject: str) -> bool:
@@ -245,9 +247,12 @@ def _clean_subject(subject: str) -> str:
     return "" if subject in {"", "(未识别)"} else subject
 
 
+_HEADING_LABEL = re.compile("^" + heading("章节条") + r"\s*")
+
+
 def _heading_subject(chunk: ChunkContext) -> str:
     last = chunk.heading_path.split(" > ")[0] if chunk.heading_path else ""
-    return re.sub(r"^第[一二三四五六七八九十百零〇两\d]+[章节条]\s*", "", last) or "该事项"
+    return _HEADING_LABEL.sub("", last) or "该事项"
 
 
 def _unique(rows: list[QAPair]) -> list[QAPair]:
