@@ -4,7 +4,7 @@ auto policy), sync, release gate, frozen dataset. Composition only: the work is 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prefect import flow, get_run_logger, pause_flow_run
@@ -15,11 +15,11 @@ from flows.gates import gate_task
 from flows.prefect_tasks import (
     auto_review_task,
     distill_task,
-    freeze_task,
     ingest_task,
     push_review_task,
     sync_review_task,
 )
+from flows.results import BuiltDataset, ReviewBatch
 from runtime.config import Settings, load_settings
 
 
@@ -37,7 +37,7 @@ class ReviewTimedOut(RuntimeError):
 
 
 @contextlib.contextmanager
-def _webhook(settings: Settings, batch: dict[str, Any]) -> Iterator[None]:
+def _webhook(settings: Settings, batch: Mapping[str, Any] | ReviewBatch) -> Iterator[None]:
     """Resume from Label Studio's webhook while paused, when our server is up; else wait for the CLI or UI."""
     from review import server
     from review.resume import resume_flow, resume_input
@@ -63,8 +63,9 @@ def _webhook(settings: Settings, batch: dict[str, Any]) -> Iterator[None]:
         yield
 
 
-def wait_for_review(settings: Settings, batch: dict[str, Any]) -> ReviewDone:
+def wait_for_review(settings: Settings, batch: Mapping[str, Any] | ReviewBatch) -> ReviewDone:
     """Pause this flow run until the batch is resumed with a ``ReviewDone`` input, or fail after the timeout.
+    ``batch``: the pushed ``ReviewBatch``, or the warehouse's batch row (both read by key).
 
     The warehouse is not held open while paused, so `slm` commands and the webhook check can use it."""
     with _webhook(settings, batch):
@@ -87,25 +88,34 @@ def build_dataset(
     workspace: str | None = None,
     teacher: str | None = None,
     review_policy: str | None = None,
-) -> dict[str, Any]:
+) -> BuiltDataset:
     overrides = {k: v for k, v in {"teacher": teacher, "review_policy": review_policy}.items() if v}
     settings = load_settings(workspace, **overrides)
     logger = get_run_logger()
-    report: dict[str, Any] = {"review_policy": settings.review_policy}
-    report["ingest"] = ingest_task(settings, paths)
-    report["distill"] = distill_task(settings)
-    report["pre_review"] = gate_task(settings, "pre_review")["message"]
+    ingested = ingest_task(settings, paths)
+    distilled = distill_task(settings)
+    pre_review = gate_task(settings, "pre_review").message
+    review: dict[str, Any] | None = None
+    synced = None
     if settings.review_policy == "auto":
-        report["review"] = auto_review_task(settings)
+        review = auto_review_task(settings)
         logger.warning("review policy auto: the ledger decided, no person reviewed (demos and CI only)")
     else:
         batch = push_review_task(settings, str(flow_run.id))
         if batch:
-            logger.info(f"review batch {batch['batch_id']}: {batch['rows']} rows at {batch['url']}")
+            logger.info(f"review batch {batch.batch_id}: {batch.rows} rows at {batch.url}")
             done = wait_for_review(settings, batch)
-            report["review"] = {"resumed_with": done.model_dump() if hasattr(done, "model_dump") else done}
-            report["sync"] = sync_review_task(settings, batch["batch_id"])
+            review = {"resumed_with": done.model_dump() if hasattr(done, "model_dump") else done}
+            synced = sync_review_task(settings, batch.batch_id)
     release = gate_task(settings, "release")
-    report["release"] = release["message"]
-    report["dataset"] = freeze_task(settings, release["gate_run_id"])
-    return report
+    assert release.dataset is not None  # a passing release gate always freezes one
+    return BuiltDataset(
+        settings.review_policy,
+        ingested,
+        distilled,
+        pre_review,
+        release.message,
+        release.dataset,
+        review,
+        synced,
+    )

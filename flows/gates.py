@@ -3,13 +3,12 @@ report as a markdown artifact (the table of expectations and the Data Docs path)
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from expectations.runner import GateReport, run_gate
+from expectations.runner import GateReport
+from flows.results import FrozenDataset, GateResult
 from runtime.config import Settings
 from warehouse.db import settings_warehouse
 
@@ -48,10 +47,14 @@ def gate_markdown(report: GateReport, review_policy: str | None = None) -> str:
 
 
 @task(name="quality-gate", cache_policy=NO_CACHE)
-def gate_task(settings: Settings, gate: str) -> dict[str, Any]:
-    """Run ``gate``; publish the report; raise ``GateFailed`` (failing the flow) when it does not pass."""
+def gate_task(settings: Settings, gate: str) -> GateResult:
+    """Run ``gate`` as `slm gate` does (a passing release gate freezes the dataset); publish the report;
+    raise ``GateFailed`` (failing the flow) when it does not pass."""
+    from tasks.train.release import run_gate_and_freeze
+
     with settings_warehouse(settings) as con:
-        report = run_gate(con, settings, gate)
+        outcome = run_gate_and_freeze(con, settings, gate)
+    report = outcome.report
     create_markdown_artifact(
         key=f"gate-{gate.replace('_', '-')}",
         markdown=gate_markdown(report, settings.review_policy),
@@ -59,4 +62,4 @@ def gate_task(settings: Settings, gate: str) -> dict[str, Any]:
     )
     if not report.success:
         raise GateFailed(report.message)
-    return report.as_dict()
+    return GateResult(report, FrozenDataset.of(outcome.dataset) if outcome.dataset else None)

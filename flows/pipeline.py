@@ -3,14 +3,13 @@ then train, evaluate, promote or refuse, and export."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from flows.build_dataset import build_dataset
+from flows.results import PipelineRun
 from flows.train_and_evaluate import train_and_evaluate
 from runtime.config import load_settings
-from tasks.train.challenger import last_trained_dataset
+from tasks.train.challenger import already_trained
 
 
 @flow(name="pipeline", log_prints=True)
@@ -21,11 +20,10 @@ def pipeline(
     review_policy: str | None = None,
     base: str | None = None,
     max_steps: int | None = None,
-) -> dict[str, Any]:
-    dataset = build_dataset(paths, workspace, teacher, review_policy)
-    dataset_id = dataset["dataset"]["dataset_id"]
-    if last_trained_dataset(load_settings(workspace)) == dataset_id:
+) -> PipelineRun:
+    built = build_dataset(paths, workspace, teacher, review_policy)
+    dataset_id = built.dataset.dataset_id
+    if already_trained(load_settings(workspace), dataset_id):
         print(f"no change: dataset {dataset_id} was already trained on; nothing trained")
-        return {"dataset": dataset, "trained": False}
-    trained = train_and_evaluate(workspace, dataset_id, base, max_steps=max_steps)
-    return {"dataset": dataset, "trained": True, **trained}
+        return PipelineRun(built, trained=False)
+    return PipelineRun(built, True, train_and_evaluate(workspace, dataset_id, base, max_steps=max_steps))

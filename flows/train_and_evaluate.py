@@ -3,12 +3,11 @@ and export the champion as GGUF. Composition only."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.prefect_tasks import evaluate_task, export_task, train_task
+from flows.results import ExportedModel, TrainedAndEvaluated
 from runtime.config import load_settings
 
 
@@ -20,25 +19,23 @@ def train_and_evaluate(
     profile: str | None = None,
     max_steps: int | None = None,
     export: bool = True,
-) -> dict[str, Any]:
+) -> TrainedAndEvaluated:
     settings = load_settings(workspace)
     challenger = train_task(settings, dataset_id, base, profile, max_steps)
     verdict = evaluate_task(settings, challenger, base)
-    report: dict[str, Any] = {"challenger": challenger, "evaluation": verdict}
-    with open(verdict["report_md"], encoding="utf-8") as handle:
-        create_markdown_artifact(
-            key="evaluation-report",
-            markdown=handle.read(),
-            description="promoted" if verdict["promoted"] else "refused",
-        )
-    if not verdict["promoted"]:
-        get_run_logger().warning("challenger refused: " + "; ".join(verdict["reasons"]))
-    if export:  # the champion, or the base while there is none: what `slm ask` should serve
-        report["export"] = export_flow(workspace)
-    return report
+    create_markdown_artifact(
+        key="evaluation-report",
+        markdown=verdict.report_md.read_text(encoding="utf-8"),
+        description="promoted" if verdict.promoted else "refused",
+    )
+    if not verdict.promoted:
+        get_run_logger().warning("challenger refused: " + "; ".join(verdict.reasons))
+    # The champion, or the base while there is none: what `slm ask` should serve.
+    exported = export_flow(workspace) if export else None
+    return TrainedAndEvaluated(challenger, verdict, exported)
 
 
 @flow(name="export", log_prints=True)
-def export_flow(workspace: str | None = None, quant: str | None = None) -> dict[str, Any]:
+def export_flow(workspace: str | None = None, quant: str | None = None) -> ExportedModel:
     settings = load_settings(workspace)
     return export_task(settings, quant)

@@ -142,20 +142,26 @@ def connect(
 
 @contextmanager
 def open_warehouse(
-    path: Path | str, read_only: bool = False, lock_wait_s: float = 0.0
+    path: Path | str,
+    read_only: bool = False,
+    lock_wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """``with open_warehouse(settings.warehouse_path) as con: ...``; closes the file afterwards."""
-    con = connect(path, read_only=read_only, lock_wait_s=lock_wait_s)
+    con = connect(path, read_only=read_only, lock_wait_s=lock_wait_s, on_wait=on_wait)
     try:
         yield con
     finally:
         con.close()
 
 
-def settings_warehouse(settings: Any, read_only: bool = False) -> Any:
+def settings_warehouse(
+    settings: Any, read_only: bool = False, on_wait: Callable[[str], None] | None = None
+) -> Any:
     """``open_warehouse`` for a workspace's settings: its file, waiting ``warehouse_lock_wait_s`` for another
-    slm process to let go of it (flow steps wait like the CLI instead of failing at once)."""
-    return open_warehouse(settings.warehouse_path, read_only, settings.warehouse_lock_wait_s)
+    slm process to let go of it (flow steps wait like the CLI instead of failing at once); ``on_wait`` hears
+    once that it waits (the CLI says so on stderr)."""
+    return open_warehouse(settings.warehouse_path, read_only, settings.warehouse_lock_wait_s, on_wait)
 
 
 @contextmanager

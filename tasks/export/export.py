@@ -887,19 +887,3 @@ def tensor_differences(original: Path, exported: Path) -> dict[str, tuple[float,
         diffs[name] = (float(np.abs(a - b).max()), float(np.abs(a).max()))
     return diffs
 
-
-def exported_gguf(
-    con: Any, settings: Any, adapter_dir: Path | None, base_spec: str, model_id: str | None = None
-) -> Path:
-    """The GGUF users would run for this model (base, or base merged with ``adapter_dir``) in the
-    configured quantisation: exported now, or an earlier export of the same model reused."""
-    return export_model(
-        adapter_dir,
-        base_spec,
-        settings.artifacts_dir / "gguf",
-        settings.export_quant,
-        cache_dir=settings.models_cache,
-        con=con,
-        model_id=model_id,
-        reuse=True,
-    ).path

@@ -136,13 +136,17 @@ def ingest_paths(
     paths: Iterable[Path],
     settings: Settings,
     on_file: Callable[[IngestResult], None] | None = None,
+    on_start: Callable[[Path, int, int], None] | None = None,
 ) -> list[IngestResult]:
-    """Ingest every file under ``paths``; one bad file never stops the others."""
+    """Ingest every file under ``paths``; one bad file never stops the others. ``on_start(path, done,
+    total)`` hears of each file before it is read (the CLI's progress bar)."""
     files, results = discover(paths)
     for result in results:
         if on_file:
             on_file(result)
-    for path in files:
+    for done, path in enumerate(files):
+        if on_start:
+            on_start(path, done, len(files))
         result = ingest_file(con, path, settings)
         results.append(result)
         if on_file:

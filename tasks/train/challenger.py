@@ -145,3 +145,9 @@ def last_trained_dataset(settings: Settings) -> str | None:
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         runs = list_train_runs(con, limit=1)
     return runs[0]["dataset_id"] if runs else None
+
+
+def already_trained(settings: Settings, dataset_id: str) -> bool:
+    """Whether the newest training run used ``dataset_id``: the pipeline and the nightly job train only on a
+    dataset that changed."""
+    return last_trained_dataset(settings) == dataset_id

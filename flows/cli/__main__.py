@@ -1,0 +1,5 @@
+"""``python -m flows.cli``: the ``slm`` command."""
+
+from flows.cli import main
+
+main()
