@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from runtime import netbind
+from runtime import netbind, supervisor
 from runtime.config import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -62,37 +57,13 @@ def prefect_env(settings: Settings, with_api: bool = True) -> dict[str, str]:
     return env
 
 
-def _pid_file(settings: Settings, name: str) -> Path:
-    return prefect_home(settings) / f"{name}.pid"
-
-
-def _log_file(settings: Settings, name: str) -> Path:
-    return prefect_home(settings) / f"{name}.log"
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _read_pid(settings: Settings, name: str) -> int | None:
-    path = _pid_file(settings, name)
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _healthy(settings: Settings) -> bool:
-    try:
-        return httpx.get(api_url(settings) + "/health", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+def _service(settings: Settings, name: str) -> supervisor.Service:
+    """The server (health: the API's /health) or the worker (alive is running) as the supervisor sees it."""
+    home = prefect_home(settings)
+    health = api_url(settings) + "/health" if name == "server" else None
+    return supervisor.Service(
+        f"prefect {name}", home / f"{name}.pid", home / f"{name}.log", health, ("prefect",), 2.0
+    )
 
 
 def _prefect_cli() -> list[str]:
@@ -100,57 +71,40 @@ def _prefect_cli() -> list[str]:
     return [str(executable)] if executable.exists() else [shutil.which("prefect") or "prefect"]
 
 
-def _spawn(settings: Settings, name: str, args: list[str]) -> int:
-    home = prefect_home(settings)
-    home.mkdir(parents=True, exist_ok=True)
-    log = _log_file(settings, name).open("ab")
+def _launch(settings: Settings, name: str, args: list[str]) -> supervisor.Launch:
     env = prefect_env(settings, with_api=name != "server")
     if name == "worker":
         # Flow runs inherit the worker's environment. A run paused for review waits days; Prefect's client
         # gives up on a server it cannot reach after 5 retries (about a minute), which would crash the run if
         # the server restarts. 10 exponential retries ride out a restart of up to about half an hour.
         env["PREFECT_CLIENT_MAX_RETRIES"] = "10"
-    process = subprocess.Popen(
-        args,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        cwd=PROJECT_DIR,
-        start_new_session=True,  # outlives this command
-    )
-    _pid_file(settings, name).write_text(str(process.pid))
-    return process.pid
+    return supervisor.Launch(args, env=env, cwd=PROJECT_DIR)
 
 
 def start_server(settings: Settings, timeout_s: float = 120.0) -> ServiceInfo:
     """Start the Prefect server on ``bind_host`` (idempotent) and wait until its API answers. A non-loopback
     address without ``allow_remote_bind`` is refused (``netbind.RemoteBindRefused``) before anything starts."""
     host = netbind.bind_host(settings, "the Prefect server")
-    pid = _read_pid(settings, "server")
-    if _alive(pid) and _healthy(settings):
-        return status(settings)["server"]
-    target = netbind.connect_host(host)
-    with socket.socket(netbind.family(target)) as probe:
-        if probe.connect_ex((target, settings.prefect_port)) == 0:
-            raise PrefectServerError(
-                f"port {settings.prefect_port} on {host} is already in use; choose another with prefect_port"
-            )
-    pid = _spawn(
-        settings,
-        "server",
-        [*_prefect_cli(), "server", "start", "--host", host, "--port", str(settings.prefect_port)],
-    )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _healthy(settings):
-            return status(settings)["server"]
-        if not _alive(pid):
-            break
-        time.sleep(1.0)
-    raise PrefectServerError(
-        f"Prefect server did not answer on {api_url(settings)}; see {_log_file(settings, 'server')}"
-    )
+    args = [*_prefect_cli(), "server", "start", "--host", host, "--port", str(settings.prefect_port)]
+    service = _service(settings, "server")
+    try:
+        service.start(
+            _launch(settings, "server", args), timeout_s=timeout_s, port=settings.prefect_port, host=host
+        )
+    except supervisor.PortInUse:
+        raise PrefectServerError(
+            f"port {settings.prefect_port} on {host} is already in use; choose another with prefect_port"
+        ) from None
+    except supervisor.NotAnswering as exc:
+        raise PrefectServerError(
+            f"a Prefect server (pid {exc.pid}) of this workspace is running but not answering on"
+            f" {api_url(settings)}; run `slm server down` first (log: {service.log_file})"
+        ) from None
+    except supervisor.SupervisorError:  # exited, or no answer in time (then stopped, not left behind)
+        raise PrefectServerError(
+            f"Prefect server did not answer on {api_url(settings)}; see {service.log_file}"
+        ) from None
+    return status(settings)["server"]
 
 
 def deploy(settings: Settings) -> list[str]:
@@ -184,41 +138,22 @@ def deploy(settings: Settings) -> list[str]:
     )
     if done.returncode != 0:
         raise PrefectServerError(f"prefect deploy failed: {done.stdout[-800:]} {done.stderr[-800:]}")
-    if not _alive(_read_pid(settings, "worker")):
-        _spawn(settings, "worker", [*cli, "worker", "start", "--pool", settings.work_pool])
+    worker = _service(settings, "worker")
+    if not worker.status().running:
+        worker.spawn(_launch(settings, "worker", [*cli, "worker", "start", "--pool", settings.work_pool]))
     return ["build-dataset", "train-and-evaluate", "export", "nightly"]
 
 
 def stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:
-    pid = _read_pid(settings, name)
-    if not _alive(pid):
-        _pid_file(settings, name).unlink(missing_ok=True)
-        return False
-    assert pid is not None
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except OSError:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-    _pid_file(settings, name).unlink(missing_ok=True)
-    return True
+    """Stop the server or the worker: SIGTERM to its process group, SIGKILL after ``timeout_s``."""
+    return _service(settings, name).stop(timeout_s)
 
 
 def status(settings: Settings) -> dict[str, ServiceInfo]:
-    server_pid, worker_pid = _read_pid(settings, "server"), _read_pid(settings, "worker")
-    return {
-        "server": ServiceInfo(
-            "prefect server",
-            _alive(server_pid) and _healthy(settings),
-            server_pid,
-            api_url(settings).removesuffix("/api"),
-            _log_file(settings, "server"),
-        ),
-        "worker": ServiceInfo(
-            "prefect worker", _alive(worker_pid), worker_pid, None, _log_file(settings, "worker")
-        ),
-    }
+    found = {}
+    for name in ("server", "worker"):
+        service = _service(settings, name)
+        now = service.status()
+        url = api_url(settings).removesuffix("/api") if name == "server" else None
+        found[name] = ServiceInfo(service.name, now.running, now.pid, url, service.log_file)
+    return found

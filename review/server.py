@@ -15,26 +15,23 @@ Secrets reach the server through its environment, never its command line, and ar
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from runtime import netbind
+from runtime import netbind, supervisor
 from runtime.config import Settings
 
 LS_VERSION = "1.23.2"
@@ -45,7 +42,6 @@ HOST = "127.0.0.1"  # the default of the bind_host setting (runtime/netbind.py)
 _SECRET_ENV = ("GEMINI_API_KEYS", "OPENAI_API_KEY", "PREFECT_API_KEY")
 T = TypeVar("T")
 _LISTEN_URL = re.compile(r"http://(?:\[[^\]]*\]|[^:/\s\[]+):(\d+)")  # the port in "... at http://host:port/"
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers started by this process, reaped on stop
 
 
 class LabelStudioError(RuntimeError):
@@ -245,77 +241,35 @@ def retrying(settings: Settings) -> Callable[[Callable[..., T]], Callable[..., T
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Process control
-
-
-def _port_free(p: int, host: str = HOST) -> bool:
-    """Whether a server could listen on ``host``:``p`` now. SO_REUSEADDR as the server itself sets it:
-    connections in TIME_WAIT after a stop do not count, a listening socket does."""
-    with socket.socket(netbind.family(host), socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, p))
-        except OSError:
-            return False
-    return True
+# Process control (runtime/supervisor.py: pid file, detached start, health wait, stop of the process group)
 
 
 def free_port() -> int:
     """A free loopback port (tests and the webhook receiver)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        return child.poll() is None  # also reaps it, so a dead child is not mistaken for a live zombie
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            return False
-    return True
-
-
-def _is_label_studio(pid: int) -> bool:
-    """Whether ``pid`` is still our server, not an unrelated process that reused the number."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return pid in _CHILDREN
-    return b"label-studio" in cmdline or b"label_studio" in cmdline
-
-
-def _read_pid(settings: Settings) -> dict[str, Any] | None:
-    try:
-        data = json.loads(pid_path(settings).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "pid" in data else None
+    return supervisor.free_port(HOST)
 
 
 def healthy(url: str, timeout_s: float = 3.0) -> bool:
-    try:
-        response = httpx.get(f"{url}/health", timeout=timeout_s)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200
+    return supervisor.healthy(f"{url}/health", timeout_s)
+
+
+def _service(settings: Settings, p: int | None = None) -> supervisor.Service:
+    """Our server as the supervisor sees it, answering on port ``p`` (default: the port in the pid file,
+    else the configured one)."""
+    service = supervisor.Service(
+        "Label Studio", pid_path(settings), log_path(settings), markers=("label-studio", "label_studio")
+    )
+    if p is None:
+        record = service.record()
+        p = record.port if record is not None and record.port else port(settings)
+    return replace(service, health_url=f"{local_url(settings, p)}/health")
 
 
 def status(settings: Settings) -> ServerInfo:
     """Whether our server is running (pid alive and ``/health`` answering on its port)."""
-    record = _read_pid(settings)
-    p = int(record["port"]) if record else port(settings)
-    url = local_url(settings, p)
-    pid = int(record["pid"]) if record else None
-    running = bool(pid and _alive(pid) and _is_label_studio(pid) and healthy(url))
-    return ServerInfo(url, p, pid, data_dir(settings), log_path(settings), running)
+    now = _service(settings).status()
+    p = now.port or port(settings)
+    return ServerInfo(local_url(settings, p), p, now.pid, data_dir(settings), log_path(settings), now.running)
 
 
 def _server_env(settings: Settings, creds: Credentials) -> dict[str, str]:
@@ -340,18 +294,11 @@ def _server_env(settings: Settings, creds: Credentials) -> dict[str, str]:
     return env
 
 
-def _redact(text: str, creds: Credentials) -> str:
-    for secret in (creds.password, creds.token):
-        text = text.replace(secret, "********")
-    return text
-
-
-def _log_tail(settings: Settings, creds: Credentials, lines: int = 15) -> str:
-    try:
-        tail = log_path(settings).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return _redact("\n".join(tail), creds)
+def _not_answering(pid: int | None, current: ServerInfo) -> LabelStudioError:
+    return LabelStudioError(
+        f"a Label Studio process (pid {pid}) of this workspace is running but not answering on"
+        f" {current.url}; run `slm review server stop` first (log: {current.log_path})"
+    )
 
 
 def start(settings: Settings, on_progress: Callable[[str], None] | None = None) -> ServerInfo:
@@ -365,69 +312,52 @@ def start(settings: Settings, on_progress: Callable[[str], None] | None = None) 
     current = status(settings)
     if current.running:
         return current
-    if current.pid and _alive(current.pid) and _is_label_studio(current.pid):
-        raise LabelStudioError(
-            f"a Label Studio process (pid {current.pid}) of this workspace is running but not answering on"
-            f" {current.url}; run `slm review server stop` first (log: {current.log_path})"
-        )
+    if current.pid and _service(settings).owns(current.pid):
+        raise _not_answering(current.pid, current)
     p = port(settings)
-    if not _port_free(p, host):
-        raise LabelStudioError(
-            f"port {p} on {host} is already in use; choose another with labelstudio_port (SLM_LABELSTUDIO_PORT)"
-        )
-    venv = ensure_installed(settings, say)
-    creds = load_credentials(settings, create=True)
-    assert creds is not None
-    data = data_dir(settings)
-    data.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        str(venv / "bin" / "label-studio"),
-        "start",
-        "--no-browser",
-        "--internal-host",
-        host,
-        "--port",
-        str(p),
-    ]
-    started = time.monotonic()
-    with open(log_path(settings), "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_server_env(settings, creds),
-            cwd=str(data),
-            start_new_session=True,  # detached: its own process group, not killed with our terminal
-        )
-    _CHILDREN[proc.pid] = proc
-    pid_path(settings).write_text(json.dumps({"pid": proc.pid, "port": p, "started_at": time.time()}))
     url = local_url(settings, p)
-    say(f"starting Label Studio on {url} (first start ~1 min: migrations); log: {log_path(settings)}")
-    deadline = started + float(option(settings, "labelstudio_start_timeout_s", 240.0))
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pid_path(settings).unlink(missing_ok=True)
-            raise LabelStudioError(
-                f"Label Studio exited (code {proc.returncode}) while starting on port {p}; see"
-                f" {log_path(settings)}:\n{_log_tail(settings, creds)}"
-            )
+    data = data_dir(settings)
+    hide: list[str] = []  # the generated secrets, masked in the log tail of an error
+
+    def launch() -> supervisor.Launch:  # after the port check: a busy port fails before a long install
+        venv = ensure_installed(settings, say)
+        creds = load_credentials(settings, create=True)
+        assert creds is not None
+        hide.extend((creds.password, creds.token))
+        data.mkdir(parents=True, exist_ok=True)
+        say(f"starting Label Studio on {url} (first start ~1 min: migrations); log: {log_path(settings)}")
+        cmd = [str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", host]
+        return supervisor.Launch([*cmd, "--port", str(p)], env=_server_env(settings, creds), cwd=data)
+
+    def watch() -> None:
         if _port_moved(settings, p):
-            stop(settings)
             raise LabelStudioError(
                 f"Label Studio did not get port {p} (taken while it started) and chose another; choose a free"
                 " port with labelstudio_port"
             )
-        if healthy(url, timeout_s=2.0):
-            elapsed = time.monotonic() - started
-            say(f"Label Studio is up on {url} after {elapsed:.0f} s")
-            return ServerInfo(url, p, proc.pid, data, log_path(settings), True, True, elapsed)
-        time.sleep(1.0)
-    stop(settings)
-    raise LabelStudioError(
-        f"Label Studio did not answer {url}/health within the start timeout; see {log_path(settings)}:\n"
-        f"{_log_tail(settings, creds)}"
-    )
+
+    service = _service(settings, p)
+    timeout_s = float(option(settings, "labelstudio_start_timeout_s", 240.0))
+    try:
+        started = service.start(launch, timeout_s=timeout_s, port=p, host=host, watch=watch)
+    except supervisor.PortInUse:
+        raise LabelStudioError(
+            f"port {p} on {host} is already in use; choose another with labelstudio_port (SLM_LABELSTUDIO_PORT)"
+        ) from None
+    except supervisor.NotAnswering as exc:
+        raise _not_answering(exc.pid, current) from None
+    except supervisor.ExitedEarly as exc:
+        raise LabelStudioError(
+            f"Label Studio exited (code {exc.returncode}) while starting on port {p}; see"
+            f" {log_path(settings)}:\n{service.log_tail(hide=hide)}"
+        ) from None
+    except supervisor.StartTimeout:
+        raise LabelStudioError(
+            f"Label Studio did not answer {url}/health within the start timeout; see {log_path(settings)}:\n"
+            f"{service.log_tail(hide=hide)}"
+        ) from None
+    say(f"Label Studio is up on {url} after {started.startup_s:.0f} s")
+    return ServerInfo(url, p, started.pid, data, log_path(settings), True, True, started.startup_s)
 
 
 def _port_moved(settings: Settings, asked: int) -> bool:
@@ -450,34 +380,4 @@ def stop(settings: Settings, timeout_s: float = 30.0) -> bool:
     """Stop the server of this workspace (SIGTERM to its process group, SIGKILL after ``timeout_s``).
 
     Returns whether a running server was stopped."""
-    record = _read_pid(settings)
-    if not record:
-        return False
-    pid = int(record["pid"])
-    if not (_alive(pid) and _is_label_studio(pid)):
-        pid_path(settings).unlink(missing_ok=True)
-        return False
-    # start() made the server a session leader, so its group is exactly the server and its workers.
-    try:
-        group = os.getpgid(pid) == pid
-    except ProcessLookupError:
-        group = False
-    _signal(pid, signal.SIGTERM, group)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        _signal(pid, signal.SIGKILL, group)
-        while _alive(pid) and time.monotonic() < deadline + 5:
-            time.sleep(0.1)
-    _CHILDREN.pop(pid, None)
-    pid_path(settings).unlink(missing_ok=True)
-    return True
-
-
-def _signal(pid: int, sig: signal.Signals, group: bool) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        if group:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
+    return _service(settings).stop(timeout_s)
