@@ -32,7 +32,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 # Every process the tests start inherits this mark, even one that daemonises away from pytest's process tree.
-RUN_MARK = "SLM_TEST_RUN"
+RUN_MARK = "PYTEST_SLM_RUN"  # not SLM_*: the servers and commands start with SLM_* taken out
 os.environ[RUN_MARK] = uuid.uuid4().hex
 LEAK_GRACE_S = float(os.environ.get("SLM_TEST_LEAK_GRACE_S", "10"))
 

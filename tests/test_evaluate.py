@@ -145,6 +145,17 @@ def test_mcnemar_is_symmetric_and_one_for_identical_models() -> None:
     a = [True, True, False, False, True]
     assert mcnemar_p(a, a) == 1.0
     assert mcnemar_p([True] * 10, [False] * 10) == pytest.approx(2 / 2**10)
+    # Symmetric: swapping the models gives the same p, for discordant counts (b, c) on either side and with
+    # concordant items (which carry no information) mixed in.
+    for broke, fixed, both, neither in [(1, 5, 0, 0), (5, 1, 3, 2), (0, 4, 1, 0), (2, 3, 4, 4), (7, 0, 0, 9)]:
+        champion = [True] * broke + [False] * fixed + [True] * both + [False] * neither
+        challenger = [False] * broke + [True] * fixed + [True] * both + [False] * neither
+        assert champion != challenger
+        p = mcnemar_p(champion, challenger)
+        assert mcnemar_p(challenger, champion) == p, (broke, fixed)
+        assert p == mcnemar_p(champion[: broke + fixed], challenger[: broke + fixed])  # concordant: no effect
+    assert mcnemar_p([True, False] * 3, [False, True] * 3) == 1.0  # as often broken as fixed
+    assert mcnemar_p([True] + [False] * 5, [False] + [True] * 5) == pytest.approx(14 / 64)  # b=1, c=5
 
 
 def test_evaluate_batches_the_questions() -> None:

@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _pytest(*args: str, ci: str | None, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k not in ("CI", "SLM_TEST_RUN")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_SLM_RUN")}
     if ci is not None:
         environ["CI"] = ci
     environ.update(env)
