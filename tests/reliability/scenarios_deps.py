@@ -108,6 +108,8 @@ TEACHER_FAULTS = {
     HOPELESS: 0.03,
 }
 TEACHER_ATTEMPTS = 3
+TEACHER_TIMEOUT_S = 10.0  # a scheduled hang costs this much of one of the 8 workers; an answer, milliseconds
+HANG_S = TEACHER_TIMEOUT_S + 5.0
 DOCS, ARTICLES = 6, 140  # 846 chunks: about 1,000 calls in the first run with the faults above
 _ANSWERING = (OK, TRUNCATED, MALFORMED, HOPELESS)  # outcomes that answer 200 with usage
 _LOCATION = re.compile(r"^文件：(?P<doc>.+)\n位置：(?P<where>.+)$", re.MULTILINE)
@@ -133,13 +135,15 @@ def synthetic_rules(folder: Path, docs: int = DOCS, articles: int = ARTICLES) ->
 
 
 def _teacher_settings(work: Path, teacher: str) -> Settings:
-    # Zero latency, short client timeouts, tiny backoffs: the schedule, not the clock, makes the faults.
+    # Zero latency, tiny backoffs: the schedule, not the clock, makes the faults. The client's timeout is far
+    # above what an answer takes even on a loaded machine (an answer that timed out would be one the server
+    # counted and the client did not: an unscheduled fault); a hang lasts longer still (HANG_S).
     return load_settings(
         work / "ws",
         teacher=teacher,
         gemini_api_keys="fake-key-1,fake-key-2,fake-key-3",
         openai_api_key="fake-key",
-        teacher_timeout_s=1.0,
+        teacher_timeout_s=TEACHER_TIMEOUT_S,
         teacher_max_attempts=TEACHER_ATTEMPTS,
         teacher_backoff_s=0.005,
         key_cooldown_s=0.02,
@@ -151,10 +155,10 @@ def _fake(teacher: str, schedule: Any) -> FakeServer:
     if teacher == "gemini":
         from tests.fakes.gemini_server import FakeGeminiServer
 
-        return FakeGeminiServer(schedule, hang_s=2.0)
+        return FakeGeminiServer(schedule, hang_s=HANG_S)
     from tests.fakes.openai_server import FakeOpenAIServer
 
-    return FakeOpenAIServer(schedule, hang_s=2.0)
+    return FakeOpenAIServer(schedule, hang_s=HANG_S)
 
 
 def _prompt(teacher: str, body: dict[str, Any]) -> str:
