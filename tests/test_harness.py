@@ -123,3 +123,37 @@ def test_a_process_left_alive_fails_the_run_and_is_stopped(tmp_path: Path) -> No
     assert "still alive" in out and "sleep 301" in out and "sleep 302" in out, out
     for pid in map(int, pids.read_text().split()):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_stop_later_stops_every_server_when_the_test_fails(tmp_path: Path) -> None:
+    """Stops registered with ``stop_later`` run after a failing test, last first, each even if one raises;
+    a stop that raised is reported."""
+    log = tmp_path / "stops"
+    test = tmp_path / "test_stops.py"
+    test.write_text(
+        textwrap.dedent(
+            f"""
+            from pathlib import Path
+
+            def stop(name, fail=False):
+                def run():
+                    with open({str(log)!r}, "a") as f:
+                        f.write(name + "\\n")
+                    if fail:
+                        raise RuntimeError("stop " + name + " failed")
+                return run
+
+            def test_fails_after_starting(stop_later):
+                stop_later(stop("first"))
+                stop_later(stop("second", fail=True))
+                stop_later(stop("third"))
+                assert False, "the test failed with its servers up"
+            """
+        ),
+        encoding="utf-8",
+    )
+    result = _pytest("-p", "tests.conftest", str(test), ci=None, tmp_path=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, out
+    assert log.read_text().split() == ["third", "second", "first"]
+    assert "the test failed with its servers up" in out and "stop second failed" in out, out
