@@ -16,15 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def _contracts() -> list[dict]:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    return config["tool"]["importlinter"]["contracts"]
+def _config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
 def test_the_contracts_cover_every_package_and_stage() -> None:
-    """A contract that forgot a package would keep without checking it."""
-    by_id = {c["id"]: c for c in _contracts()}
-    packages = {"runtime", "warehouse", "expectations", "tasks", "review", "flows", "deployments"}
+    """A contract that forgot a package would keep without checking it: every installed package (setuptools'
+    include list) is a root package of the linter, a layer and checked for cycles."""
+    config = _config()
+    packages = {p.removesuffix("*") for p in config["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert {"runtime", "warehouse", "expectations", "tasks", "review", "flows", "deployments"} <= packages
+    assert set(config["tool"]["importlinter"]["root_packages"]) == packages
+    by_id = {c["id"]: c for c in config["tool"]["importlinter"]["contracts"]}
     assert set(by_id["layers"]["layers"]) == packages
     assert set(by_id["acyclic"]["ancestors"]) == packages
     stages = {p.name for p in (ROOT / "tasks").iterdir() if (p / "__init__.py").exists()}
