@@ -39,6 +39,8 @@ app.command("export")(models.export_command)
 app.command()(ask.ask)
 app.command()(ask.chat)
 app.command("serve-model")(servers.serve_model)
+app.command()(servers.serve)
+app.command()(servers.web)
 for command in (models.models, models.promote, data.docs):
     app.command()(command)
 

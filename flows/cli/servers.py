@@ -15,6 +15,7 @@ from flows.cli.options import (
     bind_host,
     console,
     err_console,
+    fail,
     runnable_gguf,
     settings,
     warehouse,
@@ -130,3 +131,110 @@ def serve_model(
     # The server replaces this process: a signal to `slm serve-model` (Ctrl-C, a supervisor's SIGTERM) stops
     # the server itself, and no orphan keeps the port.
     os.execv(command[0], command)
+
+
+Port = Annotated[int, typer.Option("--port", help="Port on bind_host.")]
+Host = Annotated[
+    str | None, typer.Option("--host", help="Listen here (default: setting bind_host, 127.0.0.1).")
+]
+
+
+def serve(
+    port: Port = 8000,
+    model: Model = None,
+    host: Host = None,
+    allow_remote: AllowRemote = False,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Also the web UI at / (needs gradio).")] = True,
+) -> None:
+    """The guarded OpenAI-compatible endpoint (/v1/chat/completions, /v1/models) on bind_host: every answer
+    goes through the grounded path and the numeric guard of `slm ask`, its sources in the extra field `slm`.
+    Off loopback a bearer token is required (generated into the workspace, never shown). `serve-model`
+    serves the raw model instead."""
+    _run_web_app(port, model, host, allow_remote, ui=ui, preload=True, open_browser=False)
+
+
+def web(
+    port: Port = 7860,
+    model: Model = None,
+    host: Host = None,
+    allow_remote: AllowRemote = False,
+    open_browser: Annotated[
+        bool | None,
+        typer.Option("--open/--no-open", help="Open the browser (default: when there is a display)."),
+    ] = None,
+) -> None:
+    """The web app on bind_host: the UI at / and the guarded endpoint at /v1 (the same app as `slm serve`;
+    the model is loaded on the first question, so documents can be added before any model exists)."""
+    if open_browser is None:
+        open_browser = bool(
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        ) or sys.platform in (
+            "darwin",
+            "win32",
+        )
+    _run_web_app(port, model, host, allow_remote, ui=True, preload=False, open_browser=open_browser)
+
+
+def _run_web_app(
+    port: int,
+    model: str | None,
+    host: str | None,
+    allow_remote: bool,
+    *,
+    ui: bool,
+    preload: bool,
+    open_browser: bool,
+) -> None:
+    import importlib.util
+
+    from rich.markup import escape
+
+    from runtime.netbind import url_host
+
+    cfg = settings(bind_host=host, allow_remote_bind=True if allow_remote else None)
+    bind = bind_host(cfg, "the web app")  # first: refused before anything else is looked at
+    if any(importlib.util.find_spec(name) is None for name in ("fastapi", "uvicorn")):
+        fail(
+            "[red]the web app needs fastapi and uvicorn[/red]: "
+            "pip install 'llama-cpp-python\\[server]==0.3.36' (they come with it)"
+        )
+    from webapp.api import ApiError
+    from webapp.auth import TokenError, token_path
+    from webapp.server import UI_USER, create_app, listening_socket, serve, ui_available
+
+    try:
+        app = create_app(cfg, model=model, with_ui=ui)
+    except TokenError as exc:
+        fail(f"[red]{escape(str(exc))}[/red]", 2, exc)
+    answerer = app.state.answerer
+    if preload:
+        try:
+            answerer.load()
+        except ApiError as exc:
+            fail(f"[red]{escape(exc.message)}[/red]", 2, exc)
+    try:
+        sock = listening_socket(bind, port)
+    except OSError as exc:
+        fail(f"[red]cannot listen on {escape(bind)}:{port}: {escape(exc.strerror or str(exc))}[/red]", 2, exc)
+    url = f"http://{url_host(bind)}:{sock.getsockname()[1]}"
+    loaded = f"model {answerer.name}" if answerer.loaded else "model loaded on the first question"
+    console.print(f"guarded endpoint: {url}/v1 ({loaded}; Ctrl-C stops)")
+    if app.state.ui:
+        console.print(f"web app: {url}/")
+    elif ui:
+        reason = "gradio or webapp/ui.py is missing" if not ui_available() else "see the log"
+        console.print(f"[dim]no web UI ({reason}): the API alone[/dim]")
+    if app.state.token_required:
+        console.print(
+            f"bind address {bind} is not loopback: requests need 'Authorization: Bearer <token>' with the token"
+            f" in {token_path(cfg)} (mode 0600; not shown here)"
+            + (f"; the UI's login is {UI_USER} with the same token" if app.state.ui else "")
+        )
+    sys.stdout.flush()
+
+    def opened() -> None:
+        import webbrowser
+
+        webbrowser.open(f"{url}/")
+
+    serve(app, sock, on_started=opened if open_browser and app.state.ui else None)

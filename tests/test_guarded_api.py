@@ -1,0 +1,328 @@
+"""The guarded OpenAI-compatible endpoint (webapp): the real app under uvicorn on 127.0.0.1, a workspace with
+the bundled sample PDF ingested, and planted models; clients are the ``openai`` package and raw httpx.
+
+A planted model that invents a number never gets it to the client, streamed or not (not in the text, not
+in the extra field, not anywhere in the bytes sent); a right answer passes with its sources; bad requests get
+clear 400s; a client that goes away mid-stream leaves the server serving; off loopback a token is required.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runtime.config import Settings, load_settings
+from runtime.netbind import RemoteBindRefused
+from tests.conftest import SAMPLE_PDF
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+MEAL = "出差伙食补助费每人每天多少钱？"
+RIGHT = "伙食补助费每人每天100元。"
+INVENTED = "伙食补助费每人每天999元。"
+
+
+def leaks(text: str) -> bool:
+    """Whether ``text`` (a body, a stream) carries the invented number (as written, or as a value): not just
+    the digits, which a timestamp or an id may contain by chance."""
+    return any(s in text for s in ("999元", '"999"', "999 元", "每天999"))
+
+
+class Planted:
+    """A scripted model: ``reply`` for every call (after ``delay_s``), recording the calls and the most that
+    ever ran at once (the app must serialise them)."""
+
+    def __init__(self, reply: str, delay_s: float = 0.0) -> None:
+        self.reply = reply
+        self.delay_s = delay_s
+        self.calls = 0
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: Any = None) -> str:
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            return self.reply
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    from tasks.answer.fact_retrieve import clear_cache as clear_fact_cache
+    from tasks.answer.retrieve import clear_cache
+    from tasks.ingest.documents import ingest_file
+    from warehouse.db import open_warehouse
+
+    settings = load_settings(tmp_path_factory.mktemp("guarded") / "ws")
+    with open_warehouse(settings.warehouse_path) as con:
+        assert ingest_file(con, SAMPLE_PDF, settings).status == "added"
+    clear_cache()
+    clear_fact_cache()
+    return settings
+
+
+Start = Callable[..., tuple[str, Planted]]
+
+
+@pytest.fixture
+def start(workspace: Settings, stop_later: Callable[[Callable[[], Any]], None]) -> Start:
+    """``start(reply, delay_s=0) -> (base_url, planted)``: the app with a planted model under uvicorn on a free
+    loopback port, in a thread, stopped when the test ends."""
+
+    def run(reply: str, delay_s: float = 0.0) -> tuple[str, Planted]:
+        from webapp.server import create_app, listening_socket
+
+        planted = Planted(reply, delay_s)
+        app = create_app(workspace, generator=planted, model_name="planted", with_ui=False)
+        sock = listening_socket("127.0.0.1", 0)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+
+        def stop() -> None:
+            server.should_exit = True
+            thread.join(timeout=30)
+            sock.close()
+            assert not thread.is_alive(), "uvicorn did not stop"
+
+        stop_later(stop)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}", planted
+
+    return run
+
+
+def client(base: str) -> Any:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def raw_stream(base: str, question: str) -> str:
+    """Every byte the server sends for a streamed question, as text."""
+    body = {"model": "planted", "stream": True, "messages": [{"role": "user", "content": question}]}
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return "".join(response.iter_text())
+
+
+def test_an_invented_number_never_reaches_the_client(start: Start) -> None:
+    base, planted = start(INVENTED)
+    openai_client = client(base)
+    reply = openai_client.chat.completions.create(
+        model="planted", messages=[{"role": "user", "content": MEAL}]
+    )
+    text = reply.choices[0].message.content
+    assert "999" not in text and "100元" in text
+    extra = reply.model_extra["slm"]
+    assert extra["guard_action"] == "quoted_evidence" and extra["verified"] and extra["draft_replaced"]
+    assert extra["numbers"] == ["100"] and "999" not in json.dumps(extra, ensure_ascii=False)
+    assert extra["sources"][0]["document"] == "sample_rules.pdf"
+    assert extra["sources"][0]["article"] == "第十八条" and isinstance(extra["sources"][0]["page"], int)
+    assert planted.calls == 2  # the draft and the guard's retry, both with 999: neither is shown
+
+    raw = httpx.post(
+        f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": MEAL}]}, timeout=60
+    )
+    assert raw.status_code == 200 and not leaks(raw.text)
+
+    streamed = openai_client.chat.completions.create(
+        model="planted", messages=[{"role": "user", "content": MEAL}], stream=True
+    )
+    chunks = list(streamed)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == text and len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].model_extra["slm"]["guard_action"] == "quoted_evidence"
+    everything = raw_stream(base, MEAL)
+    assert not leaks(everything) and everything.rstrip().endswith("data: [DONE]")
+
+
+def test_a_right_answer_passes_with_its_sources(start: Start) -> None:
+    base, _ = start(RIGHT)
+    reply = client(base).chat.completions.create(
+        model="anything",
+        messages=[
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": "会议费怎么报？"},
+            {"role": "assistant", "content": "…"},
+            {"role": "user", "content": [{"type": "text", "text": MEAL}]},  # content parts work too
+        ],
+    )
+    assert reply.choices[0].message.content == RIGHT and reply.model == "planted"
+    extra = reply.model_extra["slm"]
+    assert extra["guard_action"] == "passed" and not extra["draft_replaced"] and extra["numbers"] == ["100"]
+    source = extra["sources"][0]
+    assert source["document"] == "sample_rules.pdf" and source["article"] == "第十八条"
+    assert "100" in source["sentence"] and source["page"] >= 1 and "第十八条" in source["article_path"]
+
+    stream = client(base).chat.completions.create(
+        model="planted", messages=[{"role": "user", "content": MEAL}], stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == RIGHT
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].model_extra["slm"]["sources"] == extra["sources"]
+
+
+def test_models_lists_the_model_and_health_reports(start: Start) -> None:
+    base, _ = start(RIGHT)
+    models = client(base).models.list()
+    assert [m.id for m in models.data] == ["planted"]
+    health = httpx.get(f"{base}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["loaded"] and health["model"] == "planted"
+
+
+def test_bad_requests_get_clear_400s_and_the_server_keeps_serving(start: Start) -> None:
+    base, planted = start(RIGHT)
+    openai_client = client(base)
+    for question, words in (("", "empty"), ("   ", "empty"), ("会" * 100_000, "at most")):
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as caught:
+                openai_client.chat.completions.create(
+                    model="planted", messages=[{"role": "user", "content": question}], stream=stream
+                )
+            assert caught.value.status_code == 400 and words in str(caught.value)
+    url = f"{base}/v1/chat/completions"
+    cases = {
+        b"{not json": "not valid JSON",
+        b'{"messages": "hello"}': "messages",
+        b'{"model": "x"}': "messages",
+        b'{"messages": [{"role": "system", "content": "hi"}]}': "no user message",
+    }
+    for body, words in cases.items():
+        response = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=10)
+        assert response.status_code == 400, body
+        error = response.json()["error"]
+        assert words in error["message"] and error["type"] == "invalid_request_error"
+    huge = httpx.post(url, content=b"x" * 2_000_000, headers={"content-type": "application/json"}, timeout=30)
+    assert huge.status_code == 413
+    assert planted.calls == 0  # nothing bad reached the model
+    reply = openai_client.chat.completions.create(
+        model="planted", messages=[{"role": "user", "content": MEAL}]
+    )
+    assert reply.choices[0].message.content == RIGHT
+
+
+def test_a_client_leaving_mid_stream_leaves_the_server_serving(start: Start) -> None:
+    base, _ = start(RIGHT, delay_s=0.5)
+    body = {"stream": True, "messages": [{"role": "user", "content": MEAL}]}
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30) as response:
+        first = next(response.iter_lines())
+        assert first.startswith("data: ") and '"role": "assistant"' in first
+    # Gone before the answer came; then three that give up while their questions still wait in the queue.
+    for _ in range(3):
+        with (
+            pytest.raises(httpx.ReadTimeout),
+            httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=0.2) as response,
+        ):
+            response.read()
+    reply = client(base).chat.completions.create(
+        model="planted", messages=[{"role": "user", "content": MEAL}]
+    )
+    assert reply.choices[0].message.content == RIGHT
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{base}/health", timeout=10).json()["waiting"]:
+        assert time.monotonic() < deadline, "questions of clients that left are still waiting"
+        time.sleep(0.1)
+
+
+def test_concurrent_requests_are_answered_one_at_a_time(start: Start) -> None:
+    base, planted = start(RIGHT, delay_s=0.05)
+    results: list[str] = []
+
+    def ask(stream: bool) -> None:
+        openai_client = client(base)
+        if stream:
+            chunks = openai_client.chat.completions.create(
+                model="planted", messages=[{"role": "user", "content": MEAL}], stream=True
+            )
+            results.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+        else:
+            reply = openai_client.chat.completions.create(
+                model="planted", messages=[{"role": "user", "content": MEAL}]
+            )
+            results.append(reply.choices[0].message.content)
+
+    threads = [threading.Thread(target=ask, args=(i % 2 == 0,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [RIGHT] * 8
+    assert planted.calls == 8 and planted.most_at_once == 1
+
+
+def test_off_loopback_a_token_is_required(workspace: Settings, tmp_path: Path) -> None:
+    """create_app with a non-loopback bind_host: refused unless allowed; allowed, /v1 wants the workspace's
+    token (0600 file), never shown. No public address is bound: the app is driven in-process."""
+    from fastapi.testclient import TestClient
+
+    from webapp.auth import token_path
+    from webapp.server import create_app
+
+    remote = workspace.model_copy(update={"workspace": tmp_path / "ws", "bind_host": "0.0.0.0"})
+    with pytest.raises(RemoteBindRefused):
+        create_app(remote, generator=Planted(RIGHT), with_ui=False)
+    allowed = workspace.model_copy(update={"bind_host": "0.0.0.0", "allow_remote_bind": True})
+    app = create_app(allowed, generator=Planted(RIGHT), model_name="planted", with_ui=False)
+    assert app.state.token_required
+    path = token_path(allowed)
+    assert path.stat().st_mode & 0o777 == 0o600
+    token = path.read_text(encoding="utf-8").strip()
+    assert len(token) >= 32
+    body = {"messages": [{"role": "user", "content": MEAL}]}
+    with TestClient(app) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            for response in (
+                http.get("/v1/models", headers=headers),
+                http.post("/v1/chat/completions", json=body, headers=headers),
+            ):
+                assert response.status_code == 401
+                assert response.headers["www-authenticate"] == "Bearer"
+                assert token not in response.text
+        auth = {"Authorization": f"Bearer {token}"}
+        assert http.get("/v1/models", headers=auth).json()["data"][0]["id"] == "planted"
+        reply = http.post("/v1/chat/completions", json=body, headers=auth)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == RIGHT
+    # The same token next time; on loopback none is asked for.
+    assert create_app(allowed, generator=Planted(RIGHT), with_ui=False) is not None
+    assert path.read_text(encoding="utf-8").strip() == token
+    local = create_app(workspace, generator=Planted(RIGHT), with_ui=False)
+    with TestClient(local) as http:
+        assert http.get("/v1/models").status_code == 200
+    path.chmod(0o644)
+    from webapp.auth import TokenError
+
+    with pytest.raises(TokenError, match="chmod 600"):
+        create_app(allowed, generator=Planted(RIGHT), with_ui=False)
+
+
+def test_no_model_is_a_clear_503(workspace: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from webapp.server import create_app
+
+    empty = workspace.model_copy(update={"workspace": workspace.workspace.parent / "empty"})
+    with TestClient(create_app(empty, with_ui=False)) as http:
+        response = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": MEAL}]})
+    assert response.status_code == 503 and "slm ingest" in response.json()["error"]["message"]
