@@ -10,7 +10,16 @@ everything else works in:
 - a finished batch can be archived in Label Studio without touching the ones still open.
 The cost, many projects over months, is cheap in Label Studio and keeps each one small.
 
-Idempotent: a row that already has a task in a batch not yet synced is not pushed again; the import into
+Fact-first (issue #17): before choosing what people see, the person-verified ledger decides what it can
+(``review.facts.settle``). A batch then holds one *fact task* per ledger fact that waiting rows rely on and no
+person verified yet (the fewest facts that cover every such row's numbers), and *row tasks* only for rows the
+ledger cannot decide (ungrounded numbers, conflicts, teacher-unsure, text and unanswerable rows, rows a person
+already judged). Row tasks carry a Label Studio prediction with the ledger's suggested verdict (model_version
+= the verifier's version), so a person accepts with one key where the ledger is confident. ``row_ids`` given
+explicitly are pushed as row tasks, row by row (a flagged correction sent back to people, a demo).
+
+Idempotent: a row that already has a task in a batch not yet synced is not pushed again, nor a fact with an
+unanswered task; the import into
 Label Studio lists the project's tasks first and adds only the rows it lacks, so a push interrupted between
 the import and the warehouse write, then repeated, creates no duplicate task.
 """
@@ -18,21 +27,28 @@ the import and the warehouse write, then repeated, creates no duplicate task.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
-from review.labeling import CONFIG_VERSION, label_config, task_for_row
+from review.facts import VERIFIER_VERSION, choose_facts, decide_row, settle
+from review.labeling import CONFIG_VERSION, label_config, prediction_for, task_for_fact, task_for_row
 from review.server import base_url, retrying, transient
 from review.sync import unavailable
 from runtime.config import Settings
 from warehouse import review as queries
+from warehouse.db import transaction
+from warehouse.gates import detect_conflicts
 
 INSTRUCTION = (
-    "<p>Check the answer against the highlighted source. Keys: <b>a</b> accept, <b>c</b> correct, <b>r</b>"
-    " reject; Ctrl+Enter submits.</p><p>对照原文中高亮的数字核对答案。修改时填写完整的新答案和数字；"
+    "<p>Two kinds of task. <b>Fact</b>: is the highlighted number a rule, parsed right? Keys: <b>a</b> correct,"
+    " <b>c</b> wrong value/unit/subject (type the corrected number with its unit, or the subject), <b>r</b> not"
+    " a rule (a date, a form number). Every row citing a fact you verify is decided by your verdict."
+    " <b>Row</b>: check the answer against the highlighted source (pre-filled with the ledger's suggestion):"
+    " <b>a</b> accept, <b>c</b> correct, <b>r</b> reject. Ctrl+Enter submits.</p>"
+    "<p>核对数字：每个数字只核对一次，引用它的问题随之决定。核对答案：修改时填写完整的新答案和数字；"
     "原文中没有的数字不会被采纳。</p>"
 )
 
@@ -42,10 +58,13 @@ class BatchInfo:
     batch_id: str
     ls_project_id: int
     flow_run_id: str | None
-    row_count: int  # rows in the batch
+    row_count: int  # tasks in the batch (fact tasks + row tasks)
     new_tasks: int  # tasks imported into Label Studio by this call
     created: bool  # False: no new rows, the latest open batch is returned
     url: str  # where annotators work
+    fact_tasks: int = 0
+    row_tasks: int = 0
+    rows_decided: int = 0  # rows these tasks decide (row tasks' rows, and the rows waiting on the facts)
 
 
 def _batch_id(row_ids: list[str]) -> str:
@@ -58,8 +77,9 @@ def project_url(settings: Settings, ls_project_id: int) -> str:
 
 
 def _task_row_id(task: Any) -> str | None:
+    """The task's key in review_tasks.row_id: the row id of a row task, the fact id of a fact task."""
     data = task.get("data") if isinstance(task, dict) else getattr(task, "data", None)
-    return (data or {}).get("row_id")
+    return (data or {}).get("row_id") or (data or {}).get("fact_id")
 
 
 def _task_id(task: Any) -> int:
@@ -85,7 +105,24 @@ def _import_missing(
 ) -> int:
     """Import the batch's rows that its project lacks, then record every task id. Returns tasks imported."""
     batch_id, project_id = batch["batch_id"], int(batch["ls_project_id"])
-    rows = queries.batch_tasks(con, batch_id)
+    payloads: dict[str, dict[str, Any]] = {}
+    for r in queries.batch_tasks(con, batch_id):
+        task: dict[str, Any] = {
+            "data": task_for_row(
+                r,
+                {"text": r["chunk_text"], "heading_path": r["heading_path"]},
+                batch_id,
+                doc_name=r["doc_name"],
+            )
+        }
+        if r.get("suggested"):
+            task["predictions"] = [prediction_for(r["suggested"], VERIFIER_VERSION)]
+        payloads[r["row_id"]] = task
+    facts = queries.batch_fact_tasks(con, batch_id)
+    citing = queries.citing_questions(con, [f["fact_id"] for f in facts])
+    for f in facts:
+        payloads[f["fact_id"]] = {"data": task_for_fact(f, citing[f["fact_id"]], batch_id)}
+    rows = [{"row_id": key} for key in payloads]
     imported = 0
 
     @retrying(settings)
@@ -94,17 +131,7 @@ def _import_missing(
         present = _list_tasks(client, project_id)
         missing = [r for r in rows if r["row_id"] not in present]
         if missing:
-            payload = [
-                {
-                    "data": task_for_row(
-                        r,
-                        {"text": r["chunk_text"], "heading_path": r["heading_path"]},
-                        batch_id,
-                        doc_name=r["doc_name"],
-                    )
-                }
-                for r in missing
-            ]
+            payload = [payloads[r["row_id"]] for r in missing]
             client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
             imported += len(missing)
             # Listing again (rather than trusting the response order) maps ids by row_id, whatever LS returns.
@@ -178,8 +205,8 @@ def _push(
             project_url(settings, project_id),
         )
 
-    candidates = queries.review_candidates(con, limit=limit, row_ids=row_ids)
-    if not candidates:
+    plan = plan_batch(con, settings.similarity_threshold, limit=limit, row_ids=row_ids)
+    if not plan.tasks:
         open_batches = [b for b in queries.list_batches(con) if b["status"] != "synced"]
         if row_ids is not None:  # the batch those rows are in, not just the newest one
             holding = set(queries.batches_of_rows(con, row_ids))
@@ -199,15 +226,20 @@ def _push(
             project_url(settings, int(latest["ls_project_id"])),
         )
 
-    ids = [r["row_id"] for r in candidates]
+    ids = [*plan.row_ids, *plan.fact_ids]
     batch_id = _batch_id(ids)
 
     @retrying(settings)
     def create_project() -> int:
         project = client.projects.create(
             title=f"slm review {batch_id}",
-            description=f"{len(ids)} rows; config {CONFIG_VERSION}; flow run {flow_run_id or '-'}",
+            description=(
+                f"{len(plan.fact_ids)} fact tasks, {len(plan.row_ids)} row tasks deciding {plan.rows_decided}"
+                f" rows; config {CONFIG_VERSION}; flow run {flow_run_id or '-'}"
+            ),
             label_config=label_config(),
+            show_collab_predictions=True,  # the ledger's suggestion pre-fills row tasks
+            model_version=VERIFIER_VERSION,
             expert_instruction=INSTRUCTION,
             show_instruction=True,
             show_skip_button=False,  # a skipped task never completes the batch; reject says "not usable"
@@ -217,10 +249,83 @@ def _push(
 
     # The project first: if this process dies now, an empty project is left over, never a lost row.
     project_id = create_project()
-    queries.create_batch(con, batch_id, project_id, flow_run_id, ids)
+    queries.create_batch(con, batch_id, project_id, flow_run_id, plan.row_ids, plan.fact_ids, plan.suggested)
     batch = queries.get_batch(con, batch_id)
     assert batch is not None
     imported = _import_missing(con, settings, client, batch)
     return BatchInfo(
-        batch_id, project_id, flow_run_id, len(ids), imported, True, project_url(settings, project_id)
+        batch_id,
+        project_id,
+        flow_run_id,
+        len(ids),
+        imported,
+        True,
+        project_url(settings, project_id),
+        len(plan.fact_ids),
+        len(plan.row_ids),
+        plan.rows_decided,
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a new batch would hold: row tasks (with the ledger's suggested verdict), fact tasks, and how many
+    rows those decide; ``waiting``: rows whose facts are already in an open batch."""
+
+    row_ids: list[str]
+    suggested: dict[str, str]
+    fact_ids: list[str]
+    rows_decided: int
+    waiting: int = 0
+    ledger: dict[str, int] = field(default_factory=dict)  # rows the verified ledger decided now, by outcome
+
+    @property
+    def tasks(self) -> int:
+        return len(self.row_ids) + len(self.fact_ids)
+
+
+def plan_batch(
+    con: duckdb.DuckDBPyConnection,
+    similarity_threshold: float,
+    *,
+    limit: int | None = None,
+    row_ids: list[str] | None = None,
+) -> Plan:
+    """Refresh conflicts, let the person-verified ledger decide what it can, then choose the tasks: with
+    ``row_ids``, those rows as row tasks; else fact tasks for the unverified facts waiting rows rely on and
+    row tasks for the rows the ledger cannot decide (among the first ``limit`` waiting rows)."""
+    detect_conflicts(con, similarity_threshold)
+    with transaction(con):
+        settled = settle(con)
+    candidates = queries.review_candidates(con, limit=limit, row_ids=row_ids)
+    if row_ids is not None:
+        ids = [r["row_id"] for r in candidates]
+        facts = queries.facts_with_verdicts(con, sorted({r["chunk_id"] for r in candidates}))
+        rows = {r["row_id"]: r for r in queries.ledger_rows(con, ids, decidable_only=False)}
+        suggested = {
+            i: o.suggested
+            for i in ids
+            if i in rows and (o := decide_row(rows[i], facts[rows[i]["chunk_id"]])).suggested
+        }
+        return Plan(ids, suggested, [], len(ids), ledger=settled.changed)
+    person, suggested, needs = [], {}, {}
+    for row in candidates:
+        outcome = settled.outcomes.get(row["row_id"])
+        if outcome is not None and outcome.kind == "wait":
+            needs[row["row_id"]] = outcome.needs
+            continue
+        person.append(row["row_id"])
+        if outcome is not None and outcome.suggested:
+            suggested[row["row_id"]] = outcome.suggested
+    covered = settled.open_facts | settled.verified_facts
+    fact_ids = choose_facts([n for ns in needs.values() for n in ns], covered)
+    chosen = set(fact_ids)
+    decided = sum(1 for ns in needs.values() if any(chosen.intersection(n) for n in ns))
+    return Plan(
+        person,
+        suggested,
+        fact_ids,
+        len(person) + decided,
+        waiting=len(needs) - decided,
+        ledger=settled.changed,
     )

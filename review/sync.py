@@ -9,6 +9,14 @@ Order matters, so that no annotation is ever lost:
 Re-running changes nothing: each task remembers the annotation (id and update time) last applied, and an
 identical export is archived once.
 
+Fact tasks (issue #17): a = correct, c = corrected (the new value/unit and/or subject; the ingested fields
+are kept in ``fact_verdicts``), r = not a rule. They are written to the ledger in the same transaction, and
+then the person-verified ledger decides the rows that cite those facts (``review.facts.settle``): approved as
+``ledger:<annotator>`` when every number is a verified fact whose subject fits the question, rejected when a
+number is one a person marked not a rule, re-verified (and back to people when no longer grounded) after a
+correction. A corrected value that the fact's sentence does not contain is flagged and the fact stays
+unverified (a later batch asks again).
+
 A correction is not trusted blindly: every number it states (in the new answer or the corrected-numbers
 field) must be a value of the chunk's ledger facts. One that is not sends the row back to ``needs_review``
 with a note ("correction states N which is not in the source"); the proposal is kept on the row.
@@ -28,7 +36,16 @@ from typing import Any
 
 import duckdb
 
-from review.labeling import COMMENT, CORRECTED_ANSWER, CORRECTED_NUMBERS, VERDICT, VERDICTS
+from review.facts import settle
+from review.labeling import (
+    COMMENT,
+    CORRECTED_ANSWER,
+    CORRECTED_NUMBERS,
+    CORRECTED_SUBJECT,
+    FACT_VERDICTS,
+    VERDICT,
+    VERDICTS,
+)
 from review.server import LabelStudioError, base_url, retrying, transient
 from runtime.config import Settings
 from tasks.distill.teachers.base import QAPair
@@ -80,6 +97,8 @@ class SyncResult:
     from_archive: int = 0  # rows applied from exports archived by an earlier, interrupted run
     progress: BatchProgress | None = None
     status: str = "open"  # the batch's status afterwards
+    ledger: dict[str, int] = field(default_factory=dict)  # rows the verified ledger changed, by outcome
+    prediction_changed: int = 0  # row verdicts applied by this run that differ from the ledger's suggestion
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -146,7 +165,7 @@ def batch_progress(
 ) -> BatchProgress:
     """Tasks, annotated, remaining and verdict counts of a batch, read live from Label Studio."""
     batch = _batch(con, batch_id)
-    expected = len(queries.batch_tasks(con, batch_id))
+    expected = queries.task_count(con, batch_id)
 
     def fetch() -> list[dict[str, Any]]:
         return [_as_dict(t) for t in client.tasks.list(project=int(batch["ls_project_id"]), fields="all")]
@@ -332,35 +351,116 @@ def decide(
     return decision, flagged
 
 
+def decide_fact(
+    fact: dict[str, Any], annotation: dict[str, Any], users: dict[str, str]
+) -> tuple[dict[str, Any], str | None]:
+    """A fact task's annotation as a fact verdict (``verdict`` None when flagged), and why it was flagged."""
+    chosen = _verdict_of(annotation)
+    assert chosen is not None
+    decision: dict[str, Any] = {
+        "fact_id": fact["fact_id"],
+        "ls_verdict": chosen,
+        "verdict": FACT_VERDICTS[chosen],
+        "annotator": _reviewer(annotation, users),
+        "decided_at": _timestamp(annotation.get("updated_at") or annotation.get("created_at")),
+        "comment": _text_of(annotation, COMMENT) or None,
+        "annotation_id": int(annotation["id"]),
+        "annotation_at": str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+    }
+    if decision["verdict"] != "corrected":
+        return decision, None
+    typed = _text_of(annotation, CORRECTED_NUMBERS)
+    subject = _text_of(annotation, CORRECTED_SUBJECT)
+    problems = []
+    if not typed and not subject:
+        problems.append("fact correction names no corrected number or subject")
+    if subject:
+        decision["subject"] = subject
+    if typed:
+        mentions = rule_numbers(typed)
+        values, unreadable = parse_corrected_numbers(typed)
+        problems += [f"corrected number {p!r} is not a number" for p in unreadable]
+        if mentions:
+            m = mentions[0]
+            decision.update(
+                value=canonical(m.value),
+                value_max=None if m.value_max is None else canonical(m.value_max),
+                unit=m.unit or fact["unit"],
+                qualifier=m.qualifier or fact["qualifier"],
+            )
+        elif values:
+            decision.update(value=canonical(values[0][1]), value_max=None)
+        new = [Decimal(v) for v in (decision.get("value"), decision.get("value_max")) if v is not None]
+        sentence = {v for m in rule_numbers(fact["context"]) for v in m.values()}
+        digits = re.sub(r"[^0-9.]", "", typed.split("元")[0])
+        for value in new:
+            if not agrees((value,), sentence, tolerant=True) and not (digits and digits in fact["context"]):
+                problems.append(f"corrected value {canonical(value)} is not in the fact's sentence")
+    if problems:
+        decision["verdict"] = None
+        return decision, "; ".join(problems)
+    return decision, None
+
+
 def apply_export(
     con: duckdb.DuckDBPyConnection, batch_id: str, archive: dict[str, Any], export_id: str | None
 ) -> SyncResult:
-    """Apply an archived export to the warehouse in one transaction (no Label Studio needed)."""
+    """Apply an archived export to the warehouse in one transaction (no Label Studio needed): row verdicts,
+    fact verdicts, then the rows the person-verified ledger now decides."""
     rows = {r["row_id"]: r for r in queries.batch_tasks(con, batch_id)}
+    fact_tasks = {f["fact_id"]: f for f in queries.batch_fact_tasks(con, batch_id)}
     facts = queries.chunk_facts(con, sorted({r["chunk_id"] for r in rows.values()}))
     users = {str(k): v for k, v in (archive.get("users") or {}).items()}
     tasks = [t for t in archive.get("tasks") or [] if (t.get("data") or {}).get("batch_id") == batch_id]
     result = SyncResult(batch_id, None)
-    decisions = []
+    decisions, fact_decisions = [], []
     for task in tasks:
-        row = rows.get((task.get("data") or {}).get("row_id"))
+        data = task.get("data") or {}
         annotation = _latest_annotation(task)
-        if row is None or annotation is None:
+        if annotation is None:
             continue
         stamp = str(annotation.get("updated_at") or annotation.get("created_at") or "")
+        if data.get("kind") == "fact":
+            fact = fact_tasks.get(data.get("fact_id"))
+            if fact is None:
+                continue
+            if fact["annotation_id"] == int(annotation["id"]) and (fact["annotation_at"] or "") == stamp:
+                result.unchanged += 1
+                continue
+            if fact["in_later_batch"]:
+                continue
+            fact_decision, flagged = decide_fact(fact, annotation, users)
+            fact_decisions.append(fact_decision)
+            key = "fact_" + (fact_decision["verdict"] or "flagged")
+            result.applied[key] = result.applied.get(key, 0) + 1
+            if flagged:
+                result.flagged.append((fact["fact_id"], flagged))
+            continue
+        row = rows.get(data.get("row_id"))
+        if row is None:
+            continue
         if row["annotation_id"] == int(annotation["id"]) and (row["annotation_at"] or "") == stamp:
             result.unchanged += 1
             continue
         if row["in_later_batch"]:
             continue  # a later batch owns the row now (it was flagged and sent out again)
         decision, flagged = decide(row, annotation, users, facts[row["chunk_id"]])
+        if row.get("suggested"):
+            decision["prediction_changed"] = decision["verdict"] != row["suggested"]
+            result.prediction_changed += int(decision["prediction_changed"])
         decisions.append(decision)
         key = "flagged" if flagged else decision["verdict"]
         result.applied[key] = result.applied.get(key, 0) + 1
         if flagged:
             result.flagged.append((row["row_id"], flagged))
-    result.progress = progress_from_tasks(batch_id, len(rows), tasks)
-    result.status = queries.apply_decisions(con, batch_id, export_id, decisions, result.progress.complete)
+    result.progress = progress_from_tasks(batch_id, queries.task_count(con, batch_id), tasks)
+
+    def ledger(tx: duckdb.DuckDBPyConnection) -> None:
+        result.ledger = settle(tx).changed
+
+    result.status = queries.apply_decisions(
+        con, batch_id, export_id, decisions, result.progress.complete, fact_decisions, then=ledger
+    )
     return result
 
 

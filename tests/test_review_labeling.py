@@ -11,6 +11,7 @@ from review.labeling import (
     COMMENT,
     CORRECTED_ANSWER,
     CORRECTED_NUMBERS,
+    CORRECTED_SUBJECT,
     VERDICT,
     label_config,
     marked_html,
@@ -44,7 +45,7 @@ def test_config_parses_with_required_verdict_and_hotkeys() -> None:
         "reject": "r",
     }
     areas = {t.get("name") for t in root.iter("TextArea")}
-    assert areas == {CORRECTED_ANSWER, CORRECTED_NUMBERS, COMMENT}
+    assert areas == {CORRECTED_ANSWER, CORRECTED_NUMBERS, CORRECTED_SUBJECT, COMMENT}  # subject: fact tasks
     assert root.find(".//HyperText[@name='source']").get("value") == "$source_html"
     interface = LabelInterface(config)  # Label Studio's own parser accepts it and links controls to objects
     assert {c.name for c in interface.controls} >= {VERDICT, CORRECTED_ANSWER}
