@@ -54,7 +54,7 @@ from tasks.evaluate.evaluate import EvalItem, evaluate, fmt, judged_items, ledge
 from tasks.evaluate.golden import add_file, golden_items  # noqa: E402
 from tasks.export.export import export_model  # noqa: E402
 from tasks.ingest.documents import ingest_file  # noqa: E402
-from tasks.train.base_models import load_tokenizer, resolve_base  # noqa: E402
+from tasks.models.base_models import load_tokenizer, resolve_base  # noqa: E402
 from tasks.train.dataset import DatasetInfo, freeze_dataset  # noqa: E402
 from tasks.train.train import train  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402

@@ -56,7 +56,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from tasks.train.base_models import load_base  # noqa: E402
+from tasks.models.base_models import load_base  # noqa: E402
 from tasks.train.train import (  # noqa: E402
     ChatDataset,
     PadCollator,

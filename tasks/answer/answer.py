@@ -36,11 +36,11 @@ from tasks.answer.prompts import (
     SYSTEM_PROMPT,
     chat_messages,
 )
+from tasks.answer.reply import Reply, copied_mask, own_text
 from tasks.answer.retrieve import ChunkIndex, Hit, tokens
 from tasks.answer.stop import repeated_span
 from tasks.distill.teachers.base import FactRef
 from tasks.distill.verify import clause_of, subject_fits
-from tasks.evaluate.evaluate import Reply, copied_mask, own_text
 from tasks.ingest.chunk import LEADING_MARKER
 from tasks.ingest.facts import match_numbers
 from tasks.ingest.normalize import fold

@@ -36,7 +36,7 @@ class TransformersGenerator:
         repeat_penalty: float | None = None,
         stop_on_repeats: bool = True,
     ) -> None:
-        from tasks.train.base_models import load_base
+        from tasks.models.base_models import load_base
 
         self.model, self.tokenizer, self.identity = load_base(base_spec, cache_dir)
         named = dict(adapters or {})

@@ -3,7 +3,7 @@ for evaluation, greedy by default, in the chat template the GGUF carries.
 
 GGUFs written by ``tasks.export.export`` carry the chat template the model was trained with. A GGUF without one (the
 Gemma 3 270M base that the offline package ships has none) gets the same template training falls back to
-(``tasks.train.base_models.ensure_chat_template``): Gemma's turn format when the vocabulary has its turn tokens.
+(``tasks.models.base_models.ensure_chat_template``): Gemma's turn format when the vocabulary has its turn tokens.
 
 An OpenAI-compatible HTTP server needs no wrapper here; llama-cpp-python ships one (its ``server`` extra:
 ``pip install 'llama-cpp-python[server]==0.3.36'``)::
@@ -182,7 +182,7 @@ class LlamaCppGenerator:
         return ids[0] if len(ids) == 1 else None
 
     def _fallback_template(self) -> str:
-        from tasks.train.base_models import GEMMA_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE
+        from tasks.models.base_models import GEMMA_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE
 
         if (
             self._single_token("<start_of_turn>") is not None

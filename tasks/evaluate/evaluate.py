@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from math import comb
 from pathlib import Path
 from typing import Any
 
-from tasks.answer.prompts import PROMPT_TEXTS
+from tasks.answer.reply import ABSTENTION, Reply, as_reply, candidate_values, own_text
 from tasks.ingest.normalize import fold
 from tasks.ingest.numbers import (
     NumberMention,
@@ -34,11 +33,6 @@ from tasks.ingest.numbers import (
 )
 
 TYPES = ("numeric", "text", "unanswerable")
-# Longest first: at one position the first alternative that matches wins, and own_text needs the whole phrase.
-ABSTENTION = re.compile(
-    r"(?:文件|规定|制度)中?(?:没有|无)(?:相关|明确|具体)?(?:的)?规定|(?:没有|无)(?:相关|明确|具体)?(?:的)?规定"
-    r"|未作?(?:明确|具体)?规定|文件中没有|不在.*规定"
-)
 
 
 class QuestionFileError(ValueError):
@@ -188,21 +182,10 @@ def states(mention: NumberMention, expected: Expected) -> bool:
     return units_agree(expected.unit, mention.unit)
 
 
-def _candidate_values(mention: NumberMention) -> set[Decimal]:
-    """Values a mention may be checked against the ledger on: its canonical value(s), and the number as
-    written before 万/亿 scaling."""
-    values: set[Decimal] = set()
-    for low, high in readings(mention):
-        values.add(Decimal(low))
-        if high is not None:
-            values.add(Decimal(high))
-    return values
-
-
 def answer_values(answer: str) -> set[Decimal]:
     values: set[Decimal] = set()
     for mention in rule_numbers(answer):
-        values |= _candidate_values(mention)
+        values |= candidate_values(mention)
     return values
 
 
@@ -210,58 +193,6 @@ def states_number(answer: str, expected: str) -> bool:
     """Whether ``answer`` states the number ``expected`` (digits as written in the rules, or with a unit)."""
     wanted = expected_numbers(EvalItem("", "", numbers=(expected,)))
     return bool(wanted) and any(states(m, wanted[0]) for m in rule_numbers(fold(answer)))
-
-
-# --- what the answer itself says ------------------------------------------------------------------------------
-
-_ECHO_RUN = 8  # a run of this many characters found in the prompt or the question is copied, not written
-_ANSWER_SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;\n]*")
-_NOT_WORDS = re.compile(r"[\s\W_]+")
-
-
-def copied_mask(text: str, sources: Sequence[str], run: int = _ECHO_RUN) -> list[bool]:
-    """Per character of ``text``: whether it lies in a run of at least ``run`` characters that occurs in one
-    of ``sources``."""
-    covered = [False] * len(text)
-    for i in range(len(text)):
-        end = i + run
-        if end > len(text) or not any(text[i:end] in s for s in sources):
-            continue
-        while end < len(text) and any(text[i : end + 1] in s for s in sources):
-            end += 1
-        covered[i:end] = [True] * (end - i)
-    return covered
-
-
-def own_text(answer: str, question: str, sources: Sequence[str] = PROMPT_TEXTS) -> str:
-    """The sentences of ``answer`` the model wrote itself. A sentence copied from the system prompt, the
-    instructions or the question (what it adds is under two characters or a fifth of it, and no number) is
-    dropped. The abstention words are the model's own: "文件中没有相关规定。" alone is an answer, though the
-    prompt contains it; "原文中没有答案的，回答“文件中没有相关规定。”" is the prompt."""
-    texts = [fold(s) for s in (*sources, question)]
-    asked = {v for m in find_numbers(fold(question)) for v in _candidate_values(m)}
-    kept = []
-    for sentence in _ANSWER_SENTENCE.findall(fold(answer)):
-        copied = copied_mask(sentence, texts)
-        for match in ABSTENTION.finditer(sentence):
-            copied[match.start() : match.end()] = [None] * (match.end() - match.start())  # type: ignore[list-item]
-        rest = [(c, flag) for c, flag in zip(sentence, copied, strict=True) if flag is not None]
-        words = [(c, flag) for c, flag in rest if not _NOT_WORDS.fullmatch(c)]
-        added = "".join(c for c, flag in words if not flag)
-        new_numbers = [m for m in find_numbers(added) if not _candidate_values(m) <= asked]
-        if not words and not ABSTENTION.search(sentence):
-            continue  # punctuation only
-        if words and len(added) < max(2, 0.2 * len(words)) and not new_numbers:
-            continue  # copied from the prompt or the question
-        kept.append(sentence)
-    own = "".join(kept).strip()
-    # What is left after the copies is a scrap ("回答", where max tokens cut a copied prompt short): no answer.
-    own_words = len(_NOT_WORDS.sub("", own))
-    all_words = len(_NOT_WORDS.sub("", fold(answer)))
-    scrap = own_words < min(4, all_words) and own_words < 0.2 * all_words and not ABSTENTION.search(own)
-    if own and scrap and all(_candidate_values(m) <= asked for m in find_numbers(own)):
-        return ""
-    return own
 
 
 # --- scoring ------------------------------------------------------------------------------------------------
@@ -316,7 +247,7 @@ def check_answer(item: EvalItem, text: str, ledger: LedgerView) -> tuple[list[st
     one the document writes."""
     values, others = ledger.scope(item.doc)
     question = find_numbers(fold(item.question))
-    asked = {v for m in question for v in _candidate_values(m)}
+    asked = {v for m in question for v in candidate_values(m)}
     for m in rule_numbers(fold(item.answer)) if item.answer else []:  # as the reference means them, scaled
         asked |= {Decimal(v) for v in range_key(m.value, m.value_max) if v is not None}
     others = others | _packed(question)
@@ -336,7 +267,7 @@ def check_answer(item: EvalItem, text: str, ledger: LedgerView) -> tuple[list[st
             if not _packed([mention]) <= others:
                 invented.append(mention.raw)
             continue
-        written = _candidate_values(mention)
+        written = candidate_values(mention)
         if written & asked:
             continue
         if written & values:
@@ -449,29 +380,6 @@ def fmt(value: float | None) -> str:
 # --- model and shown ----------------------------------------------------------------------------------------
 
 FAMILIES = ("model", "shown")
-REPLACED_ACTIONS = ("quoted_evidence", "abstained")  # the guard showed something the model did not write
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One answer as evaluation sees it: what the model wrote (its draft, or its constrained retry when the
-    guard asked for one), what the user was shown, and what the guard did in between. A plain string from an
-    answerer without a guard is both, with the action "unguarded"."""
-
-    model: str
-    shown: str
-    guard_action: str = "unguarded"
-    draft: str = ""
-
-    @property
-    def replaced(self) -> bool:
-        return self.guard_action in REPLACED_ACTIONS
-
-
-def as_reply(answer: str | Reply) -> Reply:
-    return answer if isinstance(answer, Reply) else Reply(answer, answer, "unguarded", answer)
-
-
 @dataclass
 class Evaluation:
     """Both families of one evaluation, item by item, and their metrics: ``metrics["model"]`` (the model's

@@ -27,7 +27,6 @@ Covered: Gemma 3 (text), Llama (and Mistral's Llama layout), Qwen2; f32, f16, q8
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import math
 import os
@@ -42,6 +41,8 @@ import gguf
 import numpy as np
 import torch
 
+from tasks.models.base_models import file_sha256, model_id_for
+
 __all__ = [
     "ADAPTER_QUANTS",
     "QUANTS",
@@ -50,7 +51,6 @@ __all__ = [
     "GGUFContents",
     "arch_spec",
     "export_model",
-    "model_id_for",
     "quantize",
     "read_gguf",
     "source_gguf_for",
@@ -120,32 +120,9 @@ def arch_spec(config: Any) -> ArchSpec:
 # --- identities -----------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_id_for(base_spec: str, adapter_dir: Path | None = None, cache_dir: Path | None = None) -> str:
-    """A content id: ``lora-<hash of adapter weights and config>``, or ``base-<hash of the base folder>``."""
-    if adapter_dir is not None:
-        digest = hashlib.sha256()
-        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-            file = Path(adapter_dir) / name
-            if file.is_file():
-                digest.update(name.encode())
-                digest.update(_sha256(file).encode())
-        return f"lora-{digest.hexdigest()[:16]}"
-    from tasks.train.base_models import content_hash, resolve_base
-
-    return f"base-{content_hash(resolve_base(base_spec, cache_dir))[:16]}"
-
-
 def source_gguf_for(base_spec: str, folder: Path | None = None) -> Path | None:
     """The GGUF a base came from, if any: its tokenizer fields are copied from there."""
-    from tasks.train.base_models import GEMMA3_270M
+    from tasks.models.base_models import GEMMA3_270M
 
     if base_spec == GEMMA3_270M:
         try:
@@ -752,7 +729,7 @@ def export_model(
         raise ExportError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
     from transformers import AutoConfig
 
-    from tasks.train.base_models import resolve_base
+    from tasks.models.base_models import resolve_base
 
     adapter = Path(adapter_dir) if adapter_dir is not None else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
@@ -822,7 +799,7 @@ def export_model(
                 float_path.unlink()
         kind, source = "model", "merged" if adapter is not None else "base"
 
-    digest = _sha256(path)
+    digest = file_sha256(path)
     result = ExportResult(
         path=path,
         size_bytes=path.stat().st_size,
@@ -854,7 +831,7 @@ def _load_merged(folder: Path, adapter: Path | None) -> tuple[Any, Any]:
     """The base in fp32 with the adapter merged in, and the tokenizer the adapter was trained with."""
     from transformers import AutoModelForCausalLM
 
-    from tasks.train.base_models import load_tokenizer
+    from tasks.models.base_models import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tokenizer_source = (

@@ -53,7 +53,7 @@ def train_challenger(
 ) -> tuple[Any, str]:
     """Train, record and register; returns (TrainResult, model id). The warehouse is opened before and after
     training, not held during it (training only reads the dataset files), so other commands can use it."""
-    from tasks.export.export import model_id_for
+    from tasks.models.base_models import model_id_for
     from tasks.train.train import train
 
     with open_warehouse(settings.warehouse_path, read_only=True) as con:

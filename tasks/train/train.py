@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from tasks.train.base_models import BaseIdentity, load_base
+from tasks.models.base_models import BaseIdentity, load_base
 
 IGNORE_INDEX = -100  # the label value that torch's cross-entropy (and HF) skip
 CHECKPOINTS_DIR = "checkpoints"

