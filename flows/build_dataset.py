@@ -103,7 +103,10 @@ def build_dataset(
     else:
         batch = push_review_task(settings, str(flow_run.id))
         if batch:
-            logger.info(f"review batch {batch.batch_id}: {batch.rows} rows at {batch.url}")
+            logger.info(
+                f"review batch {batch.batch_id}: {batch.rows} tasks at {batch.url}; fact tasks first (each number"
+                " verified once at its sentence decides every row citing it), see the `review` artifact"
+            )
             done = wait_for_review(settings, batch)
             review = {"resumed_with": done.model_dump() if hasattr(done, "model_dump") else done}
             synced = sync_review_task(settings, batch.batch_id)

@@ -5,6 +5,7 @@ work only (a flow paused for review must not hold the DuckDB file), returning sm
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -63,12 +64,27 @@ def distill_task(settings: Settings) -> DistillRun:
     )
 
 
+def _review_artifact(con: Any, policy: str) -> None:
+    """The review economy (fact tasks, row tasks, rows those decide, share people opened) as the run's
+    Prefect markdown artifact ``review``; the auto policy's says no person reviewed."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from review.facts import economy_markdown
+
+    create_markdown_artifact(
+        key="review", markdown=economy_markdown(con, policy), description=f"review policy {policy}"
+    )
+
+
 @task(name="auto-review", cache_policy=NO_CACHE)
 def auto_review_task(settings: Settings) -> dict[str, int]:
+    """The auto policy: demos and CI only (the artifact and the flow's log say so)."""
     from review.policy import apply_auto_policy
 
     with settings_warehouse(settings) as con:
-        return apply_auto_policy(con, settings.similarity_threshold)
+        counts = apply_auto_policy(con, settings.similarity_threshold)
+        _review_artifact(con, "auto")
+    return counts
 
 
 @task(name="push-review-batch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5)
@@ -78,6 +94,7 @@ def push_review_task(settings: Settings, flow_run_id: str | None) -> ReviewBatch
 
     with settings_warehouse(settings) as con:
         batch = push_batch(con, settings, server.client_for(settings), flow_run_id)
+        _review_artifact(con, "labelstudio")
     if batch is None:
         return None
     return ReviewBatch(batch.batch_id, batch.ls_project_id, batch.row_count, batch.new_tasks, batch.url)
@@ -91,6 +108,7 @@ def sync_review_task(settings: Settings, batch_id: str) -> ReviewSync:
 
     with settings_warehouse(settings) as con:
         result = sync_batch(con, settings, server.client_for(settings), batch_id)
+        _review_artifact(con, "labelstudio")  # the same key: the report after the verdicts were applied
     return ReviewSync(batch_id, result.applied, len(result.flagged), result.status)
 
 

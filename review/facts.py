@@ -227,3 +227,56 @@ def settle(con: duckdb.DuckDBPyConnection, row_ids: Sequence[str] | None = None)
             result.changed[outcome.kind] = result.changed.get(outcome.kind, 0) + 1
     queries.update_rows(con, updates)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where the time goes: per batch, the tasks people open and the rows those decide
+
+
+def economy(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Per batch (``warehouse.review.batch_economy``) with ``share`` = tasks opened / rows they decide, and the
+    totals: tasks opened, all rows, and the share of all rows a person had to open."""
+    batches = queries.batch_economy(con)
+    for b in batches:
+        tasks = b["fact_tasks"] + b["row_tasks"]
+        b["tasks"] = tasks
+        b["share"] = tasks / b["rows_decided"] if b["rows_decided"] else 0.0
+    rows = queries.row_count(con)
+    opened = sum(b["tasks"] for b in batches)
+    return {
+        "batches": batches,
+        "rows": rows,
+        "opened": opened,
+        "share": opened / rows if rows else 0.0,
+        "predicted": sum(b["predicted"] for b in batches),
+        "prediction_changed": sum(b["prediction_changed"] for b in batches),
+    }
+
+
+def economy_markdown(con: duckdb.DuckDBPyConnection, policy: str = "labelstudio") -> str:
+    """The review economy as a markdown report (the build-dataset flow's Prefect artifact)."""
+    if policy == "auto":
+        return (
+            "# Review\n\nPolicy **auto** (demos and CI only): the ledger decided, no person reviewed; grounded"
+            " rows in no conflict were approved as `auto:ledger`, the rest rejected.\n"
+        )
+    e = economy(con)
+    lines = [
+        "# Review: where the time goes",
+        "",
+        "| batch | status | fact tasks | row tasks | rows decided | tasks / rows decided | predictions changed |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b in e["batches"]:
+        lines.append(
+            f"| {b['batch_id']} | {b['status']} | {b['fact_tasks']} | {b['row_tasks']} | {b['rows_decided']}"
+            f" | {b['share']:.0%} | {b['prediction_changed']}/{b['predicted']} |"
+        )
+    lines += [
+        "",
+        f"People opened **{e['opened']}** tasks for **{e['rows']}** rows: **{e['share']:.0%}** of all rows"
+        " (row by row, every row waiting for review would be a task). Every number approved through the"
+        " ledger was verified by a person at its sentence (reviewer `ledger:<person>`).",
+        f"Pre-annotations: people changed {e['prediction_changed']} of {e['predicted']} suggested verdicts.",
+    ]
+    return "\n".join(lines) + "\n"

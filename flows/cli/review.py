@@ -68,8 +68,10 @@ def _labelstudio_errors() -> Iterator[None]:
 
 @review_app.command("status")
 def review_status() -> None:
-    """The server, and per batch: tasks, annotated, remaining, accepted, corrected, rejected."""
+    """The server, and per batch: fact tasks, row tasks, the rows those decide, the share people opened, and
+    tasks annotated, remaining, accepted, corrected, rejected."""
     from review import server
+    from review.facts import economy
     from review.sync import batch_progress
     from warehouse.review import list_batches
 
@@ -77,29 +79,39 @@ def review_status() -> None:
     info = server.status(cfg)
     console.print(f"Label Studio: {'running at ' + info.url if info.running else 'not running'}")
     with warehouse(cfg) as con, _labelstudio_errors():
-        batches = list_batches(con)
-        table = Table(
-            "batch",
-            "status",
-            "tasks",
-            "annotated",
-            "remaining",
-            "accepted",
-            "corrected",
-            "rejected",
-            "flow run",
-            title="review batches",
-        )
+        report = economy(con)
+        table = Table(title="review batches")
+        table.add_column("batch", no_wrap=True)
+        for name in ("status", "fact tasks", "row tasks", "rows decided", "tasks/rows", "annotated", "left"):
+            table.add_column(name)
+        table.add_column("acc/corr/rej", no_wrap=True)
+        table.add_column("changed predictions")
+        table.add_column("flow run")
+        runs = {b["batch_id"]: b.get("flow_run_id") or "" for b in list_batches(con)}
         client = server.client_for(cfg) if info.running else None
-        for b in batches:
-            counts = ["-"] * 6
+        for b in report["batches"]:
+            counts = ["-"] * 3
             if client is not None:
                 p = batch_progress(con, cfg, client, b["batch_id"])
-                counts = [
-                    str(v) for v in (p.tasks, p.annotated, p.remaining, p.accepted, p.corrected, p.rejected)
-                ]
-            table.add_row(b["batch_id"], b["status"], *counts, b.get("flow_run_id") or "")
+                counts = [str(p.annotated), str(p.remaining), f"{p.accepted}/{p.corrected}/{p.rejected}"]
+            table.add_row(
+                b["batch_id"],
+                b["status"],
+                str(b["fact_tasks"]),
+                str(b["row_tasks"]),
+                str(b["rows_decided"]),
+                f"{b['share']:.0%}",
+                *counts,
+                f"{b['prediction_changed']}/{b['predicted']}",
+                runs.get(b["batch_id"], ""),
+            )
     console.print(table)
+    console.print(
+        f"people opened {report['opened']} tasks for {report['rows']} rows ({report['share']:.0%} of all rows);"
+        f" pre-annotations changed: {report['prediction_changed']} of {report['predicted']}"
+    )
+    if cfg.review_policy == "auto":
+        console.print("review policy auto (demos and CI only): the ledger decides, no person reviews")
 
 
 @review_app.command("push")
@@ -117,7 +129,8 @@ def review_push(
         console.print("nothing waits for review")
         return
     console.print(
-        f"batch {batch.batch_id}: {batch.row_count} rows ({batch.new_tasks} new tasks) at {batch.url}"
+        f"batch {batch.batch_id}: {batch.row_count} tasks ({batch.new_tasks} new): {batch.fact_tasks} fact tasks,"
+        f" {batch.row_tasks} row tasks, deciding {batch.rows_decided} rows, at {batch.url}"
     )
 
 
@@ -138,7 +151,8 @@ def review_sync(
             result = sync_batch(con, cfg, client, batch_id)
             console.print(
                 f"batch {batch_id}: applied {result.applied}, {len(result.flagged)} flagged, "
-                f"{result.unchanged} unchanged, status {result.status}"
+                f"{result.unchanged} unchanged, ledger decided {result.ledger}, "
+                f"{result.prediction_changed} predictions changed, status {result.status}"
             )
             for row_id, why in result.flagged:
                 err_console.print(f"  flagged {row_id}: {why}")
@@ -170,12 +184,14 @@ def review_resume(
 
 @review_app.command("auto")
 def review_auto() -> None:
-    """Apply the `auto` review policy (demos and CI only): grounded rows approved, the rest rejected."""
+    """Apply the `auto` review policy (demos and CI only): grounded rows approved, the rest rejected, with no
+    person involved (real datasets use Label Studio: `slm review push`)."""
     from review.policy import apply_auto_policy
 
     cfg = settings()
     with warehouse(cfg) as con:
         counts = apply_auto_policy(con, cfg.similarity_threshold)
     console.print(
-        f"auto review policy (reviewer auto:ledger): {counts['approved']} approved, {counts['rejected']} rejected"
+        f"auto review policy (reviewer auto:ledger; demos and CI only, no person reviewed):"
+        f" {counts['approved']} approved, {counts['rejected']} rejected"
     )
