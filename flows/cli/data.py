@@ -23,6 +23,7 @@ from flows.cli.options import (
     settings,
     warehouse,
 )
+from warehouse.ledger import FACT_FIELDS
 
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 
@@ -74,20 +75,8 @@ def ingest(
         raise typer.Exit(1)
 
 
-_FACT_KEYS = (
-    "doc",
-    "value",
-    "value_max",
-    "unit",
-    "raw",
-    "qualifier",
-    "subject",
-    "context",
-    "chunk_id",
-    "span_start",
-    "span_end",
-    "heading_path",
-)
+# What `slm facts --json` prints of a fact: its document, the ledger's columns, and where it stands.
+_FACT_KEYS = ("doc", *FACT_FIELDS, "heading_path")
 
 
 def facts(

@@ -20,7 +20,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from tasks.ingest.chunk import MARKER
 from tasks.ingest.normalize import fold
+from tasks.ingest.numbers import CN_NUMERALS
 
 __all__ = [
     "Category",
@@ -156,10 +158,8 @@ class Category:
     how: str = ""  # the pattern: defines | colon | parenthesis
 
 
-_LEAD = re.compile(
-    r"^(?:第[一二三四五六七八九十百零〇\d]+[条章节款项][\s　]*|[（(][一二三四五六七八九十\d]+[）)]|"
-    r"[一二三四五六七八九十\d]+[、.．]|本(?:办法|细则|规定|制度)所称|所称)+"
-)
+# Numbering and "本办法所称" before a defined term are not part of it.
+_LEAD = re.compile(rf"^(?:{MARKER}|本(?:办法|细则|规定|制度)所称|所称)+")
 _DEFINES = re.compile(r"是指|系指|指的是|包括|包含|(?<=[费金款员])指")
 _ITEM_SPLIT = re.compile(r"[、，,/]|以及|(?<!以)及|和|与")
 _PAREN = re.compile(r"([\u4e00-\u9fff]{2,8})[（(](?:包括|包含|含|即|如)?([^（()）]*、[^（()）]*)[）)]")
@@ -167,7 +167,7 @@ _PAREN_TEXT = re.compile(r"[（(][^（()）]*[）)]")
 _EXCLUDES = re.compile(r"除外|不含|不包括")
 # An item that is a clause (a rule about something) rather than the name of something.
 _NOT_MEMBER = re.compile(
-    r"\d|《|[一二三四五六七八九十百千万]+(?:元|天|人|次|年|月)|如下|以下|下同|按|执行|应|须|由|不得|可|据实|安排|原则"
+    rf"\d|《|[{CN_NUMERALS}]+(?:元|天|人|次|年|月)|如下|以下|下同|按|执行|应|须|由|不得|可|据实|安排|原则"
 )
 _SCOPE = re.compile(r"(?:的)?(?:主要)?(?:开支|支出|使用)?范围$|主要$")
 _HEAD_CUT = re.compile(r".*(?:的|乘坐|入住|离开|前往|包括|是指|主要)")

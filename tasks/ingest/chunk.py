@@ -31,9 +31,8 @@ _SECTION = re.compile("^" + heading("节節"))
 _ARTICLE = re.compile("^" + heading("条條"))
 _TOP_ITEM = re.compile(rf"^[{CN_INDEX_NUMERALS}]+、")
 # Numbering at the start of a clause is structure, not subject: 第二十条, （一）, 一、, 1.
-LEADING_MARKER = re.compile(
-    rf"^\s*(?:{heading('条章节款项條節')}\s*|[（(]{_INDEX}[)）]\s*|[{CN_INDEX_NUMERALS}]+、\s*|\d+[.．、)）]\s*)+"
-)
+MARKER = rf"{heading('条章节款项條節')}\s*|[（(]{_INDEX}[)）]\s*|[{CN_INDEX_NUMERALS}]+、\s*|\d+[.．、)）]\s*"
+LEADING_MARKER = re.compile(rf"^\s*(?:{MARKER})+")
 _SENTENCE_END = re.compile(r"[。；;！？!?]|\n")
 _SOFT_BREAK = re.compile(r"[，,、：:]")
 _HEADING_TITLE_CHARS = 24

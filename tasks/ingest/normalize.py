@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tasks.ingest.numbers import CN_INDEX_NUMERALS
+
 # Full-width digits, Latin letters and the symbols that matter for numbers fold to ASCII.
 _FOLD = {0xFF10 + i: ord("0") + i for i in range(10)}
 _FOLD.update({0xFF21 + i: ord("A") + i for i in range(26)})
@@ -37,9 +39,8 @@ _FOOTER_ANYWHERE = re.compile(
 # A bare number is a page number only at the top or bottom of a PDF page; elsewhere it may be a table cell.
 _BARE_PAGE_NUMBER = re.compile(r"^\d{1,4}(\s*/\s*\d{1,4})?$")
 
-_CN_NUM = "一二三四五六七八九十百零〇两"
 _PARAGRAPH_START = re.compile(
-    rf"^(第[{_CN_NUM}\d]+[章节条節條]|[{_CN_NUM}]+[、.．]|[（(][{_CN_NUM}\d]+[)）]|\d{{1,2}}[、.．）)](?!\d{{1,2}}[%折])"
+    rf"^(第[{CN_INDEX_NUMERALS}\d]+[章节条節條]|[{CN_INDEX_NUMERALS}]+[、.．]|[（(][{CN_INDEX_NUMERALS}\d]+[)）]|\d{{1,2}}[、.．）)](?!\d{{1,2}}[%折])"
     r"|[①-⑳]|附件|附表|附则)"
 )
 _SENTENCE_END = re.compile(r"[。；！？：:;!?]$")

@@ -8,9 +8,12 @@ rows. A teacher never drops a failure silently: it raises nothing for bad model 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tasks.ingest.facts import Fact
+
+if TYPE_CHECKING:
+    from runtime.config import Settings
 
 # A ledger fact as a teacher sees it is the one fact type; the name stays for the teacher interface.
 FactRef = Fact
@@ -53,6 +56,14 @@ class Usage:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cost_usd += other.cost_usd
+
+    def bill(self, prompt_tokens: int, completion_tokens: int, settings: Settings) -> None:
+        """Adds one response's tokens and their cost at the configured prices (USD per million tokens)."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += (
+            prompt_tokens * settings.price_input_per_mtok + completion_tokens * settings.price_output_per_mtok
+        ) / 1_000_000
 
 
 @dataclass

@@ -136,12 +136,7 @@ class GeminiTeacher:
         prompt_tokens = meta.prompt_token_count or 0
         # Thinking tokens are billed as output, so they count as completion tokens for the cost estimate.
         completion_tokens = (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)
-        usage.prompt_tokens += prompt_tokens
-        usage.completion_tokens += completion_tokens
-        usage.cost_usd += (
-            prompt_tokens * self._settings.price_input_per_mtok
-            + completion_tokens * self._settings.price_output_per_mtok
-        ) / 1_000_000
+        usage.bill(prompt_tokens, completion_tokens, self._settings)
 
     def _classify(self, exc: BaseException) -> Failure:
         if isinstance(exc, genai_errors.APIError):

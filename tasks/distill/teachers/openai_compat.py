@@ -134,12 +134,7 @@ class OpenAITeacher:
             return
         prompt_tokens = response.usage.prompt_tokens or 0
         completion_tokens = response.usage.completion_tokens or 0
-        usage.prompt_tokens += prompt_tokens
-        usage.completion_tokens += completion_tokens
-        usage.cost_usd += (
-            prompt_tokens * self._settings.price_input_per_mtok
-            + completion_tokens * self._settings.price_output_per_mtok
-        ) / 1_000_000
+        usage.bill(prompt_tokens, completion_tokens, self._settings)
 
     def _classify(self, exc: BaseException) -> Failure:
         if isinstance(exc, _FormatFallback):
