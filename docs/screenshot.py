@@ -1,13 +1,15 @@
 """Render the review interface, with a real task, to a PNG (``docs/review_interface.png``).
 
     python docs/screenshot.py --workspace /tmp/shot [--out docs/review_interface.png]
+    python docs/screenshot.py --workspace /tmp/shot-facts --fact --out docs/review_fact_task.png
 
 Docs tooling, not part of the installed packages: run it from a checkout whose venv has the project
 installed (``make venv``).
 
 Uses (starting it if needed) the Label Studio server of the workspace; when the workspace has no review
 batch yet, ingests ``examples/sample_rules.pdf``, distils it with the extractive teacher and pushes three
-rows. It logs in as the generated admin over HTTP (Django session), hands the session cookie to headless
+rows (``--fact``: pushes a fact-first batch and shows a fact task: one ledger number at its sentence).
+It logs in as the generated admin over HTTP (Django session), hands the session cookie to headless
 Chromium from Debian's packages and drives it over the DevTools protocol on a pipe (``--remote-debugging-
 pipe``: no port, no extra library), opening the labelling page of the batch's first task.
 Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``, installed here when running as root) and a CJK
@@ -185,10 +187,41 @@ def demo_batch(settings: Settings) -> tuple[int, int]:
         con.close()
 
 
-def screenshot(settings: Settings, out: Path, width: int = 1280, height: int = 1500) -> Path:
+def fact_batch(settings: Settings) -> tuple[int, int]:
+    """(project id, task id) of a fact task about money with the most citing questions, pushing a fact-first
+    batch of the sample when the workspace has none."""
+    from tasks.distill.distill import distill, make_teacher
+    from tasks.ingest.documents import ingest_file
+    from warehouse import review as queries
+    from warehouse.db import connect
+
+    client = server.client_for(settings)
+    con = connect(settings.warehouse_path)
+    try:
+        tasks = [t for b in queries.list_batches(con) for t in queries.batch_fact_tasks(con, b["batch_id"])]
+        if not tasks:
+            ingest_file(con, ROOT / "examples" / "sample_rules.pdf", settings)
+            distill(con, settings, make_teacher(settings))
+            push.push_batch(con, settings, client, None)
+            tasks = [
+                t for b in queries.list_batches(con) for t in queries.batch_fact_tasks(con, b["batch_id"])
+            ]
+        citing = queries.citing_questions(con, [t["fact_id"] for t in tasks])
+        money = [t for t in tasks if t["unit"].startswith("元") and t["ls_task_id"] is not None] or tasks
+        best = max(money, key=lambda t: (len(citing[t["fact_id"]]), -int(t["ls_task_id"])))
+        batch = queries.get_batch(con, best["batch_id"])
+        assert batch is not None
+        return int(batch["ls_project_id"]), int(best["ls_task_id"])
+    finally:
+        con.close()
+
+
+def screenshot(
+    settings: Settings, out: Path, width: int = 1280, height: int = 1500, fact: bool = False
+) -> Path:
     chromium = ensure_chromium()
     server.start(settings, on_progress=lambda m: print(m, file=sys.stderr))
-    project_id, task_id = demo_batch(settings)
+    project_id, task_id = fact_batch(settings) if fact else demo_batch(settings)
     cookies = login_cookies(settings)
     url = f"{server.base_url(settings)}/projects/{project_id}/data?task={task_id}"
     profile = Path(tempfile.mkdtemp(prefix="slm-chromium-"))
@@ -235,12 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "review_interface.png")
     parser.add_argument("--port", type=int, default=None, help="Label Studio port (default: the setting)")
     parser.add_argument("--stop", action="store_true", help="stop the server afterwards")
+    parser.add_argument("--fact", action="store_true", help="a fact task of a fact-first batch")
     args = parser.parse_args(argv)
     settings = load_settings(args.workspace)
     if args.port:
         settings = settings.model_copy(update={"labelstudio_port": args.port})
     try:
-        path = screenshot(settings, args.out)
+        path = screenshot(settings, args.out, height=1300 if args.fact else 1500, fact=args.fact)
     finally:
         if args.stop:
             server.stop(settings)

@@ -46,8 +46,11 @@ def test_flow_pauses_for_people_and_the_webhook_resumes_it(tmp_path: Path, stop_
             thread.start()
             batch = _wait_for_pause(settings, outcome)
             client = server.client_for(settings)
-            tasks = list(client.tasks.list(project=batch["ls_project_id"], fields="all"))
-            assert len(tasks) == batch["row_count"] > 4
+            every = list(client.tasks.list(project=batch["ls_project_id"], fields="all"))
+            assert len(every) == batch["row_count"] > 4
+            # Fact-first (#17): fact tasks are all marked correct here; the verdicts below are on row tasks.
+            tasks = [t for t in every if t.data.get("kind") != "fact"]
+            assert len(tasks) >= 3 and len(every) > len(tasks)
             by_row = {t.data["row_id"]: t for t in tasks}
             first = tasks[0]
             with open_warehouse(settings.warehouse_path) as con:
@@ -61,7 +64,7 @@ def test_flow_pauses_for_people_and_the_webhook_resumes_it(tmp_path: Path, stop_
                 tasks[1].id: _result("correct", "按规定，标准为987654元。", "987654元"),
                 tasks[2].id: _result("reject", comment="unclear question"),
             }
-            for task in tasks:
+            for task in every:
                 client.annotations.create(id=task.id, result=plan.get(task.id, _result("accept")))
             thread.join(timeout=240)
             assert not thread.is_alive(), "the webhook did not resume the flow"
@@ -87,6 +90,10 @@ def test_flow_pauses_for_people_and_the_webhook_resumes_it(tmp_path: Path, stop_
     assert status[tasks[2].data["row_id"]] == "rejected"
     assert sum(s == "approved" for s in status.values()) == len(tasks) - 3
     assert gate == (False,)
+    with open_warehouse(settings.warehouse_path) as con:  # the fact verdicts decided the other rows
+        ledger = con.execute("SELECT count(*) FROM qa_rows WHERE reviewer LIKE 'ledger:%'").fetchone()[0]
+        verified = con.execute("SELECT count(*) FROM fact_verdicts WHERE verdict = 'correct'").fetchone()[0]
+    assert ledger > 0 and verified == len(every) - len(tasks)
 
 
 def _run(outcome: dict, paths: list[str], workspace: str) -> None:
