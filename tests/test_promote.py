@@ -85,7 +85,10 @@ def test_a_challenger_must_be_not_worse_grounded_too(con, settings: Settings) ->
         grounded={"base": answerer(30), "challenger": answerer(5)},  # ... but reads its context worse
     )
     assert not worse_grounded.promoted and registry.get_model(con, "m-g")["kind"] == "rejected"
-    assert set(worse_grounded.scores) == {"base", "challenger", "base grounded", "challenger grounded"}
+    assert {mode: set(by_label) for mode, by_label in worse_grounded.scores.items()} == {
+        "closed_book": {"base", "challenger"},
+        "grounded": {"base", "challenger"},
+    }
     assert any(r.startswith("grounded: accuracy may be worse") for r in worse_grounded.decision.reasons)
     assert "grounded accuracy" in worse_grounded.decision.checks
     modes = con.execute("SELECT mode, count(*) FROM eval_runs GROUP BY mode ORDER BY mode").fetchall()

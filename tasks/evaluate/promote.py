@@ -33,8 +33,10 @@ class PromotionResult:
     challenger_id: str
     promoted: bool
     decision: Decision  # both modes together: promote only if neither says worse
-    scores: dict[str, dict[str, Any]]  # "<label>" (closed book) and "<label> grounded": both families
-    eval_runs: dict[str, str]
+    scores: dict[
+        str, dict[str, dict[str, Any]]
+    ]  # mode -> label (base, challenger, champion) -> both families
+    eval_runs: dict[str, dict[str, str]]  # mode -> label -> eval run id
     report_md: Path
     report_html: Path
     decisions: dict[str, Decision] = field(default_factory=dict)  # per mode
@@ -58,8 +60,8 @@ def challenge(
     split, grounded on the reading split, question files in both) and on the *model* family: what the model
     wrote, not the guard's quote or abstention. The challenger must be not worse in both modes: closed book,
     where a regression cannot hide behind retrieval, and grounded, which is what `slm ask` serves."""
-    scores: dict[str, dict[str, Any]] = {}
-    runs: dict[str, str] = {}
+    scores: dict[str, dict[str, dict[str, Any]]] = {}
+    runs: dict[str, dict[str, str]] = {}
     evaluations: dict[str, dict[str, Evaluation]] = {}
     champion = registry.get_champion(con)
     model_ids = {"challenger": challenger_id, "champion": (champion or {}).get("model_id")}  # base: None
@@ -71,8 +73,8 @@ def challenge(
             run_id, result = run_and_store(
                 con, chosen, answer_batch, label, "golden", mode=mode, model_id=model_ids.get(label)
             )
-            key = label if mode == "closed_book" else f"{label} grounded"
-            scores[key], runs[key] = result.metrics, run_id
+            scores.setdefault(mode, {})[label] = result.metrics
+            runs.setdefault(mode, {})[label] = run_id
             evaluations.setdefault(mode, {})[label] = result
     decisions: dict[str, Decision] = {}
     for mode, results in evaluations.items():

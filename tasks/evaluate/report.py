@@ -78,17 +78,27 @@ def guard_chart(scores: dict[str, dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def column_name(label: str, mode: str) -> str:
+    """How a model and mode head a report column: "challenger" (closed book), "challenger grounded"."""
+    return label if mode == "closed_book" else f"{label} {mode}"
+
+
 def write_report(
     out_dir: Path,
     name: str,
-    scores: dict[str, dict[str, Any]],
+    by_mode: dict[str, dict[str, dict[str, Any]]],
     decisions: dict[str, Decision],
     evaluations: dict[str, dict[str, Evaluation]],
     context: dict[str, Any],
     loss_png: Path | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<name>.md`` and ``<name>.html`` (with ``<name>-metrics.png`` and ``<name>-guard.png``);
-    ``scores`` maps "<label>" / "<label> grounded" to an evaluation's metrics. Returns both paths."""
+    ``scores`` maps mode -> label -> an evaluation's metrics. Returns both paths."""
+    scores = {
+        column_name(label, mode): metrics
+        for mode, by_label in by_mode.items()
+        for label, metrics in by_label.items()
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     chart = bar_chart(scores, out_dir / f"{name}-metrics.png")
     guard = guard_chart(scores, out_dir / f"{name}-guard.png")

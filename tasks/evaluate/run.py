@@ -188,18 +188,7 @@ def evaluate_challenger(
     return ChallengeOutcome(
         outcome.promoted,
         list(outcome.decision.reasons),
-        _scores_by_mode(outcome.scores, generators),
+        outcome.scores,
         Path(outcome.report_md),
         Path(outcome.report_html),
     )
-
-
-def _scores_by_mode(scores: dict[str, Any], labels: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``challenge`` keys its scores "<label>" (closed book) and "<label> grounded"; callers get them by
-    mode, then label, so no caller parses a key again."""
-    by_mode: dict[str, dict[str, Any]] = {}
-    for mode, suffix in (("closed_book", ""), ("grounded", " grounded")):
-        for label in labels:
-            if f"{label}{suffix}" in scores:
-                by_mode.setdefault(mode, {})[label] = scores[f"{label}{suffix}"]
-    return by_mode
