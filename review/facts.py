@@ -4,7 +4,8 @@ the rows that cite it.
 A row waiting for people is decided by the ledger when every number it states (that the question did not
 supply) is a fact of its chunk *whose subject fits the question* (the one matcher,
 ``tasks.ingest.facts.match_numbers``, and the one subject test, ``tasks.distill.verify.subject_fits``, through
-``verify_row``) and a person marked that fact correct (or corrected it to that value). Such a row is approved as
+``verify_row``), a fact stating exactly that number (the same value or range, the same unit) whose subject
+fits, and a person marked that fact correct (or corrected it to that value). Such a row is approved as
 ``ledger:<annotator>``. A row stating a number that a person marked "not a rule" is rejected the same way.
 Everything else needs a person row by row: rows whose numbers the ledger cannot ground, rows in a conflict,
 rows the teacher marked unsure, unanswerable and text rows (the ledger has no number to vouch for), and rows a
@@ -124,10 +125,24 @@ def decide_row(row: dict[str, Any], facts: Sequence[dict[str, Any]]) -> Outcome:
     by_id = _by_id(live)
     used: list[dict[str, Any]] = []
     needs: list[tuple[str, ...]] = []
-    for stated in match_numbers(pair.answer, [_fact(f) for f in live], given=pair.question):
+    # Stricter than grounding (where one shared value is enough): the ledger vouches for a number only through
+    # a fact stating exactly it, in the same unit (50万元 is not vouched for by a fact "20–50万元").
+    exact = match_numbers(
+        pair.answer, [_fact(f) for f in live], given=pair.question, whole_range=True, same_unit=True
+    )
+    for stated in exact:
         if stated.given:
             continue
-        fitting = [by_id[f.fact_id] for f in stated.facts if subject_fits(pair.question, f)]
+        values = set(stated.mention.values())
+        fitting = [
+            by_id[f.fact_id]
+            for f in stated.facts
+            if set(f.values()) == values and subject_fits(pair.question, f)
+        ]
+        if not fitting:
+            return Outcome(
+                "person", "no ledger fact states exactly this number", suggested=suggested, **fields
+            )
         verified = [f for f in fitting if f.get("verdict") in VERIFIED]
         if verified:
             used.append(verified[0])

@@ -343,3 +343,36 @@ def test_a_batch_of_the_sample_applied_offline(con: duckdb.DuckDBPyConnection, s
     rerouted = sorted(r for r, (s, _) in expected.items() if s == "needs_review")
     follow = plan_batch(con, settings.similarity_threshold)
     assert follow.fact_ids == [] and sorted(follow.row_ids) == rerouted
+
+
+def test_the_ledger_vouches_only_through_a_fact_stating_exactly_the_number() -> None:
+    # 2400 元 is one end of the fact "1500-2400元": grounded for distillation, but no verified fact states it.
+    text = "住宿费标准为1500-2400元。"
+    (mention,) = rule_numbers(text)
+    fact = {
+        "fact_id": "f-range",
+        "value": mention.value_str(),
+        "value_max": str(mention.value_max),
+        "unit": mention.unit,
+        "raw": mention.raw,
+        "qualifier": mention.qualifier,
+        "subject": "住宿费",
+        "context": text,
+        "span_start": mention.start,
+        "span_end": mention.end,
+        "verdict": "correct",
+        "annotator": "ann@x.org",
+        "decided_at": None,
+    }
+    row = _row(
+        "住宿费标准最高是多少？",
+        "住宿费标准最高为2400元。",
+        evidence="住宿费标准为1500-2400元",
+        chunk_text=text,
+    )
+    outcome = decide_row(row, [fact])
+    assert outcome.kind == "person" and outcome.suggested == "accept"
+    whole = _row(
+        "住宿费标准是多少？", "住宿费标准为1500-2400元。", evidence="住宿费标准为1500-2400元", chunk_text=text
+    )
+    assert decide_row(whole, [fact]).kind == "approve"
