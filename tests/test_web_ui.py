@@ -33,6 +33,8 @@ from tests.conftest import EXAMPLES, ROOT, SAMPLE_PDF, require_or_skip
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 QUESTION = "我是讲师，下周去武汉出差三天，住酒店一晚最多能报多少钱？"
+INVENTING = "校级领导出差住宿费每人每天最多多少钱？"  # the planted model answers it with a number of its own
+INVENTED = "987"
 SCREENSHOTS = os.environ.get("SLM_SCREENSHOTS", "").strip() not in ("", "0")
 TABS = ("Documents", "Ledger", "Pipeline", "Rows and datasets", "Models", "Ask", "Settings")
 
@@ -47,6 +49,8 @@ def scripted_generator() -> Callable[..., str]:
 
     def generate(messages: list[dict[str, str]], max_tokens: int, grammar: Any = None) -> str:
         asked = messages[-1]["content"].rsplit("问题：", 1)[-1].strip()
+        if asked == INVENTING:
+            return f"校级领导住宿费每人每天不超过{INVENTED}元。"
         return reference.get(asked, ABSTAIN_TEXT)
 
     return generate
@@ -130,7 +134,7 @@ def browser(stop_later: Callable[[Callable[[], Any]], None]) -> Any:
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
+        "--window-size=1400,1600" if SCREENSHOTS else "--window-size=1400,1000",
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
@@ -182,8 +186,12 @@ def screenshot(driver: Any, name: str) -> None:
         driver.save_screenshot(str(ROOT / "docs" / f"web_{name}.png"))
 
 
-def test_upload_facts_sentence_and_answer_in_browser(served: str, browser: Any) -> None:
+def test_upload_facts_sentence_and_answer_in_browser(
+    settings: Settings, served: str, browser: Any, stop_later: Callable[[Callable[[], Any]], None]
+) -> None:
     from selenium.webdriver.common.by import By
+
+    from webapp.ui import stop_run
 
     driver = browser
     driver.get(served)
@@ -225,10 +233,51 @@ def test_upload_facts_sentence_and_answer_in_browser(served: str, browser: Any) 
     assert "sample_rules.pdf ›" in detail and "page " in detail
     screenshot(driver, "ledger")
 
-    for name, slug in (("Pipeline", "pipeline"), ("Rows and datasets", "rows"), ("Models", "models")):
-        if SCREENSHOTS:
-            open_tab(driver, name)
-            screenshot(driver, slug)
+    # Pipeline: the build-dataset flow (auto review, extractive teacher) in a child process, watched live.
+    stop_later(lambda: stop_run(settings))
+    open_tab(driver, "Pipeline")
+    auto = wait_for(
+        driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#review-policy input[value='auto']"), "the policy"
+    )[0]
+    driver.execute_script("arguments[0].click();", auto)
+    driver.find_element(By.CSS_SELECTOR, "#start-run").click()
+    seen: set[str] = set()
+
+    def finished(d: Any) -> bool:
+        state = text_of(d, "#run-state")
+        seen.update(w for w in ("running", "finished", "failed") if w in state)
+        return "finished" in state or "failed" in state
+
+    wait_for(driver, finished, "the build-dataset run to end", timeout=400)
+    assert "running" in seen, "no live progress was shown before the run ended"
+    assert "finished" in text_of(driver, "#run-state"), text_of(driver, "#run-log")
+    stages = text_of(driver, "#stages")
+    assert "gate release" in stages and "failed" not in stages
+    screenshot(driver, "pipeline")
+
+    open_tab(driver, "Rows and datasets")
+    wait_for(driver, lambda d: "numeric share" in text_of(d, "#rows-summary"), "the rows summary")
+    wait_for(
+        driver, lambda d: "ds-" in text_of(d, "#datasets") or "%" in text_of(d, "#datasets"), "a dataset"
+    )
+    dataset = text_of(driver, "#datasets [data-testid='cell-0-0']").strip()
+    assert dataset
+    driver.find_element(By.CSS_SELECTOR, "#dataset-id textarea, #dataset-id input").send_keys(dataset)
+    driver.find_element(By.CSS_SELECTOR, "#dataset-download").click()
+    links = wait_for(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#dataset-files a[data-testid=download-link]"),
+        "the dataset's JSONL files",
+    )
+    names = [
+        e.get_attribute("aria-label")
+        for e in driver.find_elements(By.CSS_SELECTOR, "#dataset-files td.filename")
+    ]
+    assert f"{dataset}-train.jsonl" in names and len(links) == len(names) == 2
+    screenshot(driver, "rows")
+    if SCREENSHOTS:
+        open_tab(driver, "Models")
+        screenshot(driver, "models")
 
     open_tab(driver, "Ask")
     box = wait_for(
@@ -245,6 +294,22 @@ def test_upload_facts_sentence_and_answer_in_browser(served: str, browser: Any) 
     assert "guard: passed" in verdict or "guard: retried_ok" in verdict or "guard: quoted_evidence" in verdict
     answer = text_of(driver, "#chat")
     assert "400" in answer, answer
+
+    # A number the model invents never reaches the page: the guard quotes the rule or abstains.
+    box.send_keys(INVENTING)
+    driver.find_element(By.CSS_SELECTOR, "#ask-btn").click()
+    verdict = wait_for(
+        driver,
+        lambda d: (
+            INVENTING in text_of(d, "#chat")
+            and "guard:" in text_of(d, "#verdict")
+            and "answering" not in text_of(d, "#verdict")
+            and text_of(d, "#verdict")
+        ),
+        "the second verdict",
+    )
+    assert "guard: passed" not in verdict, verdict
+    assert INVENTED not in text_of(driver, "body")
     screenshot(driver, "ask")
 
     if SCREENSHOTS:
@@ -318,3 +383,41 @@ def test_stages_follow_the_flow_log() -> None:
     log += "12:00:02.000 | INFO | Task run 'quality-gate-e3f' - Finished in state Failed('boom')\n"
     shown = dict(stages(log, "build-dataset", running=False, exit_code=1))
     assert shown["gate pre_review"] == "failed"
+
+
+def test_models_show_both_score_families_and_forced_promotion(settings: Settings) -> None:
+    from warehouse.db import open_warehouse
+    from warehouse.evaluation import save_eval_run
+    from warehouse.models import register_model
+    from webapp.ui import force_promote_model, models_view
+
+    families = {
+        "model": {"accuracy": 0.25, "numeric_accuracy": 0.2, "invented_number_rate": 0.1},
+        "shown": {"accuracy": 0.75, "numeric_accuracy": 0.7, "invented_number_rate": 0.0},
+    }
+    with open_warehouse(settings.warehouse_path) as con:
+        register_model(con, "m-challenger-1", "challenger", "gemma3-270m", note="refused: numeric worse")
+        for mode in ("grounded", "closed_book"):
+            save_eval_run(
+                con,
+                {
+                    "eval_run_id": f"run-{mode}",
+                    "model_label": "challenger",
+                    "model_id": "m-challenger-1",
+                    "mode": mode,
+                    "source": "golden",
+                    "n": 40,
+                    "metrics": families,
+                },
+                [],
+            )
+    frame, head = models_view(settings)
+    assert "No champion yet" in head
+    assert set(frame["family"]) == {"model", "shown"} and set(frame["mode"]) == {"grounded", "closed_book"}
+    shown = frame[(frame["mode"] == "grounded") & (frame["family"] == "shown")].iloc[0]
+    assert shown["accuracy"] == "0.75" and shown["note"] == "refused: numeric worse"
+    assert force_promote_model(settings, "m-chall", "", True).startswith("Refused")
+    assert force_promote_model(settings, "m-chall", "board decision", False).startswith("Refused")
+    assert "is champion" in force_promote_model(settings, "m-chall", "board decision", True)
+    frame, head = models_view(settings)
+    assert "Champion: `m-challenger-1`" in head and "board decision" in head

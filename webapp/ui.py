@@ -667,24 +667,31 @@ def models_view(settings: Settings) -> tuple[pd.DataFrame, str]:
         if champion
         else "No champion yet: the untuned base answers until a challenger is promoted."
     )
-    reports = sorted(settings.reports_dir.glob("**/*.html"), key=lambda p: p.stat().st_mtime)
-    if reports:
-        head += f"\n\nNewest evaluation report: `{reports[-1]}`"
     return pd.DataFrame(out, columns=MODEL_COLUMNS), head
 
 
-def report_charts(settings: Settings) -> list[str]:
-    """The newest evaluation report's charts (PNG), copied where the page may serve them."""
-    charts = sorted(settings.reports_dir.glob("**/*.png"), key=lambda p: p.stat().st_mtime)[-6:]
-    if not charts:
-        return []
+def newest_report(settings: Settings) -> tuple[Path | None, list[Path]]:
+    """The newest evaluation report (``tasks.evaluate.report``'s ``eval-<model>.md``) and its charts."""
+    pages = sorted(settings.reports_dir.glob("eval-*.md"), key=lambda p: p.stat().st_mtime)
+    if not pages:
+        return None, []
+    return pages[-1], sorted(settings.reports_dir.glob(f"{pages[-1].stem}-*.png"))
+
+
+def report_view(settings: Settings) -> tuple[str, list[str]]:
+    """The newest report's text (decisions, regressed and fixed items) and its charts, copied where the
+    page may serve them."""
+    page, charts = newest_report(settings)
+    if page is None:
+        return "No evaluation report yet (the pipeline writes one when it evaluates a challenger).", []
     out = Path(tempfile.mkdtemp(prefix="slm-charts-"))
     copied = []
     for chart in charts:
-        target = out / chart.name
-        shutil.copyfile(chart, target)
-        copied.append(str(target))
-    return copied
+        shutil.copyfile(chart, out / chart.name)
+        copied.append(str(out / chart.name))
+    text = page.read_text(encoding="utf-8", errors="replace")
+    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)  # the charts are shown beside it
+    return f"`{page}`\n\n{text}", copied
 
 
 def force_promote_model(settings: Settings, model_id: str, reason: str, confirmed: bool) -> str:
@@ -772,6 +779,13 @@ def verdict_markdown(result: Any) -> str:
         verdict = "closed book, NOT verified: check the rule before relying on it"
     lines.append(f"- guard: **{result.guard_action}**; numbers {_md(numbers)}; {verdict}; mode {result.mode}")
     return "\n".join(lines)
+
+
+def answer_footnote(result: Any) -> str:
+    """One small line under an answer in the chat: its sources and the guard's action, so every answer in
+    the conversation keeps where its numbers come from."""
+    sources = "; ".join(f"{_md(h.doc)} › {_md(h.heading_path or '(no heading)')}" for h in result.cited)
+    return f"<small>source: {sources or '-'} · guard {result.guard_action}</small>"
 
 
 def _md(text: str) -> str:
@@ -912,6 +926,7 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
                     flow_choice = gr.Radio(list(FLOWS), value="build-dataset", label="flow")
                     review_choice = gr.Radio(
                         list(REVIEW_POLICIES),
+                        elem_id="review-policy",
                         value=settings.review_policy
                         if settings.review_policy in REVIEW_POLICIES
                         else "labelstudio",
@@ -922,29 +937,43 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
                         value=settings.teacher if settings.teacher in TEACHERS else "extractive",
                         label="teacher",
                     )
-                    steps_choice = gr.Number(value=None, label="max training steps (pipeline)", precision=0)
+                    steps_choice = gr.Number(
+                        value=None, label="max training steps (pipeline; 0: the profile's)", precision=0
+                    )
                 with gr.Row():
                     start_btn = gr.Button("Start run", variant="primary", elem_id="start-run")
                     watch_btn = gr.Button("Watch current run", elem_id="watch-run")
                     stop_btn = gr.Button("Stop run", variant="stop")
                 run_state = gr.Markdown("No run started from this page yet.", elem_id="run-state")
-                stage_table = gr.Dataframe(headers=["stage", "state"], interactive=False, label="stages")
+                stage_table = gr.Dataframe(
+                    headers=["stage", "state"], interactive=False, label="stages", elem_id="stages"
+                )
                 review_md = gr.Markdown(elem_id="review-batches")
                 run_log = gr.Textbox(
-                    label="flow log (last 40 lines)", lines=12, max_lines=12, interactive=False
+                    label="flow log (last 40 lines)",
+                    lines=12,
+                    max_lines=12,
+                    interactive=False,
+                    elem_id="run-log",
                 )
 
             # --- Rows and datasets -------------------------------------------------------------------
             with gr.Tab("Rows and datasets", id="rows") as rows_tab:
                 status_choice = gr.Dropdown(["all", *STATUSES], value="all", label="status")
                 rows_summary = gr.Markdown(elem_id="rows-summary")
-                rows_table = gr.Dataframe(headers=ROW_COLUMNS, interactive=False, label="rows", wrap=True)
+                rows_table = gr.Dataframe(
+                    headers=ROW_COLUMNS,
+                    interactive=False,
+                    label="rows",
+                    wrap=True,
+                    column_widths=["10%", "28%", "32%", "8%", "6%", "8%", "8%"],
+                )
                 gates_table = gr.Dataframe(interactive=False, label="gate runs (newest first)")
-                datasets_table = gr.Dataframe(interactive=False, label="frozen datasets")
+                datasets_table = gr.Dataframe(interactive=False, label="frozen datasets", elem_id="datasets")
                 with gr.Row():
-                    dataset_id = gr.Textbox(label="dataset id to download")
-                    download_btn = gr.Button("Get JSONL")
-                dataset_out = gr.File(label="dataset files", file_count="multiple")
+                    dataset_id = gr.Textbox(label="dataset id to download", elem_id="dataset-id")
+                    download_btn = gr.Button("Get JSONL", elem_id="dataset-download")
+                dataset_out = gr.File(label="dataset files", file_count="multiple", elem_id="dataset-files")
 
             # --- Models ------------------------------------------------------------------------------
             with gr.Tab("Models", id="models") as models_tab:
@@ -952,7 +981,11 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
                 models_table = gr.Dataframe(
                     headers=MODEL_COLUMNS, interactive=False, label="models and scores", wrap=True
                 )
-                charts = gr.Gallery(label="newest report's charts", columns=3, height=300)
+                charts = gr.Gallery(label="newest report's charts", columns=3, height=320)
+                with gr.Accordion(
+                    "newest evaluation report (decisions, regressed and fixed items)", open=False
+                ):
+                    report_md = gr.Markdown()
                 with gr.Accordion("Promote by hand (overrules the gate; recorded)", open=False):
                     with gr.Row():
                         promote_id = gr.Textbox(label="model id (or prefix)")
@@ -1085,11 +1118,12 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
         status_choice.input(on_rows, [status_choice], [rows_table, rows_summary, gates_table, datasets_table])
         download_btn.click(lambda d: dataset_files(settings, d.strip()), [dataset_id], [dataset_out])
 
-        def on_models() -> tuple[pd.DataFrame, str, list[str]]:
+        def on_models() -> tuple[pd.DataFrame, str, list[str], str]:
             frame, head = models_view(settings)
-            return frame, head, report_charts(settings)
+            text, shown_charts = report_view(settings)
+            return frame, head, shown_charts, text
 
-        models_tab.select(on_models, None, [models_table, models_head, charts])
+        models_tab.select(on_models, None, [models_table, models_head, charts, report_md])
         promote_btn.click(
             lambda m, r, ok: force_promote_model(settings, m, r, ok),
             [promote_id, promote_reason, promote_ok],
@@ -1132,7 +1166,7 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
                 yield history, f"Could not answer: {html.escape(str(outcome['error']))}", ""
                 return
             result = outcome["result"]
-            history[-1] = {"role": "assistant", "content": result.text}
+            history[-1] = {"role": "assistant", "content": f"{result.text}\n\n{answer_footnote(result)}"}
             yield history, verdict_markdown(result), ""
 
         ask_btn.click(on_ask, [question, chat, which, closed], [chat, verdict, question])
