@@ -376,3 +376,42 @@ def test_the_ledger_vouches_only_through_a_fact_stating_exactly_the_number() -> 
         "住宿费标准是多少？", "住宿费标准为1500-2400元。", evidence="住宿费标准为1500-2400元", chunk_text=text
     )
     assert decide_row(whole, [fact]).kind == "approve"
+
+
+def test_a_changed_fact_verdict_moves_its_rows(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    plan = sample_plan(con, settings)
+    needs = waiting_needs(con)
+    picked = pick_facts(con, plan.fact_ids, needs)
+    queries.create_batch(con, "rb-g", 998, None, [], plan.fact_ids, {})
+    queries.set_task_ids(con, "rb-g", {k: i + 1 for i, k in enumerate(plan.fact_ids)})
+    results = fact_results(plan, picked)
+
+    stamps = dict.fromkeys(plan.fact_ids, "2026-01-01T10:00:00Z")
+
+    def archive() -> dict[str, Any]:
+        tasks = [
+            {
+                "id": i + 1,
+                "data": {"kind": "fact", "fact_id": k, "batch_id": "rb-g"},
+                "annotations": [
+                    {"id": 500 + i, "completed_by": 7, "result": results[k], "updated_at": stamps[k]}
+                ],
+            }
+            for i, k in enumerate(plan.fact_ids)
+        ]
+        return {"users": {"7": "ann@example.org"}, "tasks": tasks}
+
+    sync.apply_export(con, "rb-g", archive(), None)
+    ok, fix = picked["ok"]["fact_id"], picked["fix"]["fact_id"]
+    only_ok = [r for r, ns in needs.items() if any(n == (ok,) for n in ns)]
+    assert only_ok and all(statuses(con)[r][0] == "approved" for r in only_ok)
+    # The person changes their mind: the fact they had marked correct is not a rule; the corrected one was right.
+    results[ok], results[fix] = choice("reject"), choice("accept")
+    stamps[ok] = stamps[fix] = "2026-01-02T10:00:00Z"
+    again = sync.apply_export(con, "rb-g", archive(), None)
+    assert again.applied == {"fact_not_a_rule": 1, "fact_correct": 1}
+    assert all(statuses(con)[r] == ("rejected", LEDGER + "ann@example.org") for r in only_ok)
+    restored = con.execute("SELECT value FROM facts WHERE fact_id = ?", [fix]).fetchone()[0]
+    assert restored == picked["fix"]["value"]  # the ingested value is back, the correction withdrawn
+    only_fix = [r for r, ns in needs.items() if ns and all(n == (fix,) for n in ns)]
+    assert all(statuses(con)[r] == ("approved", LEDGER + "ann@example.org") for r in only_fix)
