@@ -421,3 +421,43 @@ def test_models_show_both_score_families_and_forced_promotion(settings: Settings
     assert "is champion" in force_promote_model(settings, "m-chall", "board decision", True)
     frame, head = models_view(settings)
     assert "Champion: `m-challenger-1`" in head and "board decision" in head
+
+
+class StreamingModel:
+    """A planted model that streams its answer in pieces through ``stream_to``, as llama.cpp's does."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.stream_to: Callable[[str], None] | None = None
+
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: Any = None) -> str:
+        sink, self.stream_to = self.stream_to, None
+        for piece in self.pieces:
+            if sink:
+                sink(piece)
+        return "".join(self.pieces)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "number_shown"),
+    [
+        (["讲师属于其他人员，", "住宿费每人每天不超过", "400", "元。"], "400"),
+        (["讲师住宿费", "每人每天", "987", "元。"], None),  # invented: never streamed, never shown
+    ],
+)
+def test_ask_streams_only_up_to_the_first_number(
+    settings: Settings, pieces: list[str], number_shown: str | None
+) -> None:
+    from webapp.ui import Answering, ingest_uploads, question_problem, verdict_markdown
+
+    assert ingest_uploads(settings, [("sample_rules.pdf", str(SAMPLE_PDF))])[0].status == "added"
+    streamed: list[str] = []
+    result, _ = Answering(settings, StreamingModel(pieces)).ask(QUESTION, "champion", False, streamed.append)
+    assert streamed and not any(ch.isdigit() for ch in "".join(streamed))  # nothing unchecked on screen
+    verdict = verdict_markdown(result)
+    assert "rules.pdf" in verdict and "guard:" in verdict
+    if number_shown:
+        assert result.guard_action == "passed" and number_shown in result.text
+    else:
+        assert "987" not in result.text and result.guard_action != "passed"
+    assert question_problem("  ") and question_problem("问" * 5000) and not question_problem(QUESTION)

@@ -60,7 +60,10 @@ TEACHERS = ("extractive", "gemini", "openai", "llamacpp")
 REVIEW_POLICIES = ("labelstudio", "auto")
 FLOWS = ("build-dataset", "pipeline")
 
-_LOCK = threading.RLock()  # DuckDB refuses a read-only and a writing handle on one file in one process
+try:  # one lock with the guarded API's answers: DuckDB refuses a read-only and a writing handle in one process
+    from webapp.api import WAREHOUSE_LOCK as _LOCK
+except ImportError:  # the pages without the API module
+    _LOCK = threading.RLock()
 
 
 class Busy(RuntimeError):
