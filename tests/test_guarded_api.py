@@ -326,3 +326,27 @@ def test_no_model_is_a_clear_503(workspace: Settings) -> None:
     with TestClient(create_app(empty, with_ui=False)) as http:
         response = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": MEAL}]})
     assert response.status_code == 503 and "slm ingest" in response.json()["error"]["message"]
+
+
+def test_the_ui_mounts_beside_the_api_with_the_one_model(workspace: Settings) -> None:
+    """With gradio and webapp/ui.py, the UI is at / and /v1 still answers; its chat gets this app's model."""
+    from fastapi.testclient import TestClient
+
+    from webapp.api import SharedModel
+    from webapp.server import create_app, ui_available
+
+    if not ui_available():
+        pytest.skip("gradio or webapp/ui.py is missing: the app serves the API alone")
+    planted = Planted(RIGHT)
+    app = create_app(workspace, generator=planted, model_name="planted", with_ui=True)
+    assert app.state.ui
+    with TestClient(app) as http:
+        assert http.get("/v1/models").json()["data"][0]["id"] == "planted"
+        page = http.get("/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    shared = app.state.answerer.shared_model()
+    assert isinstance(shared, SharedModel)
+    pieces: list[str] = []
+    shared.stream_to = pieces.append
+    assert shared([{"role": "user", "content": MEAL}], 16) == RIGHT and planted.calls == 1
+    assert shared.stream_to is None  # the hook is for one call

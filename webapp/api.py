@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import threading
 import time
@@ -189,6 +190,9 @@ class GuardedAnswerer:
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-answer")
         self._waiting = 0
         self._count_lock = threading.Lock()
+        # Held while the model answers: by the worker for a whole guarded answer, by a shared_model() call
+        # for one generation (the UI's chat), so the two never interleave on the one llama.cpp context.
+        self.model_lock = threading.Lock()
 
     # model ---------------------------------------------------------------------------------------------
 
@@ -223,6 +227,11 @@ class GuardedAnswerer:
                 raise ApiError(503, f"no model to answer with: {exc}", "model_not_available") from exc
             self._name = self._name or resolved.model_id or gguf.stem
             self.generator = generator
+
+    def shared_model(self) -> SharedModel:
+        """This app's model for other code of the process (the UI's chat): loaded on first use, one
+        generation at a time with the endpoint's answers."""
+        return SharedModel(self)
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -269,7 +278,7 @@ class GuardedAnswerer:
     def _answer_now(self, question: str, mode: str) -> GuardedReply:
         self.load()
         started = time.perf_counter()
-        with WAREHOUSE_LOCK:
+        with self.model_lock, WAREHOUSE_LOCK:
             try:
                 opener = settings_warehouse(self.settings, read_only=True)
                 con = opener.__enter__()
@@ -300,6 +309,32 @@ class GuardedAnswerer:
             seconds=time.perf_counter() - started,
             result=result,
         )
+
+
+class SharedModel:
+    """``(messages, max_tokens, grammar=None) -> str`` over a :class:`GuardedAnswerer`'s model, with the
+    ``stream_to`` hook of ``LlamaCppGenerator`` (the next call streams its pieces there)."""
+
+    def __init__(self, answerer: GuardedAnswerer) -> None:
+        self.answerer = answerer
+        self.stream_to: Callable[[str], None] | None = None
+
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: Any = None) -> str:
+        try:
+            self.answerer.load()
+        except ApiError as exc:
+            raise RuntimeError(exc.message) from exc
+        sink, self.stream_to = self.stream_to, None
+        with self.answerer.model_lock:
+            generator: Any = self.answerer.generator
+            if sink is not None:
+                with contextlib.suppress(AttributeError):
+                    generator.stream_to = sink
+            try:
+                return generator(messages, max_tokens, grammar=grammar)
+            finally:
+                if sink is not None and getattr(generator, "stream_to", None) is sink:
+                    generator.stream_to = None
 
 
 # --- the HTTP side -----------------------------------------------------------------------------------------

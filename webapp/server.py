@@ -84,12 +84,13 @@ def create_app(
         }
 
     if with_ui:
-        app = _mount_ui(app, settings, token)
+        app = _mount_ui(app, settings, token, answerer)
     return app
 
 
-def _mount_ui(app: Any, settings: Settings, token: str | None) -> Any:
-    """Mount ``webapp.ui.build_ui(settings)`` at ``/``; without Gradio or the module, the API alone."""
+def _mount_ui(app: Any, settings: Settings, token: str | None, answerer: GuardedAnswerer) -> Any:
+    """Mount ``webapp.ui.build_ui(settings)`` at ``/``, its chat answering with this app's one model (when
+    ``build_ui`` takes a ``generator``); without Gradio or the module, the API alone."""
     if not ui_available():
         log.info("no web UI: gradio or webapp/ui.py is missing; serving the API alone")
         return app
@@ -97,7 +98,10 @@ def _mount_ui(app: Any, settings: Settings, token: str | None) -> Any:
 
     from webapp import ui
 
-    blocks = ui.build_ui(settings)
+    if "generator" in inspect.signature(ui.build_ui).parameters:
+        blocks = ui.build_ui(settings, generator=answerer.shared_model())
+    else:
+        blocks = ui.build_ui(settings)
     options: dict[str, Any] = {"path": "/"}
     if token is not None:
         if "auth" not in inspect.signature(gradio.mount_gradio_app).parameters:
