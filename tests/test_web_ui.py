@@ -380,9 +380,17 @@ def test_stages_follow_the_flow_log() -> None:
     shown = dict(stages(log, "build-dataset", running=True, exit_code=None))
     assert shown["ingest"] == "done" and shown["distil"] == "done"
     assert shown["gate pre_review"] == "running" and shown["gate release"] == "waiting"
+    paused = log + (
+        "12:00:02.000 | INFO | Task run 'quality-gate-e3f' - Finished in state Completed()\n"
+        "12:00:03.000 | INFO | Task run 'push-review-batch-a0a' - Finished in state Completed()\n"
+        "12:00:03.100 | INFO | Flow run 'x' - Pausing flow, execution will continue when this flow run is resumed.\n"
+    )
+    shown = dict(stages(paused, "pipeline", running=True, exit_code=None))
+    assert shown["review"] == "done" and shown["sync review"] == "paused for review"
+    assert shown["train"] == "waiting"
     log += "12:00:02.000 | INFO | Task run 'quality-gate-e3f' - Finished in state Failed('boom')\n"
     shown = dict(stages(log, "build-dataset", running=False, exit_code=1))
-    assert shown["gate pre_review"] == "failed"
+    assert shown["gate pre_review"] == "failed" and shown["review"] == "waiting"
 
 
 def test_models_show_both_score_families_and_forced_promotion(settings: Settings) -> None:
@@ -461,3 +469,16 @@ def test_ask_streams_only_up_to_the_first_number(
     else:
         assert "987" not in result.text and result.guard_action != "passed"
     assert question_problem("  ") and question_problem("问" * 5000) and not question_problem(QUESTION)
+
+
+def test_settings_say_set_or_missing_never_the_key(settings: Settings) -> None:
+    from webapp.ui import keys_view, servers_view, settings_json
+
+    secret = "AIzaSy-do-not-show-me"
+    cfg = load_settings(settings.workspace, gemini_api_keys=f"{secret},second-{secret}")
+    keys = keys_view(cfg)
+    states = dict(zip(keys["teacher"], keys["state"], strict=True))
+    assert states["gemini"] == "set (2 keys)" and states["openai"] == "missing"
+    shown = keys.to_string() + servers_view(cfg).to_string() + json.dumps(settings_json(cfg), default=str)
+    assert secret not in shown
+    assert set(servers_view(cfg)["state"]) <= {"running", "stopped", "none"}

@@ -428,7 +428,7 @@ def stages(log: str, flow: str, running: bool, exit_code: int | None) -> list[tu
         finished[task] = "done" if match["state"] == "Completed" else match["state"].lower()
     wanted = STAGES if flow == "pipeline" else STAGES[:6]
     auto = "review policy auto" in log
-    paused = "pausing flow" in log.lower() or "paused" in log.lower()
+    paused = "pausing flow" in log.lower()
     current_marked = any(state != "done" for state in finished.values())
     out: list[tuple[str, str]] = []
     for key, label in wanted:
@@ -844,7 +844,7 @@ def servers_view(settings: Settings) -> pd.DataFrame:
         for info in prefect_server.status(settings).values():
             rows.append(
                 [
-                    f"prefect {info.name}",
+                    info.name if info.name.startswith("prefect") else f"prefect {info.name}",
                     "running" if info.running else "stopped",
                     info.url or "",
                     str(info.log),
