@@ -9,6 +9,7 @@ clear 400s; a client that goes away mid-stream leaves the server serving; off lo
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -350,3 +351,77 @@ def test_the_ui_mounts_beside_the_api_with_the_one_model(workspace: Settings) ->
     shared.stream_to = pieces.append
     assert shared([{"role": "user", "content": MEAL}], 16) == RIGHT and planted.calls == 1
     assert shared.stream_to is None  # the hook is for one call
+
+
+def test_slm_serve_answers_through_the_guard_with_a_real_gguf(
+    workspace: Settings, tmp_path: Path, stop_later: Callable[[Callable[[], Any]], None]
+) -> None:
+    """`slm serve` as a user starts it: a tiny exported GGUF in llama.cpp, the openai client, both ways."""
+    pytest.importorskip("llama_cpp")
+    import os
+    import signal
+    import subprocess
+
+    from tasks.export.export import export_model
+    from tests.test_cli import slm, slm_command
+    from tests.test_export import make_model
+
+    ws = str(workspace.workspace)
+    refused = slm("-w", ws, "serve", "--host", "0.0.0.0", cwd=tmp_path)
+    assert refused.returncode == 2 and "refusing to start the web app on 0.0.0.0" in refused.stderr
+    no_model = slm("-w", ws, "serve", cwd=tmp_path)
+    assert no_model.returncode == 2 and "run `slm export` first" in no_model.stderr
+
+    make_model("llama", tmp_path / "base")
+    gguf = export_model(None, str(tmp_path / "base"), tmp_path / "out", quant="f16").path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command, env = slm_command(
+        "-w",
+        ws,
+        "serve",
+        "--model",
+        str(gguf),
+        "--port",
+        str(port),
+        "--no-ui",
+        env={"SLM_ANSWER_MAX_TOKENS": "8"},
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def stop() -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+    stop_later(stop)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        procs.append(
+            subprocess.Popen(
+                command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+    openai_client = client(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            models = openai_client.models.list()
+            break
+        except openai.APIConnectionError:
+            assert procs[0].poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "slm serve did not start"
+            time.sleep(0.5)
+    assert [m.id for m in models.data] == [gguf.stem]
+    assert "guarded endpoint: http://127.0.0.1" in log.read_text()
+    messages = [{"role": "user", "content": MEAL}]
+    reply = openai_client.chat.completions.create(model=gguf.stem, messages=messages)
+    extra = reply.model_extra["slm"]
+    assert extra["guard_action"] in ("passed", "retried_ok", "quoted_evidence", "abstained")
+    assert all(s["document"] == "sample_rules.pdf" for s in extra["sources"])
+    chunks = list(openai_client.chat.completions.create(model=gguf.stem, messages=messages, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == reply.choices[0].message.content  # greedy: the same guarded answer both ways
+    assert chunks[-1].model_extra["slm"]["guard_action"] == extra["guard_action"]
