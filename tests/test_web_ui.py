@@ -482,3 +482,18 @@ def test_settings_say_set_or_missing_never_the_key(settings: Settings) -> None:
     shown = keys.to_string() + servers_view(cfg).to_string() + json.dumps(settings_json(cfg), default=str)
     assert secret not in shown
     assert set(servers_view(cfg)["state"]) <= {"running", "stopped", "none"}
+
+
+def test_a_selected_fact_is_found_by_its_row_even_when_sorted(settings: Settings) -> None:
+    from webapp.ui import document_facts, facts_frame, highlighted, ingest_uploads, selected_fact
+
+    ingest_uploads(settings, [("sample_rules.pdf", str(SAMPLE_PDF))])
+    facts = document_facts(settings, "sample_rules.pdf")
+    frame = facts_frame(facts)
+    last = len(facts) - 1
+    assert selected_fact(facts, [0, 2], list(frame.iloc[last])) is facts[last]  # sorted in the browser
+    assert selected_fact(facts, [1, 0], None) is facts[1]
+    assert selected_fact(facts, [len(facts) + 5, 0], None) is None
+    page = highlighted({**facts[0], "context": "<script>alert(1)</script> 3个月", "raw": "3个月"})
+    assert "<script>" not in page and "&lt;script&gt;" in page and ">3个月</mark>" in page
+    assert all(f["page"] != "-" for f in facts)

@@ -267,6 +267,23 @@ def facts_frame(facts: Sequence[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
+def selected_fact(
+    facts: Sequence[dict[str, Any]], index: Any, row_value: Sequence[Any] | None
+) -> dict[str, Any] | None:
+    """The fact of a selected table row: by the row's values (the table may be sorted in the browser), else by
+    its position."""
+    if row_value:
+        wanted = [str(v) for v in row_value]
+        frame = facts_frame(facts)
+        for i, values in enumerate(frame.itertuples(index=False)):
+            if [str(v) for v in values] == wanted:
+                return facts[i]
+    row = index[0] if isinstance(index, list | tuple) else index
+    if row is None or not 0 <= int(row) < len(facts):
+        return None
+    return facts[int(row)]
+
+
 def highlighted(fact: dict[str, Any]) -> str:
     """The fact's sentence as HTML (escaped) with its number marked, then its article path and page."""
     context = fact.get("context") or ""
@@ -411,8 +428,12 @@ def stop_run(settings: Settings) -> bool:
     try:
         os.killpg(run.process.pid, signal.SIGTERM)
         run.process.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(run.process.pid, signal.SIGKILL)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.process.pid, signal.SIGKILL)
+        run.process.wait(timeout=20)
+    except ProcessLookupError:
+        pass
     return True
 
 
@@ -1066,10 +1087,8 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
         doc_choice.input(on_doc, [doc_choice], [facts_state, facts_table, fact_html])
 
         def on_fact(facts: list[dict[str, Any]], evt: gr.SelectData) -> str:
-            row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
-            if not facts or row is None or not 0 <= int(row) < len(facts):
-                return "<p>Select a fact to see its sentence.</p>"
-            return highlighted(facts[int(row)])
+            fact = selected_fact(facts, evt.index, getattr(evt, "row_value", None))
+            return highlighted(fact) if fact else "<p>Select a fact to see its sentence.</p>"
 
         facts_table.select(on_fact, [facts_state], [fact_html])
 
