@@ -190,6 +190,7 @@ def demo_batch(settings: Settings) -> tuple[int, int]:
 def fact_batch(settings: Settings) -> tuple[int, int]:
     """(project id, task id) of a fact task about money with the most citing questions, pushing a fact-first
     batch of the sample when the workspace has none."""
+    from review.facts import questions_waiting_on
     from tasks.distill.distill import distill, make_teacher
     from tasks.ingest.documents import ingest_file
     from warehouse import review as queries
@@ -206,7 +207,7 @@ def fact_batch(settings: Settings) -> tuple[int, int]:
             tasks = [
                 t for b in queries.list_batches(con) for t in queries.batch_fact_tasks(con, b["batch_id"])
             ]
-        citing = queries.citing_questions(con, [t["fact_id"] for t in tasks])
+        citing = questions_waiting_on(con, [t["fact_id"] for t in tasks])
         money = [t for t in tasks if t["unit"].startswith("元") and t["ls_task_id"] is not None] or tasks
         best = max(money, key=lambda t: (len(citing[t["fact_id"]]), -int(t["ls_task_id"])))
         batch = queries.get_batch(con, best["batch_id"])

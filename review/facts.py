@@ -244,6 +244,21 @@ def settle(con: duckdb.DuckDBPyConnection, row_ids: Sequence[str] | None = None)
     return result
 
 
+def questions_waiting_on(con: duckdb.DuckDBPyConnection, fact_ids: Sequence[str]) -> dict[str, list[str]]:
+    """fact_id -> the questions of the rows whose verdict a person's verdict on that fact decides (the rows
+    waiting on it), read only: what a fact task shows for context."""
+    wanted = set(fact_ids)
+    out: dict[str, list[str]] = {f: [] for f in fact_ids}
+    rows = queries.ledger_rows(con)
+    facts = queries.facts_with_verdicts(con, sorted({r["chunk_id"] for r in rows}))
+    for row in rows:
+        outcome = decide_row(row, facts[row["chunk_id"]])
+        for fact_id in {f for need in outcome.needs for f in need} & wanted:
+            if row["question"] not in out[fact_id]:
+                out[fact_id].append(row["question"])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Where the time goes: per batch, the tasks people open and the rows those decide
 

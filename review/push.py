@@ -33,7 +33,7 @@ from typing import Any
 
 import duckdb
 
-from review.facts import VERIFIER_VERSION, choose_facts, decide_row, settle
+from review.facts import VERIFIER_VERSION, choose_facts, decide_row, questions_waiting_on, settle
 from review.labeling import CONFIG_VERSION, label_config, prediction_for, task_for_fact, task_for_row
 from review.server import base_url, retrying, transient
 from review.sync import unavailable
@@ -119,7 +119,7 @@ def _import_missing(
             task["predictions"] = [prediction_for(r["suggested"], VERIFIER_VERSION)]
         payloads[r["row_id"]] = task
     facts = queries.batch_fact_tasks(con, batch_id)
-    citing = queries.citing_questions(con, [f["fact_id"] for f in facts])
+    citing = questions_waiting_on(con, [f["fact_id"] for f in facts])
     for f in facts:
         payloads[f["fact_id"]] = {"data": task_for_fact(f, citing[f["fact_id"]], batch_id)}
     rows = [{"row_id": key} for key in payloads]

@@ -5,6 +5,7 @@ again changes nothing."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,13 @@ def test_fact_first_batch_round_trip_with_a_real_label_studio(tmp_path: Path, st
             ]
             assert [p["model_version"] for p in predictions] == [VERIFIER_VERSION]
             assert predictions[0]["result"][0]["value"]["choices"] == [plan.suggested[row_id]]
+
+        # A fact task shows, read-only, the questions of the rows its verdict decides.
+        ok = picked["ok"]["fact_id"]
+        waiting = [r for r, ns in needs.items() if any(ok in n for n in ns)]
+        question = con.execute("SELECT question FROM qa_rows WHERE row_id = ?", [waiting[0]]).fetchone()[0]
+        assert html.escape(question) in _data(by_key[ok])["notes_html"]
+        assert f">{html.escape(picked['ok']['raw'])}</mark>" in _data(by_key[ok])["source_html"]
 
         facts, rows = fact_results(plan, picked), row_results(plan)
         for key, task in by_key.items():
