@@ -425,3 +425,25 @@ def test_slm_serve_answers_through_the_guard_with_a_real_gguf(
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == reply.choices[0].message.content  # greedy: the same guarded answer both ways
     assert chunks[-1].model_extra["slm"]["guard_action"] == extra["guard_action"]
+
+
+def test_a_full_queue_is_a_clear_503_and_a_dropped_question_is_never_answered(workspace: Settings) -> None:
+    from webapp.api import ApiError, GuardedAnswerer
+
+    planted = Planted(RIGHT, delay_s=0.5)
+    answerer = GuardedAnswerer(workspace, generator=planted, max_waiting=2)
+    try:
+        first, second = answerer.submit(MEAL), answerer.submit(MEAL)
+        with pytest.raises(ApiError) as caught:
+            answerer.submit(MEAL)
+        assert caught.value.status == 503 and caught.value.headers["Retry-After"]
+        assert "busy" in caught.value.message
+        assert second.cancel()  # its client left while it waited: dropped
+        assert first.result(timeout=30).text == RIGHT
+        deadline = time.monotonic() + 10  # the count drops in the future's done callback, just after
+        while answerer.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert planted.calls == 1 and answerer.waiting == 0
+        assert answerer.answer(MEAL).guard_action == "passed"  # room again
+    finally:
+        answerer.close()
