@@ -341,22 +341,6 @@ def batch_fact_tasks(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict
     )
 
 
-def citing_questions(con: duckdb.DuckDBPyConnection, fact_ids: Sequence[str]) -> dict[str, list[str]]:
-    """fact_id -> the questions of the rows that cite it (for context on a fact task), in row order."""
-    out: dict[str, list[str]] = {f: [] for f in fact_ids}
-    if not fact_ids:
-        return out
-    rows = con.execute(
-        "SELECT f, r.question FROM (SELECT row_id, question, created_at, unnest(fact_ids) AS f FROM qa_rows"
-        "  WHERE status <> 'rejected') r WHERE f IN (SELECT unnest(?)) ORDER BY r.created_at, r.row_id",
-        [list(fact_ids)],
-    ).fetchall()
-    for fact_id, question in rows:
-        if question not in out[fact_id]:
-            out[fact_id].append(question)
-    return out
-
-
 def _apply_fact_decision(con: duckdb.DuckDBPyConnection, batch_id: str, d: dict[str, Any]) -> None:
     """One fact task's annotation: record the verdict (None: flagged, the fact stays unverified), rewrite the
     ledger's fields for a correction, restore them for any other verdict; the ingested fields are kept."""
