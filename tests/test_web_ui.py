@@ -73,11 +73,10 @@ def web_app(settings: Settings, generator: Callable[..., str]) -> Any:
     try:
         from webapp.server import create_app
     except ImportError:
-        app = FastAPI()
-    else:
-        # The planted model must answer on the Ask tab too, so the UI is mounted here with it.
-        app = create_app(settings, generator=generator, with_ui=False)
-    return gradio.mount_gradio_app(app, build_ui(settings, generator=generator), path="/")
+        return gradio.mount_gradio_app(FastAPI(), build_ui(settings, generator=generator), path="/")
+    app = create_app(settings, generator=generator)  # the Ask tab answers with the app's one (planted) model
+    assert app.state.ui, "create_app did not mount the web UI"
+    return app
 
 
 @pytest.fixture

@@ -1021,7 +1021,9 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
             # --- Ask ---------------------------------------------------------------------------------
             with gr.Tab("Ask", id="ask"):
                 with gr.Row():
-                    which = gr.Radio(["champion", "base"], value="champion", label="model")
+                    # With the server's model planted, that one answers; else the exported champion or base.
+                    models = ["champion", "base"] if generator is None else ["this server's model"]
+                    which = gr.Radio(models, value=models[0], label="model", interactive=generator is None)
                     closed = gr.Checkbox(
                         False, label="closed book (the model alone; numbers flagged, not fixed)"
                     )
