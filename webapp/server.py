@@ -102,7 +102,8 @@ def _mount_ui(app: Any, settings: Settings, token: str | None, answerer: Guarded
         blocks = ui.build_ui(settings, generator=answerer.shared_model())
     else:
         blocks = ui.build_ui(settings)
-    options: dict[str, Any] = {"path": "/"}
+    # Gradio refuses an upload over the limit before it reaches its cache (mounting resets its own limit).
+    options: dict[str, Any] = {"path": "/", "max_file_size": int(settings.max_file_mb * 1024 * 1024)}
     if token is not None:
         if "auth" not in inspect.signature(gradio.mount_gradio_app).parameters:
             log.warning("no web UI off loopback: this Gradio cannot put it behind a login")
