@@ -457,3 +457,26 @@ def test_an_abstention_stands_only_where_the_rules_say_nothing(
     regulated = answer("去拉萨出差，吃饭一天补多少？", abstain, index, sample)  # 拉萨 is in 西藏: 120元
     assert regulated.guard_action == "quoted_evidence" and "120元" in regulated.text
     assert regulated.text.startswith("根据《sample_rules》第十八条：")
+
+
+def test_a_fact_reviewed_as_not_a_rule_is_never_cited(
+    sample: duckdb.DuckDBPyConnection, index: ChunkIndex
+) -> None:
+    """A reviewer's "not a rule" verdict takes the fact out of what answers may cite (the ledger keeps it)."""
+    from warehouse.ledger import list_facts
+
+    assert answer(MEAL, Scripted("伙食补助费每人每天100元。"), index, sample).verified
+    fact_id, value, unit, qualifier, subject = sample.execute(
+        "SELECT fact_id, value, unit, qualifier, subject FROM facts"
+        " WHERE value = '100' AND subject LIKE '%伙食补助%' LIMIT 1"
+    ).fetchone()
+    sample.execute(
+        "INSERT INTO fact_verdicts (fact_id, verdict, original_value, original_unit, original_qualifier,"
+        " original_subject, annotator, batch_id, annotation_id) VALUES (?, 'not_a_rule', ?, ?, ?, ?, 'a@b', 'b1', 1)",
+        [fact_id, value, unit, qualifier, subject],
+    )
+    clear_cache()
+    assert fact_id in {f["fact_id"] for f in list_facts(sample)}
+    assert fact_id not in {f["fact_id"] for f in list_facts(sample, rules_only=True)}
+    result = answer(MEAL, Scripted("伙食补助费每人每天100元。"), index, sample)
+    assert fact_id not in result.fact_ids and result.guard_action != "passed"

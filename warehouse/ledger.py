@@ -141,15 +141,21 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 _FACT_COLUMNS = ", ".join(["d.name AS doc", *(f"f.{name}" for name in FACT_FIELDS), "c.heading_path"])
 
 
-def list_facts(con: duckdb.DuckDBPyConnection, doc: str | None = None) -> list[dict[str, Any]]:
-    """Facts in document order; ``doc`` filters by file name (exact) or document id prefix."""
+def list_facts(
+    con: duckdb.DuckDBPyConnection, doc: str | None = None, *, rules_only: bool = False
+) -> list[dict[str, Any]]:
+    """Facts in document order; ``doc`` filters by file name (exact) or document id prefix. ``rules_only``
+    leaves out the facts a reviewer marked "not a rule" (a date, a form number): answers must not cite them."""
     sql = (
         f"SELECT {_FACT_COLUMNS} FROM facts f JOIN documents d USING (doc_id) JOIN chunks c USING (chunk_id)"
+        " WHERE true"
     )
     params: list[Any] = []
     if doc:
-        sql += " WHERE d.name = ? OR d.doc_id LIKE ?"
+        sql += " AND (d.name = ? OR d.doc_id LIKE ?)"
         params = [doc, f"{doc}%"]
+    if rules_only:
+        sql += " AND f.fact_id NOT IN (SELECT fact_id FROM fact_verdicts WHERE verdict = 'not_a_rule')"
     sql += " ORDER BY d.name, c.start_char + f.span_start"
     cursor = con.execute(sql, params)
     return fetch_dicts(cursor)

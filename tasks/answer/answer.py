@@ -436,7 +436,7 @@ def facts_by_chunk(
             if key in _facts_cache:
                 return _facts_cache[key]
     grouped: dict[str, list[FactRef]] = {}
-    for row in list_facts(con):
+    for row in list_facts(con, rules_only=True):
         grouped.setdefault(row["chunk_id"], []).append(FactRef.from_row(row))
     if key is not None:
         with _facts_lock:

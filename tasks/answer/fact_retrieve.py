@@ -146,7 +146,7 @@ class FactIndex:
         """The index of the facts of ``con`` (of document ``doc``: file name or doc id prefix), cached per
         warehouse content (chunk ids, fact ids and values) and lexicon."""
         chunks = ChunkIndex.build(con, doc)
-        rows = list_facts(con, doc)
+        rows = list_facts(con, doc, rules_only=True)
         digest = hashlib.sha256(chunks.key.encode())
         digest.update(lexicon().digest.encode())
         for r in rows:
