@@ -2,7 +2,9 @@
 
 Runs the scenarios of ``tests/reliability`` (the same functions the tests assert on), each in a fresh
 folder: kill -9 during every stage, dead and slow dependencies (teacher faults, Label Studio and Prefect
-stopped), two processes on one workspace, hostile input, and secrets. Everything under "lost" must be 0.
+stopped), two processes on one workspace, hostile input, secrets, and hostile uploads and requests against
+the web app (issue #18; their per-file and per-request outcomes are printed under each). Everything under
+"lost" must be 0.
 
     .venv/bin/python bench/faults.py [--only SUBSTRING] [--json FILE]
 
@@ -30,7 +32,7 @@ from rich.table import Table  # noqa: E402
 
 from tests.reliability.outcome import FaultOutcome  # noqa: E402
 
-MODULES = ("crashes", "deps", "concurrency", "hostile", "security")
+MODULES = ("crashes", "deps", "concurrency", "hostile", "security", "web")
 
 
 def _scenarios(only: str | None) -> list[tuple[str, object]]:
@@ -70,6 +72,8 @@ def main() -> int:
         results.append((label, outcome, elapsed))
         verdict = "ok" if outcome.passed else "FAILED: " + "; ".join(outcome.problems)[:300]
         console.print(f"  {verdict} ({elapsed:.0f} s)")
+        for line in getattr(outcome, "details", ()):  # what each hostile file or request got (web scenarios)
+            console.print(f"    {line}", style="dim", markup=False)
 
     table = Table(title="fault injection: what was tried and what was lost")
     for column in (
@@ -125,6 +129,7 @@ def main() -> int:
                         "duplicates": o.duplicates,
                         "secrets_found": o.secrets_found,
                         "problems": o.problems,
+                        "details": getattr(o, "details", []),
                         "passed": o.passed,
                         "seconds": round(elapsed, 1),
                     }

@@ -19,17 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from runtime.config import Settings, load_settings
+from runtime.config import Settings
 from runtime.netbind import RemoteBindRefused
 from tests.conftest import SAMPLE_PDF
+from tests.web_serving import INVENTED, MEAL, RIGHT, Planted, sample_workspace, served
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
-
-MEAL = "出差伙食补助费每人每天多少钱？"
-RIGHT = "伙食补助费每人每天100元。"
-INVENTED = "伙食补助费每人每天999元。"
 
 
 def leaks(text: str) -> bool:
@@ -38,45 +35,9 @@ def leaks(text: str) -> bool:
     return any(s in text for s in ("999元", '"999"', "999 元", "每天999"))
 
 
-class Planted:
-    """A scripted model: ``reply`` for every call (after ``delay_s``), recording the calls and the most that
-    ever ran at once (the app must serialise them)."""
-
-    def __init__(self, reply: str, delay_s: float = 0.0) -> None:
-        self.reply = reply
-        self.delay_s = delay_s
-        self.calls = 0
-        self.running = 0
-        self.most_at_once = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, messages: list[dict[str, str]], max_tokens: int, grammar: Any = None) -> str:
-        with self._lock:
-            self.calls += 1
-            self.running += 1
-            self.most_at_once = max(self.most_at_once, self.running)
-        try:
-            if self.delay_s:
-                time.sleep(self.delay_s)
-            return self.reply
-        finally:
-            with self._lock:
-                self.running -= 1
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    from tasks.answer.fact_retrieve import clear_cache as clear_fact_cache
-    from tasks.answer.retrieve import clear_cache
-    from tasks.ingest.documents import ingest_file
-    from warehouse.db import open_warehouse
-
-    settings = load_settings(tmp_path_factory.mktemp("guarded") / "ws")
-    with open_warehouse(settings.warehouse_path) as con:
-        assert ingest_file(con, SAMPLE_PDF, settings).status == "added"
-    clear_cache()
-    clear_fact_cache()
-    return settings
+    return sample_workspace(tmp_path_factory.mktemp("guarded"), SAMPLE_PDF)
 
 
 Start = Callable[..., tuple[str, Planted]]
@@ -88,27 +49,14 @@ def start(workspace: Settings, stop_later: Callable[[Callable[[], Any]], None]) 
     loopback port, in a thread, stopped when the test ends."""
 
     def run(reply: str, delay_s: float = 0.0) -> tuple[str, Planted]:
-        from webapp.server import create_app, listening_socket
+        from webapp.server import create_app
 
         planted = Planted(reply, delay_s)
         app = create_app(workspace, generator=planted, model_name="planted", with_ui=False)
-        sock = listening_socket("127.0.0.1", 0)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-
-        def stop() -> None:
-            server.should_exit = True
-            thread.join(timeout=30)
-            sock.close()
-            assert not thread.is_alive(), "uvicorn did not stop"
-
-        stop_later(stop)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}", planted
+        serving = served(app)
+        base = serving.__enter__()  # a start that fails stops what it started itself
+        stop_later(lambda: serving.__exit__(None, None, None))
+        return base, planted
 
     return run
 

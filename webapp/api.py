@@ -538,21 +538,51 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: a body announced over ``max_bytes`` is refused with 413 before it is read."""
+    """ASGI middleware for the API's paths (``prefix``): a body over ``max_bytes`` is refused with 413 before it
+    is parsed: at once when its Content-Length says so, else (a chunked body) as soon as that many bytes have
+    come. Other paths (the UI's uploads, which Gradio limits per file by ``max_file_mb``) pass untouched."""
 
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES, prefix: str = "/v1") -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.prefix = prefix
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"the request body is over {self.max_bytes} bytes", "request_too_large")
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
+        path = scope.get("path") or ""
+        if scope["type"] != "http" or not (path == self.prefix or path.startswith(self.prefix + "/")):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
             error = None
-            if length is not None and not length.strip().isdigit():
+            if not length.strip().isdigit():
                 error = ApiError(400, "bad Content-Length header", "invalid_request")
-            elif length is not None and int(length) > self.max_bytes:
-                error = ApiError(413, f"the request body is over {self.max_bytes} bytes", "request_too_large")
+            elif int(length) > self.max_bytes:
+                error = self._too_large()
             if error is not None:
                 await error.response()(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length: read the body here, up to the limit, and hand it on as it came.
+        messages: list[Any] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._too_large().response()(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
