@@ -45,7 +45,10 @@ def config_show(as_json: AsJson = False) -> None:
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (searched recursively).")],
 ) -> None:
-    """Read PDF/TXT/Markdown rule documents into the warehouse and build the fact ledger."""
+    """Read PDF/Word (.docx)/TXT/Markdown rule documents into the warehouse and build the fact ledger.
+
+    Files in a folder that no route reads are listed as skipped with the reason. Exit status: 1 when any
+    file failed; skipped files alone leave it 0 (they are listed and counted, not errors)."""
     from tasks.ingest.documents import ingest_paths
 
     cfg = settings()
@@ -60,18 +63,18 @@ def ingest(
             progress.update(task, description=path.name, completed=done, total=total, visible=total >= 2)
 
         results = ingest_paths(con, paths, cfg, on_start=started)
+    styles = {"added": "green", "unchanged": "dim", "failed": "red", "skipped": "yellow"}
     for result in results:
-        style = {"added": "green", "unchanged": "dim", "failed": "red"}[result.status]
+        style = styles[result.status]
         (err_console if result.status == "failed" else console).print(
             f"[{style}]{result.status:9}[/{style}] {escape(result.message)}"  # file names may hold [tags]
         )
-    failed = sum(r.status == "failed" for r in results)
-    added = sum(r.status == "added" for r in results)
+    count = {status: sum(r.status == status for r in results) for status in styles}
     console.print(
-        f"{added} added, {sum(r.status == 'unchanged' for r in results)} unchanged, {failed} failed; "
-        f"{sum(r.facts for r in results)} new facts"
+        f"{count['added']} added, {count['unchanged']} unchanged, {count['failed']} failed, "
+        f"{count['skipped']} skipped; {sum(r.facts for r in results)} new facts"
     )
-    if failed:
+    if count["failed"]:
         raise typer.Exit(1)
 
 
@@ -123,10 +126,13 @@ def docs() -> None:
 
 
 def _print_summary(documents: list[dict[str, Any]], units: list[tuple[str, int]]) -> None:
-    table = Table("document", "status", "pages", "chunks", "facts", "note", title="ledger summary")
+    from tasks.ingest.extract import ROUTES  # the route each kind of document took ("pdf text", "docx")
+
+    table = Table("document", "route", "status", "pages", "chunks", "facts", "note", title="ledger summary")
     for d in documents:
         table.add_row(
             d["name"],
+            ROUTES.get(d["kind"], d["kind"]),
             d["status"],
             str(d["page_count"] or "-"),
             str(d["chunks"]),

@@ -3,6 +3,10 @@
 One transaction per document: a file either lands with all its pages, chunks and facts, or is recorded as
 failed with a one-line reason and leaves nothing else behind. The document id is the sha256 of its bytes,
 so ingesting the same file twice adds nothing.
+
+A file in a folder that no route reads (a spreadsheet, an old .doc) is never passed over in silence: it comes
+back as ``skipped`` with the reason and what to do ("save it as .docx"). Hidden files and folders (names
+starting with "."; .git, .DS_Store) are not listed one by one: one ``skipped`` line per folder counts them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ import duckdb
 
 from runtime.config import Settings
 from tasks.ingest.chunk import chunk_document
-from tasks.ingest.extract import SUPPORTED_SUFFIXES, IngestError, content_id, extract, file_kind, read_bytes
+from tasks.ingest.extract import (
+    ROUTES,
+    IngestError,
+    content_id,
+    extract,
+    file_kind,
+    read_bytes,
+    unsupported_reason,
+)
 from tasks.ingest.facts import extract_facts
 from tasks.ingest.normalize import join_pages
 from warehouse import ledger
@@ -26,7 +38,7 @@ from warehouse import ledger
 @dataclass(frozen=True)
 class IngestResult:
     path: Path
-    status: str  # added | unchanged | failed
+    status: str  # added | unchanged | failed | skipped (in a folder, no route reads it; not stored)
     doc_id: str | None
     message: str  # one line for people
     pages: int = 0
@@ -57,19 +69,34 @@ def shown(path: Path | str) -> str:
 
 
 def discover(paths: Iterable[Path]) -> tuple[list[Path], list[IngestResult]]:
-    """Files to ingest (folders walked recursively, sorted), and failures for paths that do not exist and
-    for entries that look like documents but are not regular files (broken or looping links, pipes)."""
+    """Files to ingest (folders walked recursively, sorted); failures for paths that do not exist and for
+    entries that look like documents but are not regular files (broken or looping links, pipes); and
+    ``skipped`` results for files in a folder that no route reads, each with its reason."""
     found: list[Path] = []
     missing: list[IngestResult] = []
     for path in paths:
         if path.is_dir():
+            hidden = 0
             for entry in sorted(path.rglob("*")):
-                if entry.suffix.lower() not in SUPPORTED_SUFFIXES or entry.is_dir():
+                if entry.is_dir():
+                    continue
+                if any(part.startswith(".") for part in entry.relative_to(path).parts):
+                    hidden += 1
+                    continue
+                reason = unsupported_reason(entry)
+                if reason:
+                    missing.append(IngestResult(entry, "skipped", None, f"{shown(entry)}: {reason}"))
                     continue
                 if entry.is_file():
                     found.append(entry)
                 else:
                     missing.append(_not_a_file(entry))
+            if hidden:
+                missing.append(
+                    IngestResult(
+                        path, "skipped", None, f"{shown(path)}: {hidden} hidden files (names starting with .)"
+                    )
+                )
         elif path.is_file():
             found.append(path)
         elif path.is_symlink() or path.exists():
@@ -101,7 +128,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
     if ledger.document_status(con, doc_id) == "ok":
         return IngestResult(path, "unchanged", doc_id, f"{shown(path)}: already ingested, nothing added")
     try:
-        raw = extract(path, data, settings.max_pages, settings.min_text_chars_per_page)
+        raw = extract(path, data, settings.max_pages, settings.min_text_chars_per_page, settings.max_file_mb)
         text, pages = join_pages(raw.pages, is_pdf=raw.kind == "pdf", markdown=raw.kind == "md")
         if not text.strip():
             raise IngestError("no text after normalisation (only page numbers or blank lines)")
@@ -124,7 +151,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
         path,
         "added",
         doc_id,
-        f"{shown(path)}: {len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts",
+        f"{shown(path)}: {ROUTES[raw.kind]}, {len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts",
         len(pages),
         len(chunks),
         len(facts),
@@ -138,8 +165,9 @@ def ingest_paths(
     on_file: Callable[[IngestResult], None] | None = None,
     on_start: Callable[[Path, int, int], None] | None = None,
 ) -> list[IngestResult]:
-    """Ingest every file under ``paths``; one bad file never stops the others. ``on_start(path, done,
-    total)`` hears of each file before it is read (the CLI's progress bar)."""
+    """Ingest every file under ``paths``; one bad file never stops the others. The results hold one per file
+    found, ``skipped`` ones (see the module doc) first. ``on_start(path, done, total)`` hears of each file
+    before it is read (the CLI's progress bar)."""
     files, results = discover(paths)
     for result in results:
         if on_file:

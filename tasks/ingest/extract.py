@@ -1,4 +1,5 @@
-"""Reading files into page texts: PDF through PyMuPDF, TXT/Markdown with encoding detection.
+"""Reading files into page texts: PDF through PyMuPDF, Word (.docx) through python-docx, TXT/Markdown with
+encoding detection.
 
 Every refusal is an ``IngestError`` whose message is one line naming the file and the reason, so the
 command line can print it as is and the warehouse can record it.
@@ -7,17 +8,37 @@ command line can print it as is and the warehouse can record it.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import stat
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import docx
 import pymupdf
 from charset_normalizer import from_bytes
+from docx.oxml.ns import qn
 
 PDF_SUFFIXES = {".pdf"}
+DOCX_SUFFIXES = {".docx"}
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text"}
-SUPPORTED_SUFFIXES = PDF_SUFFIXES | TEXT_SUFFIXES
+SUPPORTED_SUFFIXES = PDF_SUFFIXES | DOCX_SUFFIXES | TEXT_SUFFIXES
+# Files people keep next to their rules that no route reads, and what to do instead. A folder lists them as
+# skipped with this reason; named on the command line they are refused with it.
+_SAVE_AS = "save it as PDF, DOCX or TXT"
+UNSUPPORTED_REASONS = {
+    ".doc": "old binary Word file (.doc): open it in Word or LibreOffice and save it as .docx",
+    ".wps": "WPS document (.wps): save it as .docx",
+    ".rtf": "unsupported type .rtf: save it as .docx",
+    ".odt": "unsupported type .odt: save it as .docx",
+    **{s: f"unsupported type {s} (spreadsheet): {_SAVE_AS}" for s in (".xls", ".xlsx", ".et", ".ods")},
+    **{s: f"unsupported type {s} (slides): {_SAVE_AS}" for s in (".ppt", ".pptx", ".dps", ".odp")},
+}
+# What each route is called in messages and `slm docs`.
+ROUTES = {"pdf": "pdf text", "docx": "docx", "txt": "txt", "md": "md"}
 
 # MuPDF reports damage on stderr as well as by exception; the exception is what we turn into a message.
 pymupdf.TOOLS.mupdf_display_errors(False)
@@ -38,16 +59,30 @@ class IngestError(Exception):
 class RawDocument:
     path: Path
     doc_id: str  # sha256 of the bytes: the same file twice is the same document
-    kind: str  # pdf | txt | md
+    kind: str  # pdf | docx | txt | md
     size_bytes: int
     encoding: str | None
     pages: list[str]  # raw text per page (a text file is one page)
+
+
+def unsupported_reason(path: Path) -> str:
+    """Why no route reads a file found in a folder ("" when one does)."""
+    suffix = path.suffix.lower()
+    if suffix in SUPPORTED_SUFFIXES:
+        if path.name.startswith("~$"):
+            return "Office lock file of a document open in Word (not a document)"
+        return ""
+    if suffix in UNSUPPORTED_REASONS:
+        return UNSUPPORTED_REASONS[suffix]
+    return f"unsupported type {suffix or '(no extension)'}: {_SAVE_AS}"
 
 
 def file_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in PDF_SUFFIXES:
         return "pdf"
+    if suffix in DOCX_SUFFIXES:
+        return "docx"
     if suffix in (".md", ".markdown"):
         return "md"
     return "txt"
@@ -71,13 +106,27 @@ def read_bytes(path: Path, max_file_mb: float) -> bytes:
     return path.read_bytes()
 
 
-def extract(path: Path, data: bytes, max_pages: int, min_text_chars_per_page: int) -> RawDocument:
-    """Turn the bytes of ``path`` into page texts, or raise ``IngestError`` saying why not."""
+def extract(
+    path: Path,
+    data: bytes,
+    max_pages: int,
+    min_text_chars_per_page: int,
+    max_file_mb: float = float("inf"),
+) -> RawDocument:
+    """Turn the bytes of ``path`` into page texts, or raise ``IngestError`` saying why not.
+
+    ``max_file_mb`` also bounds what a .docx unpacks to (a zip bomb is refused before it is parsed)."""
     kind = file_kind(path)
+    if path.suffix.lower() in UNSUPPORTED_REASONS:
+        # Named on the command line: these are binary formats that reading as text would only call "binary".
+        raise IngestError(UNSUPPORTED_REASONS[path.suffix.lower()])
     if not data.strip():
         raise IngestError("empty file (no content)")
     if kind == "pdf":
         pages = _pdf_pages(data, max_pages, min_text_chars_per_page)
+        encoding = None
+    elif kind == "docx":
+        pages = [_docx_text(data, max_file_mb)]
         encoding = None
     else:
         text, encoding = decode_text(data)
@@ -120,6 +169,244 @@ def _pdf_pages(data: bytes, max_pages: int, min_text_chars_per_page: int) -> lis
             f"scanned PDF: no text layer ({text_chars} characters in {len(pages)} pages); OCR is needed first"
         )
     return pages
+
+
+# --- Word (.docx) -------------------------------------------------------------------------------------------
+
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file: an encrypted .docx or an old .doc
+_CN_DIGITS = "零一二三四五六七八九"
+# A cell that is only a number (or a range): the unit of its column or table is appended to it.
+_BARE_NUMBER = re.compile(r"^\d[\d,.]*(?:\s*[-~～—–至]\s*\d[\d,.]*)?$")
+# "住宿费（元/人·天）", "金额(单位：万元)": a column name with its unit in brackets at the end.
+_HEADER_UNIT = re.compile(r"^(?P<name>.*?)\s*[（(](?:单位\s*[：:]\s*)?(?P<unit>[^（）()]{1,10})[)）]$")
+# "单位：元" in a caption, a line before the table, or a first row of one merged cell.
+_TABLE_UNIT = re.compile(r"单位\s*[：:]\s*(?P<unit>[^\s，,；;。)）]{1,10})")
+_UNIT_WORD = re.compile(r"元|天|日|人|次|小时|公里|%|％|个月|月|年|间|晚|餐|学时|课时|页|份|件|台")
+
+
+def _docx_text(data: bytes, max_file_mb: float) -> str:
+    """The text of a Word document: one block per paragraph, one line per table row, in document order."""
+    if data.startswith(_OLE_MAGIC):
+        raise IngestError(
+            "encrypted Word file (password protected) or an old .doc renamed .docx: "
+            "remove the password or save it as .docx again"
+        )
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise IngestError(f"corrupt .docx: not a zip archive ({_short(exc)})") from exc
+    with archive:
+        # The sizes a zip declares are what its reader will unpack at most (zipfile stops at the declared
+        # size), so checking them refuses a zip bomb before any part is inflated.
+        unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > max_file_mb * 1024 * 1024:
+            raise IngestError(
+                f"file too large when unpacked ({unpacked / 1024 / 1024:.0f} MB > max_file_mb "
+                f"{max_file_mb:g}): a zip bomb or a document with huge embedded files; raise SLM_MAX_FILE_MB"
+            )
+        if "word/document.xml" not in archive.namelist():
+            raise IngestError("corrupt .docx: a zip archive without word/document.xml (not a Word file)")
+    try:
+        document = docx.Document(io.BytesIO(data))
+        text = "\n\n".join(_docx_blocks(document))
+    except IngestError:
+        raise
+    except Exception as exc:  # python-docx and lxml raise many types for damaged parts
+        raise IngestError(f"corrupt .docx, cannot be read ({_short(exc)})") from exc
+    if not text.strip():
+        raise IngestError("empty Word document: no text in its paragraphs or tables")
+    return text
+
+
+def _docx_blocks(document: Any) -> Iterator[str]:
+    """Paragraphs (with their list numbers) and table rows, in document order."""
+    numbering = _Numbering(document)
+    previous = ""
+    for item in document.iter_inner_content():
+        if isinstance(item, docx.table.Table):
+            yield from _table_lines(item, previous)
+            previous = ""
+            continue
+        text = item.text.strip()
+        label = numbering.label(item)
+        if label and text:
+            text = label + text
+        if text:
+            yield text
+            previous = text
+
+
+def _table_lines(table: Any, before: str) -> list[str]:
+    """A table as text lines a fact can be read from: one line per row, each cell "row column value"
+    ("三类人员 住宿费 500元；三类人员 伙食补助费 100元。"), with a unit from the header or caption."""
+    rows: list[list[str]] = []
+    for row in table.rows:
+        cells, seen = [], set()
+        for cell in row.cells:
+            if id(cell._tc) in seen:  # a cell merged across columns comes back once per column
+                continue
+            seen.add(id(cell._tc))
+            cells.append(" ".join(cell.text.split()))
+        if any(cells):
+            rows.append(cells)
+    unit_match = _TABLE_UNIT.search(before)
+    table_unit = unit_match.group("unit") if unit_match else ""
+    lines: list[str] = []
+    while rows and len(rows[0]) == 1 and len(rows) > 1:  # a caption row: one cell across the table
+        caption = rows.pop(0)[0]
+        lines.append(caption)
+        unit_match = _TABLE_UNIT.search(caption)
+        table_unit = unit_match.group("unit") if unit_match else table_unit
+    if len(rows) < 2 or max(len(r) for r in rows) < 2:
+        return lines + [" ".join(c for c in r if c) for r in rows]
+    headers, units = [], []
+    for cell in rows[0]:
+        match = _HEADER_UNIT.match(cell)
+        if match and _UNIT_WORD.search(match.group("unit")):
+            headers.append(match.group("name"))
+            units.append(match.group("unit"))
+        else:
+            headers.append(cell)
+            units.append("")
+    lines.append(" ".join(h for h in rows[0] if h))
+    for cells in rows[1:]:
+        # The row's name: its first cell that is not a bare number (a 序号 column is numbering, not a name).
+        at = next((i for i, c in enumerate(cells) if c and not _BARE_NUMBER.match(c)), 0)
+        name = cells[at]
+        parts = []
+        for i, cell in enumerate(cells[at + 1 :], start=at + 1):
+            if not cell or cell == name:
+                continue
+            unit = (units[i] if i < len(units) else "") or table_unit
+            value = cell + unit if unit and _BARE_NUMBER.match(cell) else cell
+            column = headers[i] if i < len(headers) else ""
+            parts.append(" ".join(p for p in (name, column, value) if p))
+        lines.append("；".join(parts) + "。" if parts else name)
+    return lines
+
+
+class _Numbering:
+    """Word's automatic list numbers (第一条, 一、, （一）, 1.), which live in numbering.xml, not in the text."""
+
+    def __init__(self, document: Any) -> None:
+        self.nums: dict[str, tuple[str, dict[int, int]]] = {}
+        self.levels: dict[str, dict[int, tuple[int, str, str, str]]] = {}
+        self.counters: dict[str, list[int]] = {}  # per abstract list: lists sharing one count on
+        self.restarted: set[str] = set()
+        self.styles = document.styles
+        try:
+            root = document.part.numbering_part.element
+        except (KeyError, NotImplementedError):  # no numbering part: nothing is numbered
+            return
+        for abstract in root.findall(qn("w:abstractNum")):
+            levels = {}
+            for lvl in abstract.findall(qn("w:lvl")):
+                levels[int(lvl.get(qn("w:ilvl"), "0"))] = (
+                    int(_val(lvl, "w:start") or 1),
+                    _val(lvl, "w:numFmt") or "decimal",
+                    _val(lvl, "w:lvlText") or "",
+                    _val(lvl, "w:suff") or "tab",
+                )
+            self.levels[abstract.get(qn("w:abstractNumId"), "")] = levels
+        for num in root.findall(qn("w:num")):
+            starts = {
+                int(o.get(qn("w:ilvl"), "0")): int(_val(o, "w:startOverride") or 1)
+                for o in num.findall(qn("w:lvlOverride"))
+                if o.find(qn("w:startOverride")) is not None
+            }
+            self.nums[num.get(qn("w:numId"), "")] = (_val(num, "w:abstractNumId") or "", starts)
+
+    def label(self, paragraph: Any) -> str:
+        """The number Word shows before ``paragraph`` ("第三条 ", "（二）"), "" if none; counts it."""
+        num_id, level = self._num_pr(paragraph)
+        if num_id is None or num_id not in self.nums:
+            return ""
+        abstract_id, overrides = self.nums[num_id]
+        levels = self.levels.get(abstract_id, {})
+        if level not in levels:
+            return ""
+        counters = self.counters.setdefault(abstract_id, [0] * 10)
+        if overrides and num_id not in self.restarted:
+            # A list that restarts (startOverride): its counters begin again the first time it is used.
+            self.restarted.add(num_id)
+            for lvl, start in overrides.items():
+                counters[lvl] = start - 1
+        start = levels[level][0]
+        counters[level] = counters[level] + 1 if counters[level] >= start else start
+        for deeper in range(level + 1, len(counters)):
+            counters[deeper] = 0
+        _, fmt, text, suffix = levels[level]
+        if fmt in ("bullet", "none"):
+            return ""
+
+        def number(match: re.Match[str]) -> str:
+            at = int(match.group(1)) - 1
+            at_fmt = levels.get(at, (1, "decimal", "", ""))[1]
+            return _format_number(max(counters[at], 1), at_fmt)
+
+        shown = re.sub(r"%([1-9])", number, text)
+        return shown + ("" if suffix == "nothing" or not shown else " ")
+
+    def _num_pr(self, paragraph: Any) -> tuple[str | None, int]:
+        """numId and level: the paragraph's own, else its style's (a heading style linked to a list)."""
+        num_id, level = None, None
+        p_pr = paragraph._p.pPr
+        own = p_pr.find(qn("w:numPr")) if p_pr is not None else None
+        if own is not None:
+            num_id, level = _val(own, "w:numId"), _val(own, "w:ilvl")
+        style = paragraph.style
+        while num_id is None and style is not None:
+            style_pr = style.element.pPr
+            linked = style_pr.find(qn("w:numPr")) if style_pr is not None else None
+            if linked is not None:
+                num_id = _val(linked, "w:numId")
+                level = level or _val(linked, "w:ilvl")
+            style = style.base_style
+        if num_id in (None, "0"):
+            return None, 0
+        return num_id, int(level or 0)
+
+
+def _val(element: Any, tag: str) -> str | None:
+    child = element.find(qn(tag))
+    return None if child is None else child.get(qn("w:val"))
+
+
+def _format_number(n: int, fmt: str) -> str:
+    if fmt.startswith(("chineseCounting", "taiwaneseCounting", "japaneseCounting", "ideographDigital")):
+        return _chinese(n)
+    if fmt == "chineseLegalSimplified":
+        return _chinese(n).translate(str.maketrans("一二三四五六七八九十百", "壹贰叁肆伍陆柒捌玖拾佰"))
+    if fmt == "ideographTraditional" and 1 <= n <= 10:
+        return "甲乙丙丁戊己庚辛壬癸"[n - 1]
+    if fmt.startswith("decimalEnclosedCircle") and 1 <= n <= 20:
+        return chr(0x2460 + n - 1)
+    if fmt in ("lowerLetter", "upperLetter"):
+        letter = chr(ord("a") + (n - 1) % 26) * ((n - 1) // 26 + 1)
+        return letter.upper() if fmt == "upperLetter" else letter
+    if fmt in ("lowerRoman", "upperRoman") and 1 <= n < 40:
+        roman = "x" * (n // 10) + ["", "i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix"][n % 10]
+        return roman.upper() if fmt == "upperRoman" else roman
+    return str(n)
+
+
+def _chinese(n: int) -> str:
+    """1 一, 10 十, 12 十二, 20 二十, 105 一百零五, 110 一百一十 (how rules number their articles)."""
+    if n < 10:
+        return _CN_DIGITS[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return ("" if tens == 1 else _CN_DIGITS[tens]) + "十" + (_CN_DIGITS[ones] if ones else "")
+    if n < 1000:
+        hundreds, rest = divmod(n, 100)
+        if rest == 0:
+            tail = ""
+        elif rest < 10:
+            tail = "零" + _CN_DIGITS[rest]
+        else:
+            tail = ("一" if rest < 20 else "") + _chinese(rest)
+        return _CN_DIGITS[hundreds] + "百" + tail
+    return str(n)
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
