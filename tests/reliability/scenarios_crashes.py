@@ -656,14 +656,33 @@ def _verdicts(con: Any, rows: list[dict[str, Any]]) -> list[tuple[list[dict[str,
     return plan
 
 
+def _fact_correct() -> list[dict[str, Any]]:
+    """A fact task's annotation: the number, unit and subject are right (fact and row tasks share the
+    labelling interface, so this is the "accept" choice)."""
+    from review.labeling import VERDICT
+
+    return [{"from_name": VERDICT, "to_name": "answer", "type": "choices", "value": {"choices": ["accept"]}}]
+
+
+def _fact_tasks(con: Any, batch_id: str) -> list[tuple[str, int | None]]:
+    """(fact id, Label Studio task id) of a batch's fact tasks (fact-first review)."""
+    return [
+        (str(f), t)
+        for f, t in con.execute(
+            "SELECT fact_id, ls_task_id FROM review_tasks WHERE batch_id = ? AND kind = 'fact' ORDER BY fact_id",
+            [batch_id],
+        ).fetchall()
+    ]
+
+
 def _ls_tasks(client: Any, project_ids: list[int]) -> list[tuple[int, str, int]]:
-    """(project, row id, annotation count) of every task in the projects."""
+    """(project, row or fact id, annotation count) of every task in the projects."""
     found = []
     for project in project_ids:
         for task in client.tasks.list(project=project, fields="all"):
             data = task.data if hasattr(task, "data") else task["data"]
             annotations = getattr(task, "annotations", None) or []
-            found.append((project, data["row_id"], len(annotations)))
+            found.append((project, data.get("row_id") or data["fact_id"], len(annotations)))
     return found
 
 
@@ -737,7 +756,9 @@ def crash_during_review(work: Path) -> FaultOutcome:
             _note(outcome, f"{after_rerun} review batches after the push re-run, expected {expected_batches}")
         with open_warehouse(settings.warehouse_path) as con:
             tasks = {b["batch_id"]: queries.batch_tasks(con, b["batch_id"]) for b in batches}
+            fact_tasks = {b["batch_id"]: _fact_tasks(con, b["batch_id"]) for b in batches}
             expected: dict[str, tuple[int, str]] = {}  # row id -> (annotation id, status)
+            expected_facts: dict[str, int] = {}  # fact id -> annotation id (every fact judged correct)
             for batch in batches:
                 rows = tasks[batch["batch_id"]]
                 for row, (result, status) in zip(rows, _verdicts(con, rows), strict=True):
@@ -747,6 +768,11 @@ def crash_during_review(work: Path) -> FaultOutcome:
                         )
                     made = client.annotations.create(id=int(row["ls_task_id"]), result=result)
                     expected[row["row_id"]] = (int(made.id), status)
+                for fact_id, ls_task_id in fact_tasks[batch["batch_id"]]:
+                    if ls_task_id is None:
+                        raise StageFailed(f"fact {fact_id} has no Label Studio task after the push re-run")
+                    made = client.annotations.create(id=int(ls_task_id), result=_fact_correct())
+                    expected_facts[fact_id] = int(made.id)
         projects = sorted(int(b["ls_project_id"]) for b in batches)
 
         exports = workspace / "review" / "exports"
@@ -755,7 +781,7 @@ def crash_during_review(work: Path) -> FaultOutcome:
         _rerun(outcome, workspace, "review", "sync", env=env)
 
         in_ls = _ls_tasks(client, projects)
-        pushed = sum(len(rows) for rows in tasks.values())
+        pushed = sum(len(rows) for rows in tasks.values()) + sum(len(f) for f in fact_tasks.values())
         outcome.duplicates += len(in_ls) - len({row for _, row, _ in in_ls})
         outcome.duplicates += sum(max(n - 1, 0) for _, _, n in in_ls)
         outcome.rows_lost += max(pushed - len({row for _, row, _ in in_ls}), 0)
@@ -766,8 +792,22 @@ def crash_during_review(work: Path) -> FaultOutcome:
                 con.execute(
                     "SELECT t.row_id, t.annotation_id, r.status, b.status AS batch_status FROM review_tasks t"
                     " JOIN qa_rows r USING (row_id) JOIN review_batches b USING (batch_id)"
+                    " WHERE coalesce(t.kind, 'row') = 'row'"
                 )
             )
+            judged = dict(
+                con.execute(
+                    "SELECT t.fact_id, v.annotation_id FROM review_tasks t"
+                    " LEFT JOIN fact_verdicts v USING (fact_id) WHERE t.kind = 'fact'"
+                ).fetchall()
+            )
+        for fact_id, annotation_id in expected_facts.items():
+            if judged.get(fact_id) != annotation_id:
+                outcome.annotations_lost += 1
+                _note(
+                    outcome,
+                    f"fact {fact_id}: verdict from annotation {judged.get(fact_id)}, expected {annotation_id}",
+                )
         by_row = Counter(a["row_id"] for a in applied)
         outcome.duplicates += sum(n - 1 for n in by_row.values())
         for a in applied:
@@ -783,7 +823,10 @@ def crash_during_review(work: Path) -> FaultOutcome:
         unsynced = sorted({a["batch_status"] for a in applied} - {"synced"})
         if unsynced:
             outcome.problems.append(f"batches left {unsynced} after the sync re-run")
-        _note(outcome, f"{len(batches)} batches, {pushed} tasks, {len(expected)} annotations")
+        _note(
+            outcome,
+            f"{len(batches)} batches, {pushed} tasks, {len(expected)} row and {len(expected_facts)} fact annotations",
+        )
     finally:
         starting.exception()  # let a start still under way finish, so that stop finds the server it made
         server.stop(settings)
