@@ -109,8 +109,17 @@ def test_deploy_read_back_the_schedule_and_run_build_dataset_through_a_pause(
         assert state == "COMPLETED", _worker_log(settings)
         with open_warehouse(settings.warehouse_path, read_only=True) as con:
             datasets = con.execute("SELECT count(*) FROM datasets").fetchone()[0]
-            reviewed = con.execute("SELECT count(*) FROM qa_rows WHERE reviewer LIKE '%@%'").fetchone()[0]
-        assert datasets == 1 and reviewed == batch["row_count"]
+            by_person, by_ledger, waiting = con.execute(
+                "SELECT count(*) FILTER (WHERE reviewer LIKE '%@%' AND reviewer NOT LIKE 'ledger:%'),"
+                " count(*) FILTER (WHERE reviewer LIKE 'ledger:%@%'),"
+                " count(*) FILTER (WHERE status = 'needs_review') FROM qa_rows"
+            ).fetchone()
+            row_tasks = con.execute(
+                "SELECT count(*) FROM review_tasks WHERE batch_id = ? AND coalesce(kind, 'row') = 'row'",
+                [batch["batch_id"]],
+            ).fetchone()[0]
+        # Every row task was decided by the person, every other waiting row by the facts the person verified.
+        assert datasets == 1 and by_person == row_tasks and by_ledger > 0 and waiting == 0
     finally:
         labelstudio.stop(settings)
         prefect_server.stop(settings, "worker")
@@ -126,16 +135,21 @@ def _batch_of(settings: Any, flow_run_id: str) -> dict[str, Any]:
 
 
 def _annotate_all(settings: Any, batch: dict[str, Any]) -> None:
-    """A careful reviewer: accepts the rows whose numbers the ledger backs, rejects the others (accepting
-    those would fail the release gate, which wants every numeric row grounded)."""
+    """A careful reviewer: confirms every fact task (the ledger's numbers of the sample are right), accepts
+    the row tasks whose numbers the ledger backs and rejects the others (accepting those would fail the
+    release gate, which wants every numeric row grounded)."""
     client = labelstudio.client_for(settings)
     tasks = list(client.tasks.list(project=batch["ls_project_id"], fields="all"))
     assert len(tasks) == batch["row_count"] > 4
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         grounded = dict(con.execute("SELECT row_id, grounded OR NOT is_numeric FROM qa_rows").fetchall())
+    kinds = set()
     for task in tasks:
-        verdict = "accept" if grounded[task.data["row_id"]] else "reject"
+        row_id = task.data.get("row_id")
+        kinds.add("row" if row_id else "fact")
+        verdict = "accept" if row_id is None or grounded[row_id] else "reject"
         client.annotations.create(id=task.id, result=_result(verdict))
+    assert "fact" in kinds  # fact-first review: the batch asks about ledger facts, not every row
 
 
 def _worker_log(settings: Any) -> str:

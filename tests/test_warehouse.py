@@ -78,3 +78,19 @@ def test_second_process_gets_a_clear_message(tmp_path: Path) -> None:
         holder.communicate("\n", timeout=30)
     con = connect(path)  # usable again once released
     con.close()
+
+
+def test_a_writer_waits_for_a_reader_of_the_same_process(tmp_path: Path) -> None:
+    """DuckDB refuses a writing connection beside a read-only one in the same process (a flow thread writes
+    while a reader polls): the writer waits for the reader like for another process, or says who holds it."""
+    import threading
+
+    path = tmp_path / "w.duckdb"
+    connect(path).close()
+    reader = connect(path, read_only=True)
+    with pytest.raises(WarehouseError, match="another connection of this process"):
+        connect(path)
+    threading.Timer(0.5, reader.close).start()
+    writer = connect(path, lock_wait_s=10)
+    assert writer.execute("SELECT 1").fetchone() == (1,)
+    writer.close()

@@ -96,12 +96,21 @@ def _open_file(
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
             message = str(exc)
-            if "lock" not in message.lower():
+            # In one process DuckDB refuses a read-only and a writing connection to the same file side by
+            # side (a flow thread writing while a reader polls): that holder is ours and closes soon too.
+            same_process = "different configuration than existing connections" in message
+            if not same_process and "lock" not in message.lower():
                 raise WarehouseError(f"{path}: cannot open the warehouse: {exc}") from exc
             holder = _LOCK_HOLDER.search(message)
-            who = f"another slm process (pid {holder.group(1)})" if holder else "another slm process"
+            who = (
+                "another connection of this process"
+                if same_process
+                else f"another slm process (pid {holder.group(1)})"
+                if holder
+                else "another slm process"
+            )
             if time.monotonic() < deadline:
                 if on_wait is not None and not told:
                     on_wait(f"{path}: in use by {who}; waiting up to {lock_wait_s:g} s for it")
