@@ -256,6 +256,15 @@ def record_gate_run(
     )
 
 
+def recent_gate_runs(con: duckdb.DuckDBPyConnection, limit: int = 20) -> list[tuple[Any, ...]]:
+    """(gate, success, row_count, created_at, report JSON, Data Docs path) of the newest gate runs."""
+    return con.execute(
+        "SELECT gate, success, row_count, created_at, report, data_docs_path FROM gate_runs"
+        " ORDER BY created_at DESC LIMIT ?",
+        [limit],
+    ).fetchall()
+
+
 def conflicts_for(con: duckdb.DuckDBPyConnection, limit: int = 20) -> list[dict[str, Any]]:
     cursor = con.execute(
         "SELECT c.kind, c.row_a, c.row_b, c.fact_id, c.numbers_a, c.numbers_b, c.reason,"

@@ -190,3 +190,24 @@ def chunk_texts(con: duckdb.DuckDBPyConnection, doc: str | None = None) -> list[
         sql += " AND (d.name = ? OR d.doc_id LIKE ?)"
         params = [doc, f"{doc}%"]
     return [tuple(r) for r in con.execute(sql + " ORDER BY d.name, c.seq", params).fetchall()]
+
+
+# A fact's page: the last page starting at or before the fact's first character in its document's text.
+_FACT_PAGE = (
+    "(SELECT max(p.page_no) FROM pages p WHERE p.doc_id = f.doc_id"
+    " AND p.start_char <= c.start_char + f.span_start)"
+)
+
+
+def fact_sources(con: duckdb.DuckDBPyConnection, fact_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Where each fact stands: document name, heading path, sentence, the number as written, and page."""
+    if not fact_ids:
+        return []
+    cursor = con.execute(
+        "SELECT f.fact_id, d.name AS document, c.heading_path, f.context AS sentence, f.raw AS number,"
+        f" {_FACT_PAGE} AS page"
+        " FROM facts f JOIN documents d USING (doc_id) JOIN chunks c USING (chunk_id)"
+        " WHERE list_contains(?, f.fact_id)",
+        [list(fact_ids)],
+    )
+    return fetch_dicts(cursor)

@@ -45,7 +45,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.config import Settings
 from tasks.answer.answer import Answer, GuardStats, answer
-from warehouse.db import WarehouseError, fetch_dicts, settings_warehouse
+from warehouse.db import WarehouseError, settings_warehouse
+from warehouse.ledger import fact_sources
 
 __all__ = [
     "MAX_QUESTION_CHARS",
@@ -126,21 +127,12 @@ class GuardedReply:
         }
 
 
-_SOURCES_SQL = (
-    "SELECT f.fact_id, d.name AS document, c.heading_path, f.context AS sentence, f.raw AS number,"
-    " (SELECT max(p.page_no) FROM pages p WHERE p.doc_id = f.doc_id"
-    "  AND p.start_char <= c.start_char + f.span_start) AS page"
-    " FROM facts f JOIN documents d USING (doc_id) JOIN chunks c USING (chunk_id)"
-    " WHERE f.fact_id IN ({marks})"
-)
-
-
 def sources_of(con: Any, fact_ids: Sequence[str]) -> tuple[dict[str, Any], ...]:
     """Document, article, page and sentence of each fact an answer's numbers come from, in its order."""
     ids = list(dict.fromkeys(fact_ids))
     if not ids:
         return ()
-    rows = fetch_dicts(con.execute(_SOURCES_SQL.format(marks=", ".join("?" * len(ids))), ids))
+    rows = fact_sources(con, ids)
     by_id = {row["fact_id"]: row for row in rows}
     sources = []
     for fact_id in ids:

@@ -221,35 +221,13 @@ def document_facts(settings: Settings, doc: str | None) -> list[dict[str, Any]]:
         return []
     with _warehouse(settings) as con:
         facts = ledger.list_facts(con, doc)
-        starts = _chunk_starts(con, [f["chunk_id"] for f in facts])
-        pages = _page_starts(con, doc)
+        pages = {s["fact_id"]: s["page"] for s in ledger.fact_sources(con, [f["fact_id"] for f in facts])}
     for f in facts:
-        at = starts.get(f["chunk_id"], 0) + int(f["span_start"] or 0)
-        f["page"] = next((no for no, start in reversed(pages) if start <= at), "-")
+        f["page"] = pages.get(f["fact_id"]) or "-"
         f["value_shown"] = (
             _num(f["value"]) if f["value_max"] is None else f"{_num(f['value'])}–{_num(f['value_max'])}"
         )
     return facts
-
-
-def _chunk_starts(con: Any, chunk_ids: Sequence[str]) -> dict[str, int]:
-    """Where each chunk starts in its document's text (a fact's span is within its chunk)."""
-    if not chunk_ids:
-        return {}
-    rows = con.execute(
-        "SELECT chunk_id, start_char FROM chunks WHERE list_contains(?, chunk_id)", [list(chunk_ids)]
-    ).fetchall()
-    return {r[0]: int(r[1]) for r in rows}
-
-
-def _page_starts(con: Any, doc: str) -> list[tuple[int, int]]:
-    """(page number, first character) of a document's pages, in order."""
-    rows = con.execute(
-        "SELECT p.page_no, p.start_char FROM pages p JOIN documents d USING (doc_id)"
-        " WHERE d.name = ? OR d.doc_id LIKE ? ORDER BY p.start_char",
-        [doc, f"{doc}%"],
-    ).fetchall()
-    return [(int(r[0]), int(r[1])) for r in rows]
 
 
 def _num(value: Any) -> str:
@@ -574,13 +552,12 @@ def rows_view(settings: Settings, status: str | None) -> tuple[pd.DataFrame, str
 
 
 def gates_view(settings: Settings) -> pd.DataFrame:
+    from warehouse.gates import recent_gate_runs
+
     columns = ["gate", "passed", "rows", "when", "failed expectations", "data docs"]
     try:
         with _warehouse(settings) as con:
-            runs = con.execute(
-                "SELECT gate, success, row_count, created_at, report, data_docs_path FROM gate_runs"
-                " ORDER BY created_at DESC LIMIT 20"
-            ).fetchall()
+            runs = recent_gate_runs(con)
     except Busy:
         return pd.DataFrame(columns=columns)
     out = []

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import Settings, load_settings
-from tests.reliability.hostile import RULE, RULE_2, pdf_bytes
+from tests.reliability.hostile import RULE, RULE_2, _bytes, _sparse, pdf_bytes
 from tests.reliability.outcome import FaultOutcome
 from tests.reliability.scenarios_hostile import run_bounded
 
@@ -101,21 +101,6 @@ class Upload:
     reason: tuple[str, ...]  # one of these is part of the one-line message
 
 
-def _data(data: bytes | Callable[[], bytes]) -> Callable[[Path], None]:
-    def write(path: Path) -> None:
-        path.write_bytes(data() if callable(data) else data)
-
-    return write
-
-
-def _sparse(size: int) -> Callable[[Path], None]:
-    def write(path: Path) -> None:
-        with path.open("wb") as handle:
-            handle.truncate(size)
-
-    return write
-
-
 def _noise(size: int, head: bytes = b"") -> Callable[[], bytes]:
     return lambda: head + random.Random(18).randbytes(size)
 
@@ -127,21 +112,21 @@ def uploads(work: Path, bomb: Path) -> list[Upload]:
     # A .docx is refused by its name where Word files are not read, else refused unopened by its unpacked size
     # (or, when the archive lies about that size, fails as corrupt without being inflated).
     bomb_docx = ("not a rule document", "zip bomb", "corrupt")
-    rule, rule_pdf = _data(RULE.encode()), _data(lambda: pdf_bytes([RULE]))
+    rule, rule_pdf = _bytes(RULE.encode()), _bytes(lambda: pdf_bytes([RULE]))
     bombed: Callable[[], bytes] = bomb.read_bytes
     too_large = int(UPLOAD_LIMIT_MB * 1024 * 1024) + 1
     return [
-        Upload("setup.exe", "not_a_document", refused, _data(_noise(4096, b"MZ\x90\x00")), not_document),
-        Upload("archive.zip", "not_a_document", refused, _data(bombed), not_document),
-        Upload("random.pdf", "not_a_document", failed, _data(_noise(65536)), ("not a PDF",)),
-        Upload("noise.pdf", "not_a_document", failed, _data(_noise(65536, b"%PDF-1.7\n")), ("corrupt PDF",)),
-        Upload("random.md", "not_a_document", failed, _data(_noise(8192)), ("binary file",)),
+        Upload("setup.exe", "not_a_document", refused, _bytes(_noise(4096, b"MZ\x90\x00")), not_document),
+        Upload("archive.zip", "not_a_document", refused, _bytes(bombed), not_document),
+        Upload("random.pdf", "not_a_document", failed, _bytes(_noise(65536)), ("not a PDF",)),
+        Upload("noise.pdf", "not_a_document", failed, _bytes(_noise(65536, b"%PDF-1.7\n")), ("corrupt PDF",)),
+        Upload("random.md", "not_a_document", failed, _bytes(_noise(8192)), ("binary file",)),
         Upload("too-large.pdf", "too_large", refused, _sparse(3 * too_large), ("file too large",)),
         Upload("too-large.txt", "too_large", refused, _sparse(too_large), ("file too large",)),
-        Upload("bomb.docx", "zip_bomb", either, _data(bombed), bomb_docx),
-        Upload("bomb-lying.docx", "zip_bomb", either, _data(lambda: lying_sizes(bombed())), bomb_docx),
-        Upload("bomb.pdf", "zip_bomb", failed, _data(bombed), ("not a PDF",)),
-        Upload("bomb.md", "zip_bomb", failed, _data(bombed), ("binary file",)),
+        Upload("bomb.docx", "zip_bomb", either, _bytes(bombed), bomb_docx),
+        Upload("bomb-lying.docx", "zip_bomb", either, _bytes(lambda: lying_sizes(bombed())), bomb_docx),
+        Upload("bomb.pdf", "zip_bomb", failed, _bytes(bombed), ("not a PDF",)),
+        Upload("bomb.md", "zip_bomb", failed, _bytes(bombed), ("binary file",)),
         Upload("../../etc/passwd.md", "path_traversal", refused, rule, traversal),
         Upload("..\\..\\evil.pdf", "path_traversal", refused, rule_pdf, traversal),
         Upload("uploads/../../evil.md", "path_traversal", refused, rule, traversal),
@@ -151,9 +136,9 @@ def uploads(work: Path, bomb: Path) -> list[Upload]:
         Upload("evil.md\x00.pdf", "path_traversal", refused, rule, ("control characters",)),
         Upload(".hidden.md", "path_traversal", refused, rule, ("hidden file",)),
         Upload("", "path_traversal", refused, rule, ("no name",)),
-        Upload("empty.pdf", "empty", failed, _data(b""), ("empty file",)),
-        Upload("empty.md", "empty", failed, _data(b""), ("empty file",)),
-        Upload("blank.txt", "empty", failed, _data(b" \n\t\n"), ("empty file",)),
+        Upload("empty.pdf", "empty", failed, _bytes(b""), ("empty file",)),
+        Upload("empty.md", "empty", failed, _bytes(b""), ("empty file",)),
+        Upload("blank.txt", "empty", failed, _bytes(b" \n\t\n"), ("empty file",)),
     ]
 
 
@@ -202,7 +187,7 @@ def hostile_uploads(work: Path) -> WebOutcome:
 
     # A good document first: the hostile files must take nothing of it away.
     good_text = f"# 规定\n{RULE}\n{RULE_2}\n"
-    (result,), error, _ = upload("rules.md", _data(good_text.encode()))
+    (result,), error, _ = upload("rules.md", _bytes(good_text.encode()))
     if error is not None or result.status != "added" or result.facts < 3:
         problems.append(f"the good document was not added: {error or result}")
         return outcome
@@ -265,11 +250,11 @@ def hostile_uploads(work: Path) -> WebOutcome:
     # The good document is whole, the same file again adds nothing, and a new one still lands.
     now = counts()
     outcome.rows_lost += sum(max(0, good[t] - now[t]) for t in TABLES if t != "documents")
-    (again,), error, _ = upload("rules.md", _data(good_text.encode()))
+    (again,), error, _ = upload("rules.md", _bytes(good_text.encode()))
     if error is not None or again.status != "unchanged":
         problems.append(f"the good document uploaded again: {error or again}")
     outcome.duplicates += sum(counts()[t] - now[t] for t in TABLES)
-    (second,), error, _ = upload("more-rules.pdf", _data(pdf_bytes([MORE_RULES])))
+    (second,), error, _ = upload("more-rules.pdf", _bytes(pdf_bytes([MORE_RULES])))
     if error is not None or second.status != "added" or second.facts < 1:
         problems.append(f"a good upload after the hostile ones was not added: {error or second}")
     else:
