@@ -88,6 +88,24 @@ def require_or_skip(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+_importorskip = pytest.importorskip
+
+
+def import_or_require(modname: str, *args: Any, **kwargs: Any) -> Any:
+    """``pytest.importorskip``, except that in CI a missing package fails the test (as ``require_or_skip``):
+    every package a test imports is a declared dependency, so a skip there would hide a broken install."""
+    try:
+        return _importorskip(modname, *args, **kwargs)
+    except pytest.skip.Exception as exc:
+        if in_ci():
+            pytest.fail(f"{exc} (CI is set: a package the tests need must be installed)", pytrace=False)
+        raise
+
+
+# One rule for every test module, including the module-level calls made while collecting them.
+pytest.importorskip = import_or_require  # type: ignore[assignment]
+
+
 @pytest.fixture
 def stop_later() -> Iterator[Callable[[Callable[[], Any]], None]]:
     """``stop_later(stop)`` registers ``stop`` to run when the test ends, passed or failed (last registered

@@ -21,7 +21,7 @@ import pytest
 
 from runtime.config import Settings
 from runtime.netbind import RemoteBindRefused
-from tests.conftest import SAMPLE_PDF
+from tests.conftest import SAMPLE_PDF, require_or_skip
 from tests.web_serving import INVENTED, MEAL, RIGHT, Planted, sample_workspace, served
 
 openai = pytest.importorskip("openai")
@@ -285,7 +285,7 @@ def test_the_ui_mounts_beside_the_api_with_the_one_model(workspace: Settings) ->
     from webapp.server import create_app, ui_available
 
     if not ui_available():
-        pytest.skip("gradio or webapp/ui.py is missing: the app serves the API alone")
+        require_or_skip("gradio or webapp/ui.py is missing: the app serves the API alone")
     planted = Planted(RIGHT)
     app = create_app(workspace, generator=planted, model_name="planted", with_ui=True)
     assert app.state.ui

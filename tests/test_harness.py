@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, in_ci, require_or_skip
+from tests.conftest import ROOT, import_or_require, in_ci, require_or_skip
 
 BROKEN = "made to fail by tests.test_harness"
 LABEL_STUDIO_TEST = "tests/test_review_labelstudio.py::test_review_round_trip_with_a_real_label_studio"
@@ -157,3 +157,14 @@ def test_stop_later_stops_every_server_when_the_test_fails(tmp_path: Path) -> No
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, out
     assert log.read_text().split() == ["third", "second", "first"]
     assert "the test failed with its servers up" in out and "stop second failed" in out, out
+
+
+def test_a_missing_package_skips_on_a_developer_machine_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert pytest.importorskip is import_or_require  # every test module's importorskip goes through it
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        pytest.importorskip("no_such_package_slm_test")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        pytest.importorskip("no_such_package_slm_test")
+    assert pytest.importorskip("json").dumps([]) == "[]"

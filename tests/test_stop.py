@@ -18,7 +18,7 @@ import torch
 from tasks.answer.prompts import chat_messages
 from tasks.answer.stop import end_of_turn_token, repeated_span, stop_token_ids, turn_end_text
 from tasks.models.base_models import GEMMA_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE, load_tokenizer
-from tests.conftest import SAMPLE_MD
+from tests.conftest import SAMPLE_MD, require_or_skip
 
 ROWS = [
     ("出差伙食补助费每人每天多少钱？", "每人每天100元。"),
@@ -188,7 +188,7 @@ def test_transformers_generation_stops_at_end_of_turn(trained: dict) -> None:
 
 def test_exported_gguf_names_end_of_turn(trained: dict) -> None:
     if trained["gguf"] is None:
-        pytest.skip("llama-cpp-python is not installed")
+        require_or_skip("llama-cpp-python is not installed")
     from tasks.export.export import read_gguf
 
     contents = read_gguf(trained["gguf"])

@@ -19,6 +19,7 @@ from runtime.config import Settings
 from tasks.distill.teachers.base import ChunkContext, FactRef, TeacherConfigError
 from tasks.distill.teachers.llamacpp import INSTALL_HINT, LlamaCppTeacher
 from tasks.distill.teachers.llm import PROMPT_VERSION, ResponseModel
+from tests.conftest import require_or_skip
 
 # Not imported here: the teacher sets OMP_WAIT_POLICY before llama_cpp (and OpenMP) first loads.
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -86,7 +87,7 @@ def test_model_is_not_loaded_until_first_generate(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def gemma() -> Iterator[LlamaCppTeacher]:
     if not HAS_LLAMA_CPP:
-        pytest.skip("llama-cpp-python is not installed (pip install 'slm-factory[llamacpp]')")
+        require_or_skip("llama-cpp-python is not installed (pip install 'slm-factory[llamacpp]')")
     teacher = LlamaCppTeacher(_settings(llamacpp_model_path="gemma3-270m"), max_tokens=MAX_TOKENS)
     yield teacher
     teacher.close()
@@ -122,7 +123,7 @@ def test_gemma_returns_schema_json_and_reuses_the_model(gemma: LlamaCppTeacher) 
 @pytest.mark.slow
 def test_prompt_longer_than_context_is_reported_not_raised() -> None:
     if not HAS_LLAMA_CPP:
-        pytest.skip("llama-cpp-python is not installed (pip install 'slm-factory[llamacpp]')")
+        require_or_skip("llama-cpp-python is not installed (pip install 'slm-factory[llamacpp]')")
     teacher = LlamaCppTeacher(_settings(llamacpp_model_path="gemma3-270m"), n_ctx=64)
     try:
         out = teacher.generate(CHUNK)
