@@ -27,8 +27,9 @@ def _root(workspace: Workspace = None) -> None:
 # Registered in the order `slm --help` has always listed them.
 app.add_typer(data.config_app, name="config")
 app.add_typer(review_app, name="review")
-for command in (data.ingest, data.facts, data.distill, data.rows, data.gate, data.datasets):
+for command in (data.ingest, data.facts, data.distill, data.rows, data.gate):
     app.command()(command)
+app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(servers.server_app, name="server")
 app.command()(servers.deploy)
 app.add_typer(models.golden_app, name="golden")

@@ -300,8 +300,16 @@ def _print_gate(report: Any, top: int) -> None:
     console.print(("[green]" if report.success else "[red]") + report.message)
 
 
-def datasets() -> None:
+datasets_app = typer.Typer(
+    help="Frozen dataset snapshots (listed without a subcommand); export them for other tools."
+)
+
+
+@datasets_app.callback(invoke_without_command=True)
+def datasets(ctx: typer.Context) -> None:
     """Frozen dataset snapshots."""
+    if ctx.invoked_subcommand is not None:
+        return
     from warehouse.gates import list_datasets
 
     cfg = settings()
@@ -319,3 +327,33 @@ def datasets() -> None:
             d["path"],
         )
     console.print(table)
+
+
+@datasets_app.command("export")
+def datasets_export(
+    dataset_id: Annotated[str, typer.Argument(help="Dataset id (a unique prefix is enough).")],
+    fmt: Annotated[str, typer.Option("--format", help="llamafactory | alpaca | sharegpt | hf")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder (default: <workspace>/artifacts/dataset-exports/<id>-<format>)."),
+    ] = None,
+) -> None:
+    """Write a frozen dataset for LLaMA-Factory (with its dataset_info.json entry), as Alpaca or ShareGPT
+    JSON, or as a Hugging Face dataset (save_to_disk)."""
+    from tasks.export.datasets import DatasetExportError, export_frozen_dataset
+    from tasks.train.challenger import NoDataset
+
+    cfg = settings()
+    with warehouse(cfg, read_only=True) as con:
+        try:
+            done = export_frozen_dataset(con, cfg, dataset_id, fmt, out)
+        except (DatasetExportError, NoDataset) as exc:
+            fail(f"[red]export failed:[/red] {escape(str(exc))}", 2, exc)
+    counts = ", ".join(f"{n} {split}" for split, n in done.counts.items())
+    console.print(f"dataset {done.dataset_id} as {done.format} ({counts}) in {done.out_dir}")
+    for path in done.files:
+        console.print(f"  {path}")
+    if done.entries:
+        console.print(
+            f"dataset_info.json entries: {', '.join(done.entries)} (LLaMA-Factory dataset_dir {done.out_dir})"
+        )
