@@ -36,9 +36,19 @@ def resolve_dataset(con: duckdb.DuckDBPyConnection, dataset_id: str | None) -> d
     return found[0]
 
 
-def run_folder(settings: Settings, dataset_id: str, base: str, profile: str, max_steps: int | None) -> Path:
+def run_folder(
+    settings: Settings,
+    dataset_id: str,
+    base: str,
+    profile: str,
+    max_steps: int | None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
     """Same inputs, same folder: so `--resume` finds the checkpoints of an interrupted run."""
-    key = hashlib.sha256(f"{dataset_id}|{base}|{profile}|{max_steps}".encode()).hexdigest()[:10]
+    inputs = f"{dataset_id}|{base}|{profile}|{max_steps}"
+    if overrides:  # a changed recipe is another run (without overrides the folder is what it always was)
+        inputs += "|" + json.dumps(overrides, sort_keys=True, default=str)
+    key = hashlib.sha256(inputs.encode()).hexdigest()[:10]
     return settings.artifacts_dir / "runs" / f"{dataset_id}-{profile}-{key}"
 
 
@@ -50,17 +60,21 @@ def train_challenger(
     max_steps: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
 ) -> tuple[Any, str]:
-    """Train, record and register; returns (TrainResult, model id). The warehouse is opened before and after
-    training, not held during it (training only reads the dataset files), so other commands can use it."""
+    """Train, record and register; returns (TrainResult, model id; "" on a process other than rank 0 of a
+    multi-process run, which neither saves nor records). The warehouse is opened before and after
+    training, not held during it (training only reads the dataset files), so other commands can use it.
+    ``overrides`` replaces profile fields (``train``'s); ``callbacks`` are extra TrainerCallbacks (progress)."""
     from tasks.models.base_models import model_id_for
-    from tasks.train.train import train
+    from tasks.train.train import process_rank, train
 
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         dataset = resolve_dataset(con, dataset_id)
     base_spec = base or settings.base_model
     profile_name = profile or settings.train_profile
-    out_dir = run_folder(settings, dataset["dataset_id"], base_spec, profile_name, max_steps)
+    out_dir = run_folder(settings, dataset["dataset_id"], base_spec, profile_name, max_steps, overrides)
     result = train(
         Path(dataset["path"]),
         base_spec,
@@ -76,7 +90,11 @@ def train_challenger(
         device=settings.train_device,
         seed=settings.train_seed,
         threads=settings.train_threads or None,
+        overrides=overrides,
+        callbacks=callbacks,
     )
+    if process_rank() != 0:
+        return result, ""  # under torchrun / accelerate launch only rank 0 saved the adapter and records it
     model_id = model_id_for(base_spec, result.adapter_dir, settings.models_cache)
     train_metrics = {
         "tokens_per_s": result.tokens_per_s,

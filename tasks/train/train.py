@@ -16,6 +16,7 @@ holds ``{"id", "messages": [system, user, assistant], "doc", "kind"}``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -353,9 +354,11 @@ class SlmTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
             return super()._get_train_sampler(train_dataset)
+        # Grouped by the global batch: under N processes each one takes its share of every global batch
+        # (accelerate's batch sharding), so N processes see the rows one process with N times the batch sees.
         return ShuffledLengthGroupedSampler(
             [len(dataset[i]["input_ids"]) for i in range(len(dataset))],
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
             self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
@@ -366,9 +369,22 @@ class SlmTrainer(Trainer):
             self._choose_checkpointing(model, inputs["attention_mask"].numel())
         if not self.selective_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = answer_only_loss(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], num_items_in_batch
+        loss = _as_ddp_forward(
+            model,
+            answer_only_loss,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["labels"],
+            num_items_in_batch,
         )
+        if (
+            self.args.world_size > 1
+            and self.args.average_tokens_across_devices
+            and num_items_in_batch is not None
+        ):
+            # num_items_in_batch counts every process's answer tokens and DDP averages the gradients over the
+            # processes: scaled back as the Trainer's own compute_loss does, so N processes step as one.
+            loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _choose_checkpointing(self, model: torch.nn.Module, tokens: int) -> None:
@@ -388,6 +404,20 @@ class SlmTrainer(Trainer):
             return super().evaluate(*args, **kwargs)
         finally:
             self.eval_s += time.perf_counter() - started
+
+
+def _as_ddp_forward(model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """``loss_fn(model, *args)``; under DistributedDataParallel (torchrun, accelerate launch) run as the
+    wrapper's forward, because DDP prepares its gradient all-reduce only inside its own forward: the wrapped
+    module's ``forward`` is shadowed by the loss for this one call."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return loss_fn(model, *args)
+    inner = model.module
+    inner.forward = functools.partial(loss_fn, inner)
+    try:
+        return model(*args)
+    finally:
+        del inner.forward
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -485,7 +515,8 @@ def train(
     if dev == "cpu":
         # All cores by default. On a machine shared with other busy processes, fewer threads can be much
         # faster: OpenMP workers then wait on each other at every small elementwise op.
-        torch.set_num_threads(threads or _cpu_count())
+        # Under N processes on one machine (torchrun, accelerate launch) each takes its share of the cores.
+        torch.set_num_threads(threads or max(1, _cpu_count() // local_world_size()))
 
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, set_seed
@@ -506,8 +537,6 @@ def train(
 
         ckpt_dir = out_dir / CHECKPOINTS_DIR
         checkpoint = last_complete_checkpoint(ckpt_dir) if resume else None
-        if not resume and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # a fresh run must not resume, rotate or pick a "best" from an older run
         has_eval = valid_ds is not None and len(valid_ds) > 0
         args = training_arguments(
             prof,
@@ -521,6 +550,11 @@ def train(
             device=dev,
             bf16=dev == "cuda" and model.dtype == torch.bfloat16,
         )
+        # The first process writes (checkpoints, adapter, metadata, plot); the others wait for it here.
+        with args.main_process_first(desc="fresh run folder"):
+            # A fresh run must not resume, rotate or pick a "best" from an older run.
+            if not resume and args.should_save and ckpt_dir.exists():
+                shutil.rmtree(ckpt_dir)
         show_bar = progress and sys.stderr.isatty()
         callbacks = list(callbacks or [])
         if has_eval:
@@ -553,13 +587,6 @@ def train(
                 final_eval = trainer.evaluate()["eval_loss"]
 
         adapter_dir = out_dir / ADAPTER_DIR
-        # Saved (with its metadata) into a staging folder renamed into place at the end: a crash while saving
-        # leaves the staging folder, which the next run replaces, never weights without their metadata.
-        staging = out_dir / f".{ADAPTER_DIR}.partial"
-        if staging.exists():
-            shutil.rmtree(staging)
-        trainer.model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)  # carries the chat template the adapter was trained with
         curve = loss_curve(trainer.state.log_history)
         train_losses = [t for _, t, _ in curve if t is not None]
         best_step = _step_of(trainer.state.best_model_checkpoint)
@@ -593,16 +620,43 @@ def train(
                 "save_steps": save_steps,
                 "early_stopping_patience": early_stopping_patience,
                 "torch_threads": torch.get_num_threads(),
+                **({"world_size": args.world_size} if args.world_size > 1 else {}),
             },
         )
-        write_metadata(result, staging / METADATA_FILE)
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        os.replace(staging, adapter_dir)
-        plot_loss(
-            curve, out_dir / LOSS_PLOT, title=f"{identity.spec} · {prof.name} · {result.dataset_id[:12]}"
-        )
+        if trainer.is_world_process_zero():  # one writer: every process holds the same adapter
+            save_adapter(trainer.model, tokenizer, result, out_dir)
         return result
+
+
+def save_adapter(model: Any, tokenizer: Any, result: TrainResult, out_dir: Path) -> None:
+    """``adapter/`` (weights, tokenizer, ``slm_adapter.json``) and ``loss.png`` of a finished run."""
+    adapter_dir = out_dir / ADAPTER_DIR
+    # Saved (with its metadata) into a staging folder renamed into place at the end: a crash while saving
+    # leaves the staging folder, which the next run replaces, never weights without their metadata.
+    staging = out_dir / f".{ADAPTER_DIR}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)  # carries the chat template the adapter was trained with
+    write_metadata(result, staging / METADATA_FILE)
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    os.replace(staging, adapter_dir)
+    plot_loss(
+        result.loss_curve,
+        out_dir / LOSS_PLOT,
+        title=f"{result.base.spec} · {result.profile['name']} · {result.dataset_id[:12]}",
+    )
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when run alone): rank 0 is the one writer."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_world_size() -> int:
+    """How many training processes share this machine (1 when run alone)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def lora_config(prof: Profile) -> Any:
