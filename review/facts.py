@@ -165,18 +165,51 @@ def decide_row(row: dict[str, Any], facts: Sequence[dict[str, Any]]) -> Outcome:
     )
 
 
-def choose_facts(needs: Iterable[tuple[str, ...]], covered: set[str]) -> list[str]:
-    """The fewest facts (greedy set cover, deterministic) so that every need has one: each need is the
-    fitting facts of one number, any one of which verified decides it. Needs met by ``covered`` (facts
-    already verified or in an open task) need nothing."""
+MAX_FACTS_PER_TASK = 10  # one per digit key (0-9) of a fact task; a longer sentence is split over tasks
+
+
+def sentence_key(fact: dict[str, Any]) -> tuple[str, str]:
+    """The sentence a fact stands in: its chunk and its sentence text (the fact's ``context``)."""
+    return (str(fact.get("chunk_id") or ""), str(fact.get("context") or ""))
+
+
+def choose_sentences(
+    needs: Iterable[tuple[str, ...]], covered: set[str], sentence_of: dict[str, tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The fewest source sentences (greedy set cover, deterministic) so that every need has a fact in one:
+    each need is the fitting facts of one number, any one of which verified decides it, and a person verifies
+    every fact of a sentence in one task. Needs met by ``covered`` (facts already verified or in an open
+    task) need nothing."""
     open_needs = [n for n in needs if n and not covered.intersection(n)]
-    chosen: list[str] = []
+    order: dict[tuple[str, str], int] = {}
+    for n in open_needs:
+        for f in n:
+            order.setdefault(sentence_of[f], len(order))
+    chosen: list[tuple[str, str]] = []
     while open_needs:
-        counts = Counter(f for n in open_needs for f in dict.fromkeys(n))
-        best = max(counts, key=lambda f: (counts[f], -min(n.index(f) for n in open_needs if f in n)))
+        counts = Counter(s for n in open_needs for s in {sentence_of[f] for f in n})
+        best = max(counts, key=lambda s: (counts[s], -order[s]))
         chosen.append(best)
-        open_needs = [n for n in open_needs if best not in n]
+        open_needs = [n for n in open_needs if best not in {sentence_of[f] for f in n}]
     return chosen
+
+
+def sentence_tasks(
+    sentences: Sequence[tuple[str, str]], facts: Iterable[dict[str, Any]], skip: set[str]
+) -> list[tuple[str, ...]]:
+    """The fact tasks for ``sentences``: every ledger fact of each sentence (in text order) that is not in
+    ``skip`` (verified, or in an open task), at most ``MAX_FACTS_PER_TASK`` to a task. A person reading the
+    sentence judges all its numbers at once, the dates and form numbers too (not a rule)."""
+    by_sentence: dict[tuple[str, str], list[str]] = {s: [] for s in sentences}
+    for f in facts:
+        key = sentence_key(f)
+        if key in by_sentence and f["fact_id"] not in skip and f["fact_id"] not in by_sentence[key]:
+            by_sentence[key].append(f["fact_id"])
+    return [
+        tuple(ids[i : i + MAX_FACTS_PER_TASK])
+        for ids in by_sentence.values()
+        for i in range(0, len(ids), MAX_FACTS_PER_TASK)
+    ]
 
 
 def _add_notes(current: str, notes: Iterable[str]) -> str:
@@ -195,6 +228,7 @@ class Settled:
     changed: dict[str, int] = field(default_factory=dict)  # outcome kind -> rows whose values changed
     open_facts: set[str] = field(default_factory=set)  # facts with a task in a batch not yet synced
     verified_facts: set[str] = field(default_factory=set)
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)  # fact_id -> fact (with chunk_id)
 
     def rows(self, kind: str) -> list[str]:
         return [r for r, o in self.outcomes.items() if o.kind == kind]
@@ -234,6 +268,7 @@ def settle(con: duckdb.DuckDBPyConnection, row_ids: Sequence[str] | None = None)
         chunk_facts = facts[row["chunk_id"]]
         result.open_facts |= {f["fact_id"] for f in chunk_facts if f["in_open_task"]}
         result.verified_facts |= {f["fact_id"] for f in chunk_facts if f["verdict"]}
+        result.facts.update({f["fact_id"]: {**f, "chunk_id": row["chunk_id"]} for f in chunk_facts})
         outcome = decide_row(row, chunk_facts)
         result.outcomes[row["row_id"]] = outcome
         update = _update(row, outcome)

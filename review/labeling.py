@@ -2,10 +2,13 @@
 task data it shows.
 
 A batch holds two kinds of task under one interface (one project per batch): a *row task* (below) and a
-*fact task* (``task_for_fact``): the sentence with the one number highlighted, the document, article path and
-page, the number as the ledger parsed it (value, unit, qualifier, subject), and the questions that cite it
-(read-only). The same three keys answer both: a = correct, c = wrong value/unit/subject (type the corrected
-number with its unit and/or the corrected subject), r = not a rule (a date, a form number, an example).
+*fact task* (``task_for_sentence``): one source sentence, read once, with every ledger fact in it marked and
+numbered, the document, article path and page, each number as the ledger parsed it (value, unit, qualifier,
+subject) and the questions waiting on them (read-only). Each fact has its own verdict field
+(``fact_verdict_<i>``): key i marks fact i wrong (type the corrected number with its unit and/or subject),
+shift+i marks it not a rule (a date, a form number, an example). The task's verdict covers every fact not
+marked on its own: a = every number correct, c = the marked ones are wrong (the rest correct), r = none is a
+rule. A sentence of one number can be corrected in the task's own fields too.
 
 An annotator never judges a bare answer: the task shows the source chunk with every number the row states
 highlighted (``<mark>``), where the chunk stands (document, 章 > 条), the question and the answer. The verdict
@@ -35,7 +38,18 @@ CORRECTED_SUBJECT = "corrected_subject"
 COMMENT = "comment"
 VERDICTS = ("accept", "correct", "reject")
 HOTKEYS = {"accept": "a", "correct": "c", "reject": "r"}
-CONFIG_VERSION = "review-v2"  # bump when the interface changes; stored with each task
+CONFIG_VERSION = "review-v3"  # bump when the interface changes; stored with each task
+# A fact task (one source sentence) gives each of its facts its own verdict: ``fact_verdict_<i>`` (and, for a
+# wrong one, ``fact_numbers_<i>`` / ``fact_subject_<i>``), i = the fact's place in the task (0-9, its key).
+FACT_VERDICT = "fact_verdict_"
+FACT_NUMBERS = "fact_numbers_"
+FACT_SUBJECT = "fact_subject_"
+# Per-fact overrides of the task's verdict: key i marks fact i wrong, shift+i marks it not a rule.
+_FACT_CHOICES = (
+    ("accept", "", "正确 correct"),
+    ("correct", "{{idx}}", "错 wrong [{{idx}}]"),
+    ("reject", "shift+{{idx}}", "不是规则 not a rule [shift+{{idx}}]"),
+)
 # What the keys mean on a fact task (sync records these in fact_verdicts).
 FACT_VERDICTS = {"accept": "correct", "correct": "corrected", "reject": "not_a_rule"}
 
@@ -62,11 +76,31 @@ def label_config() -> str:
         f' html="{html.escape("<b>" + _LABELS[v] + "</b>")}"/>'
         for v in VERDICTS
     )
+    fact_choices = "\n".join(
+        f'        <Choice value="{v}"{f" hotkey={chr(34)}{key}{chr(34)}" if key else ""}'
+        f' html="{html.escape("<b>" + label + "</b>")}"/>'
+        for v, key, label in _FACT_CHOICES
+    )
+    fact_blocks = f"""  <Repeater on="$facts" indexFlag="{{{{idx}}}}">
+    <View className="slm-fact">
+      <HyperText name="fact_{{{{idx}}}}" value="$facts[{{{{idx}}}}].html" inline="true" selectionEnabled="false"/>
+      <Choices name="{FACT_VERDICT}{{{{idx}}}}" toName="fact_{{{{idx}}}}" choice="single-radio" showInline="true">
+{fact_choices}
+      </Choices>
+      <TextArea name="{FACT_NUMBERS}{{{{idx}}}}" toName="fact_{{{{idx}}}}" rows="1" editable="true"
+                maxSubmissions="1" placeholder="修改后的数字 corrected number with unit, e.g. 800元"
+                visibleWhen="choice-selected" whenTagName="{FACT_VERDICT}{{{{idx}}}}" whenChoiceValue="correct"/>
+      <TextArea name="{FACT_SUBJECT}{{{{idx}}}}" toName="fact_{{{{idx}}}}" rows="1" editable="true"
+                maxSubmissions="1" placeholder="修改后的主题 corrected subject, e.g. 住宿费"
+                visibleWhen="choice-selected" whenTagName="{FACT_VERDICT}{{{{idx}}}}" whenChoiceValue="correct"/>
+    </View>
+  </Repeater>"""
     return f"""<View>
   <Style>
     .slm-src {{ line-height: 1.9; font-size: 15px; }}
     .slm-box {{ border: 1px solid #d0d7de; border-radius: 6px; padding: 10px 14px; margin: 6px 0 12px 0; }}
     .slm-muted {{ color: #57606a; font-size: 13px; }}
+    .slm-fact {{ border-left: 3px solid #ffe066; padding: 2px 10px; margin: 4px 0; }}
   </Style>
   <Header value="来源 Source" size="5"/>
   <HyperText name="where" value="$where_html" inline="true" selectionEnabled="false"/>
@@ -80,7 +114,8 @@ def label_config() -> str:
     <HyperText name="answer" value="$answer_html" inline="true" selectionEnabled="false"/>
   </View>
   <HyperText name="notes" value="$notes_html" inline="true" selectionEnabled="false"/>
-  <Header value="结论 Verdict" size="5"/>
+{fact_blocks}
+  <Header value="$verdict_title" size="5"/>
   <Choices name="{VERDICT}" toName="answer" choice="single-radio" required="true"
            requiredMessage="请选择 accept / correct / reject" showInline="true">
 {choices}
@@ -88,11 +123,11 @@ def label_config() -> str:
   <Header value="修改后的答案 Corrected answer (row tasks, only for correct)" size="6"/>
   <TextArea name="{CORRECTED_ANSWER}" toName="answer" rows="3" editable="true" maxSubmissions="1"
             placeholder="完整的正确答案"/>
-  <Header value="修改后的数字 Corrected number(s) with unit, e.g. 800元; 1200元 (fact tasks: the one number)"
+  <Header value="修改后的数字 Corrected number(s) with unit, e.g. 800元; 1200元 (a fact task of one number)"
           size="6"/>
   <TextArea name="{CORRECTED_NUMBERS}" toName="answer" rows="1" editable="true" maxSubmissions="1"
             placeholder="例如 800元"/>
-  <Header value="修改后的主题 Corrected subject (fact tasks, e.g. 住宿费)" size="6"/>
+  <Header value="修改后的主题 Corrected subject (a fact task of one number, e.g. 住宿费)" size="6"/>
   <TextArea name="{CORRECTED_SUBJECT}" toName="answer" rows="1" editable="true" maxSubmissions="1"
             placeholder="例如 住宿费"/>
   <Header value="备注 Comment" size="6"/>
@@ -192,6 +227,8 @@ def task_for_row(
         "source_html": f'<div class="slm-src">{source_html}</div>',
         "answer_html": f'<div class="slm-src">{answer_html}</div>',
         "notes_html": notes_html,
+        "verdict_title": "结论 Verdict",
+        "facts": [],
     }
 
 
@@ -199,31 +236,30 @@ def fact_task_key(fact_id: str, batch_id: str) -> str:
     return task_key(f"fact:{fact_id}", batch_id)
 
 
-def _sentence_html(chunk_text: str, start: int, end: int) -> str:
-    """The sentence around chunk_text[start:end] with exactly that span marked (not every equal number)."""
+def _sentence_html(chunk_text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """The sentence holding the spans, each span marked and numbered (its fact's key in the task)."""
     from tasks.ingest.facts import sentence_around
 
-    left, right = sentence_around(chunk_text, start, end)
-    return (
-        html.escape(chunk_text[left:start])
-        + f'<mark style="{_MARK_STYLE}">{html.escape(chunk_text[start:end])}</mark>'
-        + html.escape(chunk_text[end:right])
-    ).replace("\n", "<br/>")
+    left, right = sentence_around(chunk_text, *spans[0])
+    for start, end in spans[1:]:
+        a, b = sentence_around(chunk_text, start, end)
+        left, right = min(left, a), max(right, b)
+    parts, pos = [], left
+    for i, (start, end) in sorted(enumerate(spans), key=lambda p: p[1]):
+        if start < pos:
+            continue  # overlapping spans (never from one parse): the first one marked is enough
+        parts.append(html.escape(chunk_text[pos:start]))
+        parts.append(
+            f'<mark style="{_MARK_STYLE}">{html.escape(chunk_text[start:end])}</mark>'
+            f'<sup class="slm-muted">[{i}]</sup>'
+        )
+        pos = end
+    parts.append(html.escape(chunk_text[pos:right]))
+    return "".join(parts).replace("\n", "<br/>")
 
 
-def task_for_fact(fact: dict[str, Any], citing: Sequence[str], batch_id: str) -> dict[str, Any]:
-    """The Label Studio task data for one ledger fact (``{"data": {...}}`` is added by the caller).
-
-    ``fact`` needs fact_id, value, value_max, unit, raw, qualifier, subject, span_start, span_end, chunk_text,
-    heading_path, doc_name and page; ``citing`` are the questions of the rows that rely on it (shown read-only).
-    """
-    doc, heading, page = fact.get("doc_name") or "", fact.get("heading_path") or "", fact.get("page")
-    where_html = (
-        f'<div class="slm-muted">文件 <b>{html.escape(doc)}</b>'
-        f" &nbsp;·&nbsp; 位置 <b>{html.escape(heading or '(无标题)')}</b>"
-        + (f" &nbsp;·&nbsp; 第 <b>{int(page)}</b> 页" if page else "")
-        + "</div>"
-    )
+def _parsed_html(index: int, fact: dict[str, Any]) -> str:
+    """One fact as the ledger parsed it: its key, value, unit, qualifier, subject and how it is written."""
     value = _fmt(Decimal(fact["value"]))
     if fact.get("value_max"):
         value += f" – {_fmt(Decimal(fact['value_max']))}"
@@ -234,34 +270,65 @@ def task_for_fact(fact: dict[str, Any], citing: Sequence[str], batch_id: str) ->
         ("主题 subject", fact.get("subject") or "—"),
         ("原文 as written", fact.get("raw") or ""),
     ]
-    answer_html = "".join(
-        f'<div><span class="slm-muted">{html.escape(k)}</span> &nbsp;<b>{html.escape(str(v))}</b></div>'
-        for k, v in parsed
+    cells = " &nbsp;·&nbsp; ".join(
+        f'<span class="slm-muted">{html.escape(k)}</span> <b>{html.escape(str(v))}</b>' for k, v in parsed
     )
-    shown = list(citing)[:8]
-    notes = [f"引用它的问题 Questions that cite it ({len(citing)}):"] + [f"· {html.escape(q)}" for q in shown]
-    if len(citing) > len(shown):
-        notes.append(f"… {len(citing) - len(shown)} more")
+    return f'<div class="slm-src"><b>[{index}]</b> &nbsp;{cells}</div>'
+
+
+def task_for_sentence(
+    facts: Sequence[dict[str, Any]], citing: dict[str, Sequence[str]], batch_id: str
+) -> dict[str, Any]:
+    """The Label Studio task data for the ledger facts of one source sentence (``{"data": {...}}`` is added
+    by the caller): the sentence with each number marked and numbered, and per fact what the ledger parsed
+    (its own verdict field in the interface); the questions of the rows waiting on them, read only.
+
+    Each fact needs fact_id, value, value_max, unit, raw, qualifier, subject, span_start, span_end,
+    chunk_text, heading_path, doc_name and page (all of one chunk and sentence)."""
+    first = facts[0]
+    doc, heading = first.get("doc_name") or "", first.get("heading_path") or ""
+    pages = sorted({int(f["page"]) for f in facts if f.get("page")})
+    where_html = (
+        f'<div class="slm-muted">文件 <b>{html.escape(doc)}</b>'
+        f" &nbsp;·&nbsp; 位置 <b>{html.escape(heading or '(无标题)')}</b>"
+        + (f" &nbsp;·&nbsp; 第 <b>{'、'.join(str(p) for p in pages)}</b> 页" if pages else "")
+        + "</div>"
+    )
+    questions = list(dict.fromkeys(q for f in facts for q in citing.get(f["fact_id"], ())))
+    shown = questions[:8]
+    notes = [f"等待这些数字的问题 Questions waiting on these numbers ({len(questions)}):"]
+    notes += [f"· {html.escape(q)}" for q in shown]
+    if len(questions) > len(shown):
+        notes.append(f"… {len(questions) - len(shown)} more")
+    one = len(facts) == 1
     return {
-        "task_key": fact_task_key(fact["fact_id"], batch_id),
+        "task_key": fact_task_key(first["fact_id"], batch_id),
         "kind": "fact",
-        "fact_id": fact["fact_id"],
+        "fact_id": first["fact_id"],  # the task's key (its group); every fact is in fact_ids
+        "fact_ids": [f["fact_id"] for f in facts],
         "batch_id": batch_id,
         "config_version": CONFIG_VERSION,
         "doc_name": doc,
         "heading_path": heading,
-        "page": page,
-        "question_title": "核对数字 Check this number at its source",
-        "answer_title": "账本的解析 What the ledger parsed",
-        "question": "这个数字是规则吗？数值、单位、主题对吗？ a 正确 · c 修改（填写数字/主题）· r 不是规则",
-        "answer": f"{fact.get('subject') or ''} {fact.get('raw') or ''}".strip(),
-        "numbers": value,
+        "page": pages[0] if pages else None,
+        "question_title": "核对数字 Check the numbers of this sentence",
+        "answer_title": f"账本的解析 What the ledger parsed ({len(facts)})",
+        "question": (
+            "这个数字是规则吗？数值、单位、主题对吗？"
+            if one
+            else "这些数字是规则吗？数值、单位、主题对吗？每个数字各有结论：未单独标记的随整句结论。"
+        ),
+        "answer": "; ".join(f"{f.get('subject') or ''} {f.get('raw') or ''}".strip() for f in facts),
+        "numbers": ", ".join(_fmt(Decimal(f["value"])) for f in facts),
         "where_html": where_html,
         "source_html": '<div class="slm-src">'
-        + _sentence_html(fact["chunk_text"], int(fact["span_start"]), int(fact["span_end"]))
+        + _sentence_html(first["chunk_text"], [(int(f["span_start"]), int(f["span_end"])) for f in facts])
         + "</div>",
-        "answer_html": f'<div class="slm-src">{answer_html}</div>',
+        "answer_html": '<div class="slm-muted">每个数字 Each number: 正确 · 错 (key i) · 不是规则 (shift+i)</div>',
         "notes_html": "".join(f'<div class="slm-muted">{n}</div>' for n in notes),
+        "verdict_title": "整句结论 The sentence: a 全部正确 every number correct · c 有错（标记错的）some wrong"
+        " (marked ones) · r 都不是规则 none is a rule",
+        "facts": [{"fact_id": f["fact_id"], "html": _parsed_html(i, f)} for i, f in enumerate(facts)],
     }
 
 
@@ -274,3 +341,32 @@ def prediction_for(suggested: str, model_version: str, score: float = 0.8) -> di
             {"from_name": VERDICT, "to_name": "answer", "type": "choices", "value": {"choices": [suggested]}}
         ],
     }
+
+
+def fact_task_result(
+    verdicts: Sequence[str], numbers: dict[int, str] | None = None, subjects: dict[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """The annotation result a person's keys give a fact task whose facts get ``verdicts`` (accept | correct |
+    reject, in the task's order): a when all are accept, r when all are reject, else c with every fact that
+    is not accept marked on its own (its corrected number or subject in ``numbers`` / ``subjects``, by
+    index). The shape Label Studio exports; the bench and the tests answer fact tasks with it."""
+    numbers, subjects = numbers or {}, subjects or {}
+    overall = (
+        "accept" if set(verdicts) == {"accept"} else "reject" if set(verdicts) == {"reject"} else "correct"
+    )
+
+    def choice(name: str, to: str, value: str) -> dict[str, Any]:
+        return {"from_name": name, "to_name": to, "type": "choices", "value": {"choices": [value]}}
+
+    def text(name: str, to: str, value: str) -> dict[str, Any]:
+        return {"from_name": name, "to_name": to, "type": "textarea", "value": {"text": [value]}}
+
+    out = [choice(VERDICT, "answer", overall)]
+    for i, verdict in enumerate(verdicts):
+        if overall == "correct" and verdict != "accept":
+            out.append(choice(f"{FACT_VERDICT}{i}", f"fact_{i}", verdict))
+        if numbers.get(i):
+            out.append(text(f"{FACT_NUMBERS}{i}", f"fact_{i}", numbers[i]))
+        if subjects.get(i):
+            out.append(text(f"{FACT_SUBJECT}{i}", f"fact_{i}", subjects[i]))
+    return out

@@ -33,8 +33,16 @@ from typing import Any
 
 import duckdb
 
-from review.facts import VERIFIER_VERSION, choose_facts, decide_row, questions_waiting_on, settle
-from review.labeling import CONFIG_VERSION, label_config, prediction_for, task_for_fact, task_for_row
+from review.facts import (
+    VERIFIER_VERSION,
+    choose_sentences,
+    decide_row,
+    questions_waiting_on,
+    sentence_key,
+    sentence_tasks,
+    settle,
+)
+from review.labeling import CONFIG_VERSION, label_config, prediction_for, task_for_row, task_for_sentence
 from review.server import base_url, retrying, transient
 from review.sync import unavailable
 from runtime.config import Settings
@@ -76,10 +84,15 @@ def project_url(settings: Settings, ls_project_id: int) -> str:
     return f"{base_url(settings)}/projects/{ls_project_id}/data"
 
 
-def _task_row_id(task: Any) -> str | None:
-    """The task's key in review_tasks.row_id: the row id of a row task, the fact id of a fact task."""
-    data = task.get("data") if isinstance(task, dict) else getattr(task, "data", None)
-    return (data or {}).get("row_id") or (data or {}).get("fact_id")
+def _task_keys(task: Any) -> list[str]:
+    """The task's keys in review_tasks.row_id: the row id of a row task, the fact ids of a fact task (one per
+    fact of its sentence; ``fact_id`` alone in tasks made before sentence tasks)."""
+    data = (task.get("data") if isinstance(task, dict) else getattr(task, "data", None)) or {}
+    if data.get("row_id"):
+        return [data["row_id"]]
+    return (
+        [str(f) for f in data.get("fact_ids") or [data["fact_id"]] if f] if data.get("kind") == "fact" else []
+    )
 
 
 def _task_id(task: Any) -> int:
@@ -89,9 +102,8 @@ def _task_id(task: Any) -> int:
 def _list_tasks(client: Any, ls_project_id: int) -> dict[str, int]:
     found: dict[str, int] = {}
     for task in client.tasks.list(project=ls_project_id, fields="all"):
-        row_id = _task_row_id(task)
-        if row_id:
-            found.setdefault(row_id, _task_id(task))
+        for key in _task_keys(task):
+            found.setdefault(key, _task_id(task))
     return found
 
 
@@ -106,7 +118,8 @@ def _import_missing(
     """Import the batch's rows that its project lacks, then record every task id. Returns tasks imported."""
     batch_id, project_id = batch["batch_id"], int(batch["ls_project_id"])
     payloads: dict[str, dict[str, Any]] = {}
-    for r in queries.batch_tasks(con, batch_id):
+    row_tasks = queries.batch_tasks(con, batch_id)
+    for r in row_tasks:
         task: dict[str, Any] = {
             "data": task_for_row(
                 r,
@@ -120,28 +133,30 @@ def _import_missing(
         payloads[r["row_id"]] = task
     facts = queries.batch_fact_tasks(con, batch_id)
     citing = questions_waiting_on(con, [f["fact_id"] for f in facts])
-    for f in facts:
-        payloads[f["fact_id"]] = {"data": task_for_fact(f, citing[f["fact_id"]], batch_id)}
-    rows = [{"row_id": key} for key in payloads]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for f in facts:  # one task per sentence; its key is its first fact's id (task_group)
+        groups.setdefault(f["task_group"] or f["fact_id"], []).append(f)
+    for group, members in groups.items():
+        payloads[group] = {"data": task_for_sentence(members, citing, batch_id)}
     imported = 0
 
     @retrying(settings)
     def sync_tasks() -> dict[str, int]:
         nonlocal imported
         present = _list_tasks(client, project_id)
-        missing = [r for r in rows if r["row_id"] not in present]
+        missing = [key for key in payloads if key not in present]
         if missing:
-            payload = [payloads[r["row_id"]] for r in missing]
-            client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
+            client.projects.import_tasks(
+                id=project_id, request=[payloads[k] for k in missing], return_task_ids=True
+            )
             imported += len(missing)
             # Listing again (rather than trusting the response order) maps ids by row_id, whatever LS returns.
             present = _list_tasks(client, project_id)
         return present
 
     present = sync_tasks()
-    queries.set_task_ids(
-        con, batch_id, {r["row_id"]: present[r["row_id"]] for r in rows if r["row_id"] in present}
-    )
+    keys = [*(r["row_id"] for r in row_tasks), *(f["fact_id"] for f in facts)]
+    queries.set_task_ids(con, batch_id, {k: present[k] for k in keys if k in present})
     return imported
 
 
@@ -234,7 +249,7 @@ def _push(
         project = client.projects.create(
             title=f"slm review {batch_id}",
             description=(
-                f"{len(plan.fact_ids)} fact tasks, {len(plan.row_ids)} row tasks deciding {plan.rows_decided}"
+                f"{len(plan.fact_tasks)} fact tasks, {len(plan.row_ids)} row tasks deciding {plan.rows_decided}"
                 f" rows; config {CONFIG_VERSION}; flow run {flow_run_id or '-'}"
             ),
             label_config=label_config(),
@@ -249,7 +264,9 @@ def _push(
 
     # The project first: if this process dies now, an empty project is left over, never a lost row.
     project_id = create_project()
-    queries.create_batch(con, batch_id, project_id, flow_run_id, plan.row_ids, plan.fact_ids, plan.suggested)
+    queries.create_batch(
+        con, batch_id, project_id, flow_run_id, plan.row_ids, plan.fact_tasks, plan.suggested
+    )
     batch = queries.get_batch(con, batch_id)
     assert batch is not None
     imported = _import_missing(con, settings, client, batch)
@@ -257,11 +274,11 @@ def _push(
         batch_id,
         project_id,
         flow_run_id,
-        len(ids),
+        plan.tasks,
         imported,
         True,
         project_url(settings, project_id),
-        len(plan.fact_ids),
+        len(plan.fact_tasks),
         len(plan.row_ids),
         plan.rows_decided,
     )
@@ -269,19 +286,24 @@ def _push(
 
 @dataclass(frozen=True)
 class Plan:
-    """What a new batch would hold: row tasks (with the ledger's suggested verdict), fact tasks, and how many
-    rows those decide; ``waiting``: rows whose facts are already in an open batch."""
+    """What a new batch would hold: row tasks (with the ledger's suggested verdict), fact tasks (one per source
+    sentence: the facts a person judges in it), and how many rows those decide; ``waiting``: rows whose facts
+    are already in an open batch."""
 
     row_ids: list[str]
     suggested: dict[str, str]
-    fact_ids: list[str]
+    fact_tasks: list[tuple[str, ...]]
     rows_decided: int
     waiting: int = 0
     ledger: dict[str, int] = field(default_factory=dict)  # rows the verified ledger decided now, by outcome
 
     @property
+    def fact_ids(self) -> list[str]:
+        return [f for task in self.fact_tasks for f in task]
+
+    @property
     def tasks(self) -> int:
-        return len(self.row_ids) + len(self.fact_ids)
+        return len(self.row_ids) + len(self.fact_tasks)
 
 
 def plan_batch(
@@ -292,8 +314,9 @@ def plan_batch(
     row_ids: list[str] | None = None,
 ) -> Plan:
     """Refresh conflicts, let the person-verified ledger decide what it can, then choose the tasks: with
-    ``row_ids``, those rows as row tasks; else fact tasks for the unverified facts waiting rows rely on and
-    row tasks for the rows the ledger cannot decide (among the first ``limit`` waiting rows)."""
+    ``row_ids``, those rows as row tasks; else one fact task per source sentence holding unverified facts
+    that waiting rows rely on (the fewest sentences that cover every such row's numbers), and row tasks for
+    the rows the ledger cannot decide (among the first ``limit`` waiting rows)."""
     detect_conflicts(con, similarity_threshold)
     with transaction(con):
         settled = settle(con)
@@ -318,13 +341,16 @@ def plan_batch(
         if outcome is not None and outcome.suggested:
             suggested[row["row_id"]] = outcome.suggested
     covered = settled.open_facts | settled.verified_facts
-    fact_ids = choose_facts([n for ns in needs.values() for n in ns], covered)
-    chosen = set(fact_ids)
-    decided = sum(1 for ns in needs.values() if any(chosen.intersection(n) for n in ns))
+    sentence_of = {f: sentence_key(fact) for f, fact in settled.facts.items()}
+    sentences = choose_sentences([n for ns in needs.values() for n in ns], covered, sentence_of)
+    fact_tasks = sentence_tasks(sentences, settled.facts.values(), covered)
+    chosen = {f for task in fact_tasks for f in task} | settled.verified_facts
+    # A row is decided by this batch when every number's need has a fact verified or asked about here.
+    decided = sum(1 for ns in needs.values() if all(chosen.intersection(n) for n in ns))
     return Plan(
         person,
         suggested,
-        fact_ids,
+        fact_tasks,
         len(person) + decided,
         waiting=len(needs) - decided,
         ledger=settled.changed,

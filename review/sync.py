@@ -42,6 +42,9 @@ from review.labeling import (
     CORRECTED_ANSWER,
     CORRECTED_NUMBERS,
     CORRECTED_SUBJECT,
+    FACT_NUMBERS,
+    FACT_SUBJECT,
+    FACT_VERDICT,
     FACT_VERDICTS,
     VERDICT,
     VERDICTS,
@@ -351,12 +354,26 @@ def decide(
     return decision, flagged
 
 
+def fact_choice(annotation: dict[str, Any], index: int) -> str | None:
+    """The verdict a fact task's annotation gives its fact number ``index`` on its own (None: not marked)."""
+    choices = (_field(annotation, f"{FACT_VERDICT}{index}") or {}).get("choices") or []
+    return choices[0] if choices and choices[0] in VERDICTS else None
+
+
 def decide_fact(
-    fact: dict[str, Any], annotation: dict[str, Any], users: dict[str, str]
+    fact: dict[str, Any], annotation: dict[str, Any], users: dict[str, str], index: int = 0, of: int = 1
 ) -> tuple[dict[str, Any], str | None]:
-    """A fact task's annotation as a fact verdict (``verdict`` None when flagged), and why it was flagged."""
-    chosen = _verdict_of(annotation)
-    assert chosen is not None
+    """The verdict on fact ``index`` of a fact task holding ``of`` facts (``verdict`` None when flagged), and
+    why it was flagged. A fact marked on its own takes that verdict; the others the task's: a = correct,
+    r = not a rule, c = correct when other facts are marked wrong (the person pointed at those), flagged when
+    none is (a task of one fact is corrected in the task's own fields)."""
+    task_choice = _verdict_of(annotation)
+    assert task_choice is not None
+    own = fact_choice(annotation, index)
+    marked = [i for i in range(of) if fact_choice(annotation, i)]
+    chosen = own or task_choice
+    if own is None and task_choice == "correct" and of > 1 and marked:
+        chosen = "accept"  # c with some numbers marked: the unmarked ones are right
     decision: dict[str, Any] = {
         "fact_id": fact["fact_id"],
         "ls_verdict": chosen,
@@ -367,10 +384,16 @@ def decide_fact(
         "annotation_id": int(annotation["id"]),
         "annotation_at": str(annotation.get("updated_at") or annotation.get("created_at") or ""),
     }
+    if own is None and chosen == "correct" and of > 1:
+        decision["verdict"] = None
+        return decision, "the task says some numbers are wrong but marks none of them"
     if decision["verdict"] != "corrected":
         return decision, None
-    typed = _text_of(annotation, CORRECTED_NUMBERS)
-    subject = _text_of(annotation, CORRECTED_SUBJECT)
+    typed = _text_of(annotation, f"{FACT_NUMBERS}{index}")
+    subject = _text_of(annotation, f"{FACT_SUBJECT}{index}")
+    if of == 1:  # a task of one number: the task's own correction fields are that number's
+        typed = typed or _text_of(annotation, CORRECTED_NUMBERS)
+        subject = subject or _text_of(annotation, CORRECTED_SUBJECT)
     problems = []
     if not typed and not subject:
         problems.append("fact correction names no corrected number or subject")
@@ -421,20 +444,22 @@ def apply_export(
             continue
         stamp = str(annotation.get("updated_at") or annotation.get("created_at") or "")
         if data.get("kind") == "fact":
-            fact = fact_tasks.get(data.get("fact_id"))
-            if fact is None:
-                continue
-            if fact["annotation_id"] == int(annotation["id"]) and (fact["annotation_at"] or "") == stamp:
-                result.unchanged += 1
-                continue
-            if fact["in_later_batch"]:
-                continue
-            fact_decision, flagged = decide_fact(fact, annotation, users)
-            fact_decisions.append(fact_decision)
-            key = "fact_" + (fact_decision["verdict"] or "flagged")
-            result.applied[key] = result.applied.get(key, 0) + 1
-            if flagged:
-                result.flagged.append((fact["fact_id"], flagged))
+            ids = [str(f) for f in data.get("fact_ids") or [data.get("fact_id")]]
+            for index, fact_id in enumerate(ids):
+                fact = fact_tasks.get(fact_id)
+                if fact is None:
+                    continue
+                if fact["annotation_id"] == int(annotation["id"]) and (fact["annotation_at"] or "") == stamp:
+                    result.unchanged += 1
+                    continue
+                if fact["in_later_batch"]:
+                    continue
+                fact_decision, flagged = decide_fact(fact, annotation, users, index, len(ids))
+                fact_decisions.append(fact_decision)
+                key = "fact_" + (fact_decision["verdict"] or "flagged")
+                result.applied[key] = result.applied.get(key, 0) + 1
+                if flagged:
+                    result.flagged.append((fact["fact_id"], flagged))
             continue
         row = rows.get(data.get("row_id"))
         if row is None:

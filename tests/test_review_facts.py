@@ -5,6 +5,7 @@ whole batch of the sample applied from an archived export (the same shape Label 
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,13 +13,14 @@ from typing import Any
 import duckdb
 
 from review import sync
-from review.facts import LEDGER, choose_facts, decide_row, settle
+from review.facts import LEDGER, MAX_FACTS_PER_TASK, choose_sentences, decide_row, sentence_tasks, settle
 from review.labeling import (
     CORRECTED_NUMBERS,
     CORRECTED_SUBJECT,
     VERDICT,
+    fact_task_result,
     label_config,
-    task_for_fact,
+    task_for_sentence,
 )
 from review.push import plan_batch
 from runtime.config import Settings
@@ -124,29 +126,67 @@ def test_rows_the_ledger_cannot_decide_go_to_people_with_a_suggestion() -> None:
     assert decide_row(text, facts).kind == "person"
 
 
-def test_choose_facts_covers_every_need_with_the_fewest_facts() -> None:
-    needs = [("a", "b"), ("b",), ("c",), ("a",), ("d", "e")]
-    chosen = choose_facts(needs, covered={"e"})
-    assert set(chosen) == {"a", "b", "c"} or set(chosen) == {"b", "c", "a"}
-    assert len(chosen) == 3 and "d" not in chosen
-    assert choose_facts(needs, covered=set()) == choose_facts(list(needs), covered=set())  # deterministic
+def test_choose_sentences_covers_every_need_with_the_fewest_sentences() -> None:
+    # Facts a, b stand in sentence S1, c in S2, d and e in S3; e is verified already.
+    sentence_of = {"a": ("k", "S1"), "b": ("k", "S1"), "c": ("k", "S2"), "d": ("k", "S3"), "e": ("k", "S3")}
+    needs = [("a",), ("b",), ("c",), ("a", "c"), ("d", "e")]
+    chosen = choose_sentences(needs, {"e"}, sentence_of)
+    assert sorted(chosen) == [("k", "S1"), ("k", "S2")]  # two tasks for three facts; S3's need is met by e
+    assert choose_sentences(list(needs), {"e"}, sentence_of) == chosen  # deterministic
+    # One task per sentence holds every fact of it not verified or asked already, in text order.
+    facts = [{"fact_id": f, "chunk_id": k, "context": c} for f, (k, c) in sentence_of.items()]
+    assert sentence_tasks(chosen, facts, {"e"}) == [("a", "b"), ("c",)]
+    assert sentence_tasks([("k", "S3")], facts, set()) == [("d", "e")]
+    many = [{"fact_id": f"f{i}", "chunk_id": "k", "context": "L"} for i in range(MAX_FACTS_PER_TASK + 2)]
+    split = sentence_tasks([("k", "L")], many, set())
+    assert [len(t) for t in split] == [MAX_FACTS_PER_TASK, 2]  # one digit key per fact of a task
 
 
-def test_fact_task_shows_the_sentence_with_the_one_number() -> None:
+def test_fact_task_shows_the_sentence_with_each_number_numbered() -> None:
     from label_studio_sdk.label_interface import LabelInterface
 
-    fact = {
-        **_fact("f-meals", "100元", "伙食补助费"),
-        "chunk_text": CHUNK,
-        "heading_path": "第三章 > 第十二条",
-    }
-    fact.update(doc_name="细则<1>.pdf", page=3)
-    task = task_for_fact(fact, ["伙食补助费每人每天多少？", "<b>x</b>"], "rb-1")
-    assert task["source_html"].count("<mark") == 1 and ">100元</mark>" in task["source_html"]
-    assert "500元" in task["source_html"] and "80元" not in task["source_html"]  # the sentence, not the chunk
+    where = {"chunk_text": CHUNK, "heading_path": "第三章 > 第十二条", "doc_name": "细则<1>.pdf", "page": 3}
+    facts = [
+        {**_fact("f-lodging", "500元", "住宿费"), **where},
+        {**_fact("f-meals", "100元", "伙食补助费"), **where},
+    ]
+    citing = {"f-meals": ["伙食补助费每人每天多少？", "<b>x</b>"], "f-lodging": ["住宿费多少？"]}
+    task = task_for_sentence(facts, citing, "rb-1")
+    assert task["fact_ids"] == ["f-lodging", "f-meals"] and task["kind"] == "fact"
+    source = task["source_html"]
+    assert source.count("<mark") == 2 and ">500元</mark>" in source and ">100元</mark>" in source
+    assert source.index("[0]") < source.index("[1]")  # numbered as their verdict fields (and keys)
+    assert "80元" not in source  # the sentence, not the chunk
     assert "第 <b>3</b> 页" in task["where_html"] and "细则&lt;1&gt;.pdf" in task["where_html"]
-    assert "伙食补助费" in task["answer_html"] and "&lt;b&gt;x&lt;/b&gt;" in task["notes_html"]
-    assert LabelInterface(label_config()).validate_task({"data": task})
+    assert [f["fact_id"] for f in task["facts"]] == ["f-lodging", "f-meals"]
+    assert "住宿费" in task["facts"][0]["html"] and "伙食补助费" in task["facts"][1]["html"]
+    assert "&lt;b&gt;x&lt;/b&gt;" in task["notes_html"] and "住宿费多少？" in task["notes_html"]
+    # Every value the interface shows is in the task (the SDK's check does not know Repeater; the real Label
+    # Studio server imports such tasks in tests/test_review_facts_labelstudio.py).
+    shown = [o.value_name for o in LabelInterface(label_config()).objects]
+    assert all(task.get(v) is not None for v in shown if not v.startswith("facts["))
+    assert "facts[{{idx}}].html" in shown and all(f["html"] for f in task["facts"])
+
+
+def test_a_fact_task_gives_each_fact_its_own_verdict() -> None:
+    fact = {"fact_id": "f", "unit": "元", "qualifier": "", "context": CHUNK}
+    users = {"7": "ann@x.org"}
+
+    def decided(result: list[dict[str, Any]], index: int, of: int) -> tuple[str | None, str | None]:
+        annotation = {"id": 1, "completed_by": 7, "result": result, "updated_at": "2026-01-01T00:00:00Z"}
+        decision, flagged = sync.decide_fact(fact, annotation, users, index, of)
+        return decision["verdict"], flagged
+
+    mixed = fact_task_result(["accept", "reject", "correct"], numbers={2: "80元"})
+    assert [decided(mixed, i, 3)[0] for i in range(3)] == ["correct", "not_a_rule", "corrected"]
+    assert [decided(fact_task_result(["accept"] * 2), i, 2)[0] for i in range(2)] == ["correct"] * 2
+    assert [decided(fact_task_result(["reject"] * 2), i, 2)[0] for i in range(2)] == ["not_a_rule"] * 2
+    # "c" with no number marked says nothing about which one is wrong: asked again, nothing trusted.
+    bare = [{"from_name": VERDICT, "to_name": "answer", "type": "choices", "value": {"choices": ["correct"]}}]
+    assert decided(bare, 0, 2) == (None, "the task says some numbers are wrong but marks none of them")
+    # A task of one number may be corrected in the task's own fields.
+    single = choice("correct", "80元")
+    assert decided(single, 0, 1) == ("corrected", None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,12 +257,37 @@ def choice(verdict: str, numbers: str = "", subject: str = "") -> list[dict[str,
     return out
 
 
-def fact_results(plan: Any, picked: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Every fact task's annotation: accept, except the three picked ones."""
-    out = {f: choice("accept") for f in plan.fact_ids}
-    out[picked["fix"]["fact_id"]] = choice("correct", picked["fix"]["new_raw"])
-    out[picked["not"]["fact_id"]] = choice("reject")
+def fact_verdicts(plan: Any, picked: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Every fact's verdict (and corrected number): accept, except the three picked ones."""
+    out = {f: ("accept", "") for f in plan.fact_ids}
+    out[picked["fix"]["fact_id"]] = ("correct", picked["fix"]["new_raw"])
+    out[picked["not"]["fact_id"]] = ("reject", "")
     return out
+
+
+def fact_task_results(fact_tasks: list[tuple[str, ...]], verdicts: dict[str, tuple[str, str]]) -> list[Any]:
+    """Each fact task's annotation result: its facts' verdicts, each in its own field."""
+    return [
+        fact_task_result(
+            [verdicts[f][0] for f in task],
+            numbers={i: verdicts[f][1] for i, f in enumerate(task) if verdicts[f][1]},
+        )
+        for task in fact_tasks
+    ]
+
+
+def fact_archive(
+    batch_id: str, fact_tasks: list[tuple[str, ...]], results: list[Any], stamps: list[str]
+) -> list:
+    """The fact tasks of a Label Studio export (ids 1000+)."""
+    return [
+        {
+            "id": 1000 + i,
+            "data": {"kind": "fact", "fact_id": task[0], "fact_ids": list(task), "batch_id": batch_id},
+            "annotations": [{"id": 5000 + i, "completed_by": 7, "result": result, "updated_at": stamp}],
+        }
+        for i, (task, result, stamp) in enumerate(zip(fact_tasks, results, stamps, strict=True))
+    ]
 
 
 def row_results(plan: Any) -> dict[str, list[dict[str, Any]]]:
@@ -239,6 +304,7 @@ def expected_statuses(
     picked: dict[str, dict[str, Any]],
     rows: dict[str, list[dict[str, Any]]],
     person: str,
+    asked: set[str],
 ) -> dict[str, tuple[str, str | None]]:
     """Row -> (status, reviewer) as the verdicts say, computed plainly from the plan's needs: a number is
     decided by an accepted fact; one whose only facts are the corrected one is back with people; one whose
@@ -248,7 +314,7 @@ def expected_statuses(
     for row_id, row_needs in needs.items():
         states = []
         for need in row_needs:
-            if any(f not in (fix, refused) for f in need):
+            if any(f in asked and f not in (fix, refused) for f in need):
                 states.append("ok")
             elif fix in need:
                 states.append("fix")
@@ -287,33 +353,32 @@ def test_a_batch_of_the_sample_applied_offline(con: duckdb.DuckDBPyConnection, s
     needs = waiting_needs(con)
     assert sum(1 for ns in needs.values() if ns) + len(plan.row_ids) == plan.rows_decided
     picked = pick_facts(con, plan.fact_ids, needs)
-    queries.create_batch(con, "rb-f", 999, None, plan.row_ids, plan.fact_ids, plan.suggested)
+    assert len(plan.fact_tasks) < len(plan.fact_ids)  # one task per sentence, not per fact
+    queries.create_batch(con, "rb-f", 999, None, plan.row_ids, plan.fact_tasks, plan.suggested)
+    assert queries.task_count(con, "rb-f") == plan.tasks
+    ids = {k: 1000 + i for i, task in enumerate(plan.fact_tasks) for k in task}
+    ids.update({r: i + 1 for i, r in enumerate(plan.row_ids)})
+    queries.set_task_ids(con, "rb-f", ids)
     keys = [*plan.row_ids, *plan.fact_ids]
-    queries.set_task_ids(con, "rb-f", {k: i + 1 for i, k in enumerate(keys)})
-    facts, rows = fact_results(plan, picked), row_results(plan)
+    verdicts, rows = fact_verdicts(plan, picked), row_results(plan)
+    stamp = "2026-01-01T10:00:00Z"
     tasks = [
         {
             "id": i + 1,
-            "data": {"kind": "fact", "fact_id": k, "batch_id": "rb-f"}
-            if k in facts
-            else {"kind": "row", "row_id": k, "batch_id": "rb-f"},
-            "annotations": [
-                {
-                    "id": 100 + i,
-                    "completed_by": 7,
-                    "result": (facts.get(k) or rows[k]),
-                    "updated_at": "2026-01-01T10:00:00Z",
-                }
-            ],
+            "data": {"kind": "row", "row_id": k, "batch_id": "rb-f"},
+            "annotations": [{"id": 100 + i, "completed_by": 7, "result": rows[k], "updated_at": stamp}],
         }
-        for i, k in enumerate(keys)
+        for i, k in enumerate(plan.row_ids)
     ]
+    tasks += fact_archive(
+        "rb-f", plan.fact_tasks, fact_task_results(plan.fact_tasks, verdicts), [stamp] * len(plan.fact_tasks)
+    )
     archive = {"users": {"7": "ann@example.org"}, "tasks": tasks}
     before = statuses(con)
     result = sync.apply_export(con, "rb-f", archive, None)
     assert result.status == "synced" and result.prediction_changed == (1 if plan.row_ids else 0)
     assert result.applied["fact_corrected"] == 1 and result.applied["fact_not_a_rule"] == 1
-    expected = expected_statuses(needs, picked, rows, "ann@example.org")
+    expected = expected_statuses(needs, picked, rows, "ann@example.org", set(plan.fact_ids))
     after = statuses(con)
     assert {r: after[r] for r in expected} == expected
     assert {r: s for r, s in after.items() if r not in expected} == {
@@ -382,34 +447,38 @@ def test_a_changed_fact_verdict_moves_its_rows(con: duckdb.DuckDBPyConnection, s
     plan = sample_plan(con, settings)
     needs = waiting_needs(con)
     picked = pick_facts(con, plan.fact_ids, needs)
-    queries.create_batch(con, "rb-g", 998, None, [], plan.fact_ids, {})
-    queries.set_task_ids(con, "rb-g", {k: i + 1 for i, k in enumerate(plan.fact_ids)})
-    results = fact_results(plan, picked)
-
-    stamps = dict.fromkeys(plan.fact_ids, "2026-01-01T10:00:00Z")
+    queries.create_batch(con, "rb-g", 998, None, [], plan.fact_tasks, {})
+    queries.set_task_ids(con, "rb-g", {k: 1000 + i for i, task in enumerate(plan.fact_tasks) for k in task})
+    verdicts = fact_verdicts(plan, picked)
+    stamps = ["2026-01-01T10:00:00Z"] * len(plan.fact_tasks)
 
     def archive() -> dict[str, Any]:
-        tasks = [
-            {
-                "id": i + 1,
-                "data": {"kind": "fact", "fact_id": k, "batch_id": "rb-g"},
-                "annotations": [
-                    {"id": 500 + i, "completed_by": 7, "result": results[k], "updated_at": stamps[k]}
-                ],
-            }
-            for i, k in enumerate(plan.fact_ids)
-        ]
-        return {"users": {"7": "ann@example.org"}, "tasks": tasks}
+        results = fact_task_results(plan.fact_tasks, verdicts)
+        return {
+            "users": {"7": "ann@example.org"},
+            "tasks": fact_archive("rb-g", plan.fact_tasks, results, stamps),
+        }
 
     sync.apply_export(con, "rb-g", archive(), None)
     ok, fix = picked["ok"]["fact_id"], picked["fix"]["fact_id"]
-    only_ok = [r for r, ns in needs.items() if any(n == (ok,) for n in ns)]
+    refused, asked = picked["not"]["fact_id"], set(plan.fact_ids)
+    only_ok = [  # rows resting on ok alone for one number, and on accepted facts for the others
+        r
+        for r, ns in needs.items()
+        if any(n == (ok,) for n in ns)
+        and all(any(f in asked and f not in (fix, refused) for f in n) for n in ns)
+    ]
     assert only_ok and all(statuses(con)[r][0] == "approved" for r in only_ok)
     # The person changes their mind: the fact they had marked correct is not a rule; the corrected one was right.
-    results[ok], results[fix] = choice("reject"), choice("accept")
-    stamps[ok] = stamps[fix] = "2026-01-02T10:00:00Z"
+    verdicts[ok], verdicts[fix] = ("reject", ""), ("accept", "")
+    touched = [i for i, task in enumerate(plan.fact_tasks) if ok in task or fix in task]
+    for i in touched:
+        stamps[i] = "2026-01-02T10:00:00Z"
     again = sync.apply_export(con, "rb-g", archive(), None)
-    assert again.applied == {"fact_not_a_rule": 1, "fact_correct": 1}
+    # Every fact of a re-annotated task is applied again (its other facts keep their verdicts).
+    names = {"accept": "fact_correct", "reject": "fact_not_a_rule", "correct": "fact_corrected"}
+    assert again.applied == Counter(names[verdicts[f][0]] for i in touched for f in plan.fact_tasks[i])
+    assert again.applied["fact_not_a_rule"] >= 1 and again.applied["fact_correct"] >= 1
     assert all(statuses(con)[r] == ("rejected", LEDGER + "ann@example.org") for r in only_ok)
     restored = con.execute("SELECT value FROM facts WHERE fact_id = ?", [fix]).fetchone()[0]
     assert restored == picked["fix"]["value"]  # the ingested value is back, the correction withdrawn

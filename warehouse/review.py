@@ -8,29 +8,37 @@ from typing import Any
 import duckdb
 
 from warehouse.db import fetch_dicts, transaction
+from warehouse.ledger import LOW_CONFIDENCE_ROWS
 
 AUTO_REVIEWER = "auto:ledger"
 
 
 def auto_review(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """The `auto` review policy (demos and CI only): rows waiting for people are approved when grounded,
-    with evidence, and in no conflict; every other waiting row is rejected. Returns counts."""
+    with evidence, and in no conflict; every other waiting row is rejected. Rows citing a fact OCR read
+    under the confidence threshold are left waiting for a person (``held``). Returns counts."""
     with transaction(con):
+        held = {
+            r
+            for (r,) in con.execute(
+                f"SELECT row_id FROM qa_rows WHERE status = 'needs_review' AND row_id IN ({LOW_CONFIDENCE_ROWS})"
+            ).fetchall()
+        }
         approved = con.execute(
             "UPDATE qa_rows SET status = 'approved', reviewer = ?, reviewed_at = current_timestamp"
             " WHERE status = 'needs_review' AND grounded AND (evidence_found OR kind = 'unanswerable')"
             "  AND NOT unsure AND row_id NOT IN (SELECT row_a FROM conflicts UNION"
-            "   SELECT row_b FROM conflicts WHERE row_b IS NOT NULL) RETURNING row_id",
-            [AUTO_REVIEWER],
+            "   SELECT row_b FROM conflicts WHERE row_b IS NOT NULL) AND NOT list_contains(?, row_id) RETURNING row_id",
+            [AUTO_REVIEWER, sorted(held)],
         ).fetchall()
         rejected = con.execute(
             "UPDATE qa_rows SET status = 'rejected', reviewer = ?, reviewed_at = current_timestamp,"
             " verify_notes = verify_notes || CASE WHEN verify_notes = '' THEN '' ELSE '; ' END"
             "  || 'rejected by the auto review policy'"
-            " WHERE status = 'needs_review' RETURNING row_id",
-            [AUTO_REVIEWER],
+            " WHERE status = 'needs_review' AND NOT list_contains(?, row_id) RETURNING row_id",
+            [AUTO_REVIEWER, sorted(held)],
         ).fetchall()
-    return {"approved": len(approved), "rejected": len(rejected)}
+    return {"approved": len(approved), "rejected": len(rejected), "held": len(held)}
 
 
 def review_sources(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -75,34 +83,39 @@ def create_batch(
     ls_project_id: int,
     flow_run_id: str | None,
     row_ids: Sequence[str],
-    fact_ids: Sequence[str] = (),
+    fact_tasks: Sequence[Sequence[str]] = (),
     suggested: dict[str, str] | None = None,
 ) -> None:
     """Record a batch and its tasks together (task ids follow once Label Studio confirms the import): one
-    row task per ``row_ids`` (with the ledger's suggested verdict, if any) and one fact task per
-    ``fact_ids``. ``row_count`` is the number of tasks."""
+    row task per ``row_ids`` (with the ledger's suggested verdict, if any) and one fact task per entry of
+    ``fact_tasks`` (the facts of one sentence, each its own review_tasks row sharing the task's group, the
+    first fact's id). ``row_count`` is the number of tasks."""
     suggested = suggested or {}
     with transaction(con):
         con.execute(
             "INSERT INTO review_batches (batch_id, ls_project_id, flow_run_id, row_count, status)"
             " VALUES (?, ?, ?, ?, 'open')",
-            [batch_id, ls_project_id, flow_run_id, len(row_ids) + len(fact_ids)],
+            [batch_id, ls_project_id, flow_run_id, len(row_ids) + len(fact_tasks)],
         )
         if row_ids:
             con.executemany(
                 "INSERT INTO review_tasks (batch_id, row_id, kind, suggested) VALUES (?, ?, 'row', ?)",
                 [[batch_id, r, suggested.get(r)] for r in row_ids],
             )
-        if fact_ids:
+        facts = [[batch_id, f, f, task[0]] for task in fact_tasks for f in task]
+        if facts:
             con.executemany(
-                "INSERT INTO review_tasks (batch_id, row_id, kind, fact_id) VALUES (?, ?, 'fact', ?)",
-                [[batch_id, f, f] for f in fact_ids],
+                "INSERT INTO review_tasks (batch_id, row_id, kind, fact_id, task_group)"
+                " VALUES (?, ?, 'fact', ?, ?)",
+                facts,
             )
 
 
 def task_count(con: duckdb.DuckDBPyConnection, batch_id: str) -> int:
-    """Tasks of a batch, both kinds."""
-    found = con.execute("SELECT count(*) FROM review_tasks WHERE batch_id = ?", [batch_id]).fetchone()
+    """Tasks of a batch, both kinds (the facts of one sentence are one task)."""
+    found = con.execute(
+        "SELECT count(DISTINCT coalesce(task_group, row_id)) FROM review_tasks WHERE batch_id = ?", [batch_id]
+    ).fetchone()
     return int(found[0]) if found else 0
 
 
@@ -326,16 +339,16 @@ def batch_fact_tasks(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict
     """A batch's fact tasks with the fact as it is now, its chunk, document and page, and the task's state."""
     return fetch_dicts(
         con.execute(
-            "SELECT t.batch_id, t.fact_id, t.ls_task_id, t.annotation_id, t.annotation_at, t.verdict,"
-            " t.applied_at, f.doc_id, f.chunk_id, f.value, f.value_max, f.unit, f.raw, f.qualifier, f.subject,"
-            " f.context, f.span_start, f.span_end, c.text AS chunk_text, c.heading_path, d.name AS doc_name,"
+            "SELECT t.batch_id, t.fact_id, t.task_group, t.ls_task_id, t.annotation_id, t.annotation_at,"
+            " t.verdict, t.applied_at, f.doc_id, f.chunk_id, f.value, f.value_max, f.unit, f.raw, f.qualifier,"
+            " f.subject, f.context, f.span_start, f.span_end, c.text AS chunk_text, c.heading_path, d.name AS doc_name,"
             " (SELECT max(p.page_no) FROM pages p WHERE p.doc_id = f.doc_id"
             "   AND p.start_char <= c.start_char + f.span_start) AS page,"
             " (SELECT max(b2.created_at) FROM review_tasks t2 JOIN review_batches b2 USING (batch_id)"
             "   WHERE t2.fact_id = t.fact_id) > b.created_at AS in_later_batch"
             " FROM review_tasks t JOIN review_batches b USING (batch_id) JOIN facts f ON f.fact_id = t.fact_id"
             " JOIN chunks c ON c.chunk_id = f.chunk_id JOIN documents d ON d.doc_id = f.doc_id"
-            " WHERE t.batch_id = ? AND t.kind = 'fact' ORDER BY d.name, c.seq, f.span_start",
+            " WHERE t.batch_id = ? AND t.kind = 'fact' ORDER BY d.name, c.seq, f.span_start, f.fact_id",
             [batch_id],
         )
     )
@@ -481,7 +494,8 @@ def batch_economy(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
             "  ON list_has_any(r.fact_ids, bf.facts) WHERE r.row_id NOT IN"
             "   (SELECT row_id FROM review_tasks t WHERE t.batch_id = bf.batch_id) GROUP BY bf.batch_id)"
             " SELECT b.batch_id, b.status,"
-            " count(t.row_id) FILTER (WHERE t.kind = 'fact') AS fact_tasks,"
+            " count(DISTINCT coalesce(t.task_group, t.row_id)) FILTER (WHERE t.kind = 'fact') AS fact_tasks,"
+            " count(t.row_id) FILTER (WHERE t.kind = 'fact') AS facts_asked,"
             " count(t.row_id) FILTER (WHERE coalesce(t.kind, 'row') = 'row') AS row_tasks,"
             " count(t.row_id) FILTER (WHERE coalesce(t.kind, 'row') = 'row') + coalesce(any_value(fr.n), 0)"
             "  AS rows_decided,"
