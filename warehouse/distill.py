@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 
 from warehouse.db import bulk_insert, fetch_dicts, transaction
+from warehouse.ledger import LOW_CONFIDENCE_ROWS
 
 
 def chunks_with_facts(
@@ -196,6 +197,14 @@ def save_teacher_calls(
                 [row_id, *values]
                 for row_id, values in zip([r for r in rows if r not in existing], new, strict=True)
             ],
+        )
+        # A number OCR read under the confidence threshold is never trusted without a person.
+        con.execute(
+            "UPDATE qa_rows SET status = 'needs_review', reviewer = NULL, reviewed_at = NULL,"
+            " verify_notes = verify_notes || CASE WHEN verify_notes = '' THEN '' ELSE '; ' END"
+            "  || 'cites a number OCR read with low confidence'"
+            f" WHERE status = 'auto_verified' AND list_contains(?, row_id) AND row_id IN ({LOW_CONFIDENCE_ROWS})",
+            [[r for r in rows if r not in existing]],
         )
     return len(new)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -26,6 +27,17 @@ FACT_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class PageRead:
+    """How one page's text was read: from its text layer, or by OCR with the engine's mean confidence.
+    ``review_required``: its OCR confidence was under the threshold, so its facts are never trusted
+    without a person (see ``LOW_CONFIDENCE_FACTS``)."""
+
+    route: str = "text"  # text | ocr
+    ocr_confidence: float | None = None
+    review_required: bool = False
+
+
 def document_status(con: duckdb.DuckDBPyConnection, doc_id: str) -> str | None:
     row = con.execute("SELECT status FROM documents WHERE doc_id = ?", [doc_id]).fetchone()
     return row[0] if row else None
@@ -37,10 +49,12 @@ def save_document(
     pages: Sequence[Any],
     chunks: Sequence[Any],
     facts: Sequence[Any],
+    page_reads: Sequence[PageRead] = (),
 ) -> None:
     """Write one ingested document and everything derived from it in a single transaction.
 
-    A previous *failed* attempt for the same bytes is replaced; nothing else is touched.
+    ``page_reads`` says per page how its text was read (all text when empty). A previous *failed* attempt
+    for the same bytes is replaced; nothing else is touched.
     """
     with transaction(con):
         if document_status(con, document.doc_id) is not None:
@@ -60,11 +74,23 @@ def save_document(
                 document.text,
             ],
         )
+        reads = list(page_reads) or [PageRead()] * len(pages)
         bulk_insert(
             con,
             "pages",
-            ["doc_id", "page_no", "start_char", "char_count"],
-            [[document.doc_id, p.page_no, p.start_char, p.char_count] for p in pages],
+            ["doc_id", "page_no", "start_char", "char_count", "route", "ocr_confidence", "review_required"],
+            [
+                [
+                    document.doc_id,
+                    p.page_no,
+                    p.start_char,
+                    p.char_count,
+                    r.route,
+                    r.ocr_confidence,
+                    r.review_required,
+                ]
+                for p, r in zip(pages, reads, strict=True)
+            ],
         )
         bulk_insert(
             con,
@@ -197,6 +223,33 @@ _FACT_PAGE = (
     "(SELECT max(p.page_no) FROM pages p WHERE p.doc_id = f.doc_id"
     " AND p.start_char <= c.start_char + f.span_start)"
 )
+
+
+# Facts standing on a page whose OCR confidence was under the threshold at ingest (``PageRead``), and the
+# distilled rows that cite one: the auto review policy and distillation never trust these without a person.
+LOW_CONFIDENCE_FACTS = (
+    "SELECT f.fact_id FROM facts f JOIN chunks c USING (chunk_id) WHERE EXISTS (SELECT 1 FROM pages p"
+    f" WHERE p.doc_id = f.doc_id AND p.review_required AND p.page_no = {_FACT_PAGE})"
+)
+LOW_CONFIDENCE_ROWS = (
+    "SELECT row_id FROM (SELECT row_id, unnest(fact_ids) AS fact_id FROM qa_rows)"
+    f" WHERE fact_id IN ({LOW_CONFIDENCE_FACTS})"
+)
+
+
+def low_confidence_facts(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Ids of the facts read by OCR under the confidence threshold (see ``LOW_CONFIDENCE_FACTS``)."""
+    return {fact_id for (fact_id,) in con.execute(LOW_CONFIDENCE_FACTS).fetchall()}
+
+
+def page_routes(con: duckdb.DuckDBPyConnection, doc_id: str) -> list[dict[str, Any]]:
+    """Each page of a document: how its text was read, its OCR confidence and whether its facts need a person."""
+    return fetch_dicts(
+        con.execute(
+            "SELECT page_no, route, ocr_confidence, review_required FROM pages WHERE doc_id = ? ORDER BY page_no",
+            [doc_id],
+        )
+    )
 
 
 def fact_sources(con: duckdb.DuckDBPyConnection, fact_ids: Sequence[str]) -> list[dict[str, Any]]:
