@@ -39,7 +39,13 @@ class Settings(BaseSettings):
         1000, description="PDFs with more pages are refused (raise for huge compilations)."
     )
     min_text_chars_per_page: int = Field(
-        20, description="Below this average, a PDF is treated as scanned (no text layer)."
+        20, description="A PDF page with fewer characters and an image is scanned: it goes through OCR."
+    )
+    ocr_min_confidence: float = Field(
+        0.85,
+        ge=0.0,
+        le=1.0,
+        description="An OCR'd page under this mean confidence: its facts always go to a person for review.",
     )
 
     # Chunking
