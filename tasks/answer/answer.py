@@ -545,10 +545,42 @@ RELEVANT_FACTS = 5  # facts retrieval ranks this high fit the question, whatever
 _CONTEXT_COPY_CHARS = 80  # more than this copied from the retrieved rules is a dump, not an answer
 
 
+_TOPIC_END = re.compile(r"[：:]")
+_FIRST_CLAUSE = re.compile(r"[，,；;]")
+
+
 def _fits_well(asked: str, fact: FactRef) -> bool:
     """More than a single shared character pair between the question and the fact's subject or clause."""
     words = set(tokens(asked))
     return len(words & set(tokens(fact.subject))) >= 2 or len(words & set(tokens(clause_of(fact)))) >= 3
+
+
+def _topic(fact: FactRef) -> str:
+    """What an enumerating sentence is about: the first clause of its words before a colon that comes before
+    the number ("项目管理费纳入学院科研基金管理" of "项目管理费纳入学院科研基金管理，按…提取：20万及以下的部分按照
+    8%…"); "" if there is no such colon."""
+    at = fact.context.find(fact.raw)
+    colon = _TOPIC_END.search(fact.context, 0, at if at >= 0 else len(fact.context))
+    return _FIRST_CLAUSE.split(fact.context[: colon.start()], maxsplit=1)[0] if colon else ""
+
+
+def _says_asked(asked: str, fact: FactRef, least: int = 2) -> bool:
+    """The fact's sentence (its own number aside) shares at least ``least`` word pairs with the question."""
+    own = set(tokens(fact.raw))
+    return len(set(tokens(asked)) & (set(tokens(fact.context)) - own)) >= least
+
+
+def _fits(asked: str, fact: FactRef, relevant: Collection[str]) -> bool:
+    """Whether an answer may be composed from ``fact``: its subject fits the question and retrieval or the
+    wording says so, or the topic of its enumerating sentence fits, or retrieval ranks it relevant and its
+    sentence says three of the question's word pairs (a ledger subject can be poor: "每人每天补助" for
+    市内交通费; two shared pairs such as 报销+时间 are too common to tell)."""
+    if subject_fits(asked, fact) and (fact.fact_id in relevant or _fits_well(asked, fact)):
+        return True
+    topic = _topic(fact)
+    if topic and len(set(tokens(asked)) & set(tokens(topic))) >= 3:
+        return True
+    return fact.fact_id in relevant and _says_asked(asked, fact, least=3)
 
 
 def asks_for_number(question: str) -> bool:
@@ -629,11 +661,13 @@ def _grounded(
     }
     # The facts an answer may be composed from, and that overrule an abstention: their words fit, by more than
     # one shared word-pair ("部分" alone does not make 500至1000万元的部分 an answer about phone bills).
-    fitting_hits = [
-        r
-        for r in ranked
-        if subject_fits(asked, r.fact) and (r.fact.fact_id in relevant or _fits_well(asked, r.fact))
-    ]
+    fitting_hits = [r for r in ranked if _fits(asked, r.fact, relevant)]
+    # The numbers stated with a fitting fact in its sentence (the bracket "20万及以下" of "…的部分按照8%") may be
+    # stated with it.
+    sentences = {r.fact.context for r in fitting_hits}
+    relevant |= {r.fact.fact_id for r in fitting_hits} | {
+        r.fact.fact_id for r in ranked if r.fact.context in sentences
+    }
     hits = _context_chunks(
         index.search(question, k, expand=True), fitting_hits[0].chunk if fitting_hits else None, k
     )

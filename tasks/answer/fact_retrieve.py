@@ -20,7 +20,10 @@ and numbers ("出差三天") little; the added rule terms count fully only where
 bigrams a little; units and limits it asks for ("一天", "百分之多少", "最多") are tags. A fact's score adds a
 share of its chunk's score (so a fact in the right article wins over a look-alike elsewhere), and is lowered
 when its unit is not one the question asks for, or when it names places and the question names only others
-(乌鲁木齐 is in 新疆; "去广州" is not "赴西藏、青海、新疆等地区").
+(乌鲁木齐 is in 新疆; "去广州" is not "赴西藏、青海、新疆等地区"). A tiered rule's fact ("20万及以下的部分按照8%
+核定", "500万元至1000万元的部分为15%") applies to amounts in its bracket: when the question states an amount of
+the bracket's kind ("项目经费一共才15万"), a fact whose bracket holds it ranks higher, and one whose bracket does not,
+lower (:class:`Condition`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import bm25s
 import duckdb
@@ -50,6 +54,7 @@ from tasks.answer.retrieve import ChunkIndex, Hit, IndexCache, weighted_bm25
 from tasks.distill.teachers.base import FactRef
 from tasks.distill.verify import clause_of
 from tasks.ingest.normalize import fold
+from tasks.ingest.numbers import NumberMention, rule_numbers
 from warehouse.ledger import list_facts
 
 __all__ = [
@@ -69,6 +74,19 @@ __all__ = [
 UNIT_MISS = 0.85  # factor on a fact whose unit is not one the question asks for (when it asks for one)
 PLACE_MISS = 0.8  # factor on a fact naming places when the question names only other places, or none
 CHUNK_WEIGHT = 0.35  # share of the chunk's (normalised) score added to each of its facts' (normalised) score
+CONDITION_FIT = (
+    1.25  # factor on a fact whose bracket ("20万及以下的部分") holds an amount the question states
+)
+CONDITION_MISS = 0.7  # factor on a fact whose every bracket of that kind leaves the question's amounts out
+
+# Qualifiers that bound a condition's number from above or from below ("20万及以下", "超过1000万元").
+_UP_TO = frozenset(
+    {"不超过", "不高于", "不足", "不满", "未满", "低于", "最高", "最多", "以下", "以内", "及以下"}
+)
+_FROM = frozenset(
+    {"不低于", "不少于", "超过", "高于", "最低", "最少", "至少", "达到", "满", "以上", "及以上"}
+)
+_SCALED = ("万", "亿")  # "15万" written without 元 is still an amount of money
 
 _cache: IndexCache[FactIndex] = IndexCache()  # per doc filter, warehouse content and lexicon
 
@@ -108,6 +126,75 @@ def fact_tokens(
     return out
 
 
+@dataclass(frozen=True)
+class Condition:
+    """The bracket a tiered or threshold rule applies to, read from the numbers of its clause other than the
+    fact's own: "20万及以下的部分按照8%核定" holds (None, 200000] 元, "500万元至1000万元的部分为15%"
+    [5000000, 10000000], "超过1000万元的部分" (10000000, None)."""
+
+    low: Decimal | None
+    high: Decimal | None
+    unit: str  # main unit ("元", "天"); "" when written without one
+
+    def holds(self, value: Decimal) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+def _main_unit(mention: NumberMention) -> str:
+    """The kind of quantity: its unit's main part, and 元 for a bare amount written with 万/亿."""
+    main = mention.unit.split("/")[0]
+    return main or ("元" if any(s in mention.raw for s in _SCALED) else "")
+
+
+def conditions_of(fact: FactRef) -> tuple[Condition, ...]:
+    """The brackets the fact's clause puts on it (see :class:`Condition`); () for a plain rule."""
+    found = []
+    for mention in rule_numbers(clause_of(fact)):
+        if mention.raw == fact.raw:
+            continue
+        words = set(mention.qualifier.split("|"))
+        if mention.value_max is not None:
+            low, high = mention.value, mention.value_max
+        elif words & _UP_TO:
+            low, high = None, mention.value
+        elif words & _FROM:
+            low, high = mention.value, None
+        else:
+            continue  # a number of the clause that bounds nothing ("按往返各一天计发")
+        found.append(Condition(low, high, _main_unit(mention)))
+    return tuple(found)
+
+
+def question_amounts(question: str) -> list[tuple[Decimal, str]]:
+    """The amounts a question states, with their kind: "一共才15万" -> (150000, 元). "超过500万的那一段" is read
+    just above 500万, "不到3天" just below 3 (a bracket starting or ending there holds it or not)."""
+    amounts = []
+    for mention in rule_numbers(question):
+        words = set(mention.qualifier.split("|"))
+        value = mention.value if mention.value_max is None else (mention.value + mention.value_max) / 2
+        nudge = abs(value) * Decimal("1e-6") or Decimal("1e-6")
+        if words & {"超过", "高于", "以上"} and mention.value_max is None:
+            value += nudge
+        elif words & {"不足", "不满", "未满", "低于", "以下"} and mention.value_max is None:
+            value -= nudge
+        amounts.append((value, _main_unit(mention)))
+    return amounts
+
+
+def condition_factor(conditions: Sequence[Condition], amounts: Sequence[tuple[Decimal, str]]) -> float:
+    """How a fact's brackets fit the question's amounts: CONDITION_FIT when one holds an amount of its kind,
+    CONDITION_MISS when there are amounts of that kind and none is held, 1 otherwise."""
+    judged = False
+    for condition in conditions:
+        kind = [value for value, unit in amounts if unit == condition.unit]
+        if not kind:
+            continue
+        if any(condition.holds(value) for value in kind):
+            return CONDITION_FIT
+        judged = True
+    return CONDITION_MISS if judged else 1.0
+
+
 class FactIndex:
     """A BM25 index of the ledger facts (optionally of one document), ranked with their chunks."""
 
@@ -131,6 +218,7 @@ class FactIndex:
         phrases = sorted(lexicon().rule_vocabulary | {c.category for c in categories})
         corpus = []
         self._regions: list[frozenset[str]] = []
+        self._conditions = [conditions_of(fact) for fact, _ in facts]
         for fact, row in facts:
             _, doc, heading, _ = chunks.rows[row]
             text = f"{fact.subject} {fact.context}"
@@ -194,6 +282,10 @@ class FactIndex:
         # other places, or none (the general rule answers "伙食补助费每天多少", not the 新疆 exception).
         elsewhere = np.array([bool(r) and not (r & query.regions) for r in self._regions])
         combined = np.where(elsewhere, combined * PLACE_MISS, combined)
+        amounts = question_amounts(question)
+        if amounts:
+            factors = np.array([condition_factor(c, amounts) if c else 1.0 for c in self._conditions])
+            combined = combined * factors
         combined = np.where(fact_scores > 0, combined, 0.0)
         order = np.argsort(-combined, kind="stable")[:k]
         hits = []
