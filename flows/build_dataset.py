@@ -11,10 +11,10 @@ from prefect import flow, get_run_logger, pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from flows.distill_fan_out import distill_step
 from flows.gates import gate_task
 from flows.prefect_tasks import (
     auto_review_task,
-    distill_task,
     ingest_task,
     push_review_task,
     sync_review_task,
@@ -93,7 +93,7 @@ def build_dataset(
     settings = load_settings(workspace, **overrides)
     logger = get_run_logger()
     ingested = ingest_task(settings, paths)
-    distilled = distill_task(settings)
+    distilled = distill_step(settings)  # in this process, or on Dask (distill_runner)
     pre_review = gate_task(settings, "pre_review").message
     review: dict[str, Any] | None = None
     synced = None

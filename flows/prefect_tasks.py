@@ -10,6 +10,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.progress import StageProgress, reported_stage, train_progress
 from flows.results import (
     DistillRun,
     EvaluationVerdict,
@@ -27,6 +28,7 @@ class IngestFailed(RuntimeError):
     """Some files could not be ingested; the message has one line per file and reason."""
 
 
+@reported_stage
 @task(name="ingest", cache_policy=NO_CACHE, retries=1)
 def ingest_task(settings: Settings, paths: list[str], allow_failures: bool = False) -> IngestSummary:
     from tasks.ingest.documents import ingest_paths
@@ -44,13 +46,19 @@ def ingest_task(settings: Settings, paths: list[str], allow_failures: bool = Fal
     )
 
 
+@reported_stage
 @task(name="distill", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def distill_task(settings: Settings) -> DistillRun:
     """Retries are cheap: finished chunks are cached in the warehouse and not billed again."""
     from tasks.distill.distill import distill, make_teacher
 
     with settings_warehouse(settings) as con:
-        summary = distill(con, settings, make_teacher(settings))
+        summary = distill(con, settings, make_teacher(settings), on_chunk=StageProgress("distill", "chunks"))
+    return distill_run(summary)
+
+
+def distill_run(summary: Any) -> DistillRun:
+    """The flow's record of a ``tasks.distill.distill.DistillSummary``."""
     return DistillRun(
         run_id=summary.run_id,
         teacher=summary.teacher,
@@ -76,6 +84,7 @@ def _review_artifact(con: Any, policy: str) -> None:
     )
 
 
+@reported_stage
 @task(name="auto-review", cache_policy=NO_CACHE)
 def auto_review_task(settings: Settings) -> dict[str, int]:
     """The auto policy: demos and CI only (the artifact and the flow's log say so)."""
@@ -87,6 +96,7 @@ def auto_review_task(settings: Settings) -> dict[str, int]:
     return counts
 
 
+@reported_stage
 @task(name="push-review-batch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5)
 def push_review_task(settings: Settings, flow_run_id: str | None) -> ReviewBatch | None:
     from review import server
@@ -100,6 +110,7 @@ def push_review_task(settings: Settings, flow_run_id: str | None) -> ReviewBatch
     return ReviewBatch(batch.batch_id, batch.ls_project_id, batch.row_count, batch.new_tasks, batch.url)
 
 
+@reported_stage
 @task(name="sync-review-batch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=10)
 def sync_review_task(settings: Settings, batch_id: str) -> ReviewSync:
     """Idempotent: a retry after Label Studio went down applies the archived export, loses nothing."""
@@ -112,6 +123,7 @@ def sync_review_task(settings: Settings, batch_id: str) -> ReviewSync:
     return ReviewSync(batch_id, result.applied, len(result.flagged), result.status)
 
 
+@reported_stage
 @task(name="train-challenger", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def train_task(
     settings: Settings, dataset_id: str | None, base: str | None, profile: str | None, max_steps: int | None
@@ -123,7 +135,14 @@ def train_task(
 
     resume = (task_run.run_count or 1) > 1
     result, model_id = train_challenger(
-        settings, dataset_id, base, profile, max_steps, resume=resume, progress=False
+        settings,
+        dataset_id,
+        base,
+        profile,
+        max_steps,
+        resume=resume,
+        progress=False,  # no bar of its own: the progress goes to the artifact and `slm run`'s listener
+        on_progress=train_progress(),
     )
     return TrainedChallenger(
         model_id=model_id,
@@ -138,6 +157,7 @@ def train_task(
     )
 
 
+@reported_stage
 @task(name="evaluate-challenger", cache_policy=NO_CACHE)
 def evaluate_task(
     settings: Settings, challenger: TrainedChallenger, base: str | None = None
@@ -156,7 +176,13 @@ def evaluate_task(
         generators = {label: generator_for(con, settings, m, export=True) for label, m in models.items()}
         try:
             outcome = evaluate_challenger(
-                con, settings, challenger.model_id, generators, context, challenger.loss_png
+                con,
+                settings,
+                challenger.model_id,
+                generators,
+                context,
+                challenger.loss_png,
+                on_progress=StageProgress("evaluate-challenger", "answers"),
             )
         finally:
             for generator in generators.values():
@@ -166,6 +192,7 @@ def evaluate_task(
     )
 
 
+@reported_stage
 @task(name="export-gguf", cache_policy=NO_CACHE)
 def export_task(settings: Settings, quant: str | None = None) -> ExportedModel:
     """The champion as GGUF; before the first promotion the untuned base is what serves, so it is exported."""

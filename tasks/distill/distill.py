@@ -4,6 +4,11 @@ Teacher calls are cached in the warehouse by (chunk content, teacher, model, pro
 a re-run bills nothing and changes nothing. Chunks go to a model teacher concurrently (threads: the
 calls are I/O); results are written by the calling thread only, one transaction per chunk, because a
 DuckDB connection is not shared across threads.
+
+Two halves: ``distil_chunks`` computes a batch's rows (teacher call and verification, no warehouse; its
+inputs and results pickle, so it can run in another process or on another machine), and ``distill`` plans
+the batches and stores what comes back. A ``FanOut`` (flows/distill_fan_out.py: Prefect tasks on Dask) may
+run the batches elsewhere; without one they run here.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,6 +164,64 @@ def _safe_generate(teacher: Teacher, chunk: ChunkContext) -> TeacherOutput:
         return TeacherOutput(error=f"teacher raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
 
 
+@dataclass(frozen=True)
+class ChunkJob:
+    """One chunk to distil and its cache key (computed by the planner, so every worker agrees on it)."""
+
+    chunk: ChunkContext
+    key: str
+
+
+@dataclass
+class ChunkResult:
+    """What a teacher made of one chunk: its output and the verified rows, ready to store."""
+
+    job: ChunkJob
+    output: TeacherOutput
+    rows: list[dict[str, Any]]
+
+
+# Runs the batches (each a list of jobs) somewhere and yields each batch's results as it finishes.
+FanOut = Callable[[list[list[ChunkJob]], Settings, str], Iterable[list[ChunkResult]]]
+
+
+def _compute(teacher: Teacher, job: ChunkJob, settings: Settings) -> ChunkResult:
+    output = _safe_generate(teacher, job.chunk)
+    rows = [] if output.failed else _verified_rows(job.chunk, job.key, output.rows, settings)
+    return ChunkResult(job, output, rows)
+
+
+def _results(teacher: Teacher, jobs: list[ChunkJob], settings: Settings) -> Iterator[ChunkResult]:
+    """Each job's result as it finishes: one at a time for local teachers, in threads for remote models."""
+    workers = 1 if teacher.name in ("extractive", "llamacpp") else max(1, settings.distill_concurrency)
+    if workers == 1:
+        for job in jobs:
+            yield _compute(teacher, job, settings)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher") as pool:
+        futures = [pool.submit(_compute, teacher, job, settings) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def distil_chunks(jobs: list[ChunkJob], settings: Settings, teacher_name: str) -> list[ChunkResult]:
+    """A batch's rows, computed without the warehouse (what a Dask worker runs): the teacher is built here
+    from the settings, as the planner built its own, so nothing unpicklable travels."""
+    return list(_results(make_teacher(settings, teacher_name), jobs, settings))
+
+
+def batches_by_document(jobs: list[ChunkJob], batch_chunks: int) -> list[list[ChunkJob]]:
+    """Jobs in document order, cut at each document and every ``batch_chunks`` chunks."""
+    batches: list[list[ChunkJob]] = []
+    for job in jobs:
+        last = batches[-1] if batches else None
+        if last and last[-1].chunk.doc_id == job.chunk.doc_id and len(last) < max(1, batch_chunks):
+            last.append(job)
+        else:
+            batches.append([job])
+    return batches
+
+
 def distill(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -166,8 +229,11 @@ def distill(
     doc: str | None = None,
     limit: int | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    fan_out: FanOut | None = None,
 ) -> DistillSummary:
-    """Distil every chunk in scope (all documents, or ``doc``; at most ``limit`` chunks)."""
+    """Distil every chunk in scope (all documents, or ``doc``; at most ``limit`` chunks). With ``fan_out``,
+    the teacher calls run where it sends them (batches of ``distill_batch_chunks`` chunks of one document);
+    the rows are stored here either way, so the warehouse keeps one writer."""
     run_id = uuid.uuid4().hex[:16]
     summary = DistillSummary(run_id, teacher.name, teacher.model)
     options = json.dumps({"per_fact": settings.per_fact}, sort_keys=True)
@@ -196,12 +262,11 @@ def distill(
         pending.clear()
         last_flush = time.monotonic()
 
-    def store(chunk: ChunkContext, output: TeacherOutput) -> None:
+    def store(result: ChunkResult) -> None:
         # Results are written in small groups: each commit costs a disk flush, and a crash loses at most
         # the last second of teacher work (which the cache then simply redoes).
-        key = keys[chunk.chunk_id]
-        rows = [] if output.failed else _verified_rows(chunk, key, output.rows, settings)
-        pending.append((_call_record(key, chunk.chunk_id, teacher, output, run_id), rows))
+        chunk, output = result.job.chunk, result.output
+        pending.append((_call_record(result.job.key, chunk.chunk_id, teacher, output, run_id), result.rows))
         summary.usage.add(output.usage)
         if output.failed:
             summary.failed += 1
@@ -209,21 +274,17 @@ def distill(
         if len(pending) >= FLUSH_EVERY_CHUNKS or time.monotonic() - last_flush >= FLUSH_EVERY_S:
             flush()
 
-    workers = 1 if teacher.name in ("extractive", "llamacpp") else max(1, settings.distill_concurrency)
-    if workers == 1:
-        for chunk in todo:
-            store(chunk, _safe_generate(teacher, chunk))
-            progress += 1
-            if on_chunk:
-                on_chunk(progress, len(todo))
+    jobs = [ChunkJob(chunk, keys[chunk.chunk_id]) for chunk in todo]
+    if fan_out is None:
+        finished: Iterable[list[ChunkResult]] = ([r] for r in _results(teacher, jobs, settings))
     else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher") as pool:
-            futures = {pool.submit(_safe_generate, teacher, chunk): chunk for chunk in todo}
-            for future in as_completed(futures):
-                store(futures[future], future.result())
-                progress += 1
-                if on_chunk:
-                    on_chunk(progress, len(todo))
+        finished = fan_out(batches_by_document(jobs, settings.distill_batch_chunks), settings, teacher.name)
+    for results in finished:
+        for result in results:
+            store(result)
+        progress += len(results)
+        if on_chunk:
+            on_chunk(progress, len(todo))
     flush()
 
     summary.rows_added += _add_unanswerable(con, settings, chunks, run_id)

@@ -1,0 +1,123 @@
+"""Distillation fanned out on Dask through Prefect (issue #20, part 1): the corpus PDFs distilled by Prefect
+tasks on a LocalCluster of 2 worker processes give exactly the rows of the in-process run; the workers only
+call the teacher (the flow's process writes), a re-run is free (the teacher cache), and the cluster a run
+starts is gone when it ends."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from runtime.config import ConfigError, Settings, load_settings
+from tasks.distill.distill import distill, make_teacher
+from tasks.ingest.documents import ingest_paths
+from tests.conftest import CORPUS, _library_helper, describe, import_or_require, require_or_skip
+from warehouse import distill as queries
+from warehouse.db import open_warehouse
+
+# Every column a row is made of (not when or by which run it was stored).
+ROW_COLUMNS = (
+    "row_id", "doc", "chunk_id", "teacher", "question", "answer", "evidence", "kind", "unsure", "numbers",
+    "is_numeric", "evidence_found", "grounded", "fact_ids", "verify_notes", "status", "reviewer",
+)  # fmt: skip
+
+
+def _corpus_pdfs() -> list[Path]:
+    pdfs = sorted((CORPUS / "pdfs").glob("*.pdf"))
+    if not pdfs:
+        require_or_skip(f"{CORPUS / 'pdfs'} holds no PDF (the shared corpus lives beside the clone)")
+    return pdfs
+
+
+def _ingested(workspace: Path, pdfs: list[Path]) -> Settings:
+    settings = load_settings(workspace, teacher="extractive")
+    with open_warehouse(settings.warehouse_path) as con:
+        results = ingest_paths(con, pdfs, settings)
+    assert all(r.status == "added" for r in results), [r.message for r in results]
+    return settings
+
+
+def _rows(settings: Settings) -> list[tuple[Any, ...]]:
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        rows = queries.list_rows(con)
+    return sorted(tuple(str(r[c]) for c in ROW_COLUMNS) for r in rows)
+
+
+def _descendants() -> dict[tuple[int, float], psutil.Process]:
+    found = {}
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            found[(proc.pid, proc.create_time())] = proc
+    return found
+
+
+def _alive_since(before: dict[tuple[int, float], psutil.Process], wait_s: float = 30.0) -> list[str]:
+    """Processes started since ``before`` still alive after up to ``wait_s`` (multiprocessing's own helpers,
+    which live as long as the interpreter, aside)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = [
+            p
+            for key, p in _descendants().items()
+            if key not in before and not _library_helper(p) and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        if not left or time.monotonic() > deadline:
+            return [describe(p) for p in left]
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_corpus_distilled_on_two_dask_workers_gives_the_rows_of_the_in_process_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_or_require("prefect_dask")
+    import_or_require("distributed")
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.distill_fan_out import distill_step
+
+    monkeypatch.chdir(tmp_path)
+    pdfs = _corpus_pdfs()
+    # Small batches: the four documents become many tasks, so both workers take some.
+    here = _ingested(tmp_path / "here", pdfs)
+    # The same ledger, copied rather than ingested twice (ingesting the corpus is most of this test's time).
+    (tmp_path / "dask").mkdir()
+    shutil.copy(here.warehouse_path, tmp_path / "dask" / here.warehouse_path.name)
+    on_dask = load_settings(
+        tmp_path / "dask", teacher="extractive", distill_runner="dask", dask_workers=2, distill_batch_chunks=8
+    )
+    with open_warehouse(here.warehouse_path) as con:
+        local = distill(con, here, make_teacher(here))
+    assert local.rows_added > 100 and local.failed == 0
+
+    before = _descendants()
+    with prefect_test_harness(server_startup_timeout=120):
+        harness = _descendants()  # the test server's own process stays until the harness ends
+        started = time.monotonic()
+        first = distill_step(on_dask)
+        # The cluster lived as long as the subflow: its scheduler's workers are gone now.
+        assert not _alive_since(harness), "a Dask worker outlived the flow"
+        again = distill_step(on_dask)
+        elapsed = time.monotonic() - started
+    assert not _alive_since(before)
+
+    assert (first.chunks, first.cached, first.failed) == (local.chunks, 0, 0), elapsed
+    assert first.rows_added == local.rows_added
+    assert _rows(on_dask) == _rows(here)
+    # The re-run finds every chunk in the teacher cache: nothing recomputed, nothing added.
+    assert (again.cached, again.calls, again.rows_added) == (again.chunks, 0, 0)
+    assert _rows(on_dask) == _rows(here)
+
+
+def test_an_unknown_runner_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    from flows.distill_fan_out import distill_step
+
+    settings = load_settings(tmp_path / "ws", distill_runner="spark")
+    with pytest.raises(ConfigError, match="distill_runner 'spark'"):
+        distill_step(settings)
