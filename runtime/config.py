@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     per_fact: int = Field(2, description="Questions per ledger fact (phrasings).")
     unanswerable_share: float = Field(0.05, description="Share of rows that ask what the rules do not cover.")
     distill_concurrency: int = Field(8, description="Chunks sent to a model teacher at once.")
+    distill_runner: str = Field(
+        "none",
+        description="Where teacher calls run: none (in this process) | dask (Prefect tasks on a Dask cluster:"
+        " dask_scheduler's, or a local one of dask_workers processes). Rows are written here either way.",
+    )
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the local Dask cluster.")
+    dask_scheduler: str | None = Field(
+        None, description="A running Dask scheduler (tcp://host:8786) instead of a local cluster."
+    )
+    distill_batch_chunks: int = Field(
+        16, ge=1, description="Chunks of one document per Dask task (one teacher per batch on a worker)."
+    )
     review_numeric_rows: bool = Field(True, description="Numeric rows go to people even when grounded.")
     review_policy: str = Field("labelstudio", description="labelstudio | auto (demos and CI only)")
     review_timeout_s: float = Field(
