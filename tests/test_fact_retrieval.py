@@ -19,16 +19,8 @@ import duckdb
 import pytest
 
 from runtime.config import Settings
-from tasks.answer.fact_retrieve import (
-    Category,
-    FactIndex,
-    Lexicon,
-    clear_cache,
-    expand,
-    learn_categories,
-    lexicon,
-    query_for,
-)
+from tasks.answer.fact_retrieve import FactIndex, clear_cache
+from tasks.answer.reading import Category, Lexicon, expand, learn_categories, lexicon, query_for
 from tasks.answer.retrieve import ChunkIndex, tokens
 from tasks.evaluate.evaluate import load_questions
 from tasks.ingest.documents import ingest_file

@@ -39,10 +39,8 @@ import numpy as np
 
 from tasks.answer.reading import (
     Category,
-    Lexicon,
     Query,
     expand,
-    learn_categories,
     lexicon,
     phrase_tag,
     qualifier_tag,
@@ -56,19 +54,6 @@ from tasks.distill.verify import clause_of
 from tasks.ingest.normalize import fold
 from tasks.ingest.numbers import NumberMention, rule_numbers
 from warehouse.ledger import list_facts
-
-__all__ = [
-    "Category",
-    "FactHit",
-    "FactIndex",
-    "Lexicon",
-    "Query",
-    "clear_cache",
-    "expand",
-    "learn_categories",
-    "lexicon",
-    "query_for",
-]
 
 # Weights of the fact index's own adjustments (the query's weights are in tasks.answer.reading).
 UNIT_MISS = 0.85  # factor on a fact whose unit is not one the question asks for (when it asks for one)
