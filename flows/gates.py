@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from expectations.runner import GateReport
+from flows.progress import reported_stage
 from flows.results import FrozenDataset, GateResult
 from runtime.config import Settings
 from warehouse.db import settings_warehouse
@@ -46,6 +47,7 @@ def gate_markdown(report: GateReport, review_policy: str | None = None) -> str:
     return "\n".join(lines)
 
 
+@reported_stage
 @task(name="quality-gate", cache_policy=NO_CACHE)
 def gate_task(settings: Settings, gate: str) -> GateResult:
     """Run ``gate`` as `slm gate` does (a passing release gate freezes the dataset); publish the report;

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.prefect_tasks import evaluate_task, export_task, train_task
 from flows.results import ExportedModel, TrainedAndEvaluated
 from runtime.config import load_settings
+from tasks.evaluate.report import embedded_markdown
 
 
 @flow(name="train-and-evaluate", log_prints=True)
@@ -25,7 +26,7 @@ def train_and_evaluate(
     verdict = evaluate_task(settings, challenger, base)
     create_markdown_artifact(
         key="evaluation-report",
-        markdown=verdict.report_md.read_text(encoding="utf-8"),
+        markdown=embedded_markdown(verdict.report_md),  # the charts inline: the UI cannot open report files
         description="promoted" if verdict.promoted else "refused",
     )
     if not verdict.promoted:

@@ -213,8 +213,10 @@ def run_pipeline(
     cfg = settings()
     prefect_home(cfg)
     from flows.pipeline import pipeline
+    from flows.progress import RichStages, listening
 
-    result = pipeline([str(p) for p in paths], str(cfg.workspace), teacher, review, base, max_steps)
+    with listening(RichStages(err_console)):  # each stage's start and end, bars for the long ones
+        result = pipeline([str(p) for p in paths], str(cfg.workspace), teacher, review, base, max_steps)
     _print_run_summary(cfg, result)
 
 
@@ -293,6 +295,11 @@ def export_command(
     console.print(
         f"{result.path} ({result.quant}, {result.size_bytes / 1e6:.1f} MB) from {result.source_model_id}"
     )
+    if result.modelfile is not None:
+        console.print(f"Ollama: ollama create NAME -f {result.modelfile}")
+    for note in result.notes:
+        if note.startswith("no Modelfile"):
+            err_console.print(f"[yellow]{escape(note)}[/yellow]")
 
 
 def models() -> None:

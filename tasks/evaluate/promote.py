@@ -51,6 +51,7 @@ def challenge(
     context: dict[str, Any] | None = None,
     loss_png: Path | None = None,
     grounded: dict[str, AnswerBatch] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> PromotionResult:
     """Evaluate ``answerers`` (keys: base, challenger, and champion when there is one) closed book and the
     ``grounded`` ones (same keys; retrieval and the numeric guard, as users are answered), decide, record the
@@ -65,14 +66,30 @@ def challenge(
     evaluations: dict[str, dict[str, Evaluation]] = {}
     champion = registry.get_champion(con)
     model_ids = {"challenger": challenger_id, "champion": (champion or {}).get("model_id")}  # base: None
-    for mode, batches in (("closed_book", answerers), ("grounded", grounded or {})):
-        chosen = judged_items(items, mode)
+    plan = [
+        (mode, batches, judged_items(items, mode))
+        for mode, batches in (("closed_book", answerers), ("grounded", grounded or {}))
+    ]
+    total = sum(len(batches) * len(chosen) for _, batches, chosen in plan)
+    answered = 0
+    for mode, batches, chosen in plan:
         if not batches or not chosen:
             continue
         for label, answer_batch in batches.items():
             run_id, result = run_and_store(
-                con, chosen, answer_batch, label, "golden", mode=mode, model_id=model_ids.get(label)
+                con,
+                chosen,
+                answer_batch,
+                label,
+                "golden",
+                mode=mode,
+                model_id=model_ids.get(label),
+                # Progress over every model and mode: the answers before this evaluation plus its own.
+                on_batch=(lambda done, _, before=answered: on_progress(before + done, total))
+                if on_progress
+                else None,
             )
+            answered += len(chosen)
             scores.setdefault(mode, {})[label] = result.metrics
             runs.setdefault(mode, {})[label] = run_id
             evaluations.setdefault(mode, {})[label] = result

@@ -5,7 +5,9 @@ regressed and were fixed in every mode side by side, the loss curve, the dataset
 
 from __future__ import annotations
 
+import base64
 import html
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,23 @@ def write_report(
     html_path = out_dir / f"{name}.html"
     html_path.write_text(_html(name, md), encoding="utf-8")
     return md_path, html_path
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^()\s:]+\.png)\)")
+
+
+def embedded_markdown(md_path: Path) -> str:
+    """The report's Markdown with its charts inline as ``data:image/png;base64`` URIs: a Prefect markdown
+    artifact cannot reach files beside the report (its relative links show as broken images in the UI)."""
+
+    def inline(match: re.Match[str]) -> str:
+        image = md_path.parent / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        data = base64.b64encode(image.read_bytes()).decode("ascii")
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return _IMAGE.sub(inline, md_path.read_text(encoding="utf-8"))
 
 
 def _side_by_side(title: str, ids: list[str], reference: Evaluation, challenger: Evaluation) -> list[str]:

@@ -153,10 +153,12 @@ def evaluate_challenger(
     generators: dict[str, Any],
     context: dict[str, Any],
     loss_png: Path | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> ChallengeOutcome:
     """The models of ``generators`` (labels base, challenger, and champion when there is one; each a GGUF
     run in llama.cpp) on the golden set, answered as users are answered, closed book and grounded; the
-    challenger is promoted or refused, and the report written."""
+    challenger is promoted or refused, and the report written. ``on_progress(done, total)``: answers so
+    far, over every model and mode."""
     from tasks.answer.answer import MODES, answer_batch
     from tasks.evaluate.golden import golden_items
     from tasks.evaluate.promote import challenge
@@ -184,6 +186,7 @@ def evaluate_challenger(
         },
         loss_png,
         batches["grounded"],
+        on_progress,
     )
     return ChallengeOutcome(
         outcome.promoted,

@@ -61,12 +61,12 @@ def train_challenger(
     resume: bool = False,
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
-    callbacks: list[Any] | None = None,
+    on_progress: Any = None,
 ) -> tuple[Any, str]:
     """Train, record and register; returns (TrainResult, model id; "" on a process other than rank 0 of a
     multi-process run, which neither saves nor records). The warehouse is opened before and after
     training, not held during it (training only reads the dataset files), so other commands can use it.
-    ``overrides`` replaces profile fields (``train``'s); ``callbacks`` are extra TrainerCallbacks (progress)."""
+    ``overrides`` replaces profile fields (``train``'s); ``on_progress`` receives training snapshots (``train``'s)."""
     from tasks.models.base_models import model_id_for
     from tasks.train.train import process_rank, train
 
@@ -91,7 +91,7 @@ def train_challenger(
         seed=settings.train_seed,
         threads=settings.train_threads or None,
         overrides=overrides,
-        callbacks=callbacks,
+        on_progress=on_progress,
     )
     if process_rank() != 0:
         return result, ""  # under torchrun / accelerate launch only rank 0 saved the adapter and records it

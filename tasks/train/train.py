@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import shutil
 import sys
@@ -486,6 +485,7 @@ def train(
     overrides: dict[str, Any] | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
     threads: int | None = None,
+    on_progress: Callable[[TrainSnapshot], None] | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``dataset_dir`` and keep the best one (by validation loss).
 
@@ -494,7 +494,9 @@ def train(
     ``resume`` the run continues from the last complete checkpoint and ends with the same number of
     optimiser steps as an uninterrupted run; without it, old checkpoints in ``out_dir`` are removed.
     ``overrides`` replaces profile fields; ``callbacks`` are extra TrainerCallbacks; ``threads`` sets torch's
-    CPU threads (default: every core this process may use).
+    CPU threads (default: every core this process may use, shared among the processes of a multi-process
+    run). ``on_progress`` receives a :class:`TrainSnapshot` after every step (``progress`` adds a rich bar
+    on a terminal); neither changes the training.
     """
     started = time.perf_counter()
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
@@ -559,9 +561,11 @@ def train(
         callbacks = list(callbacks or [])
         if has_eval:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
-        bar = _RichProgress(lambda: trainer.train_tokens, lambda: trainer.eval_s) if show_bar else None
-        if bar is not None:
-            callbacks.append(bar)
+        listeners = [on_progress] if on_progress else []
+        if show_bar:
+            listeners.append(RichTrainBar())
+        if listeners:
+            callbacks.append(TrainProgress(listeners, lambda: trainer.train_tokens, lambda: trainer.eval_s))
         trainer = SlmTrainer(
             model=model,
             args=args,
@@ -834,47 +838,113 @@ class _PeakRss:
         return self._peak / 2**20
 
 
-class _RichProgress(TrainerCallback):
-    """A rich progress bar with the latest train/validation loss and training tokens per second."""
+@dataclass(frozen=True)
+class TrainSnapshot:
+    """Where a training run stands: what progress bars and the Prefect progress artifact show."""
 
-    def __init__(self, tokens: Callable[[], int], eval_s: Callable[[], float]):
+    step: int
+    total: int
+    loss: float | None
+    eval_loss: float | None
+    tokens_per_s: float
+    eta_s: float | None
+    done: bool = False
+
+    def describe(self) -> str:
+        parts = [f"loss {self.loss:.3f}" if self.loss is not None else "loss -"]
+        if self.eval_loss is not None:
+            parts.append(f"val {self.eval_loss:.3f}")
+        parts.append(f"{self.tokens_per_s:.0f} tok/s")
+        if self.eta_s is not None and not self.done:
+            parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(self.eta_s))}")
+        return ", ".join(parts)
+
+
+class TrainProgress(TrainerCallback):
+    """Reports a :class:`TrainSnapshot` to ``listeners`` after every optimiser step, log and evaluation
+    (on the first process only). Reads the counters, never touches the model, the data or the RNG, so a run
+    with progress trains exactly as one without."""
+
+    def __init__(
+        self,
+        listeners: Sequence[Callable[[TrainSnapshot], None]],
+        tokens: Callable[[], int],
+        eval_s: Callable[[], float],
+    ):
+        self._listeners = list(listeners)
         self._tokens, self._eval_s = tokens, eval_s
-        self._progress: Any = None
-        self._task: Any = None
-        self._loss = math.nan
-        self._eval_loss = math.nan
+        self._loss: float | None = None
+        self._eval_loss: float | None = None
         self._t0 = 0.0
         self._tokens0 = 0
+        self._step0 = 0
+
+    def _emit(self, state: Any, done: bool = False) -> None:
+        if not state.is_world_process_zero:
+            return
+        elapsed = max(time.perf_counter() - self._t0 - self._eval_s(), 1e-9)
+        steps = state.global_step - self._step0
+        left = state.max_steps - state.global_step
+        snapshot = TrainSnapshot(
+            step=state.global_step,
+            total=state.max_steps,
+            loss=self._loss,
+            eval_loss=self._eval_loss,
+            tokens_per_s=(self._tokens() - self._tokens0) / elapsed,
+            eta_s=elapsed / steps * left if steps else None,
+            done=done,
+        )
+        for listener in self._listeners:
+            listener(snapshot)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[tps]} tok/s"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(
-            "train", total=state.max_steps, completed=state.global_step, loss="-", val="-", tps="-"
-        )
-        self._t0, self._tokens0 = time.perf_counter(), self._tokens()
+        self._t0, self._tokens0, self._step0 = time.perf_counter(), self._tokens(), state.global_step
+        self._emit(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        elapsed = time.perf_counter() - self._t0 - self._eval_s()
-        tps = (self._tokens() - self._tokens0) / elapsed if elapsed > 0 else 0.0
-        self._progress.update(self._task, completed=state.global_step, tps=f"{tps:.0f}")
+        self._emit(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "loss" in logs:
-            self._progress.update(self._task, loss=f"{logs['loss']:.3f}")
-        if "eval_loss" in logs:
-            self._progress.update(self._task, val=f"{logs['eval_loss']:.3f}")
+        self._loss = float(logs["loss"]) if "loss" in logs else self._loss
+        self._eval_loss = float(logs["eval_loss"]) if "eval_loss" in logs else self._eval_loss
+        if "loss" in logs or "eval_loss" in logs:
+            self._emit(state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._progress is not None:
+        self._emit(state, done=True)
+
+
+class RichTrainBar:
+    """A rich progress bar (steps, loss, validation loss, tokens/s, ETA) fed with :class:`TrainSnapshot`s;
+    on stderr unless given a ``console``."""
+
+    def __init__(self, console: Any = None) -> None:
+        self._console = console
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __call__(self, snapshot: TrainSnapshot) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        fields = {
+            "loss": "-" if snapshot.loss is None else f"{snapshot.loss:.3f}",
+            "val": "-" if snapshot.eval_loss is None else f"{snapshot.eval_loss:.3f}",
+            "tps": f"{snapshot.tokens_per_s:.0f}",
+        }
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[tps]} tok/s"),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=snapshot.total, **fields)
+        self._progress.update(self._task, completed=snapshot.step, total=snapshot.total, **fields)
+        if snapshot.done:
             self._progress.stop()
+            self._progress = None
