@@ -174,8 +174,10 @@ def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "use grounded or closed" in refused.stderr
     # Nothing promoted: the champion is the untuned base, evaluated as `slm ask` answers (its GGUF, grounded).
     env = {"SLM_ANSWER_MAX_TOKENS": "8", "SLM_BASE_MODEL": str(base), "SLM_EXPORT_QUANT": "f16"}
-    exported = slm("-w", "ws", "export", "--model", "base", cwd=tmp_path, env=env)
+    exported = slm("-w", "ws", "export", "--model", "base", cwd=tmp_path, env={**env, "COLUMNS": "400"})
     assert exported.returncode == 0, exported.stderr[-1500:]
+    modelfile = tmp_path / exported.stdout.split("ollama create NAME -f ", 1)[1].split()[0]  # beside the GGUF
+    assert modelfile.is_file() and modelfile.read_text(encoding="utf-8").count("FROM ./") == 1
     graded = slm(
         "-w",
         "ws",

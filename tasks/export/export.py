@@ -104,6 +104,9 @@ class ExportResult:
     seconds: float = 0.0
     base_gguf: Path | None = None  # for an adapter: a base GGUF it applies to, when known
     notes: tuple[str, ...] = field(default_factory=tuple)
+    modelfile: Path | None = (
+        None  # the Ollama Modelfile beside the GGUF (None: the chat template did not fit)
+    )
 
 
 def arch_spec(config: Any) -> ArchSpec:
@@ -755,6 +758,7 @@ def export_model(
                 and found.is_file()
                 and found.stat().st_size == done["size_bytes"]
             ):
+                modelfile, modelfile_notes = _ensure_modelfile(found, None, folder, adapter)
                 return ExportResult(
                     path=found,
                     size_bytes=done["size_bytes"],
@@ -764,7 +768,8 @@ def export_model(
                     kind="model",
                     arch=spec.name,
                     seconds=round(time.perf_counter() - started, 2),
-                    notes=("reused an earlier export",),
+                    notes=("reused an earlier export", *modelfile_notes),
+                    modelfile=modelfile,
                 )
 
     if adapter_only:
@@ -775,6 +780,7 @@ def export_model(
         path = out_dir / f"{stem}-lora-{quant}.gguf"
         alpha = write_lora_gguf(adapter, config, path, quant)
         notes.append(f"adapter.lora.alpha {alpha}")
+        tokenizer = None
         kind, source = "adapter", "adapter"
     else:
         model, tokenizer = _load_merged(folder, adapter)
@@ -798,6 +804,13 @@ def export_model(
             if not keep_float:
                 float_path.unlink()
         kind, source = "model", "merged" if adapter is not None else "base"
+    if adapter_only and base_gguf is None:
+        modelfile, modelfile_notes = None, ["no Modelfile: the adapter's base is not a GGUF file"]
+    else:
+        modelfile, modelfile_notes = _ensure_modelfile(
+            path, tokenizer, folder, adapter, base_gguf if adapter_only else None, rewrite=True
+        )
+    notes += modelfile_notes
 
     digest = file_sha256(path)
     result = ExportResult(
@@ -811,6 +824,7 @@ def export_model(
         seconds=round(time.perf_counter() - started, 2),
         base_gguf=base_gguf if adapter_only else None,
         notes=tuple(notes),
+        modelfile=modelfile,
     )
     if con is not None:
         from warehouse.models import record_export
@@ -827,17 +841,43 @@ def export_model(
     return result
 
 
+def _trained_tokenizer(folder: Path, adapter: Path | None) -> Any:
+    """The tokenizer the model was trained with: the adapter's (it carries the chat template), else the base's."""
+    from tasks.models.base_models import load_tokenizer
+
+    source = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else folder
+    return load_tokenizer(source)
+
+
+def _ensure_modelfile(
+    gguf_path: Path,
+    tokenizer: Any,
+    folder: Path,
+    adapter: Path | None,
+    base_gguf: Path | None = None,
+    rewrite: bool = False,
+) -> tuple[Path | None, list[str]]:
+    """The Ollama Modelfile beside ``gguf_path`` (written unless it is there and ``rewrite`` is off), and
+    notes; a chat template Ollama's template cannot express leaves a note, never a failed export."""
+    from tasks.export.ollama import ModelfileError, modelfile_path, write_modelfile
+
+    existing = modelfile_path(gguf_path)
+    if existing.is_file() and not rewrite:
+        return existing, []
+    try:
+        written = write_modelfile(gguf_path, tokenizer or _trained_tokenizer(folder, adapter), base_gguf)
+    except ModelfileError as exc:
+        existing.unlink(missing_ok=True)  # an older one would describe another template
+        return None, [f"no Modelfile: {exc}"]
+    return written, [f"Ollama Modelfile {written.name}"]
+
+
 def _load_merged(folder: Path, adapter: Path | None) -> tuple[Any, Any]:
     """The base in fp32 with the adapter merged in, and the tokenizer the adapter was trained with."""
     from transformers import AutoModelForCausalLM
 
-    from tasks.models.base_models import load_tokenizer
-
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    tokenizer_source = (
-        adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else folder
-    )
-    tokenizer = load_tokenizer(tokenizer_source)
+    tokenizer = _trained_tokenizer(folder, adapter)
     if adapter is not None:
         from peft import PeftModel
 
@@ -863,4 +903,3 @@ def tensor_differences(original: Path, exported: Path) -> dict[str, tuple[float,
         a, b = theirs.array(name), ours.array(name)
         diffs[name] = (float(np.abs(a - b).max()), float(np.abs(a).max()))
     return diffs
-
