@@ -68,9 +68,10 @@ def dask_task_runner(settings: Settings) -> Any:
 
 
 @flow(name="distill-fan-out", log_prints=True)
-def distill_fan_out(settings: Settings) -> DistillRun:
+def distill_fan_out(settings: Settings, limit: int | None = None) -> DistillRun:
+    """Run with ``.with_options(task_runner=dask_task_runner(settings))``; ``limit``: at most so many chunks."""
     with settings_warehouse(settings) as con:
-        summary = distill(con, settings, make_teacher(settings), fan_out=prefect_fan_out)
+        summary = distill(con, settings, make_teacher(settings), limit=limit, fan_out=prefect_fan_out)
     return distill_run(summary)
 
 

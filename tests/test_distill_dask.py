@@ -84,13 +84,13 @@ def test_corpus_distilled_on_two_dask_workers_gives_the_rows_of_the_in_process_r
 
     monkeypatch.chdir(tmp_path)
     pdfs = _corpus_pdfs()
-    # Small batches: the four documents become many tasks, so both workers take some.
+    # Batches of 64 chunks: the four documents become about ten tasks, so both workers take some.
     here = _ingested(tmp_path / "here", pdfs)
     # The same ledger, copied rather than ingested twice (ingesting the corpus is most of this test's time).
     (tmp_path / "dask").mkdir()
     shutil.copy(here.warehouse_path, tmp_path / "dask" / here.warehouse_path.name)
     on_dask = load_settings(
-        tmp_path / "dask", teacher="extractive", distill_runner="dask", dask_workers=2, distill_batch_chunks=8
+        tmp_path / "dask", teacher="extractive", distill_runner="dask", dask_workers=2, distill_batch_chunks=64
     )
     with open_warehouse(here.warehouse_path) as con:
         local = distill(con, here, make_teacher(here))
