@@ -8,7 +8,8 @@ installed (``make venv``).
 
 Uses (starting it if needed) the Label Studio server of the workspace; when the workspace has no review
 batch yet, ingests ``examples/sample_rules.pdf``, distils it with the extractive teacher and pushes three
-rows (``--fact``: pushes a fact-first batch and shows a fact task: one ledger number at its sentence).
+rows (``--fact``: pushes a fact-first batch and shows a fact task: one source sentence, each of its ledger
+numbers with its own verdict).
 It logs in as the generated admin over HTTP (Django session), hands the session cookie to headless
 Chromium from Debian's packages and drives it over the DevTools protocol on a pipe (``--remote-debugging-
 pipe``: no port, no extra library), opening the labelling page of the batch's first task.
@@ -188,7 +189,8 @@ def demo_batch(settings: Settings) -> tuple[int, int]:
 
 
 def fact_batch(settings: Settings) -> tuple[int, int]:
-    """(project id, task id) of a fact task about money with the most citing questions, pushing a fact-first
+    """(project id, task id) of a fact task (a sentence of 2-3 numbers, one about money) with the most questions
+    waiting on it, pushing a fact-first
     batch of the sample when the workspace has none."""
     from review.facts import questions_waiting_on
     from tasks.distill.distill import distill, make_teacher
@@ -208,8 +210,19 @@ def fact_batch(settings: Settings) -> tuple[int, int]:
                 t for b in queries.list_batches(con) for t in queries.batch_fact_tasks(con, b["batch_id"])
             ]
         citing = questions_waiting_on(con, [t["fact_id"] for t in tasks])
-        money = [t for t in tasks if t["unit"].startswith("元") and t["ls_task_id"] is not None] or tasks
-        best = max(money, key=lambda t: (len(citing[t["fact_id"]]), -int(t["ls_task_id"])))
+        # One task per sentence: show one of a few numbers, about money, with the most questions waiting.
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for t in tasks:
+            if t["ls_task_id"] is not None:
+                groups.setdefault((t["batch_id"], t["task_group"] or t["fact_id"]), []).append(t)
+        shown = [
+            g for g in groups.values() if 2 <= len(g) <= 3 and any(t["unit"].startswith("元") for t in g)
+        ]
+        best_group = max(
+            shown or list(groups.values()),
+            key=lambda g: (sum(len(citing[t["fact_id"]]) for t in g), -int(g[0]["ls_task_id"])),
+        )
+        best = best_group[0]
         batch = queries.get_batch(con, best["batch_id"])
         assert batch is not None
         return int(batch["ls_project_id"]), int(best["ls_task_id"])

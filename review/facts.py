@@ -329,12 +329,14 @@ def economy_markdown(con: duckdb.DuckDBPyConnection, policy: str = "labelstudio"
     lines = [
         "# Review: where the time goes",
         "",
-        "| batch | status | fact tasks | row tasks | rows decided | tasks / rows decided | predictions changed |",
+        "| batch | status | fact tasks (sentences) | row tasks | rows decided | tasks / rows decided"
+        " | predictions changed |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for b in e["batches"]:
         lines.append(
-            f"| {b['batch_id']} | {b['status']} | {b['fact_tasks']} | {b['row_tasks']} | {b['rows_decided']}"
+            f"| {b['batch_id']} | {b['status']} | {b['fact_tasks']} ({b['facts_asked']} facts) | {b['row_tasks']}"
+            f" | {b['rows_decided']}"
             f" | {b['share']:.0%} | {b['prediction_changed']}/{b['predicted']} |"
         )
     lines += [

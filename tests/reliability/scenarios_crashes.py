@@ -768,11 +768,15 @@ def crash_during_review(work: Path) -> FaultOutcome:
                         )
                     made = client.annotations.create(id=int(row["ls_task_id"]), result=result)
                     expected[row["row_id"]] = (int(made.id), status)
+                # Label Studio task -> its annotation (the facts of one sentence share a task).
+                made_for: dict[int, int] = {}
                 for fact_id, ls_task_id in fact_tasks[batch["batch_id"]]:
                     if ls_task_id is None:
                         raise StageFailed(f"fact {fact_id} has no Label Studio task after the push re-run")
-                    made = client.annotations.create(id=int(ls_task_id), result=_fact_correct())
-                    expected_facts[fact_id] = int(made.id)
+                    if int(ls_task_id) not in made_for:
+                        made = client.annotations.create(id=int(ls_task_id), result=_fact_correct())
+                        made_for[int(ls_task_id)] = int(made.id)
+                    expected_facts[fact_id] = made_for[int(ls_task_id)]
         projects = sorted(int(b["ls_project_id"]) for b in batches)
 
         exports = workspace / "review" / "exports"
@@ -781,7 +785,8 @@ def crash_during_review(work: Path) -> FaultOutcome:
         _rerun(outcome, workspace, "review", "sync", env=env)
 
         in_ls = _ls_tasks(client, projects)
-        pushed = sum(len(rows) for rows in tasks.values()) + sum(len(f) for f in fact_tasks.values())
+        sentences = sum(len({t for _, t in f}) for f in fact_tasks.values())  # one task per sentence
+        pushed = sum(len(rows) for rows in tasks.values()) + sentences
         outcome.duplicates += len(in_ls) - len({row for _, row, _ in in_ls})
         outcome.duplicates += sum(max(n - 1, 0) for _, _, n in in_ls)
         outcome.rows_lost += max(pushed - len({row for _, row, _ in in_ls}), 0)
