@@ -16,6 +16,7 @@ from runtime.config import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_YAML = Path(__file__).resolve().parent / "prefect.yaml"
+WORKERS = ("worker", "worker-gpu")  # the CPU (or only) pool's worker, and the GPU pool's
 
 
 class PrefectServerError(RuntimeError):
@@ -58,7 +59,7 @@ def prefect_env(settings: Settings, with_api: bool = True) -> dict[str, str]:
 
 
 def _service(settings: Settings, name: str) -> supervisor.Service:
-    """The server (health: the API's /health) or the worker (alive is running) as the supervisor sees it."""
+    """The server (health: the API's /health) or a worker (alive is running) as the supervisor sees it."""
     home = prefect_home(settings)
     health = api_url(settings) + "/health" if name == "server" else None
     return supervisor.Service(
@@ -73,7 +74,7 @@ def _prefect_cli() -> list[str]:
 
 def _launch(settings: Settings, name: str, args: list[str]) -> supervisor.Launch:
     env = prefect_env(settings, with_api=name != "server")
-    if name == "worker":
+    if name in WORKERS:
         # Flow runs inherit the worker's environment. A run paused for review waits days; Prefect's client
         # gives up on a server it cannot reach after 5 retries (about a minute), which would crash the run if
         # the server restarts. 10 exponential retries ride out a restart of up to about half an hour.
@@ -107,27 +108,78 @@ def start_server(settings: Settings, timeout_s: float = 120.0) -> ServiceInfo:
     return status(settings)["server"]
 
 
-def deploy(settings: Settings) -> list[str]:
-    """Register every deployment of prefect.yaml against our server, create the work pool if missing, and
-    start a worker for it. Returns the deployment names."""
+@dataclass(frozen=True)
+class GitSource:
+    """Where a worker's pull step clones the project from, and at which commit."""
+
+    repository: str
+    commit: str
+
+
+def git_source(settings: Settings) -> GitSource:
+    """``deploy_repository`` and ``deploy_commit``, or this checkout (a file:// URL) and its HEAD. Flow runs
+    use the committed code: an uncommitted change is not in the clone."""
+    repository = settings.deploy_repository or PROJECT_DIR.as_uri()
+    commit = settings.deploy_commit
+    if commit is None:
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "HEAD^{commit}"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if found.returncode != 0:
+            raise PrefectServerError(
+                f"{PROJECT_DIR} is not a git checkout with a commit, which the workers' pull step clones;"
+                " set deploy_repository and deploy_commit"
+            )
+        commit = found.stdout.strip()
+    return GitSource(repository, commit)
+
+
+def pools(settings: Settings, pool_per_stage: bool) -> dict[str, str]:
+    """Worker service name -> work pool: one pool for all, or the CPU pool and the GPU pool."""
+    if pool_per_stage:
+        return {"worker": settings.work_pool, "worker-gpu": settings.gpu_work_pool}
+    return {"worker": settings.work_pool}
+
+
+def deployment_names() -> list[str]:
+    import yaml
+
+    return [d["name"] for d in yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))["deployments"]]
+
+
+def deploy(settings: Settings, pool_per_stage: bool = False) -> list[str]:
+    """Register every deployment of prefect.yaml against our server, create the work pools if missing, and
+    start a worker for each (supervised, in the background; `slm server down` stops them). Each flow run
+    clones the project at the deployed commit (``git_source``). With ``pool_per_stage`` the GPU stages go to
+    ``gpu_work_pool``, else everything to ``work_pool``. Returns the deployment names."""
+    source = git_source(settings)
+    by_worker = pools(settings, pool_per_stage)
     env = prefect_env(settings)
     env.update(
         {
             "SLM_PROJECT_DIR": str(PROJECT_DIR),
-            "SLM_WORK_POOL": settings.work_pool,
+            "SLM_CPU_POOL": settings.work_pool,
+            "SLM_GPU_POOL": by_worker.get("worker-gpu", settings.work_pool),
+            "SLM_GIT_REPOSITORY": source.repository,
+            "SLM_GIT_COMMIT": source.commit,
             "SLM_NIGHTLY_CRON": settings.nightly_cron,
             "SLM_TIMEZONE": settings.timezone,
         }
     )
     cli = _prefect_cli()
-    subprocess.run(
-        [*cli, "work-pool", "create", settings.work_pool, "--type", "process", "--overwrite"],
-        env=env,
-        cwd=PROJECT_DIR,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    for pool in dict.fromkeys(by_worker.values()):
+        subprocess.run(
+            [*cli, "work-pool", "create", pool, "--type", "process", "--overwrite"],
+            env=env,
+            cwd=PROJECT_DIR,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     done = subprocess.run(
         [*cli, "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_YAML)],
         env=env,
@@ -138,20 +190,21 @@ def deploy(settings: Settings) -> list[str]:
     )
     if done.returncode != 0:
         raise PrefectServerError(f"prefect deploy failed: {done.stdout[-800:]} {done.stderr[-800:]}")
-    worker = _service(settings, "worker")
-    if not worker.status().running:
-        worker.spawn(_launch(settings, "worker", [*cli, "worker", "start", "--pool", settings.work_pool]))
-    return ["build-dataset", "train-and-evaluate", "export", "nightly"]
+    for name, pool in by_worker.items():
+        worker = _service(settings, name)
+        if not worker.status().running:
+            worker.spawn(_launch(settings, name, [*cli, "worker", "start", "--pool", pool]))
+    return deployment_names()
 
 
 def stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:
-    """Stop the server or the worker: SIGTERM to its process group, SIGKILL after ``timeout_s``."""
+    """Stop the server or a worker: SIGTERM to its process group, SIGKILL after ``timeout_s``."""
     return _service(settings, name).stop(timeout_s)
 
 
 def status(settings: Settings) -> dict[str, ServiceInfo]:
     found = {}
-    for name in ("server", "worker"):
+    for name in ("server", *WORKERS):
         service = _service(settings, name)
         now = service.status()
         url = api_url(settings).removesuffix("/api") if name == "server" else None

@@ -169,7 +169,23 @@ class Settings(BaseSettings):
         30.0, description="How long an slm command waits for another one holding the warehouse."
     )
     prefect_port: int = Field(4200, description="Port of our Prefect server on 127.0.0.1.")
-    work_pool: str = Field("slm-process", description="Prefect process work pool for our deployments.")
+    work_pool: str = Field(
+        "slm-process",
+        description="Prefect process work pool for our deployments (the CPU stages with --pool-per-stage).",
+    )
+    gpu_work_pool: str = Field(
+        "slm-gpu",
+        description="Work pool of the GPU stages (train-and-evaluate, export, nightly) with `slm deploy"
+        " --pool-per-stage`; its worker runs where the GPU is.",
+    )
+    deploy_repository: str | None = Field(
+        None,
+        description="Git repository a worker clones the project from (default: this checkout as a file://"
+        " URL, which only workers on this machine can reach).",
+    )
+    deploy_commit: str | None = Field(
+        None, description="Commit the workers check out (default: HEAD of this checkout)."
+    )
     nightly_cron: str = Field("0 2 * * *", description="When the nightly retrain-and-evaluate runs.")
     timezone: str = Field("Asia/Shanghai", description="Time zone of the nightly schedule.")
 

@@ -56,7 +56,7 @@ def server_down() -> None:
     from review import server as ls_server
 
     cfg = settings()
-    for name in ("worker", "server"):
+    for name in (*prefect_server.WORKERS, "server"):
         console.print(f"prefect {name}: {'stopped' if prefect_server.stop(cfg, name) else 'was not running'}")
     console.print(f"Label Studio: {'stopped' if ls_server.stop(cfg) else 'was not running'}")
 
@@ -76,21 +76,35 @@ def server_status() -> None:
     console.print(table)
 
 
-def deploy() -> None:
-    """Register the deployments of deployments/prefect.yaml (nightly schedule from the config) and start a worker."""
+def deploy(
+    pool_per_stage: Annotated[
+        bool,
+        typer.Option(
+            "--pool-per-stage",
+            help="CPU stages on work_pool, training/evaluation/export on gpu_work_pool, a worker for each.",
+        ),
+    ] = False,
+) -> None:
+    """Register the deployments of deployments/prefect.yaml (nightly schedule from the config) and start a
+    worker per work pool; flow runs clone the project at the deployed commit (deploy_repository/_commit)."""
     from deployments import server as prefect_server
 
     cfg = settings()
     bind_host(cfg, "the Prefect server")
     try:
         prefect_server.start_server(cfg)
-        names = prefect_server.deploy(cfg)
+        names = prefect_server.deploy(cfg, pool_per_stage=pool_per_stage)
+        source = prefect_server.git_source(cfg)
     except prefect_server.PrefectServerError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
+    workers = ", ".join(
+        f"{name} on pool {pool}" for name, pool in prefect_server.pools(cfg, pool_per_stage).items()
+    )
     console.print(
-        f"deployed {', '.join(names)}; nightly at '{cfg.nightly_cron}' ({cfg.timezone}); "
-        f"worker on pool {cfg.work_pool}; dashboard {prefect_server.api_url(cfg).removesuffix('/api')}"
+        f"deployed {', '.join(names)}; nightly at '{cfg.nightly_cron}' ({cfg.timezone}); {workers}; "
+        f"code: {source.repository} at {source.commit[:12]}; "
+        f"dashboard {prefect_server.api_url(cfg).removesuffix('/api')}"
     )
 
 

@@ -1,0 +1,130 @@
+"""Work pools that split the work (issue #20, part 3): `slm deploy --pool-per-stage` registers the CPU pool
+(ingest, distil, gates, review) and the GPU pool (train-and-evaluate, export, device-check) on a real Prefect
+server, each served by its own local worker; every deployment clones the project at the deployed commit.
+A small flow on each pool runs through that pool's worker, from the clone, and completes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import prefect
+import pytest
+
+from deployments import server as prefect_server
+from runtime.config import load_settings
+from tests.conftest import ROOT, SAMPLE_MD
+from tests.reliability.scenarios_deps import start_from_template
+from warehouse.db import open_warehouse
+
+CPU_STAGES = {"build-dataset", "ingest", "distill", "gate"}
+GPU_STAGES = {"train-and-evaluate", "export", "nightly", "device-check"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _finished(api: str, run_ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
+    """The flow runs once none is scheduled, pending or running any more (or at the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = {r: httpx.get(f"{api}/flow_runs/{r}", timeout=30).json() for r in run_ids}
+        if all(
+            run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} for run in runs.values()
+        ):
+            return runs
+        if time.monotonic() > deadline:
+            return runs
+        time.sleep(2.0)
+
+
+def _run_logs(api: str, run_id: str) -> str:
+    logs = httpx.post(
+        f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}, timeout=30
+    ).json()
+    return "\n".join(entry["message"] for entry in logs)
+
+
+@pytest.mark.slow
+def test_pool_per_stage_runs_a_flow_on_each_pool_through_its_own_worker(tmp_path: Path, stop_later) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "slm.toml").write_text(
+        f"prefect_port = {_free_port()}\nwork_pool = 'slm-test-cpu'\ngpu_work_pool = 'slm-test-gpu'\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(workspace)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    # Registered before anything starts: whatever fails, nothing this test started outlives it.
+    stop_later(lambda: prefect_server.stop(settings, "server"))
+    for worker in prefect_server.WORKERS:
+        stop_later(lambda worker=worker: prefect_server.stop(settings, worker))
+    start_from_template(
+        f"prefect-{prefect.__version__}",
+        prefect_server.prefect_home(settings),
+        lambda: prefect_server.start_server(settings),
+        lambda: prefect_server.stop(settings, "server"),
+    )
+    names = prefect_server.deploy(settings, pool_per_stage=True)
+    assert set(names) == CPU_STAGES | GPU_STAGES
+    api = prefect_server.api_url(settings)
+    for pool in ("slm-test-cpu", "slm-test-gpu"):
+        assert httpx.get(f"{api}/work_pools/{pool}", timeout=30).json()["type"] == "process"
+    found = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
+    by_name = {d["name"]: d for d in found}
+    assert {n: by_name[n]["work_pool_name"] for n in names} == {
+        **dict.fromkeys(CPU_STAGES, "slm-test-cpu"),
+        **dict.fromkeys(GPU_STAGES, "slm-test-gpu"),
+    }
+    # Every deployment clones this checkout at the commit it was deployed from.
+    clone = by_name["ingest"]["pull_steps"][0]["prefect.deployments.steps.git_clone"]
+    assert (clone["repository"], clone["commit_sha"]) == (ROOT.as_uri(), head)
+    status = prefect_server.status(settings)
+    assert status["worker"].running and status["worker-gpu"].running
+
+    runs = {
+        name: httpx.post(
+            f"{api}/deployments/{by_name[name]['id']}/create_flow_run",
+            json={"parameters": params},
+            timeout=30,
+        ).json()["id"]
+        for name, params in {
+            "ingest": {"paths": [str(SAMPLE_MD)], "workspace": str(workspace)},
+            "device-check": {},
+        }.items()
+    }
+    finished = _finished(api, list(runs.values()), 420)
+    worker_logs = {
+        w: status[w].log.read_text(encoding="utf-8", errors="replace") for w in prefect_server.WORKERS
+    }
+    for name, run_id in runs.items():
+        run = finished[run_id]
+        assert run["state"]["type"] == "COMPLETED", (name, _run_logs(api, run_id), worker_logs)
+    # Each ran on its pool, picked up by that pool's worker and not the other's.
+    assert finished[runs["ingest"]]["work_pool_name"] == "slm-test-cpu"
+    assert finished[runs["device-check"]]["work_pool_name"] == "slm-test-gpu"
+    assert runs["ingest"] in worker_logs["worker"] and runs["ingest"] not in worker_logs["worker-gpu"]
+    assert (
+        runs["device-check"] in worker_logs["worker-gpu"]
+        and runs["device-check"] not in worker_logs["worker"]
+    )
+    # The flow ran from the worker's clone of the project, not from this folder.
+    device_log = _run_logs(api, runs["device-check"])
+    flow_file = next(line for line in device_log.splitlines() if line.startswith("flow_file: "))
+    assert flow_file.endswith("flows/stages.py") and str(ROOT) not in flow_file
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM documents WHERE status = 'ok'").fetchone()[0] == 1
+
+    for worker in prefect_server.WORKERS:
+        assert prefect_server.stop(settings, worker)
+    prefect_server.stop(settings, "server")
+    assert not any(s.running for s in prefect_server.status(settings).values())
