@@ -194,7 +194,9 @@ def test_tokenizer_without_turn_tokens_gets_simple_template(tmp_path: Path) -> N
 def test_unknown_hub_id_says_no_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(BaseModelError, match="no model hub is reachable"):
+    with pytest.raises(
+        BaseModelError, match="not in the local cache and the hub cannot be reached: HF_HUB_OFFLINE"
+    ):
         resolve_base("some-org/not-cached-model", tmp_path)
 
 

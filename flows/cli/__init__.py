@@ -6,10 +6,12 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from flows.cli import ask, data, models, servers
 from flows.cli.options import Workspace, err_console, set_workspace
 from flows.cli.review import review_app
+from tasks.models.base_models import BaseModelError
 from warehouse.db import WarehouseError
 
 app = typer.Typer(
@@ -49,8 +51,8 @@ for command in (models.models, models.promote, data.docs):
 def main() -> None:
     try:
         app()
-    except WarehouseError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+    except (WarehouseError, BaseModelError) as exc:  # one line naming what is wrong, not a traceback
+        err_console.print(f"[red]{escape(str(exc))}[/red]")
         sys.exit(2)
 
 

@@ -349,7 +349,7 @@ def datasets_export(
             done = export_frozen_dataset(con, cfg, dataset_id, fmt, out)
         except (DatasetExportError, NoDataset) as exc:
             fail(f"[red]export failed:[/red] {escape(str(exc))}", 2, exc)
-    counts = ", ".join(f"{n} {split}" for split, n in done.counts.items())
+    counts = ", ".join(f"{n} {split}" for split, n in done.counts.items()) + " records"
     console.print(f"dataset {done.dataset_id} as {done.format} ({counts}) in {done.out_dir}")
     for path in done.files:
         console.print(f"  {path}")

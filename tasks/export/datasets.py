@@ -198,6 +198,7 @@ def _merge_dataset_info(path: Path, entries: dict[str, dict[str, Any]]) -> Path:
 def _save_hf(records: dict[str, list[dict[str, Any]]], out_dir: Path) -> Path:
     """``DatasetDict.save_to_disk`` into a sibling folder, then renamed over an earlier export of ours."""
     from datasets import Dataset, DatasetDict
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "dataset_dict.json").is_file():
         raise DatasetExportError(
@@ -211,6 +212,8 @@ def _save_hf(records: dict[str, list[dict[str, Any]]], out_dir: Path) -> Path:
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    quiet = are_progress_bars_disabled()
+    disable_progress_bars()  # a bar per split for a few hundred rows is noise on the command line
     try:
         DatasetDict(splits).save_to_disk(str(staging / "data"))
         if out_dir.exists():
@@ -218,6 +221,8 @@ def _save_hf(records: dict[str, list[dict[str, Any]]], out_dir: Path) -> Path:
         os.replace(staging / "data", out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not quiet:
+            enable_progress_bars()
     return out_dir
 
 

