@@ -191,15 +191,24 @@ def test_multi_turn_records_and_bad_records() -> None:
 def test_bad_dataset_file_is_named_and_nothing_is_written(tmp_path: Path) -> None:
     folder = tmp_path / "ds"
     folder.mkdir()
-    (folder / "train.jsonl").write_text(
-        '{"messages": [{"role": "user", "content": "Q"}]}\n', encoding="utf-8"
-    )
     (folder / "valid.jsonl").write_text("", encoding="utf-8")
-    with pytest.raises(DatasetExportError, match=r"train.jsonl:1: messages must be"):
-        export_dataset(folder, "x", "alpaca", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    user, answer = {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}
+    for line, message in (
+        ("{not json", r"train.jsonl:1: not JSON"),
+        (json.dumps({"messages": [user]}), r"train.jsonl:1: a row needs messages ending with the assistant"),
+        (
+            json.dumps({"id": "r7", "messages": [user, user, answer]}),
+            r"train.jsonl: record r7: messages must be",
+        ),
+    ):
+        (folder / "train.jsonl").write_text(line + "\n", encoding="utf-8")
+        with pytest.raises(DatasetExportError, match=message):
+            export_dataset(folder, "x", "alpaca", tmp_path / "out")
+        assert not (tmp_path / "out").exists()
     with pytest.raises(DatasetExportError, match="format must be one of llamafactory, alpaca, sharegpt, hf"):
         export_dataset(folder, "x", "csv", tmp_path / "out")
+    with pytest.raises(DatasetExportError, match="missing"):
+        export_dataset(tmp_path / "gone", "x", "hf", tmp_path / "out")
 
 
 def test_datasets_export_command(frozen: tuple[Settings, str, Path], tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,35 +51,28 @@ class DatasetExport:
 
 
 def read_records(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """The records of a frozen dataset folder per split (``train.jsonl``, ``valid.jsonl``)."""
+    """The records of a frozen dataset folder per split, read as training reads them
+    (:func:`tasks.train.train.read_rows`), each checked to be a system prompt and user/assistant turns."""
+    from tasks.train.train import TrainError, read_rows
+
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetExportError(f"{folder}: dataset folder not found")
+    if not (folder / "train.jsonl").is_file():
+        raise DatasetExportError(
+            f"{folder / 'train.jsonl'}: missing (the dataset folder is incomplete or gone)"
+        )
     records: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
         path = folder / f"{split}.jsonl"
-        if not path.is_file():
-            raise DatasetExportError(f"{path}: missing (the dataset folder is incomplete)")
-        records[split] = list(_jsonl(path))
-    return records
-
-
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetExportError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                raise DatasetExportError(f"{path}:{number}: a record needs a 'messages' list")
+        try:
+            records[split] = read_rows(path)
+        except TrainError as exc:
+            raise DatasetExportError(str(exc)) from exc
+        for record in records[split]:
             try:
                 _turns(record["messages"])
             except DatasetExportError as exc:
-                raise DatasetExportError(f"{path}:{number}: {exc}") from exc
-            yield record
+                raise DatasetExportError(f"{path}: record {record.get('id')}: {exc}") from exc
+    return records
 
 
 def _turns(messages: list[dict[str, Any]]) -> tuple[str, list[tuple[str, str]]]:

@@ -171,8 +171,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            messages = row.get("messages")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TrainError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
+            messages = row.get("messages") if isinstance(row, dict) else None
             if not messages or messages[-1].get("role") != "assistant":
                 raise TrainError(f"{path}:{lineno}: a row needs messages ending with the assistant answer")
             rows.append(row)
