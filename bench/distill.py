@@ -9,7 +9,9 @@ The Dask run (the ``dask`` extra) distils the same chunks again as Prefect tasks
 ``--dask-workers`` processes (one thread each; every batch of ``distill_batch_chunks`` chunks calls the model
 ``--concurrency`` at a time, as the threaded run does), through ``flows.distill_fan_out``, the path
 ``distill_runner = "dask"`` takes; the cluster is started before the clock (its start is printed apart), and
-the flow runs against a temporary Prefect server. Its ratio is the threaded run's time over its own.
+the flow runs against a temporary Prefect server. It runs twice on the same cluster, into two fresh
+workspaces: the first run pays for each worker process's first import of Prefect and the teacher's client,
+the second shows the warm cluster. Its ratio is the threaded run's time over its own.
 
     .venv/bin/python bench/distill.py [--latency 0.1] [--concurrency 8] [--chunks 96] [--dask-workers 2]
 """
@@ -17,6 +19,7 @@ the flow runs against a temporary Prefect server. Its ratio is the threaded run'
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -27,8 +30,9 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry
 
-from runtime.config import load_settings  # noqa: E402
+from runtime.config import Settings, load_settings  # noqa: E402
 from tasks.distill.distill import distill, make_teacher  # noqa: E402
 from tasks.ingest.documents import ingest_file  # noqa: E402
 from tests.fakes.gemini_server import FakeGeminiServer  # noqa: E402
@@ -71,36 +75,46 @@ def gemini_run(workspace: Path, base_url: str, concurrency: int, chunks: int) ->
 
 def dask_run(
     workspace: Path, base_url: str, concurrency: int, chunks: int, workers: int
-) -> tuple[float, float, int, int]:
-    """The fan-out on a local cluster of ``workers`` processes: (cluster start s, run s, calls, failed)."""
+) -> tuple[float, float, float, int, int]:
+    """The fan-out on a local cluster of ``workers`` processes, twice on the same cluster into two fresh
+    workspaces (the first pays for each worker's first imports of Prefect and the teacher's client):
+    (cluster start s, first run s, second run s, calls, failed) with the second run's calls and failures."""
     from distributed import LocalCluster
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.distill_fan_out import dask_task_runner, distill_fan_out
 
-    settings = load_settings(
-        workspace,
-        gemini_base_url=base_url,
-        gemini_api_keys=BENCH_KEYS,
-        distill_concurrency=concurrency,
-        unanswerable_share=0.0,
-        teacher="gemini",
-        distill_runner="dask",
-    )
-    with open_warehouse(settings.warehouse_path) as con:
-        for path in [ROOT / "examples" / "sample_rules.md", *corpus_files()]:
-            ingest_file(con, path, settings)
+    def prepared(folder: Path) -> Settings:
+        settings = load_settings(
+            folder,
+            gemini_base_url=base_url,
+            gemini_api_keys=BENCH_KEYS,
+            distill_concurrency=concurrency,
+            unanswerable_share=0.0,
+            teacher="gemini",
+            distill_runner="dask",
+        )
+        with open_warehouse(settings.warehouse_path) as con:
+            for path in [ROOT / "examples" / "sample_rules.md", *corpus_files()]:
+                ingest_file(con, path, settings)
+        return settings
+
+    cold, warm = prepared(workspace / "first"), prepared(workspace / "second")
     with prefect_test_harness(server_startup_timeout=120):
         start = time.perf_counter()
         with LocalCluster(
             n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None
         ) as cluster:
             cluster_start = time.perf_counter() - start
-            settings = settings.model_copy(update={"dask_scheduler": cluster.scheduler_address})
-            runner = dask_task_runner(settings)
-            start = time.perf_counter()
-            run = distill_fan_out.with_options(task_runner=runner)(settings, limit=chunks)
-            return cluster_start, time.perf_counter() - start, run.calls, run.failed
+            seconds = []
+            for settings in (cold, warm):
+                settings = settings.model_copy(update={"dask_scheduler": cluster.scheduler_address})
+                start = time.perf_counter()
+                run = distill_fan_out.with_options(task_runner=dask_task_runner(settings))(
+                    settings, limit=chunks
+                )
+                seconds.append(time.perf_counter() - start)
+            return cluster_start, seconds[0], seconds[1], run.calls, run.failed
 
 
 def main() -> None:
@@ -151,10 +165,18 @@ def main() -> None:
         f"{speedup:.2f}x",
     )
     if dask is not None:
-        cluster_start, dask_s, calls_dask, failed_dask = dask
+        cluster_start, first_s, dask_s, calls_dask, failed_dask = dask
         ratio = concurrent / dask_s
         table.add_row(
-            f"gemini fake, Dask {args.dask_workers} workers x concurrency {args.concurrency}",
+            f"gemini fake, Dask {args.dask_workers} workers x concurrency {args.concurrency}, first run",
+            f"{first_s:.2f}",
+            f"{args.chunks / first_s:.1f} chunks/s",
+            "",
+            "",
+            f"{concurrent / first_s:.2f}x of threaded",
+        )
+        table.add_row(
+            f"gemini fake, Dask {args.dask_workers} workers x concurrency {args.concurrency}, warm workers",
             f"{dask_s:.2f}",
             f"{args.chunks / dask_s:.1f} chunks/s",
             str(calls_dask),
@@ -164,8 +186,8 @@ def main() -> None:
     console.print(table)
     if dask is not None:
         console.print(
-            f"Dask ({args.dask_workers} workers) vs threaded: {ratio:.2f}x the threaded run's speed"
-            f" (local cluster started in {cluster_start:.1f} s, not counted)"
+            f"Dask ({args.dask_workers} workers, warm) vs threaded: {ratio:.2f}x the threaded run's speed"
+            f" (first run {concurrent / first_s:.2f}x; local cluster started in {cluster_start:.1f} s, not counted)"
         )
     verdict = "meets" if speedup >= TARGET_SPEEDUP else "MISSES"
     console.print(f"speed-up {speedup:.2f}x {verdict} the target of at least {TARGET_SPEEDUP:.0f}x")

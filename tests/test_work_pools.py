@@ -52,6 +52,18 @@ def _run_logs(api: str, run_id: str) -> str:
     return "\n".join(entry["message"] for entry in logs)
 
 
+def _logged_line(api: str, run_id: str, prefix: str, timeout_s: float = 30.0) -> str:
+    """The first line of the run's logs that starts with ``prefix`` (logs reach the server shortly after)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logs = _run_logs(api, run_id)
+        found = [line for line in logs.splitlines() if line.startswith(prefix)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no {prefix!r} line in the logs of {run_id}:\n{logs}"
+        time.sleep(1.0)
+
+
 @pytest.mark.slow
 def test_pool_per_stage_runs_a_flow_on_each_pool_through_its_own_worker(tmp_path: Path, stop_later) -> None:
     workspace = tmp_path / "ws"
@@ -118,8 +130,7 @@ def test_pool_per_stage_runs_a_flow_on_each_pool_through_its_own_worker(tmp_path
         and runs["device-check"] not in worker_logs["worker"]
     )
     # The flow ran from the worker's clone of the project, not from this folder.
-    device_log = _run_logs(api, runs["device-check"])
-    flow_file = next(line for line in device_log.splitlines() if line.startswith("flow_file: "))
+    flow_file = _logged_line(api, runs["device-check"], "flow_file: ")
     assert flow_file.endswith("flows/stages.py") and str(ROOT) not in flow_file
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM documents WHERE status = 'ok'").fetchone()[0] == 1
