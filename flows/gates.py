@@ -47,8 +47,8 @@ def gate_markdown(report: GateReport, review_policy: str | None = None) -> str:
     return "\n".join(lines)
 
 
-@reported_stage
 @task(name="quality-gate", cache_policy=NO_CACHE)
+@reported_stage
 def gate_task(settings: Settings, gate: str) -> GateResult:
     """Run ``gate`` as `slm gate` does (a passing release gate freezes the dataset); publish the report;
     raise ``GateFailed`` (failing the flow) when it does not pass."""

@@ -28,8 +28,8 @@ class IngestFailed(RuntimeError):
     """Some files could not be ingested; the message has one line per file and reason."""
 
 
-@reported_stage
 @task(name="ingest", cache_policy=NO_CACHE, retries=1)
+@reported_stage
 def ingest_task(settings: Settings, paths: list[str], allow_failures: bool = False) -> IngestSummary:
     from tasks.ingest.documents import ingest_paths
 
@@ -46,8 +46,8 @@ def ingest_task(settings: Settings, paths: list[str], allow_failures: bool = Fal
     )
 
 
-@reported_stage
 @task(name="distill", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+@reported_stage
 def distill_task(settings: Settings) -> DistillRun:
     """Retries are cheap: finished chunks are cached in the warehouse and not billed again."""
     from tasks.distill.distill import distill, make_teacher
@@ -84,8 +84,8 @@ def _review_artifact(con: Any, policy: str) -> None:
     )
 
 
-@reported_stage
 @task(name="auto-review", cache_policy=NO_CACHE)
+@reported_stage
 def auto_review_task(settings: Settings) -> dict[str, int]:
     """The auto policy: demos and CI only (the artifact and the flow's log say so)."""
     from review.policy import apply_auto_policy
@@ -96,8 +96,8 @@ def auto_review_task(settings: Settings) -> dict[str, int]:
     return counts
 
 
-@reported_stage
 @task(name="push-review-batch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5)
+@reported_stage
 def push_review_task(settings: Settings, flow_run_id: str | None) -> ReviewBatch | None:
     from review import server
     from review.push import push_batch
@@ -110,8 +110,8 @@ def push_review_task(settings: Settings, flow_run_id: str | None) -> ReviewBatch
     return ReviewBatch(batch.batch_id, batch.ls_project_id, batch.row_count, batch.new_tasks, batch.url)
 
 
-@reported_stage
 @task(name="sync-review-batch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=10)
+@reported_stage
 def sync_review_task(settings: Settings, batch_id: str) -> ReviewSync:
     """Idempotent: a retry after Label Studio went down applies the archived export, loses nothing."""
     from review import server
@@ -123,8 +123,8 @@ def sync_review_task(settings: Settings, batch_id: str) -> ReviewSync:
     return ReviewSync(batch_id, result.applied, len(result.flagged), result.status)
 
 
-@reported_stage
 @task(name="train-challenger", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@reported_stage
 def train_task(
     settings: Settings, dataset_id: str | None, base: str | None, profile: str | None, max_steps: int | None
 ) -> TrainedChallenger:
@@ -157,8 +157,8 @@ def train_task(
     )
 
 
-@reported_stage
 @task(name="evaluate-challenger", cache_policy=NO_CACHE)
+@reported_stage
 def evaluate_task(
     settings: Settings, challenger: TrainedChallenger, base: str | None = None
 ) -> EvaluationVerdict:
@@ -192,8 +192,8 @@ def evaluate_task(
     )
 
 
-@reported_stage
 @task(name="export-gguf", cache_policy=NO_CACHE)
+@reported_stage
 def export_task(settings: Settings, quant: str | None = None) -> ExportedModel:
     """The champion as GGUF; before the first promotion the untuned base is what serves, so it is exported."""
     from tasks.export.resolve import resolve_model

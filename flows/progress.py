@@ -12,12 +12,11 @@ module turns them into artifact updates and listener calls, so tasks/ knows noth
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
-
-from prefect import Task
 
 UPDATE_EVERY_S = 1.0  # at most one artifact update a second (each is an API call), and always the last one
 
@@ -34,7 +33,6 @@ class ProgressListener(Protocol):
 
 _listeners: list[ProgressListener] = []
 _lock = threading.Lock()
-_started: dict[str, float] = {}
 
 
 @contextlib.contextmanager
@@ -56,23 +54,27 @@ def _each(call: Callable[[ProgressListener], None]) -> None:
         call(listener)
 
 
-def _on_running(task: Task, task_run: Any, state: Any) -> None:
-    _started[str(task_run.id)] = time.monotonic()
-    _each(lambda listener: listener.stage_started(task.name))
+def reported_stage(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A Prefect task's function that announces the task's start and end (state, seconds) to the listeners;
+    placed under ``@task``, so the announcement comes from inside the task run (each retry is announced)."""
 
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from prefect.runtime import task_run
 
-def _on_end(task: Task, task_run: Any, state: Any) -> None:
-    seconds = time.monotonic() - _started.pop(str(task_run.id), time.monotonic())
-    _each(lambda listener: listener.stage_ended(task.name, state.name or str(state.type), seconds))
+        stage = task_run.task_name or fn.__name__
+        started = time.monotonic()
+        _each(lambda listener: listener.stage_started(stage))
+        state = "Failed"
+        try:
+            result = fn(*args, **kwargs)
+            state = "Completed"
+            return result
+        finally:
+            seconds = time.monotonic() - started
+            _each(lambda listener: listener.stage_ended(stage, state, seconds))
 
-
-def reported_stage(stage_task: Task) -> Task:
-    """The Prefect task with hooks that announce its start and end (with its state and duration)."""
-    return stage_task.with_options(
-        on_running=[*stage_task.on_running_hooks, _on_running],
-        on_completion=[*stage_task.on_completion_hooks, _on_end],
-        on_failure=[*stage_task.on_failure_hooks, _on_end],
-    )
+    return run
 
 
 class StageProgress:

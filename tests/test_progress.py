@@ -92,8 +92,8 @@ class Recorder:
         self.events.append(("end", stage, state))
 
 
-@reported_stage
 @task(name="evaluate-challenger", cache_policy=NO_CACHE)
+@reported_stage
 def _evaluate(settings: Settings) -> str:
     """``challenge`` with scripted answerers (the real one answers through llama.cpp), reporting as the flow's
     evaluate task does; the report published as the flow publishes it."""
