@@ -272,3 +272,21 @@ def test_export_writes_a_modelfile_beside_the_gguf(tiny_base: Path, tmp_path: Pa
     tokenizer = load_tokenizer(tiny_base)
     assert read_gguf(result.path).value("tokenizer.chat_template") == tokenizer.chat_template
     assert ollama_prompt(parsed["template"][0], CONVERSATION) == hf_prompt(tokenizer, CONVERSATION)
+
+
+def test_adapter_export_without_a_base_gguf_writes_no_modelfile(tiny_base: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tasks.export.export import export_model
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
+    result = export_model(
+        tmp_path / "adapter", str(tiny_base), tmp_path / "out", quant="f16", adapter_only=True
+    )
+    assert result.kind == "adapter" and result.path.is_file()
+    # An Ollama ADAPTER needs a base GGUF to sit on (FROM); a base that is a transformers folder has none.
+    assert result.modelfile is None and "no Modelfile: the adapter's base is not a GGUF file" in result.notes
+    assert not list((tmp_path / "out").glob("*.Modelfile"))
