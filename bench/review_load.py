@@ -142,6 +142,7 @@ def measure(name: str, paths: list[Path], per_fact: int | None) -> dict[str, Any
             "row_by_row": waiting,
             "fact_tasks": len(plan.fact_tasks),
             "facts_asked": len(plan.fact_ids),
+            "why": plan.why,
             "row_tasks": len(plan.row_ids),
             "fact_first": plan.tasks,
             "share": plan.tasks / rows if rows else 0.0,
@@ -202,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['name']}: fact-first opens {r['fact_first']} tasks for {r['rows']} rows ({r['share']:.1%}),"
             f" row by row {r['row_by_row']} ({r['row_by_row'] / r['rows']:.1%}); {verdict} the {TARGET:.0%} target;"
             f" {r['unchecked']} numeric rows approved without a person ({r['seconds']:.1f} s)"
+        )
+        print(
+            f"  {r['fact_tasks']} fact tasks (sentences) ask about {r['facts_asked']} facts;"
+            f" {r['row_tasks']} row tasks: " + ", ".join(f"{n} {why}" for why, n in r["why"].items())
         )
     return 0 if ok else 1
 

@@ -27,6 +27,7 @@ the import and the warehouse write, then repeated, creates no duplicate task.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -296,6 +297,7 @@ class Plan:
     rows_decided: int
     waiting: int = 0
     ledger: dict[str, int] = field(default_factory=dict)  # rows the verified ledger decided now, by outcome
+    why: dict[str, int] = field(default_factory=dict)  # row tasks by why the ledger cannot decide them
 
     @property
     def fact_ids(self) -> list[str]:
@@ -331,13 +333,14 @@ def plan_batch(
             if i in rows and (o := decide_row(rows[i], facts[rows[i]["chunk_id"]])).suggested
         }
         return Plan(ids, suggested, [], len(ids), ledger=settled.changed)
-    person, suggested, needs = [], {}, {}
+    person, suggested, needs, why = [], {}, {}, Counter()
     for row in candidates:
         outcome = settled.outcomes.get(row["row_id"])
         if outcome is not None and outcome.kind == "wait":
             needs[row["row_id"]] = outcome.needs
             continue
         person.append(row["row_id"])
+        why[outcome.reason if outcome is not None else "a person's row verdict was flagged"] += 1
         if outcome is not None and outcome.suggested:
             suggested[row["row_id"]] = outcome.suggested
     covered = settled.open_facts | settled.verified_facts
@@ -354,4 +357,5 @@ def plan_batch(
         len(person) + decided,
         waiting=len(needs) - decided,
         ledger=settled.changed,
+        why=dict(why.most_common()),
     )
