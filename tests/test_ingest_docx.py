@@ -85,7 +85,8 @@ def test_docx_chunks_and_facts_keep_headings_and_table_words(
     path = _write(tmp_path / "in", "rules.docx", _rules_docx())
     result = ingest_file(con, path, settings)
     assert result.status == "added", result.message
-    assert result.message.startswith(f"{path}: docx, 1 pages")
+    assert result.message.startswith(f"{path}: docx+tables, 1 pages")
+    assert result.message.endswith("6 facts (text 2, tables 4)")  # the route that read each fact
 
     paths = [row[0] for row in con.execute("SELECT heading_path FROM chunks ORDER BY seq").fetchall()]
     assert paths == [
@@ -300,7 +301,7 @@ def test_cli_lists_skipped_files_and_exits_zero_for_them_alone(tmp_path: Path) -
     assert any(
         line.startswith("skipped") and "rates.xlsx: unsupported type .xlsx" in line for line in lines
     ), done.stdout
-    assert any(line.startswith("added") and "rules.docx: docx, " in line for line in lines)
+    assert any(line.startswith("added") and "rules.docx: docx+tables, " in line for line in lines)
     assert any(line.startswith("added") and "rules.md: md, " in line for line in lines)
     assert "2 added, 0 unchanged, 0 failed, 1 skipped;" in done.stdout
 

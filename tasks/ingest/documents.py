@@ -30,7 +30,7 @@ from tasks.ingest.extract import (
     read_bytes,
     unsupported_reason,
 )
-from tasks.ingest.facts import extract_facts
+from tasks.ingest.facts import extract_facts, table_fact_count
 from tasks.ingest.normalize import join_pages
 from warehouse import ledger
 
@@ -133,7 +133,8 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
         if not text.strip():
             raise IngestError("no text after normalisation (only page numbers or blank lines)")
         chunks = chunk_document(doc_id, text, pages, settings.chunk_size, settings.chunk_overlap)
-        facts = extract_facts(doc_id, text, chunks)
+        facts = extract_facts(doc_id, text, chunks, raw.table_rows)
+        table_facts = table_fact_count(text, chunks, facts, raw.table_rows)
     except IngestError as exc:
         reason = str(exc)
     except Exception as exc:  # a bug must not stop the other files; it is recorded, not hidden
@@ -151,11 +152,20 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
         path,
         "added",
         doc_id,
-        f"{shown(path)}: {ROUTES[raw.kind]}, {len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts",
+        f"{shown(path)}: {route_summary(raw.kind, len(pages), len(chunks), len(facts), table_facts)}",
         len(pages),
         len(chunks),
         len(facts),
     )
+
+
+def route_summary(kind: str, pages: int, chunks: int, facts: int, table_facts: int = 0) -> str:
+    """ "pdf text+tables, 3 pages, 12 chunks, 40 facts (text 28, tables 12)": the routes a document took and
+    the facts each produced (``table_facts`` of them read from table cells)."""
+    counts = f"{pages} pages, {chunks} chunks, {facts} facts"
+    if not table_facts:
+        return f"{ROUTES[kind]}, {counts}"
+    return f"{ROUTES[kind]}+tables, {counts} (text {facts - table_facts}, tables {table_facts})"
 
 
 def ingest_paths(

@@ -13,7 +13,7 @@ import re
 import stat
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import docx
 import pymupdf
 from charset_normalizer import from_bytes
 from docx.oxml.ns import qn
+
+from tasks.ingest.tables import TableText, read_docx_table, read_pdf_page
 
 PDF_SUFFIXES = {".pdf"}
 DOCX_SUFFIXES = {".docx"}
@@ -63,6 +65,9 @@ class RawDocument:
     size_bytes: int
     encoding: str | None
     pages: list[str]  # raw text per page (a text file is one page)
+    # Each table row line (as normalised text) -> the subject of each of its "；" clauses: row + column
+    # header ("三类人员 住宿费"), which the ledger takes as the facts' subjects (tasks.ingest.tables).
+    table_rows: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def unsupported_reason(path: Path) -> str:
@@ -122,19 +127,24 @@ def extract(
         raise IngestError(UNSUPPORTED_REASONS[path.suffix.lower()])
     if not data.strip():
         raise IngestError("empty file (no content)")
+    table_rows: dict[str, tuple[str, ...]] = {}
     if kind == "pdf":
-        pages = _pdf_pages(data, max_pages, min_text_chars_per_page)
+        pages, table_rows = _pdf_pages(data, max_pages, min_text_chars_per_page)
         encoding = None
     elif kind == "docx":
-        pages = [_docx_text(data, max_file_mb)]
+        text, table_rows = _docx_text(data, max_file_mb)
+        pages = [text]
         encoding = None
     else:
         text, encoding = decode_text(data)
         pages = [text]
-    return RawDocument(path, content_id(data), kind, len(data), encoding, pages)
+    return RawDocument(path, content_id(data), kind, len(data), encoding, pages, table_rows)
 
 
-def _pdf_pages(data: bytes, max_pages: int, min_text_chars_per_page: int) -> list[str]:
+def _pdf_pages(
+    data: bytes, max_pages: int, min_text_chars_per_page: int
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """Page texts and the subjects of their table rows (``RawDocument.table_rows``)."""
     if not data.lstrip().startswith(b"%PDF"):
         raise IngestError("not a PDF (no %PDF header): corrupt or mislabelled file")
     pymupdf.TOOLS.reset_mupdf_warnings()
@@ -154,7 +164,7 @@ def _pdf_pages(data: bytes, max_pages: int, min_text_chars_per_page: int) -> lis
                 "split the file or raise SLM_MAX_PAGES"
             )
         try:
-            pages = [page.get_text("text") for page in doc]
+            pages, table_rows = _pdf_text_layer(doc)
         except Exception as exc:
             raise IngestError(f"corrupt PDF, text extraction failed ({_short(exc)})") from exc
     text_chars = sum(len("".join(p.split())) for p in pages)
@@ -168,24 +178,33 @@ def _pdf_pages(data: bytes, max_pages: int, min_text_chars_per_page: int) -> lis
         raise IngestError(
             f"scanned PDF: no text layer ({text_chars} characters in {len(pages)} pages); OCR is needed first"
         )
-    return pages
+    return pages, table_rows
+
+
+def _pdf_text_layer(doc: pymupdf.Document) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """Each page's text layer, its ruled tables written as row lines (a table running on over the next
+    page read as one), and the subjects of those lines."""
+    pages: list[str] = []
+    table_rows: dict[str, tuple[str, ...]] = {}
+    open_table: TableText | None = None
+    for page in doc:
+        read = read_pdf_page(page, open_table)
+        pages.append(read.text)
+        open_table = read.open_table
+        for table in read.tables:
+            table_rows.update(table.row_subjects)
+    return pages, table_rows
 
 
 # --- Word (.docx) -------------------------------------------------------------------------------------------
 
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file: an encrypted .docx or an old .doc
 _CN_DIGITS = "零一二三四五六七八九"
-# A cell that is only a number (or a range): the unit of its column or table is appended to it.
-_BARE_NUMBER = re.compile(r"^\d[\d,.]*(?:\s*[-~～—–至]\s*\d[\d,.]*)?$")
-# "住宿费（元/人·天）", "金额(单位：万元)": a column name with its unit in brackets at the end.
-_HEADER_UNIT = re.compile(r"^(?P<name>.*?)\s*[（(](?:单位\s*[：:]\s*)?(?P<unit>[^（）()]{1,10})[)）]$")
-# "单位：元" in a caption, a line before the table, or a first row of one merged cell.
-_TABLE_UNIT = re.compile(r"单位\s*[：:]\s*(?P<unit>[^\s，,；;。)）]{1,10})")
-_UNIT_WORD = re.compile(r"元|天|日|人|次|小时|公里|%|％|个月|月|年|间|晚|餐|学时|课时|页|份|件|台")
 
 
-def _docx_text(data: bytes, max_file_mb: float) -> str:
-    """The text of a Word document: one block per paragraph, one line per table row, in document order."""
+def _docx_text(data: bytes, max_file_mb: float) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """The text of a Word document: one block per paragraph, one line per table row, in document order;
+    and the subjects of the table rows (``RawDocument.table_rows``)."""
     if data.startswith(_OLE_MAGIC):
         raise IngestError(
             "encrypted Word file (password protected) or an old .doc renamed .docx: "
@@ -208,23 +227,27 @@ def _docx_text(data: bytes, max_file_mb: float) -> str:
             raise IngestError("corrupt .docx: a zip archive without word/document.xml (not a Word file)")
     try:
         document = docx.Document(io.BytesIO(data))
-        text = "\n\n".join(_docx_blocks(document))
+        table_rows: dict[str, tuple[str, ...]] = {}
+        text = "\n\n".join(_docx_blocks(document, table_rows))
     except IngestError:
         raise
     except Exception as exc:  # python-docx and lxml raise many types for damaged parts
         raise IngestError(f"corrupt .docx, cannot be read ({_short(exc)})") from exc
     if not text.strip():
         raise IngestError("empty Word document: no text in its paragraphs or tables")
-    return text
+    return text, table_rows
 
 
-def _docx_blocks(document: Any) -> Iterator[str]:
-    """Paragraphs (with their list numbers) and table rows, in document order."""
+def _docx_blocks(document: Any, table_rows: dict[str, tuple[str, ...]]) -> Iterator[str]:
+    """Paragraphs (with their list numbers) and table rows, in document order; each table's row subjects
+    are added to ``table_rows``."""
     numbering = _Numbering(document)
     previous = ""
     for item in document.iter_inner_content():
         if isinstance(item, docx.table.Table):
-            yield from _table_lines(item, previous)
+            table = read_docx_table(item, previous)
+            table_rows.update(table.row_subjects)
+            yield from table.lines
             previous = ""
             continue
         text = item.text.strip()
@@ -234,55 +257,6 @@ def _docx_blocks(document: Any) -> Iterator[str]:
         if text:
             yield text
             previous = text
-
-
-def _table_lines(table: Any, before: str) -> list[str]:
-    """A table as text lines a fact can be read from: one line per row, each cell "row column value"
-    ("三类人员 住宿费 500元；三类人员 伙食补助费 100元。"), with a unit from the header or caption."""
-    rows: list[list[str]] = []
-    for row in table.rows:
-        cells, seen = [], set()
-        for cell in row.cells:
-            if id(cell._tc) in seen:  # a cell merged across columns comes back once per column
-                continue
-            seen.add(id(cell._tc))
-            cells.append(" ".join(cell.text.split()))
-        if any(cells):
-            rows.append(cells)
-    unit_match = _TABLE_UNIT.search(before)
-    table_unit = unit_match.group("unit") if unit_match else ""
-    lines: list[str] = []
-    while rows and len(rows[0]) == 1 and len(rows) > 1:  # a caption row: one cell across the table
-        caption = rows.pop(0)[0]
-        lines.append(caption)
-        unit_match = _TABLE_UNIT.search(caption)
-        table_unit = unit_match.group("unit") if unit_match else table_unit
-    if len(rows) < 2 or max(len(r) for r in rows) < 2:
-        return lines + [" ".join(c for c in r if c) for r in rows]
-    headers, units = [], []
-    for cell in rows[0]:
-        match = _HEADER_UNIT.match(cell)
-        if match and _UNIT_WORD.search(match.group("unit")):
-            headers.append(match.group("name"))
-            units.append(match.group("unit"))
-        else:
-            headers.append(cell)
-            units.append("")
-    lines.append(" ".join(h for h in rows[0] if h))
-    for cells in rows[1:]:
-        # The row's name: its first cell that is not a bare number (a 序号 column is numbering, not a name).
-        at = next((i for i, c in enumerate(cells) if c and not _BARE_NUMBER.match(c)), 0)
-        name = cells[at]
-        parts = []
-        for i, cell in enumerate(cells[at + 1 :], start=at + 1):
-            if not cell or cell == name:
-                continue
-            unit = (units[i] if i < len(units) else "") or table_unit
-            value = cell + unit if unit and _BARE_NUMBER.match(cell) else cell
-            column = headers[i] if i < len(headers) else ""
-            parts.append(" ".join(p for p in (name, column, value) if p))
-        lines.append("；".join(parts) + "。" if parts else name)
-    return lines
 
 
 class _Numbering:

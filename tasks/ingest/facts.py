@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
@@ -196,8 +196,14 @@ def trim_subject(phrase: str) -> str:
     return phrase[-_MAX_SUBJECT:]
 
 
-def extract_facts(doc_id: str, text: str, chunks: list[Chunk]) -> list[Fact]:
-    """Every rule number of the document ``text`` as a fact attached to its chunk."""
+def extract_facts(
+    doc_id: str, text: str, chunks: list[Chunk], table_rows: Mapping[str, Sequence[str]] | None = None
+) -> list[Fact]:
+    """Every rule number of the document ``text`` as a fact attached to its chunk.
+
+    ``table_rows``: table row lines of the text and the subject of each of their "；" clauses
+    (``tasks.ingest.tables``); a number in such a clause takes that subject (row + column header)."""
+    table_rows = table_rows or {}
     starts = [c.start_char for c in chunks]
     sentences = SentenceIndex(text)
     facts: list[Fact] = []
@@ -219,13 +225,36 @@ def extract_facts(doc_id: str, text: str, chunks: list[Chunk]) -> list[Fact]:
                 unit=mention.unit,
                 raw=mention.raw,
                 qualifier=mention.qualifier,
-                subject=subject_of(text, mention, sent_start, sent_end),
+                subject=table_subject(text, mention.start, table_rows)
+                or subject_of(text, mention, sent_start, sent_end),
                 context=text[sent_start:sent_end].strip(),
                 span_start=mention.start - chunk.start_char,
                 span_end=mention.end - chunk.start_char,
             )
         )
     return facts
+
+
+def table_subject(text: str, position: int, table_rows: Mapping[str, Sequence[str]]) -> str:
+    """The row and column header of the table cell at ``position`` ("三类人员 住宿费"), "" when the position
+    is not in a table row line."""
+    if not table_rows:
+        return ""
+    line_start = text.rfind("\n", 0, position) + 1
+    line_end = text.find("\n", position)
+    subjects = table_rows.get(text[line_start : line_end if line_end >= 0 else len(text)])
+    if not subjects:
+        return ""
+    clause = text.count("；", line_start, position)
+    return subjects[clause] if clause < len(subjects) else ""
+
+
+def table_fact_count(
+    text: str, chunks: Sequence[Chunk], facts: Iterable[Fact], table_rows: Mapping[str, Sequence[str]]
+) -> int:
+    """How many of ``facts`` stand in table row lines (the table route's share of a document)."""
+    chunk_start = {c.chunk_id: c.start_char for c in chunks}
+    return sum(1 for f in facts if table_subject(text, chunk_start[f.chunk_id] + f.span_start, table_rows))
 
 
 def _chunk_holding(chunks: list[Chunk], starts: list[int], start: int, end: int) -> Chunk | None:
