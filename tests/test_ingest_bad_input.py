@@ -59,7 +59,7 @@ BAD_INPUTS = [
     ("garbage.pdf", lambda: b"%PDF-1.7\n" + bytes(range(256)) * 20, "corrupt PDF"),
     ("not-really.pdf", lambda: b"PK\x03\x04 this is a zip file" * 10, "not a PDF"),
     ("encrypted.pdf", _encrypted_pdf, "encrypted PDF"),
-    ("scanned.pdf", _scanned_pdf, "OCR is needed"),
+    ("scanned.pdf", _scanned_pdf, "scanned PDF: OCR found no text on 1 page"),
     ("empty.pdf", lambda: b"", "empty file"),
     ("empty.txt", lambda: b"   \n\n", "empty file"),
     ("binary.txt", lambda: bytes(range(256)) * 40, "binary file"),

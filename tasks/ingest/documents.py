@@ -11,27 +11,30 @@ starting with "."; .git, .DS_Store) are not listed one by one: one ``skipped`` l
 
 from __future__ import annotations
 
+import bisect
 import os
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from runtime.config import Settings
-from tasks.ingest.chunk import chunk_document
+from tasks.ingest.chunk import Chunk, chunk_document
 from tasks.ingest.extract import (
     ROUTES,
     IngestError,
+    RawDocument,
     content_id,
     extract,
     file_kind,
     read_bytes,
     unsupported_reason,
 )
-from tasks.ingest.facts import extract_facts, table_fact_count
-from tasks.ingest.normalize import join_pages
+from tasks.ingest.facts import Fact, extract_facts, table_fact_count
+from tasks.ingest.normalize import PageSpan, join_pages
 from warehouse import ledger
 
 
@@ -134,7 +137,12 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
             raise IngestError("no text after normalisation (only page numbers or blank lines)")
         chunks = chunk_document(doc_id, text, pages, settings.chunk_size, settings.chunk_overlap)
         facts = extract_facts(doc_id, text, chunks, raw.table_rows)
-        table_facts = table_fact_count(text, chunks, facts, raw.table_rows)
+        reads = page_reads(raw, settings.ocr_min_confidence)
+        # Table cells on a scanned page were read by OCR: they count as the OCR route's.
+        on_text_pages = [
+            f for f, r in zip(facts, fact_routes(reads, pages, chunks, facts), strict=True) if r == "text"
+        ]
+        table_facts = table_fact_count(text, chunks, on_text_pages, raw.table_rows)
     except IngestError as exc:
         reason = str(exc)
     except Exception as exc:  # a bug must not stop the other files; it is recorded, not hidden
@@ -147,25 +155,72 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
     record = DocumentRecord(
         doc_id, shown(path.name), shown(path), raw.kind, raw.size_bytes, raw.encoding, text
     )
-    ledger.save_document(con, record, pages, chunks, facts)
+    ledger.save_document(con, record, pages, chunks, facts, reads)
     return IngestResult(
         path,
         "added",
         doc_id,
-        f"{shown(path)}: {route_summary(raw.kind, len(pages), len(chunks), len(facts), table_facts)}",
+        f"{shown(path)}: {route_summary(raw.kind, reads, pages, chunks, facts, table_facts)}",
         len(pages),
         len(chunks),
         len(facts),
     )
 
 
-def route_summary(kind: str, pages: int, chunks: int, facts: int, table_facts: int = 0) -> str:
-    """ "pdf text+tables, 3 pages, 12 chunks, 40 facts (text 28, tables 12)": the routes a document took and
-    the facts each produced (``table_facts`` of them read from table cells)."""
-    counts = f"{pages} pages, {chunks} chunks, {facts} facts"
-    if not table_facts:
-        return f"{ROUTES[kind]}, {counts}"
-    return f"{ROUTES[kind]}+tables, {counts} (text {facts - table_facts}, tables {table_facts})"
+def page_reads(raw: RawDocument, ocr_min_confidence: float) -> list[ledger.PageRead]:
+    """How each page was read; an OCR'd page under ``ocr_min_confidence`` sends its facts to a person."""
+    if not raw.page_routes:
+        return [ledger.PageRead() for _ in raw.pages]
+    return [
+        ledger.PageRead(route, conf, route == "ocr" and (conf or 0.0) < ocr_min_confidence)
+        for route, conf in zip(raw.page_routes, raw.page_confidence, strict=True)
+    ]
+
+
+def fact_routes(
+    reads: Sequence[ledger.PageRead],
+    pages: Sequence[PageSpan],
+    chunks: Sequence[Chunk],
+    facts: Sequence[Fact],
+) -> list[str]:
+    """The route of the page each fact stands on (a fact's page: the last one starting at or before it)."""
+    chunk_start = {c.chunk_id: c.start_char for c in chunks}
+    starts = [p.start_char for p in pages]
+    return [
+        reads[max(bisect.bisect_right(starts, chunk_start[f.chunk_id] + f.span_start) - 1, 0)].route
+        for f in facts
+    ]
+
+
+def route_summary(
+    kind: str,
+    reads: Sequence[ledger.PageRead],
+    pages: Sequence[PageSpan],
+    chunks: Sequence[Chunk],
+    facts: Sequence[Fact],
+    table_facts: int = 0,
+) -> str:
+    """ "pdf text+ocr, 4 pages (2 OCR, mean confidence 0.93), 36 chunks, 40 facts (text 28, ocr 12)": the
+    routes a document took and the facts each produced. ``table_facts`` of the facts were read from table
+    cells: "pdf text+tables, …, 40 facts (text 28, tables 12)"."""
+    ocr = [r.ocr_confidence or 0.0 for r in reads if r.route == "ocr"]
+    tables = "+tables" if table_facts else ""
+    if not ocr:
+        counts = f"{len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts"
+        if not table_facts:
+            return f"{ROUTES[kind]}, {counts}"
+        return f"{ROUTES[kind]}{tables}, {counts} (text {len(facts) - table_facts}, tables {table_facts})"
+    route = ("pdf ocr" if len(ocr) == len(reads) else "pdf text+ocr") + tables
+    low = sum(r.review_required for r in reads)
+    note = f"{len(ocr)} OCR, mean confidence {sum(ocr) / len(ocr):.2f}" + (
+        f", {low} under the review threshold" if low else ""
+    )
+    per_route = Counter(fact_routes(reads, pages, chunks, facts))
+    if table_facts:  # table cells are read from the text layer: their facts count as the table route's
+        per_route["text"] -= table_facts
+        per_route["tables"] = table_facts
+    split = ", ".join(f"{name} {n}" for name, n in sorted(per_route.items(), key=lambda kv: kv[0] != "text"))
+    return f"{route}, {len(pages)} pages ({note}), {len(chunks)} chunks, {len(facts)} facts ({split})"
 
 
 def ingest_paths(

@@ -22,6 +22,7 @@ import pymupdf
 from charset_normalizer import from_bytes
 from docx.oxml.ns import qn
 
+from tasks.ingest.ocr import OcrUnavailable, read_page
 from tasks.ingest.tables import TableText, read_docx_table, read_pdf_page
 
 PDF_SUFFIXES = {".pdf"}
@@ -65,6 +66,10 @@ class RawDocument:
     size_bytes: int
     encoding: str | None
     pages: list[str]  # raw text per page (a text file is one page)
+    # Per page: how its text was read (text | ocr) and, for OCR, the engine's mean confidence. Empty for
+    # documents read as text throughout.
+    page_routes: tuple[str, ...] = ()
+    page_confidence: tuple[float | None, ...] = ()
     # Each table row line (as normalised text) -> the subject of each of its "；" clauses: row + column
     # header ("三类人员 住宿费"), which the ledger takes as the facts' subjects (tasks.ingest.tables).
     table_rows: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -127,9 +132,11 @@ def extract(
         raise IngestError(UNSUPPORTED_REASONS[path.suffix.lower()])
     if not data.strip():
         raise IngestError("empty file (no content)")
+    routes: tuple[str, ...] = ()
+    confidence: tuple[float | None, ...] = ()
     table_rows: dict[str, tuple[str, ...]] = {}
     if kind == "pdf":
-        pages, table_rows = _pdf_pages(data, max_pages, min_text_chars_per_page)
+        pages, routes, confidence, table_rows = _pdf_pages(data, max_pages, min_text_chars_per_page)
         encoding = None
     elif kind == "docx":
         text, table_rows = _docx_text(data, max_file_mb)
@@ -138,13 +145,16 @@ def extract(
     else:
         text, encoding = decode_text(data)
         pages = [text]
-    return RawDocument(path, content_id(data), kind, len(data), encoding, pages, table_rows)
+    return RawDocument(
+        path, content_id(data), kind, len(data), encoding, pages, routes, confidence, table_rows
+    )
 
 
 def _pdf_pages(
     data: bytes, max_pages: int, min_text_chars_per_page: int
-) -> tuple[list[str], dict[str, tuple[str, ...]]]:
-    """Page texts and the subjects of their table rows (``RawDocument.table_rows``)."""
+) -> tuple[list[str], tuple[str, ...], tuple[float | None, ...], dict[str, tuple[str, ...]]]:
+    """Page texts, each page's route (text | ocr), OCR confidence (None for text pages) and the subjects
+    of its table rows (``RawDocument.table_rows``)."""
     if not data.lstrip().startswith(b"%PDF"):
         raise IngestError("not a PDF (no %PDF header): corrupt or mislabelled file")
     pymupdf.TOOLS.reset_mupdf_warnings()
@@ -167,18 +177,15 @@ def _pdf_pages(
             pages, table_rows = _pdf_text_layer(doc)
         except Exception as exc:
             raise IngestError(f"corrupt PDF, text extraction failed ({_short(exc)})") from exc
-    text_chars = sum(len("".join(p.split())) for p in pages)
-    if text_chars < min_text_chars_per_page * len(pages):
-        damage = _mupdf_damage()
-        if damaged or damage:
-            # Not a scan: the text was lost with the file's structure (truncated, broken objects).
-            raise IngestError(
-                f"corrupt PDF, damaged beyond reading: no text recovered ({damage or 'repaired'})"
-            )
-        raise IngestError(
-            f"scanned PDF: no text layer ({text_chars} characters in {len(pages)} pages); OCR is needed first"
-        )
-    return pages, table_rows
+        text_chars = sum(_visible_chars(p) for p in pages)
+        if text_chars < min_text_chars_per_page * len(pages):
+            damage = _mupdf_damage()
+            if damaged or damage:
+                # Not a scan: the text was lost with the file's structure (truncated, broken objects).
+                raise IngestError(
+                    f"corrupt PDF, damaged beyond reading: no text recovered ({damage or 'repaired'})"
+                )
+        return (*_read_scanned_pages(doc, pages, min_text_chars_per_page, table_rows), table_rows)
 
 
 def _pdf_text_layer(doc: pymupdf.Document) -> tuple[list[str], dict[str, tuple[str, ...]]]:
@@ -194,6 +201,57 @@ def _pdf_text_layer(doc: pymupdf.Document) -> tuple[list[str], dict[str, tuple[s
         for table in read.tables:
             table_rows.update(table.row_subjects)
     return pages, table_rows
+
+
+def _visible_chars(text: str) -> int:
+    return len("".join(text.split()))
+
+
+def _read_scanned_pages(
+    doc: pymupdf.Document,
+    pages: list[str],
+    min_text_chars_per_page: int,
+    table_rows: dict[str, tuple[str, ...]],
+) -> tuple[list[str], tuple[str, ...], tuple[float | None, ...]]:
+    """OCR for each page with (almost) no text layer that shows an image: a scan, page by page, so a document
+    with a few scanned pages keeps the text layer of the others. A page OCR reads less from keeps its text.
+    Ruled tables on a scanned page are written as the text layer's are; their row subjects go to
+    ``table_rows``."""
+    scanned = [
+        i
+        for i, text in enumerate(pages)
+        if _visible_chars(text) < min_text_chars_per_page and doc[i].get_images(full=False)
+    ]
+    routes = ["text"] * len(pages)
+    confidence: list[float | None] = [None] * len(pages)
+    text_chars = sum(_visible_chars(p) for p in pages)
+    if scanned:
+        try:
+            read = {i: read_page(doc[i]) for i in scanned}
+        except OcrUnavailable as exc:
+            raise IngestError(
+                f"scanned PDF: {len(scanned)} of {len(pages)} pages have no text layer; {exc}"
+            ) from exc
+        except Exception as exc:  # the engine on an odd image: the file's fault or ours, named either way
+            raise IngestError(f"scanned PDF, OCR failed ({_short(exc)})") from exc
+        open_table = None
+        for i, page in read.items():
+            text, tables, open_table = page.text_with_tables(open_table if i - 1 in read else None)
+            if _visible_chars(text) > _visible_chars(pages[i]):
+                pages[i], routes[i], confidence[i] = text, "ocr", page.confidence
+                for table in tables:
+                    table_rows.update(table.row_subjects)
+        if "ocr" not in routes and text_chars < min_text_chars_per_page * len(pages):
+            raise IngestError(
+                f"scanned PDF: OCR found no text on {len(scanned)} page{'s' * (len(scanned) != 1)} "
+                f"({text_chars} characters in {len(pages)} pages)"
+            )
+    elif text_chars < min_text_chars_per_page * len(pages):
+        raise IngestError(
+            f"scanned PDF: no text layer ({text_chars} characters in {len(pages)} pages) and no page "
+            "image to OCR"
+        )
+    return pages, tuple(routes), tuple(confidence)
 
 
 # --- Word (.docx) -------------------------------------------------------------------------------------------

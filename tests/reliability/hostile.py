@@ -263,7 +263,7 @@ CASES: list[Case] = [
         for s in (0.02, 0.1, 0.35, 0.6, 0.9, 0.99)
     ],
     Case("encrypted.pdf", "encrypted_pdf", "refused", _bytes(encrypted_pdf), "encrypted PDF"),
-    Case("scanned.pdf", "scanned_pdf", "refused", _bytes(scanned_pdf), "OCR is needed"),
+    Case("scanned.pdf", "scanned_pdf", "refused", _bytes(scanned_pdf), "OCR found no text"),
     Case("5000-pages.pdf", "page_bomb", "refused", _bytes(lambda: many_pages_pdf(5000)), "too many pages"),
     Case(
         "nested-arrays.pdf",

@@ -74,7 +74,7 @@ def test_each_file_ends_clearly_in_process(
 # Exact reasons people read, for the files whose verdict does not depend on a PDF reader's repairs.
 MESSAGES = {
     "encrypted.pdf": "encrypted PDF: a password is required",
-    "scanned.pdf": "scanned PDF: no text layer (0 characters in 2 pages); OCR is needed first",
+    "scanned.pdf": "scanned PDF: OCR found no text on 2 pages (0 characters in 2 pages)",
     "5000-pages.pdf": "too many pages (5000 > max_pages 1000)",
     "cyclic-page-tree.pdf": "corrupt PDF",
     "nested-arrays.pdf": "corrupt PDF",
