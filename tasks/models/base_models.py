@@ -117,6 +117,8 @@ def load_base(
     tokenizer = load_tokenizer(folder)
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if device == "cuda":
+        # One GPU per process under torchrun / accelerate launch (N GPUs): this process's own, LOCAL_RANK.
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         if torch.cuda.is_bf16_supported():
             kwargs["dtype"] = torch.bfloat16
         if quantize_4bit:
@@ -128,7 +130,7 @@ def load_base(
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=kwargs["dtype"],
             )
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": torch.device(device).index}
     elif quantize_4bit:
         raise BaseModelError("4-bit loading (QLoRA) needs a CUDA GPU")
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
