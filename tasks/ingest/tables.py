@@ -46,6 +46,9 @@ _UNIT_WORD = re.compile(r"元|天|日|人|次|小时|公里|%|％|个月|月|年
 # A caption line: 表1, 附表2, 表一 ... or a short line naming the table.
 _CAPTION = re.compile(r"^(?:附\s*)?表\s*[\d一二三四五六七八九十]+|标准表|一览表|明细表|对照表")
 _MAX_HEADER_ROWS = 3
+# A page drawn with more paths than this is a chart or vector art, not a ruled table (a 40-row rate table
+# is about a hundred lines); finding tables in it would only cost time.
+_MAX_DRAWINGS = 5000
 _CJK = "\u3000-\u303f\u3400-\u9fff\uff00-\uffef"
 _WRAP = re.compile(rf"(?<=[{_CJK}])[ \t]*\n\s*(?=[{_CJK}])")
 
@@ -240,8 +243,10 @@ class PdfPage:
 def page_tables(page: pymupdf.Page) -> list[FoundTable]:
     """The ruled tables of a page, cell text read by position (``get_text`` in the cell), which keeps CJK
     punctuation in its place where the table extractor's own text splits it off. A page without vector
-    drawings has no ruling lines and is not searched (``find_tables`` costs a tenth of a second a page)."""
-    if not page.get_drawings():
+    drawings has no ruling lines and is not searched (``find_tables`` costs a tenth of a second a page), nor
+    one of more than ``_MAX_DRAWINGS`` paths."""
+    drawings = len(page.get_cdrawings())
+    if not drawings or drawings > _MAX_DRAWINGS:
         return []
     found = []
     # use_layout=False: ruled lines only, the same wherever pymupdf-layout (an ONNX layout model that
@@ -261,7 +266,10 @@ def read_pdf_page(page: pymupdf.Page, previous: TableText | None = None) -> PdfP
     out of the running text. ``previous``: the table left open at the bottom of the page before; a table
     at the top of this page with as many columns continues it. A page without tables gives exactly
     ``page.get_text("text")``."""
-    found = page_tables(page)
+    try:
+        found = page_tables(page)
+    except Exception:  # tables improve a page's text, they are not needed for it: a page they fail on
+        found = []  # (odd drawings in a damaged file) is read as plain text
     if not found:
         return PdfPage(page.get_text("text"))
     rects = [pymupdf.Rect(t.bbox) for t in found]
