@@ -1,7 +1,7 @@
 """Render the review interface, with a real task, to a PNG (``docs/review_interface.png``).
 
     python docs/screenshot.py --workspace /tmp/shot [--out docs/review_interface.png]
-    python docs/screenshot.py --workspace /tmp/shot-facts --fact --out docs/review_fact_task.png
+    python docs/screenshot.py --workspace /tmp/shot-facts --fact --keys c1 --out docs/review_fact_task.png
 
 Docs tooling, not part of the installed packages: run it from a checkout whose venv has the project
 installed (``make venv``).
@@ -231,7 +231,12 @@ def fact_batch(settings: Settings) -> tuple[int, int]:
 
 
 def screenshot(
-    settings: Settings, out: Path, width: int = 1280, height: int = 1500, fact: bool = False
+    settings: Settings,
+    out: Path,
+    width: int = 1280,
+    height: int = 1500,
+    fact: bool = False,
+    keys: str = "",
 ) -> Path:
     chromium = ensure_chromium()
     server.start(settings, on_progress=lambda m: print(m, file=sys.stderr))
@@ -267,6 +272,12 @@ def screenshot(
         else:
             print("warning: no <mark> appeared within 60 s; capturing what is shown", file=sys.stderr)
         time.sleep(2.0)  # fonts and layout settle
+        for key in keys:  # a person's keys (e.g. "c", "1": some numbers wrong, number 1 among them)
+            code = f"Digit{key}" if key.isdigit() else f"Key{key.upper()}"
+            event = {"key": key, "code": code, "windowsVirtualKeyCode": ord(key.upper()), "text": key}
+            browser.call("Input.dispatchKeyEvent", {"type": "keyDown", **event})
+            browser.call("Input.dispatchKeyEvent", {"type": "keyUp", **event})
+            time.sleep(0.5)
         shot = browser.call("Page.captureScreenshot", {"format": "png"})
     finally:
         browser.close()
@@ -283,12 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="Label Studio port (default: the setting)")
     parser.add_argument("--stop", action="store_true", help="stop the server afterwards")
     parser.add_argument("--fact", action="store_true", help="a fact task of a fact-first batch")
+    parser.add_argument("--keys", default="", help="keys to press before the shot, e.g. c1 (fact task)")
     args = parser.parse_args(argv)
     settings = load_settings(args.workspace)
     if args.port:
         settings = settings.model_copy(update={"labelstudio_port": args.port})
     try:
-        path = screenshot(settings, args.out, height=1300 if args.fact else 1500, fact=args.fact)
+        path = screenshot(settings, args.out, height=1500, fact=args.fact, keys=args.keys)
     finally:
         if args.stop:
             server.stop(settings)

@@ -44,11 +44,11 @@ CONFIG_VERSION = "review-v3"  # bump when the interface changes; stored with eac
 FACT_VERDICT = "fact_verdict_"
 FACT_NUMBERS = "fact_numbers_"
 FACT_SUBJECT = "fact_subject_"
-# Per-fact overrides of the task's verdict: key i marks fact i wrong, shift+i marks it not a rule.
+# Per-fact marks (key i: fact i wrong, shift+i: not a rule); a fact not marked takes the task's verdict.
+# Every choice has its own key: Label Studio numbers choices without one (1, 2, ...), which would collide.
 _FACT_CHOICES = (
-    ("accept", "", "正确 correct"),
-    ("correct", "{{idx}}", "错 wrong [{{idx}}]"),
-    ("reject", "shift+{{idx}}", "不是规则 not a rule [shift+{{idx}}]"),
+    ("correct", "{{idx}}", "错 wrong"),
+    ("reject", "shift+{{idx}}", "不是规则 not a rule"),
 )
 # What the keys mean on a fact task (sync records these in fact_verdicts).
 FACT_VERDICTS = {"accept": "correct", "correct": "corrected", "reject": "not_a_rule"}
@@ -77,8 +77,7 @@ def label_config() -> str:
         for v in VERDICTS
     )
     fact_choices = "\n".join(
-        f'        <Choice value="{v}"{f" hotkey={chr(34)}{key}{chr(34)}" if key else ""}'
-        f' html="{html.escape("<b>" + label + "</b>")}"/>'
+        f'        <Choice value="{v}" hotkey="{key}" html="{html.escape("<b>" + label + "</b>")}"/>'
         for v, key, label in _FACT_CHOICES
     )
     fact_blocks = f"""  <Repeater on="$facts" indexFlag="{{{{idx}}}}">
@@ -87,12 +86,12 @@ def label_config() -> str:
       <Choices name="{FACT_VERDICT}{{{{idx}}}}" toName="fact_{{{{idx}}}}" choice="single-radio" showInline="true">
 {fact_choices}
       </Choices>
-      <TextArea name="{FACT_NUMBERS}{{{{idx}}}}" toName="fact_{{{{idx}}}}" rows="1" editable="true"
-                maxSubmissions="1" placeholder="修改后的数字 corrected number with unit, e.g. 800元"
-                visibleWhen="choice-selected" whenTagName="{FACT_VERDICT}{{{{idx}}}}" whenChoiceValue="correct"/>
-      <TextArea name="{FACT_SUBJECT}{{{{idx}}}}" toName="fact_{{{{idx}}}}" rows="1" editable="true"
-                maxSubmissions="1" placeholder="修改后的主题 corrected subject, e.g. 住宿费"
-                visibleWhen="choice-selected" whenTagName="{FACT_VERDICT}{{{{idx}}}}" whenChoiceValue="correct"/>
+      <View visibleWhen="choice-selected" whenTagName="{FACT_VERDICT}{{{{idx}}}}" whenChoiceValue="correct">
+        <TextArea name="{FACT_NUMBERS}{{{{idx}}}}" toName="fact_{{{{idx}}}}" rows="1" editable="true"
+                  maxSubmissions="1" placeholder="修改后的数字 corrected number with unit, e.g. 800元"/>
+        <TextArea name="{FACT_SUBJECT}{{{{idx}}}}" toName="fact_{{{{idx}}}}" rows="1" editable="true"
+                  maxSubmissions="1" placeholder="修改后的主题 corrected subject, e.g. 住宿费"/>
+      </View>
     </View>
   </Repeater>"""
     return f"""<View>
@@ -324,7 +323,8 @@ def task_for_sentence(
         "source_html": '<div class="slm-src">'
         + _sentence_html(first["chunk_text"], [(int(f["span_start"]), int(f["span_end"])) for f in facts])
         + "</div>",
-        "answer_html": '<div class="slm-muted">每个数字 Each number: 正确 · 错 (key i) · 不是规则 (shift+i)</div>',
+        "answer_html": '<div class="slm-muted">每个数字 Each number [i]: 错 wrong = key i, 不是规则 not a rule ='
+        " shift+i; 未标记的随整句结论 numbers not marked take the sentence's verdict</div>",
         "notes_html": "".join(f'<div class="slm-muted">{n}</div>' for n in notes),
         "verdict_title": "整句结论 The sentence: a 全部正确 every number correct · c 有错（标记错的）some wrong"
         " (marked ones) · r 都不是规则 none is a rule",
