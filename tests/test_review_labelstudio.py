@@ -36,7 +36,9 @@ def _result(verdict: str, answer: str = "", numbers: str = "", comment: str = ""
     out = [{"from_name": VERDICT, "to_name": "answer", "type": "choices", "value": {"choices": [verdict]}}]
     for name, text in ((CORRECTED_ANSWER, answer), (CORRECTED_NUMBERS, numbers), (COMMENT, comment)):
         if text:
-            out.append({"from_name": name, "to_name": "answer", "type": "textarea", "value": {"text": [text]}})
+            out.append(
+                {"from_name": name, "to_name": "answer", "type": "textarea", "value": {"text": [text]}}
+            )
     return out
 
 
@@ -76,7 +78,9 @@ def _row(con: duckdb.DuckDBPyConnection, row_id: str) -> dict[str, Any]:
 # Fast: no server
 
 
-def test_archived_export_applies_offline_and_idempotently(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+def test_archived_export_applies_offline_and_idempotently(
+    con: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
     rows = _review_rows(con, settings, 4)
     ids = [r["row_id"] for r in rows]
     queries.create_batch(con, "rb-offline", 999, "flow-x", ids)
@@ -84,9 +88,18 @@ def test_archived_export_applies_offline_and_idempotently(con: duckdb.DuckDBPyCo
     fact = queries.chunk_facts(con, [rows[1]["chunk_id"]])[rows[1]["chunk_id"]][0]
 
     def task(i: int, result: list[dict[str, Any]], stamp: str, cancelled: bool = False) -> dict[str, Any]:
-        annotation = {"id": 100 + i, "completed_by": 7, "result": result, "was_cancelled": cancelled,
-                      "updated_at": stamp}
-        return {"id": i + 1, "data": {"row_id": ids[i], "batch_id": "rb-offline"}, "annotations": [annotation]}
+        annotation = {
+            "id": 100 + i,
+            "completed_by": 7,
+            "result": result,
+            "was_cancelled": cancelled,
+            "updated_at": stamp,
+        }
+        return {
+            "id": i + 1,
+            "data": {"row_id": ids[i], "batch_id": "rb-offline"},
+            "annotations": [annotation],
+        }
 
     archive = {
         "users": {"7": "ann@example.org"},
@@ -147,7 +160,9 @@ def test_webhook_receiver_refuses_posts_without_its_secret(
     with webhook.WebhookReceiver(con, settings, client=None, resume=lambda *a: calls.append(a)) as rx:
         event = {"action": "ANNOTATION_CREATED", "project": {"id": 1}}
         assert httpx.post(rx.url, json=event).status_code == 403
-        ok = httpx.post(rx.url, json={"action": "PROJECT_UPDATED"}, headers={webhook.SECRET_HEADER: rx.secret})
+        ok = httpx.post(
+            rx.url, json={"action": "PROJECT_UPDATED"}, headers={webhook.SECRET_HEADER: rx.secret}
+        )
         assert ok.status_code == 200 and rx.events == 0
     assert calls == []
 
@@ -170,7 +185,11 @@ def test_review_round_trip_with_a_real_label_studio(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], stop_later
 ) -> None:
     settings = load_settings(tmp_path / "ws").model_copy(
-        update={"labelstudio_port": server.free_port(), "labelstudio_attempts": 2, "labelstudio_backoff_s": 0.05}
+        update={
+            "labelstudio_port": server.free_port(),
+            "labelstudio_attempts": 2,
+            "labelstudio_backoff_s": 0.05,
+        }
     )
     try:
         server.ensure_installed(settings, on_progress=print)
@@ -262,7 +281,9 @@ def test_review_round_trip_with_a_real_label_studio(
 
         # The flagged correction goes back to people in a new batch.
         retry = push.push_batch(con, settings, client, "flow-C", row_ids=[ids[3]])
-        assert retry is not None and retry.created and retry.row_count == 1 and retry.batch_id != batch.batch_id
+        assert (
+            retry is not None and retry.created and retry.row_count == 1 and retry.batch_id != batch.batch_id
+        )
     finally:
         if receiver is not None:
             receiver.stop()
