@@ -9,6 +9,7 @@ processes that lives as long as the subflow)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,12 +76,27 @@ def distill_fan_out(settings: Settings, limit: int | None = None) -> DistillRun:
     return distill_run(summary)
 
 
+def _api_named_for_workers() -> contextlib.AbstractContextManager[Any]:
+    """Without PREFECT_API_URL (`slm run` with no server), this process's flows report to a temporary server
+    only it knows of, and each Dask worker would start one of its own (slow, and its task runs lost). The
+    settings a task run carries to its worker then name this process's server."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return contextlib.nullcontext()
+    with get_client(sync_client=True) as client:  # the running temporary server (one per process)
+        url = str(client.api_url).rstrip("/")
+    return temporary_settings({PREFECT_API_URL: url})
+
+
 def distill_step(settings: Settings) -> DistillRun:
     """The flows' distillation: in this process, or fanned out on Dask (``distill_runner``)."""
     if settings.distill_runner == "none":
         return distill_task(settings)
     if settings.distill_runner == "dask":
-        return distill_fan_out.with_options(task_runner=dask_task_runner(settings))(settings)
+        with _api_named_for_workers():
+            return distill_fan_out.with_options(task_runner=dask_task_runner(settings))(settings)
     raise ConfigError(
         f"unknown distill_runner {settings.distill_runner!r}; choose one of {', '.join(RUNNERS)}"
     )
