@@ -425,6 +425,11 @@ def decide_fact(
     return decision, None
 
 
+def _applied_before(task: dict[str, Any], annotation: dict[str, Any], stamp: str) -> bool:
+    """Whether this annotation (id and update time) is the one last applied to the task's row or fact."""
+    return task["annotation_id"] == int(annotation["id"]) and (task["annotation_at"] or "") == stamp
+
+
 def apply_export(
     con: duckdb.DuckDBPyConnection, batch_id: str, archive: dict[str, Any], export_id: str | None
 ) -> SyncResult:
@@ -449,7 +454,7 @@ def apply_export(
                 fact = fact_tasks.get(fact_id)
                 if fact is None:
                     continue
-                if fact["annotation_id"] == int(annotation["id"]) and (fact["annotation_at"] or "") == stamp:
+                if _applied_before(fact, annotation, stamp):
                     result.unchanged += 1
                     continue
                 if fact["in_later_batch"]:
@@ -464,7 +469,7 @@ def apply_export(
         row = rows.get(data.get("row_id"))
         if row is None:
             continue
-        if row["annotation_id"] == int(annotation["id"]) and (row["annotation_at"] or "") == stamp:
+        if _applied_before(row, annotation, stamp):
             result.unchanged += 1
             continue
         if row["in_later_batch"]:
