@@ -140,6 +140,12 @@ def test_table_text_merged_headers_units_and_numbering() -> None:
     assert more.lines == ["上海 住宿费 处级600元；上海 住宿费 其他人员450元。"]
     per_column = table_text([["城市", "住宿费（元/人·天）", "备注"], ["拉萨", "500", "旺季上浮"]])
     assert per_column.lines[-1] == "拉萨 住宿费500元/人·天；拉萨 备注 旺季上浮。"
+    # A region merged down over its cities names each of their rows.
+    regions = table_text(
+        [["地区", "城市", "住宿费（元）"], ["西藏", "拉萨", "500"], [None, "其他地区", "350"]]
+    )
+    assert regions.lines[-2:] == ["西藏 拉萨 住宿费500元。", "西藏 其他地区 住宿费350元。"]
+    assert regions.row_subjects["西藏 其他地区 住宿费350元。"] == ("西藏 其他地区 住宿费",)
 
 
 def test_corpus_table_running_over_two_pages_gets_row_and_column_subjects() -> None:
