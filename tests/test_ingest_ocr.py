@@ -30,8 +30,8 @@ pytest.importorskip("rapidocr_onnxruntime")  # the ocr extra; required under CI 
 # Pages of examples/sample_rules.pdf (0-based) with many facts: 20 on page 4, 19 on page 6.
 RATE_PAGES = [3, 5]
 # The floor for the OCR route's recall of the text route's (value, unit, subject) on RATE_PAGES: measured
-# 1.00 there (37/37) and 0.989 (88/89) over all 7 pages at 150 dpi (bench/ingest.py); a few misread
-# characters in a subject may cost a fact, so the floor stands below.
+# 1.000 there (36 of 36) and on the scanned rate table (146 of 146); over all 7 sample pages see bench/ingest.py.
+# A few misread characters in a subject may cost a fact, so the floor stands below.
 MIN_RECALL = 0.9
 
 
