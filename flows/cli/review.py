@@ -194,4 +194,9 @@ def review_auto() -> None:
     console.print(
         f"auto review policy (reviewer auto:ledger; demos and CI only, no person reviewed):"
         f" {counts['approved']} approved, {counts['rejected']} rejected"
+        + (
+            f", {counts['held']} left for a person (they cite numbers OCR read with low confidence)"
+            if counts.get("held")
+            else ""
+        )
     )
