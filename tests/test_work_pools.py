@@ -5,7 +5,6 @@ A small flow on each pool runs through that pool's worker, from the clone, and c
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,18 +16,13 @@ import pytest
 
 from deployments import server as prefect_server
 from runtime.config import load_settings
+from runtime.supervisor import free_port
 from tests.conftest import ROOT, SAMPLE_MD
 from tests.reliability.scenarios_deps import start_from_template
 from warehouse.db import open_warehouse
 
 CPU_STAGES = {"build-dataset", "ingest", "distill", "gate"}
 GPU_STAGES = {"train-and-evaluate", "export", "nightly", "device-check"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _finished(api: str, run_ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
@@ -69,7 +63,7 @@ def test_pool_per_stage_runs_a_flow_on_each_pool_through_its_own_worker(tmp_path
     workspace = tmp_path / "ws"
     workspace.mkdir()
     (workspace / "slm.toml").write_text(
-        f"prefect_port = {_free_port()}\nwork_pool = 'slm-test-cpu'\ngpu_work_pool = 'slm-test-gpu'\n",
+        f"prefect_port = {free_port()}\nwork_pool = 'slm-test-cpu'\ngpu_work_pool = 'slm-test-gpu'\n",
         encoding="utf-8",
     )
     settings = load_settings(workspace)
