@@ -91,6 +91,7 @@ def seed_warehouse(con, rows: int, rng: random.Random) -> int:
             size_bytes=1,
             encoding="utf-8",
             text=CHUNK,
+            routes="txt",
         ),
         [SimpleNamespace(page_no=1, start_char=0, char_count=len(CHUNK))],
         [

@@ -60,6 +60,7 @@ def _seed_chunk(con) -> None:
         size_bytes=1,
         encoding="utf-8",
         text=CHUNK,
+        routes="txt",
     )
     page = SimpleNamespace(page_no=1, start_char=0, char_count=len(CHUNK))
     chunk = SimpleNamespace(

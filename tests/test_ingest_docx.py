@@ -312,7 +312,11 @@ def test_cli_lists_skipped_files_and_exits_zero_for_them_alone(tmp_path: Path) -
         for line in listed.stdout.splitlines()
         if line.count("│") > 3 and "rules." in line
     }
-    assert routes == {"rules.docx": "docx", "rules.md": "md"}
+    # the routes each document took and the facts each produced, as the ingest line said them
+    added = {line.split(": ")[0].rsplit("/", 1)[-1]: line for line in lines if line.startswith("added")}
+    assert routes["rules.md"] == "md"
+    assert routes["rules.docx"].startswith("docx+tables (text ")
+    assert routes["rules.docx"].split(" (", 1)[1].rstrip(")") in added["rules.docx"]
 
     _write(folder, "broken.docx", b"PK\x03\x04 broken")
     again = slm("--workspace", "ws", "ingest", str(folder), cwd=tmp_path)

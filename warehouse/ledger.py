@@ -61,7 +61,7 @@ def save_document(
             _delete_document_rows(con, document.doc_id)
         con.execute(
             "INSERT INTO documents (doc_id, name, path, kind, size_bytes, encoding, page_count, char_count,"
-            " text, status, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL)",
+            " text, routes, status, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL)",
             [
                 document.doc_id,
                 document.name,
@@ -72,6 +72,7 @@ def save_document(
                 len(pages),
                 len(document.text),
                 document.text,
+                document.routes or None,
             ],
         )
         reads = list(page_reads) or [PageRead()] * len(pages)
@@ -189,7 +190,7 @@ def list_facts(
 
 def list_documents(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     cursor = con.execute(
-        "SELECT d.doc_id, d.name, d.kind, d.status, d.error, d.page_count, d.char_count,"
+        "SELECT d.doc_id, d.name, d.kind, d.routes, d.status, d.error, d.page_count, d.char_count,"
         " (SELECT count(*) FROM chunks c WHERE c.doc_id = d.doc_id) AS chunks,"
         " (SELECT count(*) FROM facts f WHERE f.doc_id = d.doc_id) AS facts"
         " FROM documents d ORDER BY d.name"

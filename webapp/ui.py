@@ -181,7 +181,7 @@ def ingest_uploads(settings: Settings, uploads: Sequence[tuple[str, str | Path]]
 def documents_table(settings: Settings) -> pd.DataFrame:
     from warehouse import ledger
 
-    columns = ["document", "status", "pages", "chunks", "facts", "note"]
+    columns = ["document", "route", "status", "pages", "chunks", "facts", "note"]
     try:
         with _warehouse(settings) as con:
             docs = ledger.list_documents(con)
@@ -189,7 +189,15 @@ def documents_table(settings: Settings) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(
         [
-            [d["name"], d["status"], d["page_count"] or 0, d["chunks"], d["facts"], d["error"] or ""]
+            [
+                d["name"],
+                d["routes"] or d["kind"],
+                d["status"],
+                d["page_count"] or 0,
+                d["chunks"],
+                d["facts"],
+                d["error"] or "",
+            ]
             for d in docs
         ],
         columns=columns,

@@ -126,13 +126,14 @@ def docs() -> None:
 
 
 def _print_summary(documents: list[dict[str, Any]], units: list[tuple[str, int]]) -> None:
-    from tasks.ingest.extract import ROUTES  # the route each kind of document took ("pdf text", "docx")
+    # The routes a document took and the facts each produced; by kind for documents stored before that was kept.
+    from tasks.ingest.extract import ROUTES
 
     table = Table("document", "route", "status", "pages", "chunks", "facts", "note", title="ledger summary")
     for d in documents:
         table.add_row(
             d["name"],
-            ROUTES.get(d["kind"], d["kind"]),
+            d["routes"] or ROUTES.get(d["kind"], d["kind"]),
             d["status"],
             str(d["page_count"] or "-"),
             str(d["chunks"]),

@@ -58,6 +58,7 @@ class DocumentRecord:
     size_bytes: int
     encoding: str | None
     text: str
+    routes: str = ""  # "pdf text+tables (text 192, tables 24)": see ``document_routes``
 
 
 def shown(path: Path | str) -> str:
@@ -152,15 +153,23 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, settings: Settings) 
     if reason:
         ledger.save_failure(con, doc_id, shown(path.name), shown(path), file_kind(path), len(data), reason)
         return IngestResult(path, "failed", doc_id, f"{shown(path)}: {reason}")
+    route, split = document_routes(raw.kind, reads, pages, chunks, facts, table_facts)
     record = DocumentRecord(
-        doc_id, shown(path.name), shown(path), raw.kind, raw.size_bytes, raw.encoding, text
+        doc_id,
+        shown(path.name),
+        shown(path),
+        raw.kind,
+        raw.size_bytes,
+        raw.encoding,
+        text,
+        f"{route} ({split})" if split else route,
     )
     ledger.save_document(con, record, pages, chunks, facts, reads)
     return IngestResult(
         path,
         "added",
         doc_id,
-        f"{shown(path)}: {route_summary(raw.kind, reads, pages, chunks, facts, table_facts)}",
+        f"{shown(path)}: {route_summary(route, split, reads, pages, chunks, facts)}",
         len(pages),
         len(chunks),
         len(facts),
@@ -192,35 +201,50 @@ def fact_routes(
     ]
 
 
-def route_summary(
+def document_routes(
     kind: str,
     reads: Sequence[ledger.PageRead],
     pages: Sequence[PageSpan],
     chunks: Sequence[Chunk],
     facts: Sequence[Fact],
     table_facts: int = 0,
-) -> str:
-    """ "pdf text+ocr, 4 pages (2 OCR, mean confidence 0.93), 36 chunks, 40 facts (text 28, ocr 12)": the
-    routes a document took and the facts each produced. ``table_facts`` of the facts were read from table
-    cells: "pdf text+tables, …, 40 facts (text 28, tables 12)"."""
-    ocr = [r.ocr_confidence or 0.0 for r in reads if r.route == "ocr"]
+) -> tuple[str, str]:
+    """The routes a document took ("pdf text+tables", "pdf text+ocr", "docx") and, when it took more than
+    one or OCR, the facts each produced ("text 28, tables 12"; "" for a single text route). ``table_facts``
+    of the facts were read from table cells of text pages (cells on scanned pages count as OCR's)."""
+    ocr = any(r.route == "ocr" for r in reads)
     tables = "+tables" if table_facts else ""
     if not ocr:
-        counts = f"{len(pages)} pages, {len(chunks)} chunks, {len(facts)} facts"
-        if not table_facts:
-            return f"{ROUTES[kind]}, {counts}"
-        return f"{ROUTES[kind]}{tables}, {counts} (text {len(facts) - table_facts}, tables {table_facts})"
-    route = ("pdf ocr" if len(ocr) == len(reads) else "pdf text+ocr") + tables
-    low = sum(r.review_required for r in reads)
-    note = f"{len(ocr)} OCR, mean confidence {sum(ocr) / len(ocr):.2f}" + (
-        f", {low} under the review threshold" if low else ""
-    )
+        route = ROUTES[kind] + tables
+        return route, (f"text {len(facts) - table_facts}, tables {table_facts}" if table_facts else "")
+    route = ("pdf ocr" if all(r.route == "ocr" for r in reads) else "pdf text+ocr") + tables
     per_route = Counter(fact_routes(reads, pages, chunks, facts))
-    if table_facts:  # table cells are read from the text layer: their facts count as the table route's
+    if table_facts:
         per_route["text"] -= table_facts
         per_route["tables"] = table_facts
     split = ", ".join(f"{name} {n}" for name, n in sorted(per_route.items(), key=lambda kv: kv[0] != "text"))
-    return f"{route}, {len(pages)} pages ({note}), {len(chunks)} chunks, {len(facts)} facts ({split})"
+    return route, split
+
+
+def route_summary(
+    route: str,
+    split: str,
+    reads: Sequence[ledger.PageRead],
+    pages: Sequence[PageSpan],
+    chunks: Sequence[Chunk],
+    facts: Sequence[Fact],
+) -> str:
+    """ "pdf text+ocr, 4 pages (2 OCR, mean confidence 0.93), 36 chunks, 40 facts (text 28, ocr 12)": the ingest
+    line for a document (``route`` and ``split`` from :func:`document_routes`)."""
+    ocr = [r.ocr_confidence or 0.0 for r in reads if r.route == "ocr"]
+    page_note = ""
+    if ocr:
+        low = sum(r.review_required for r in reads)
+        page_note = f" ({len(ocr)} OCR, mean confidence {sum(ocr) / len(ocr):.2f}" + (
+            f", {low} under the review threshold)" if low else ")"
+        )
+    counts = f"{len(pages)} pages{page_note}, {len(chunks)} chunks, {len(facts)} facts"
+    return f"{route}, {counts}" + (f" ({split})" if split else "")
 
 
 def ingest_paths(
