@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from flows.prefect_tasks import distill_run, distill_task
+from flows.progress import StageProgress
 from flows.results import DistillRun
 from runtime.config import ConfigError, Settings
 from tasks.distill.distill import ChunkJob, ChunkResult, distil_chunks, distill, make_teacher
@@ -72,7 +73,14 @@ def dask_task_runner(settings: Settings) -> Any:
 def distill_fan_out(settings: Settings, limit: int | None = None) -> DistillRun:
     """Run with ``.with_options(task_runner=dask_task_runner(settings))``; ``limit``: at most so many chunks."""
     with settings_warehouse(settings) as con:
-        summary = distill(con, settings, make_teacher(settings), limit=limit, fan_out=prefect_fan_out)
+        summary = distill(
+            con,
+            settings,
+            make_teacher(settings),
+            limit=limit,
+            fan_out=prefect_fan_out,
+            on_chunk=StageProgress("distill", "chunks"),
+        )
     return distill_run(summary)
 
 
