@@ -13,7 +13,15 @@ from typing import Any
 import duckdb
 
 from review import sync
-from review.facts import LEDGER, MAX_FACTS_PER_TASK, choose_sentences, decide_row, sentence_tasks, settle
+from review.facts import (
+    LEDGER,
+    MAX_FACTS_PER_TASK,
+    choose_sentences,
+    decide_row,
+    economy_markdown,
+    sentence_tasks,
+    settle,
+)
 from review.labeling import (
     CORRECTED_NUMBERS,
     CORRECTED_SUBJECT,
@@ -396,6 +404,15 @@ def test_a_batch_of_the_sample_applied_offline(con: duckdb.DuckDBPyConnection, s
         con.execute("SELECT value FROM facts WHERE fact_id = ?", [fixed["fact_id"]]).fetchone()[0]
         == fixed["value"]
     )
+
+    # Where the time goes (the flow's artifact, `slm review status`): per batch fact tasks (sentences, facts),
+    # row tasks, the rows they decide; and the share of all rows a person opened.
+    report = economy_markdown(con)
+    assert (
+        f"| rb-f | synced | {len(plan.fact_tasks)} ({len(plan.fact_ids)} facts) | {len(plan.row_ids)} |"
+        in report
+    )
+    assert f"**{plan.tasks}** tasks for **{total}** rows: **{plan.tasks / total:.0%}**" in report
 
     # Idempotent: applying again and settling again change nothing.
     frozen = snapshot(con)
