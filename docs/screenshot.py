@@ -41,7 +41,9 @@ from runtime.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
+# Headless Chromium on a machine with a closed network: without the background-networking switches it keeps
+# reaching for Google's hosts. The web app's browser test (tests/test_web_ui.py) starts it with these too.
+HEADLESS_FLAGS = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -50,9 +52,8 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--hide-scrollbars",
-    "--remote-debugging-pipe",
-]
+)
+FLAGS = [*HEADLESS_FLAGS, "--hide-scrollbars", "--remote-debugging-pipe"]
 
 
 def ensure_chromium() -> Path:

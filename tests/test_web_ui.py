@@ -13,6 +13,7 @@ refused or recorded as failed with nothing stored half-way.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -107,6 +109,15 @@ def served(settings: Settings, stop_later: Callable[[Callable[[], Any]], None]) 
     return f"http://127.0.0.1:{port}/"
 
 
+def _docs_screenshot() -> ModuleType:
+    """docs/screenshot.py (docs tooling, not a package): the one list of Chromium's headless switches."""
+    spec = importlib.util.spec_from_file_location("docs_screenshot", ROOT / "docs" / "screenshot.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def browser(stop_later: Callable[[Callable[[], Any]], None]) -> Any:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
@@ -124,14 +135,7 @@ def browser(stop_later: Callable[[Callable[[], Any]], None]) -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *_docs_screenshot().HEADLESS_FLAGS,
         "--disable-dev-shm-usage",
         "--window-size=1400,1600" if SCREENSHOTS else "--window-size=1400,1000",
         f"--user-data-dir={profile}",
