@@ -269,6 +269,9 @@ def _parsed_html(index: int, fact: dict[str, Any]) -> str:
         ("主题 subject", fact.get("subject") or "—"),
         ("原文 as written", fact.get("raw") or ""),
     ]
+    if fact.get("cell"):  # a table cell: "r5c3" -> where to look in the printed table
+        row, column = fact["cell"][1:].split("c")
+        parsed.append(("表格 table cell", f"第{row}行第{column}列 row {row}, column {column}"))
     cells = " &nbsp;·&nbsp; ".join(
         f'<span class="slm-muted">{html.escape(k)}</span> <b>{html.escape(str(v))}</b>' for k, v in parsed
     )

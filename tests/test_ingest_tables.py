@@ -18,7 +18,7 @@ from runtime.config import load_settings
 from tasks.ingest.documents import ingest_file
 from tasks.ingest.tables import read_pdf_page, table_text
 from tests.conftest import corpus_path
-from tests.data.make_rate_tables import expected_cells, rate_table_docx, rate_table_pdf
+from tests.data.make_rate_tables import expected_cells, rate_rows, rate_table_docx, rate_table_pdf
 from warehouse import ledger
 from warehouse.db import connect
 
@@ -77,6 +77,23 @@ def test_every_cell_is_one_fact_named_by_its_row_and_column(ingested: dict[str, 
         assert any(f["value"] == "30" and f["unit"] == "天" for f in ingested[name])
 
 
+def test_a_table_fact_keeps_its_cell(ingested: dict[str, list[dict]]) -> None:
+    """Row and column of the number in its table as printed (header rows counted), "" for running text."""
+    columns = {"住宿费 一类人员": 2, "住宿费 二类人员": 3, "住宿费 三类人员": 4, "伙食补助费": 5}
+    regions = [region for region, *_ in rate_rows()]
+    for name in DOCUMENTS:
+        table = [f for f in ingested[name] if f["cell"]]
+        assert len(table) == CELLS and {f["cell"] for f in ingested[name] if f not in table} == {""}
+        for fact in table:
+            region, column = fact["subject"].split(" ", 1)
+            row, col = map(int, fact["cell"][1:].split("c"))
+            assert col == columns[column], (name, fact["subject"], fact["cell"])
+            if name == "rates.docx":  # one table on one page: two header rows, then the regions in order
+                assert row == 3 + regions.index(region), (fact["subject"], fact["cell"])
+    word = {f["subject"]: f["cell"] for f in ingested["rates.docx"]}
+    assert word["北京 住宿费 三类人员"] == "r3c4"
+
+
 def test_pdf_and_word_give_the_same_ledger(ingested: dict[str, list[dict]]) -> None:
     def ledger_of(name: str) -> Counter:
         return Counter((f["value"], f["value_max"], f["unit"], f["subject"]) for f in ingested[name])
@@ -133,7 +150,8 @@ def test_table_text_merged_headers_units_and_numbering() -> None:
     table = table_text(grid)
     assert table.lines[0] == "差旅费开支标准（单位：元）" and table.unit == "元"
     assert table.lines[-2] == "北京 住宿费 处级650元；北京 住宿费 其他人员500元。"
-    assert table.row_subjects[table.lines[-2]] == ("北京 住宿费 处级", "北京 住宿费 其他人员")
+    # the cells' subjects and places: row 4 (caption and two header rows above), columns 3 and 4
+    assert table.row_cells[table.lines[-2]] == (("北京 住宿费 处级", 4, 3), ("北京 住宿费 其他人员", 4, 4))
     assert table.lines[-1] == "西藏 住宿费 处级500元。"
     # Units in a column header apply to that column; a table running on reuses the header and unit.
     more = table_text([["序号", "地区", "住宿费", None], ["3", "上海", "600", "450"]], continues=table)
@@ -145,7 +163,7 @@ def test_table_text_merged_headers_units_and_numbering() -> None:
         [["地区", "城市", "住宿费（元）"], ["西藏", "拉萨", "500"], [None, "其他地区", "350"]]
     )
     assert regions.lines[-2:] == ["西藏 拉萨 住宿费500元。", "西藏 其他地区 住宿费350元。"]
-    assert regions.row_subjects["西藏 其他地区 住宿费350元。"] == ("西藏 其他地区 住宿费",)
+    assert [c.subject for c in regions.row_cells["西藏 其他地区 住宿费350元。"]] == ["西藏 其他地区 住宿费"]
 
 
 def test_corpus_table_running_over_two_pages_gets_row_and_column_subjects() -> None:
@@ -155,7 +173,9 @@ def test_corpus_table_running_over_two_pages_gets_row_and_column_subjects() -> N
     doc = pymupdf.open(path)
     page83 = read_pdf_page(doc[82])
     page84 = read_pdf_page(doc[83], page83.open_table)
-    subjects = {s for t in (*page83.tables, *page84.tables) for row in t.row_subjects.values() for s in row}
+    subjects = {
+        c.subject for t in (*page83.tables, *page84.tables) for row in t.row_cells.values() for c in row
+    }
     assert {"社会培训 上缴学校经费", "社会培训 主办部门经费", "托福考试 上缴学校经费"} <= subjects
     assert "房屋、资产租赁 上缴学校经费100%；" in page84.text
     assert "社会服务项目" not in page84.text  # page 84 continues the table, it does not start one

@@ -168,6 +168,9 @@ def test_fact_task_shows_the_sentence_with_each_number_numbered() -> None:
     assert "第 <b>3</b> 页" in task["where_html"] and "细则&lt;1&gt;.pdf" in task["where_html"]
     assert [f["fact_id"] for f in task["facts"]] == ["f-lodging", "f-meals"]
     assert "住宿费" in task["facts"][0]["html"] and "伙食补助费" in task["facts"][1]["html"]
+    assert "table cell" not in task["facts"][0]["html"]  # a number of running text has no cell
+    in_table = task_for_sentence([{**facts[0], "cell": "r5c3"}], citing, "rb-1")
+    assert "第5行第3列" in in_table["facts"][0]["html"]  # where to look in the printed table
     assert "&lt;b&gt;x&lt;/b&gt;" in task["notes_html"] and "住宿费多少？" in task["notes_html"]
     # Every value the interface shows is in the task (the SDK's check does not know Repeater; the real Label
     # Studio server imports such tasks in tests/test_review_facts_labelstudio.py).

@@ -24,6 +24,7 @@ FACT_FIELDS = (
     "context",
     "span_start",
     "span_end",
+    "cell",
 )
 
 

@@ -341,7 +341,8 @@ def batch_fact_tasks(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict
         con.execute(
             "SELECT t.batch_id, t.fact_id, t.task_group, t.ls_task_id, t.annotation_id, t.annotation_at,"
             " t.verdict, t.applied_at, f.doc_id, f.chunk_id, f.value, f.value_max, f.unit, f.raw, f.qualifier,"
-            " f.subject, f.context, f.span_start, f.span_end, c.text AS chunk_text, c.heading_path, d.name AS doc_name,"
+            " f.subject, f.context, f.span_start, f.span_end, f.cell, c.text AS chunk_text, c.heading_path,"
+            " d.name AS doc_name,"
             " (SELECT max(p.page_no) FROM pages p WHERE p.doc_id = f.doc_id"
             "   AND p.start_char <= c.start_char + f.span_start) AS page,"
             " (SELECT max(b2.created_at) FROM review_tasks t2 JOIN review_batches b2 USING (batch_id)"

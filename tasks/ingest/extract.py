@@ -23,7 +23,7 @@ from charset_normalizer import from_bytes
 from docx.oxml.ns import qn
 
 from tasks.ingest.ocr import OcrUnavailable, read_page
-from tasks.ingest.tables import TableText, read_docx_table, read_pdf_page
+from tasks.ingest.tables import TableCell, TableText, read_docx_table, read_pdf_page
 
 PDF_SUFFIXES = {".pdf"}
 DOCX_SUFFIXES = {".docx"}
@@ -72,7 +72,7 @@ class RawDocument:
     page_confidence: tuple[float | None, ...] = ()
     # Each table row line (as normalised text) -> the subject of each of its "；" clauses: row + column
     # header ("三类人员 住宿费"), which the ledger takes as the facts' subjects (tasks.ingest.tables).
-    table_rows: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    table_rows: dict[str, tuple[TableCell, ...]] = field(default_factory=dict)
 
 
 def unsupported_reason(path: Path) -> str:
@@ -134,7 +134,7 @@ def extract(
         raise IngestError("empty file (no content)")
     routes: tuple[str, ...] = ()
     confidence: tuple[float | None, ...] = ()
-    table_rows: dict[str, tuple[str, ...]] = {}
+    table_rows: dict[str, tuple[TableCell, ...]] = {}
     if kind == "pdf":
         pages, routes, confidence, table_rows = _pdf_pages(data, max_pages, min_text_chars_per_page)
         encoding = None
@@ -152,7 +152,7 @@ def extract(
 
 def _pdf_pages(
     data: bytes, max_pages: int, min_text_chars_per_page: int
-) -> tuple[list[str], tuple[str, ...], tuple[float | None, ...], dict[str, tuple[str, ...]]]:
+) -> tuple[list[str], tuple[str, ...], tuple[float | None, ...], dict[str, tuple[TableCell, ...]]]:
     """Page texts, each page's route (text | ocr), OCR confidence (None for text pages) and the subjects
     of its table rows (``RawDocument.table_rows``)."""
     if not data.lstrip().startswith(b"%PDF"):
@@ -188,18 +188,18 @@ def _pdf_pages(
         return (*_read_scanned_pages(doc, pages, min_text_chars_per_page, table_rows), table_rows)
 
 
-def _pdf_text_layer(doc: pymupdf.Document) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+def _pdf_text_layer(doc: pymupdf.Document) -> tuple[list[str], dict[str, tuple[TableCell, ...]]]:
     """Each page's text layer, its ruled tables written as row lines (a table running on over the next
     page read as one), and the subjects of those lines."""
     pages: list[str] = []
-    table_rows: dict[str, tuple[str, ...]] = {}
+    table_rows: dict[str, tuple[TableCell, ...]] = {}
     open_table: TableText | None = None
     for page in doc:
         read = read_pdf_page(page, open_table)
         pages.append(read.text)
         open_table = read.open_table
         for table in read.tables:
-            table_rows.update(table.row_subjects)
+            table_rows.update(table.row_cells)
     return pages, table_rows
 
 
@@ -211,7 +211,7 @@ def _read_scanned_pages(
     doc: pymupdf.Document,
     pages: list[str],
     min_text_chars_per_page: int,
-    table_rows: dict[str, tuple[str, ...]],
+    table_rows: dict[str, tuple[TableCell, ...]],
 ) -> tuple[list[str], tuple[str, ...], tuple[float | None, ...]]:
     """OCR for each page with (almost) no text layer that shows an image: a scan, page by page, so a document
     with a few scanned pages keeps the text layer of the others. A page OCR reads less from keeps its text.
@@ -240,7 +240,7 @@ def _read_scanned_pages(
             if _visible_chars(text) > _visible_chars(pages[i]):
                 pages[i], routes[i], confidence[i] = text, "ocr", page.confidence
                 for table in tables:
-                    table_rows.update(table.row_subjects)
+                    table_rows.update(table.row_cells)
         if "ocr" not in routes and text_chars < min_text_chars_per_page * len(pages):
             raise IngestError(
                 f"scanned PDF: OCR found no text on {len(scanned)} page{'s' * (len(scanned) != 1)} "
@@ -260,7 +260,7 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file: an encrypte
 _CN_DIGITS = "零一二三四五六七八九"
 
 
-def _docx_text(data: bytes, max_file_mb: float) -> tuple[str, dict[str, tuple[str, ...]]]:
+def _docx_text(data: bytes, max_file_mb: float) -> tuple[str, dict[str, tuple[TableCell, ...]]]:
     """The text of a Word document: one block per paragraph, one line per table row, in document order;
     and the subjects of the table rows (``RawDocument.table_rows``)."""
     if data.startswith(_OLE_MAGIC):
@@ -285,7 +285,7 @@ def _docx_text(data: bytes, max_file_mb: float) -> tuple[str, dict[str, tuple[st
             raise IngestError("corrupt .docx: a zip archive without word/document.xml (not a Word file)")
     try:
         document = docx.Document(io.BytesIO(data))
-        table_rows: dict[str, tuple[str, ...]] = {}
+        table_rows: dict[str, tuple[TableCell, ...]] = {}
         text = "\n\n".join(_docx_blocks(document, table_rows))
     except IngestError:
         raise
@@ -296,7 +296,7 @@ def _docx_text(data: bytes, max_file_mb: float) -> tuple[str, dict[str, tuple[st
     return text, table_rows
 
 
-def _docx_blocks(document: Any, table_rows: dict[str, tuple[str, ...]]) -> Iterator[str]:
+def _docx_blocks(document: Any, table_rows: dict[str, tuple[TableCell, ...]]) -> Iterator[str]:
     """Paragraphs (with their list numbers) and table rows, in document order; each table's row subjects
     are added to ``table_rows``."""
     numbering = _Numbering(document)
@@ -304,7 +304,7 @@ def _docx_blocks(document: Any, table_rows: dict[str, tuple[str, ...]]) -> Itera
     for item in document.iter_inner_content():
         if isinstance(item, docx.table.Table):
             table = read_docx_table(item, previous)
-            table_rows.update(table.row_subjects)
+            table_rows.update(table.row_cells)
             yield from table.lines
             previous = ""
             continue

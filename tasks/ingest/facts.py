@@ -16,6 +16,7 @@ from typing import Any
 
 from tasks.ingest.chunk import LEADING_MARKER, Chunk
 from tasks.ingest.numbers import NumberMention, canonical, rule_numbers, units_agree, values_match
+from tasks.ingest.tables import TableCell
 from warehouse.ledger import FACT_FIELDS
 
 _SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
@@ -54,6 +55,8 @@ class Fact:
     span_end: int
     # Keyword-only, "" where the chunk is known from elsewhere (a teacher's ChunkContext holds its facts).
     chunk_id: str = field(default="", kw_only=True)
+    # A number read from a table cell: its place in the table as printed on its page, "r5c3"; else "".
+    cell: str = field(default="", kw_only=True)
 
     def values(self) -> tuple[Decimal, ...]:
         """The number(s) it states: its value, and for a range also the upper end."""
@@ -197,12 +200,13 @@ def trim_subject(phrase: str) -> str:
 
 
 def extract_facts(
-    doc_id: str, text: str, chunks: list[Chunk], table_rows: Mapping[str, Sequence[str]] | None = None
+    doc_id: str, text: str, chunks: list[Chunk], table_rows: Mapping[str, Sequence[TableCell]] | None = None
 ) -> list[Fact]:
     """Every rule number of the document ``text`` as a fact attached to its chunk.
 
-    ``table_rows``: table row lines of the text and the subject of each of their "；" clauses
-    (``tasks.ingest.tables``); a number in such a clause takes that subject (row + column header)."""
+    ``table_rows``: table row lines of the text and the cell of each of their "；" clauses
+    (``tasks.ingest.tables``); a number in such a clause takes that cell's subject (row + column header)
+    and position."""
     table_rows = table_rows or {}
     starts = [c.start_char for c in chunks]
     sentences = SentenceIndex(text)
@@ -216,6 +220,7 @@ def extract_facts(
         # subject search quadratic; the chunk holding the number bounds both.
         sent_start, sent_end = max(sent_start, chunk.start_char), min(sent_end, chunk.end_char)
         digest = hashlib.sha256(f"{doc_id}:{mention.start}:{mention.raw}".encode()).hexdigest()[:24]
+        cell = table_cell(text, mention.start, table_rows)
         facts.append(
             Fact(
                 fact_id=digest,
@@ -225,36 +230,36 @@ def extract_facts(
                 unit=mention.unit,
                 raw=mention.raw,
                 qualifier=mention.qualifier,
-                subject=table_subject(text, mention.start, table_rows)
-                or subject_of(text, mention, sent_start, sent_end),
+                subject=cell.subject if cell else subject_of(text, mention, sent_start, sent_end),
                 context=text[sent_start:sent_end].strip(),
                 span_start=mention.start - chunk.start_char,
                 span_end=mention.end - chunk.start_char,
+                cell=cell.position if cell else "",
             )
         )
     return facts
 
 
-def table_subject(text: str, position: int, table_rows: Mapping[str, Sequence[str]]) -> str:
-    """The row and column header of the table cell at ``position`` ("三类人员 住宿费"), "" when the position
-    is not in a table row line."""
+def table_cell(text: str, position: int, table_rows: Mapping[str, Sequence[TableCell]]) -> TableCell | None:
+    """The table cell at ``position`` (its row and column header, "三类人员 住宿费", and its place), None when
+    the position is not in a table row line."""
     if not table_rows:
-        return ""
+        return None
     line_start = text.rfind("\n", 0, position) + 1
     line_end = text.find("\n", position)
-    subjects = table_rows.get(text[line_start : line_end if line_end >= 0 else len(text)])
-    if not subjects:
-        return ""
+    cells = table_rows.get(text[line_start : line_end if line_end >= 0 else len(text)])
+    if not cells:
+        return None
     clause = text.count("；", line_start, position)
-    return subjects[clause] if clause < len(subjects) else ""
+    return cells[clause] if clause < len(cells) else None
 
 
 def table_fact_count(
-    text: str, chunks: Sequence[Chunk], facts: Iterable[Fact], table_rows: Mapping[str, Sequence[str]]
+    text: str, chunks: Sequence[Chunk], facts: Iterable[Fact], table_rows: Mapping[str, Sequence[TableCell]]
 ) -> int:
     """How many of ``facts`` stand in table row lines (the table route's share of a document)."""
     chunk_start = {c.chunk_id: c.start_char for c in chunks}
-    return sum(1 for f in facts if table_subject(text, chunk_start[f.chunk_id] + f.span_start, table_rows))
+    return sum(1 for f in facts if table_cell(text, chunk_start[f.chunk_id] + f.span_start, table_rows))
 
 
 def _chunk_holding(chunks: list[Chunk], starts: list[int], start: int, end: int) -> Chunk | None:

@@ -5,8 +5,9 @@ A table is a grid of cell texts. It becomes one text line per data row, each val
 caption line and a line naming the columns. Why lines and not a Markdown grid: each number then stands next
 to the words that say what it is for, so the fact's sentence (its context, quoted by answers and review),
 lexical retrieval and a small model all see "三类人员 住宿费 500元" together; in a grid the column header is
-rows away from the cell. ``TableText.row_subjects`` says for each row line the exact subject of each of its
-"；" clauses (row header + column header), which the fact ledger uses instead of guessing from the words.
+rows away from the cell. ``TableText.row_cells`` says for each row line the cell of each of its "；" clauses:
+its exact subject (row header + column header), which the fact ledger uses instead of guessing from the
+words, and its row and column in the table as printed (``TableCell``).
 
 Two entry points, the same for every route (PDF text layer, Word, OCR):
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pymupdf
 
@@ -53,12 +54,26 @@ _CJK = "\u3000-\u303f\u3400-\u9fff\uff00-\uffef"
 _WRAP = re.compile(rf"(?<=[{_CJK}])[ \t]*\n\s*(?=[{_CJK}])")
 
 
+class TableCell(NamedTuple):
+    """A value cell of a table: what it is for, and where it stands in the table as printed on its page
+    (1-based, header and caption rows counted; a table continued on the next page counts from its top there)."""
+
+    subject: str  # row header + column header: "北京 住宿费 三类人员"
+    row: int
+    column: int
+
+    @property
+    def position(self) -> str:
+        """As the ledger keeps it: "r5c3" (row 5, column 3)."""
+        return f"r{self.row}c{self.column}"
+
+
 @dataclass(frozen=True)
 class TableText:
     """A table as text lines (see the module doc)."""
 
     lines: list[str]  # folded, one per line: captions, the column line, one line per data row
-    row_subjects: dict[str, tuple[str, ...]]  # a data row line -> the subject of each of its "；" clauses
+    row_cells: dict[str, tuple[TableCell, ...]]  # a data row line -> the cell of each of its "；" clauses
     header: tuple[tuple[str, ...], ...] = ()  # the header rows, filled (a table continued reuses them)
     columns: int = 0
     caption: str = ""
@@ -89,8 +104,9 @@ def table_text(grid: Grid, *, before: str = "", continues: TableText | None = No
     ``before``: the text just before the table (a caption, "单位：元"), read for the caption and the unit.
     ``continues``: the table this grid continues (the next page of a long table); its header and unit are
     used, and header rows repeated at the top of this grid are dropped."""
-    rows = [[_cell(c) for c in row] for row in grid]
-    rows = [r for r in rows if any(r)]
+    cells_of = [[_cell(c) for c in row] for row in grid]
+    numbers = [i + 1 for i, r in enumerate(cells_of) if any(r)]  # each kept row's place in the grid
+    rows = [r for r in cells_of if any(r)]
     columns = max((len(r) for r in rows), default=0)
     rows = [r + [""] * (columns - len(r)) for r in rows]
     lines: list[str] = []
@@ -103,12 +119,14 @@ def table_text(grid: Grid, *, before: str = "", continues: TableText | None = No
         header = [list(h) for h in continues.header]
         while rows and any(_same_row(rows[0], h) for h in header):
             rows.pop(0)  # the header printed again on the new page
+            numbers.pop(0)
         rows = [r + [""] * (continues.columns - len(r)) for r in rows]
         columns = max(columns, continues.columns)
     else:
         # Rows of one cell across the table are captions ("差旅费开支标准", "单位：元").
         while len(rows) > 1 and sum(1 for c in rows[0] if c) == 1 and rows[0][0]:
             text = rows.pop(0)[0] or ""
+            numbers.pop(0)
             lines.append(text)
             caption = caption or text
             found = TABLE_UNIT.search(text)
@@ -116,7 +134,7 @@ def table_text(grid: Grid, *, before: str = "", continues: TableText | None = No
         header_count = next((i for i, r in enumerate(rows) if any(_is_value(c) for c in r[1:])), 1)
         header_count = max(1, min(header_count, _MAX_HEADER_ROWS, len(rows) - 1))
         header = _fill_header(rows[:header_count])
-        rows = rows[header_count:]
+        rows, numbers = rows[header_count:], numbers[header_count:]
     if not rows or columns < 2:
         flat = [" ".join(c for c in r if c) for r in ([*header, *rows] if continues is None else rows)]
         return TableText(
@@ -127,15 +145,15 @@ def table_text(grid: Grid, *, before: str = "", continues: TableText | None = No
     if continues is None:
         lines.append(" ".join(dict.fromkeys(n for n in names if n)))
     first, last = _name_columns(rows)
-    row_subjects: dict[str, tuple[str, ...]] = {}
+    row_cells: dict[str, tuple[TableCell, ...]] = {}
     above: list[str | None] = [None] * columns
-    for cells in rows:
+    for cells, row_no in zip(rows, numbers, strict=True):
         for j in range(first, last):  # a region merged down over several rows names each of them
             if cells[j] is None and above[j]:
                 cells[j] = above[j]
             above[j] = cells[j]
         name = " ".join(dict.fromkeys(c for c in cells[first:last] if c))
-        parts, subjects = [], []
+        parts, found = [], []
         for j in range(last, columns):
             cell = cells[j]
             if not cell or cell == name:
@@ -144,15 +162,15 @@ def table_text(grid: Grid, *, before: str = "", continues: TableText | None = No
             value = cell + cell_unit if cell_unit and BARE_NUMBER.match(cell) else cell
             subject = " ".join(p for p in (name, names[j]) if p)
             parts.append(f"{subject} {value}")
-            subjects.append(subject)
+            found.append(TableCell(subject, row_no, j + 1))
         if not parts:
             if name:
                 lines.append(name)
             continue
         line = fold("；".join(parts) + "。")
         lines.append(line)
-        row_subjects[line] = tuple(subjects)
-    return TableText(lines, row_subjects, tuple(map(tuple, header)), columns, caption, unit)
+        row_cells[line] = tuple(found)
+    return TableText(lines, row_cells, tuple(map(tuple, header)), columns, caption, unit)
 
 
 def _caption(before: str) -> str:
