@@ -70,13 +70,15 @@ def dask_task_runner(settings: Settings) -> Any:
 
 
 @flow(name="distill-fan-out", log_prints=True)
-def distill_fan_out(settings: Settings, limit: int | None = None) -> DistillRun:
-    """Run with ``.with_options(task_runner=dask_task_runner(settings))``; ``limit``: at most so many chunks."""
+def distill_fan_out(settings: Settings, limit: int | None = None, doc: str | None = None) -> DistillRun:
+    """Run with ``.with_options(task_runner=dask_task_runner(settings))``; ``limit``: at most so many chunks;
+    ``doc``: one document's chunks only."""
     with settings_warehouse(settings) as con:
         summary = distill(
             con,
             settings,
             make_teacher(settings),
+            doc=doc,
             limit=limit,
             fan_out=prefect_fan_out,
             on_chunk=StageProgress("distill", "chunks"),
@@ -102,9 +104,16 @@ def distill_step(settings: Settings) -> DistillRun:
     """The flows' distillation: in this process, or fanned out on Dask (``distill_runner``)."""
     if settings.distill_runner == "none":
         return distill_task(settings)
+    return fanned_out(settings)
+
+
+def fanned_out(settings: Settings, limit: int | None = None, doc: str | None = None) -> DistillRun:
+    """Distillation on the configured Dask cluster (``distill_runner = 'dask'``), as `slm distill` and the flows
+    run it."""
     if settings.distill_runner == "dask":
         with _api_named_for_workers():
-            return distill_fan_out.with_options(task_runner=dask_task_runner(settings))(settings)
+            runner = dask_task_runner(settings)
+            return distill_fan_out.with_options(task_runner=runner)(settings, limit=limit, doc=doc)
     raise ConfigError(
         f"unknown distill_runner {settings.distill_runner!r}; choose one of {', '.join(RUNNERS)}"
     )

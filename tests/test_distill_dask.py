@@ -157,3 +157,13 @@ def test_an_unknown_runner_is_refused_naming_the_setting(tmp_path: Path) -> None
     settings = load_settings(tmp_path / "ws", distill_runner="spark")
     with pytest.raises(ConfigError, match="distill_runner 'spark'"):
         distill_step(settings)
+
+
+def test_slm_distill_takes_the_configured_runner(tmp_path: Path) -> None:
+    """`slm distill` fans out as the flows do: with distill_runner set it goes to the Dask path (here refused
+    for a runner that does not exist, with the setting named and exit 2, before any row is written)."""
+    from tests.test_cli import slm
+
+    done = slm("--workspace", "ws", "distill", cwd=tmp_path, env={"SLM_DISTILL_RUNNER": "spark"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "distill_runner 'spark'" in done.stdout + done.stderr and "Traceback" not in done.stderr

@@ -165,6 +165,22 @@ def distill(
         chosen = make_teacher(cfg)
     except TeacherConfigError as exc:
         fail(f"[red]teacher error:[/red] {exc}", 2, exc)
+    if cfg.distill_runner != "none":  # fanned out on Dask through Prefect, as the flows do
+        from flows.distill_fan_out import fanned_out
+        from runtime.config import ConfigError
+
+        try:
+            run = fanned_out(cfg, limit=limit, doc=doc)
+        except ConfigError as exc:
+            fail(f"[red]config error:[/red] {exc}", 2, exc)
+        console.print(
+            f"distillation run {run.run_id} ({run.teacher}, distill_runner {cfg.distill_runner}): {run.chunks} "
+            f"chunks ({run.cached} cached, {run.failed} failed), {run.rows_added} rows added, {run.calls} teacher "
+            f"calls; numeric share {run.numeric_share:.1%}, {run.rows} rows in all"
+        )
+        if run.chunks == 0:
+            fail("[red]no chunks to distil[/red]: run `slm ingest` first (or check --doc)", 1)
+        return
     with (
         warehouse(cfg) as con,
         progress_bar(f"distil ({chosen.name})") as progress,
