@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from expectations.runner import run_gate  # noqa: E402
 from runtime.config import load_settings  # noqa: E402
+from tasks.ingest.facts import Fact  # noqa: E402
 from warehouse import gates as queries  # noqa: E402
 from warehouse import ledger  # noqa: E402
 from warehouse.db import bulk_insert, open_warehouse  # noqa: E402
@@ -68,7 +69,7 @@ CHUNK = "第一条 伙食补助费按每人每天100元包干使用。"
 
 def seed_warehouse(con, rows: int, rng: random.Random) -> int:
     """A document and chunk with one fact, ``rows`` synthetic rows and about 1% planted conflicts."""
-    fact = SimpleNamespace(
+    fact = Fact(
         fact_id="f100",
         chunk_id="c1",
         value="100",

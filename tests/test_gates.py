@@ -16,6 +16,7 @@ from tasks.answer.answer import context_messages
 from tasks.answer.retrieve import ChunkIndex
 from tasks.distill.distill import distill, make_teacher
 from tasks.ingest.documents import ingest_file
+from tasks.ingest.facts import Fact
 from tasks.train.dataset import CONTEXT_K, dataset_id_for, freeze_dataset
 from tests.conftest import SAMPLE_PDF
 from warehouse import distill as distill_queries
@@ -38,7 +39,7 @@ def _seed_chunk(con) -> None:
     ):
         start = CHUNK.index(raw)
         facts.append(
-            SimpleNamespace(
+            Fact(
                 fact_id=f"fact-{value}",
                 chunk_id="chunk-1",
                 value=value,
