@@ -142,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         ui = info.url.rstrip("/")
         browser = DevTools(chromium, profile)
         try:
-            target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            browser.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
-                "sessionId"
-            ]
+            browser.open_tab()
             browser.call("Page.enable")
             capture(
                 browser,

@@ -131,6 +131,11 @@ class DevTools:
                 return dict(reply.get("result") or {})
         raise TimeoutError(method)
 
+    def open_tab(self) -> None:
+        """A blank tab, with the commands that follow sent to it (its session)."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+
     def close(self) -> None:
         with contextlib.suppress(Exception):  # already gone; the process is ended below either way
             self.call("Browser.close", timeout_s=5)
@@ -247,10 +252,7 @@ def screenshot(
     profile = Path(tempfile.mkdtemp(prefix="slm-chromium-"))
     browser = DevTools(chromium, profile)
     try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        browser.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
-            "sessionId"
-        ]
+        browser.open_tab()
         browser.call("Network.enable")
         for name, value in cookies.items():
             browser.call(

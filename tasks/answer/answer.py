@@ -564,7 +564,7 @@ def _topic(fact: FactRef) -> str:
     return _FIRST_CLAUSE.split(fact.context[: colon.start()], maxsplit=1)[0] if colon else ""
 
 
-def _says_asked(asked: str, fact: FactRef, least: int = 2) -> bool:
+def _says_asked(asked: str, fact: FactRef, least: int) -> bool:
     """The fact's sentence (its own number aside) shares at least ``least`` word pairs with the question."""
     own = set(tokens(fact.raw))
     return len(set(tokens(asked)) & (set(tokens(fact.context)) - own)) >= least
