@@ -65,7 +65,8 @@ def _key(row: dict) -> str:
     """The phrasing key, computed here independently of warehouse/golden.py: the question with the longest
     subject of its facts that it names replaced by {s}."""
     named = sorted(
-        (s.strip() for s in row["subjects"] or [] if len(s.strip()) >= 2 and s.strip() in row["question"]), key=len
+        (s.strip() for s in row["subjects"] or [] if len(s.strip()) >= 2 and s.strip() in row["question"]),
+        key=len,
     )
     return row["question"].replace(named[-1], "{s}") if named else row["question"]
 

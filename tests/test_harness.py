@@ -159,7 +159,9 @@ def test_stop_later_stops_every_server_when_the_test_fails(tmp_path: Path) -> No
     assert "the test failed with its servers up" in out and "stop second failed" in out, out
 
 
-def test_a_missing_package_skips_on_a_developer_machine_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_package_skips_on_a_developer_machine_and_fails_in_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert pytest.importorskip is import_or_require  # every test module's importorskip goes through it
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception):

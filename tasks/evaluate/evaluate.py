@@ -380,6 +380,8 @@ def fmt(value: float | None) -> str:
 # --- model and shown ----------------------------------------------------------------------------------------
 
 FAMILIES = ("model", "shown")
+
+
 @dataclass
 class Evaluation:
     """Both families of one evaluation, item by item, and their metrics: ``metrics["model"]`` (the model's

@@ -59,7 +59,9 @@ def prompt_format_for(context_share: float) -> str:
     return f"{PROMPT_FORMAT}+{CONTEXT_FORMAT}" if context_share > 0 else PROMPT_FORMAT
 
 
-CONTEXT_K = 3  # chunks a context row shows: as many as grounded answering retrieves (tasks.answer.answer.answer's k)
+CONTEXT_K = (
+    3  # chunks a context row shows: as many as grounded answering retrieves (tasks.answer.answer.answer's k)
+)
 
 
 def retrieved_context(

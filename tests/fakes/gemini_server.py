@@ -42,23 +42,39 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     BAD_KEY: (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
 }
 _STATUS_NAMES = {
-    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 504: "DEADLINE_EXCEEDED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    504: "DEADLINE_EXCEEDED",
 }
 
 
 def error_body(status: int, google_status: str, message: str) -> dict[str, Any]:
     body: dict[str, Any] = {"error": {"code": status, "message": message, "status": google_status}}
     if "API key not valid" in message:
-        body["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                                     "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]
+        body["error"]["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+            }
+        ]
     return body
 
 
 def user_prompt(body: dict[str, Any]) -> str:
     """The text of the request's user content."""
-    texts = [part.get("text", "") for content in body.get("contents", []) if isinstance(content, dict)
-             for part in content.get("parts", []) if isinstance(part, dict)]
+    texts = [
+        part.get("text", "")
+        for content in body.get("contents", [])
+        if isinstance(content, dict)
+        for part in content.get("parts", [])
+        if isinstance(part, dict)
+    ]
     return "\n".join(t for t in texts if t)
 
 
@@ -87,16 +103,24 @@ class _GeminiHandler(JsonHandler):
         prompt = user_prompt(body)
         text = model_text(reply, prompt)
         prompt_tokens, text_tokens = self.token_counts(prompt, text)
-        self.send_json(200, {
-            "candidates": [{
-                "content": {"parts": [{"text": text}], "role": "model"},
-                "finishReason": "MAX_TOKENS" if reply.outcome == TRUNCATED else "STOP",
-                "index": 0,
-            }],
-            "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": text_tokens,
-                              "totalTokenCount": prompt_tokens + text_tokens},
-            "modelVersion": model,
-        })
+        self.send_json(
+            200,
+            {
+                "candidates": [
+                    {
+                        "content": {"parts": [{"text": text}], "role": "model"},
+                        "finishReason": "MAX_TOKENS" if reply.outcome == TRUNCATED else "STOP",
+                        "index": 0,
+                    }
+                ],
+                "usageMetadata": {
+                    "promptTokenCount": prompt_tokens,
+                    "candidatesTokenCount": text_tokens,
+                    "totalTokenCount": prompt_tokens + text_tokens,
+                },
+                "modelVersion": model,
+            },
+        )
 
 
 def _error_args(outcome: str) -> tuple[int, dict[str, Any]]:

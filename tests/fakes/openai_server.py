@@ -72,8 +72,10 @@ class _OpenAIHandler(JsonHandler):
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0].rstrip("/") != "/v1/chat/completions":
-            self.send_json(404, error_body(f"Unknown request URL: POST {self.path}", "invalid_request_error",
-                                           "unknown_url"))
+            self.send_json(
+                404,
+                error_body(f"Unknown request URL: POST {self.path}", "invalid_request_error", "unknown_url"),
+            )
             return
         auth = self.headers.get("Authorization") or ""
         key = auth[7:] if auth.startswith("Bearer ") else None
@@ -81,8 +83,9 @@ class _OpenAIHandler(JsonHandler):
         fmt = (body.get("response_format") or {}).get("type")
         if fmt == "json_schema" and not self.fake.json_schema_supported:
             self.fake.begin_call(key, body, forced=Reply(outcome=UNSUPPORTED_FORMAT))
-            self.send_json(400, error_body(UNSUPPORTED_FORMAT_MESSAGE, "invalid_request_error",
-                                           param="response_format"))
+            self.send_json(
+                400, error_body(UNSUPPORTED_FORMAT_MESSAGE, "invalid_request_error", param="response_format")
+            )
             return
         _, reply = self.fake.begin_call(key, body)
         if reply.outcome == HANG and self.fake._stop.is_set():
@@ -95,34 +98,48 @@ class _OpenAIHandler(JsonHandler):
             self.send_json(reply.status, error_body(reply.message or f"HTTP {reply.status}", type_))
             return
         if reply.outcome in (UNAUTHORIZED, BAD_KEY):
-            self.send_json(401, error_body(
-                f"Incorrect API key provided: {masked(key)}. You can find your API key in your settings.",
-                "invalid_request_error", "invalid_api_key"))
+            self.send_json(
+                401,
+                error_body(
+                    f"Incorrect API key provided: {masked(key)}. You can find your API key in your settings.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                ),
+            )
             return
         if reply.outcome in ERRORS:
             status, type_, code, message = ERRORS[reply.outcome]
-            self.send_json(status, error_body(message, type_, code),
-                           {"retry-after": "0"} if status == 429 else None)
+            self.send_json(
+                status, error_body(message, type_, code), {"retry-after": "0"} if status == 429 else None
+            )
             return
         if reply.outcome not in (OK, HANG, TRUNCATED, MALFORMED, HOPELESS):
             raise ValueError(f"unknown outcome {reply.outcome!r}")
         prompt = user_prompt(body)
         text = model_text(reply, prompt)
         prompt_tokens, text_tokens = self.token_counts(prompt, text)
-        self.send_json(200, {
-            "id": f"chatcmpl-fake-{len(self.fake.calls)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "fake"),
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "length" if reply.outcome == TRUNCATED else "stop",
-                "logprobs": None,
-            }],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": text_tokens,
-                      "total_tokens": prompt_tokens + text_tokens},
-        })
+        self.send_json(
+            200,
+            {
+                "id": f"chatcmpl-fake-{len(self.fake.calls)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "length" if reply.outcome == TRUNCATED else "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": text_tokens,
+                    "total_tokens": prompt_tokens + text_tokens,
+                },
+            },
+        )
 
 
 class FakeOpenAIServer(FakeServer):
@@ -132,8 +149,15 @@ class FakeOpenAIServer(FakeServer):
 
     handler_class = _OpenAIHandler
 
-    def __init__(self, schedule: Schedule = None, *, latency_s: float = 0.0, hang_s: float = 30.0,
-                 keys: Sequence[str] | None = None, json_schema_supported: bool = True) -> None:
+    def __init__(
+        self,
+        schedule: Schedule = None,
+        *,
+        latency_s: float = 0.0,
+        hang_s: float = 30.0,
+        keys: Sequence[str] | None = None,
+        json_schema_supported: bool = True,
+    ) -> None:
         super().__init__(schedule, latency_s=latency_s, hang_s=hang_s, keys=keys)
         self.json_schema_supported = json_schema_supported
 
