@@ -16,25 +16,12 @@ from typing import Any
 import pytest
 
 from runtime.config import Settings, load_settings
-from tasks.distill.teachers.base import ChunkContext, FactRef, TeacherConfigError, TeacherOutput
+from tasks.distill.teachers.base import TeacherConfigError, TeacherOutput
 from tasks.distill.teachers.gemini import GeminiTeacher
 from tasks.distill.teachers.resilience import KeyPool
-from tests.fakes import (
-    BAD_REQUEST,
-    FORBIDDEN,
-    HANG,
-    HOPELESS,
-    HOPELESS_TEXT,
-    MALFORMED,
-    OK,
-    RATE_LIMIT,
-    SERVER_ERROR,
-    TRUNCATED,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    random_faults,
-)
+from tests import fakes
 from tests.fakes.gemini_server import FakeGeminiServer
+from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, guard_key_leaks
 
 KEYS = ["sk-test-SECRET-key-1", "sk-test-SECRET-key-2", "sk-test-SECRET-key-3"]
 ENV_VARS = (
@@ -43,27 +30,10 @@ ENV_VARS = (
     "GOOGLE_API_KEY",
     "GEMINI_API_KEY",
     "SLM_WORKSPACE",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
+    *PROXY_ENV_VARS,
     "GOOGLE_GENAI_USE_VERTEXAI",
     "GOOGLE_GENAI_API_VERSION",
     "GOOGLE_GENAI_HTTP_CLIENT",
-)
-
-CHUNK = ChunkContext(
-    chunk_id="c1",
-    doc_id="d1",
-    doc_name="差旅费管理办法",
-    heading_path="第三章 住宿费 > 第十条",
-    text="出差人员住宿费标准为每人每天不超过300元。市内交通费每人每天80元包干使用。",
-    facts=(
-        FactRef("f1", "300", None, "元/人/天", "每人每天不超过300元", "不超过", "住宿费标准", "", 10, 20),
-        FactRef("f2", "80", None, "元/人/天", "每人每天80元", "", "市内交通费", "", 24, 31),
-    ),
 )
 
 
@@ -74,17 +44,7 @@ def no_key_leaks(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> Iterator[None]:
-    """Clean environment, every logger at DEBUG, and after the test: no planted key in logs or output."""
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    caplog.set_level(logging.DEBUG)
-    yield
-    captured = capsys.readouterr()
-    # At teardown caplog.text is the teardown phase's; the test's own records are kept per phase.
-    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.get_records("call"))
-    for text in (logged, captured.out, captured.err):
-        assert "SECRET" not in text
+    yield from guard_key_leaks(caplog, capsys, monkeypatch, tmp_path, ENV_VARS, ("SECRET",))
 
 
 def make_settings(
@@ -111,10 +71,7 @@ def assert_clean(out: TeacherOutput, teacher: GeminiTeacher) -> None:
 
 def run(server: FakeGeminiServer, tmp_path: Path, **overrides: Any) -> tuple[TeacherOutput, GeminiTeacher]:
     teacher = GeminiTeacher(make_settings(tmp_path, server, **overrides))
-    out = teacher.generate(CHUNK)
-    assert_clean(out, teacher)
-    assert out.usage.calls == len(server.calls)  # cost accounting matches what the server saw
-    return out, teacher
+    return generate_checked(teacher, server, assert_clean), teacher
 
 
 def test_ok_rows_usage_and_request_shape(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -136,36 +93,36 @@ def test_ok_rows_usage_and_request_shape(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_rate_limited_key_rotates_to_the_next_key(tmp_path: Path) -> None:
-    with FakeGeminiServer([RATE_LIMIT], keys=KEYS) as server:
+    with FakeGeminiServer([fakes.RATE_LIMIT], keys=KEYS) as server:
         out, _ = run(server, tmp_path)
     assert out.error is None and out.rows
-    assert [(c.key, c.outcome) for c in server.calls] == [(0, RATE_LIMIT), (1, OK)]
+    assert [(c.key, c.outcome) for c in server.calls] == [(0, fakes.RATE_LIMIT), (1, fakes.OK)]
 
 
-@pytest.mark.parametrize("fault", [SERVER_ERROR, UNAVAILABLE])
+@pytest.mark.parametrize("fault", [fakes.SERVER_ERROR, fakes.UNAVAILABLE])
 def test_server_error_is_retried_then_succeeds(tmp_path: Path, fault: str) -> None:
     with FakeGeminiServer([fault, fault], keys=KEYS) as server:
         out, _ = run(server, tmp_path)
     assert out.error is None and out.rows
-    assert [c.outcome for c in server.calls] == [fault, fault, OK]
+    assert [c.outcome for c in server.calls] == [fault, fault, fakes.OK]
 
 
 def test_timeout_is_retried(tmp_path: Path) -> None:
-    with FakeGeminiServer([HANG], keys=KEYS, hang_s=3.0) as server:
+    with FakeGeminiServer([fakes.HANG], keys=KEYS, hang_s=3.0) as server:
         started = time.monotonic()
         out, _ = run(server, tmp_path, teacher_timeout_s=0.5)
     assert out.error is None and out.rows
-    assert [c.outcome for c in server.calls] == [HANG, OK]
+    assert [c.outcome for c in server.calls] == [fakes.HANG, fakes.OK]
     assert time.monotonic() - started < 2.5  # the client gave up at its timeout, not the server's hang
 
 
 def test_timeouts_exhaust_attempts_with_a_clear_error(tmp_path: Path) -> None:
-    with FakeGeminiServer(lambda i, k: HANG, keys=KEYS, hang_s=3.0) as server:
+    with FakeGeminiServer(lambda i, k: fakes.HANG, keys=KEYS, hang_s=3.0) as server:
         out, _ = run(server, tmp_path, teacher_timeout_s=0.3, teacher_max_attempts=2)
     assert out.error == "timeout (0.3 s) after 2 attempts" and not out.rows
 
 
-@pytest.mark.parametrize("fault", [TRUNCATED, MALFORMED])
+@pytest.mark.parametrize("fault", [fakes.TRUNCATED, fakes.MALFORMED])
 def test_truncated_or_malformed_json_is_repaired_into_rows(tmp_path: Path, fault: str) -> None:
     with FakeGeminiServer([fault], keys=KEYS) as server:
         out, _ = run(server, tmp_path)
@@ -177,30 +134,30 @@ def test_truncated_or_malformed_json_is_repaired_into_rows(tmp_path: Path, fault
 
 
 def test_hopeless_body_gives_error_and_keeps_raw_text(tmp_path: Path) -> None:
-    with FakeGeminiServer([HOPELESS], keys=KEYS) as server:
+    with FakeGeminiServer([fakes.HOPELESS], keys=KEYS) as server:
         out, _ = run(server, tmp_path)
     assert out.failed and "no 'rows'" in (out.error or "")
-    assert out.raw_text == HOPELESS_TEXT and not out.rows
+    assert out.raw_text == fakes.HOPELESS_TEXT and not out.rows
     assert out.usage.calls == 1 and out.usage.completion_tokens > 0  # the call was billed all the same
 
 
 def test_all_keys_rate_limited_waits_for_cooldown_then_succeeds(tmp_path: Path) -> None:
-    with FakeGeminiServer([RATE_LIMIT] * 3, keys=KEYS) as server:
+    with FakeGeminiServer([fakes.RATE_LIMIT] * 3, keys=KEYS) as server:
         started = time.monotonic()
         out, _ = run(server, tmp_path, key_cooldown_s=0.4)
         elapsed = time.monotonic() - started
     assert out.error is None and out.rows
     assert [(c.key, c.outcome) for c in server.calls] == [
-        (0, RATE_LIMIT),
-        (1, RATE_LIMIT),
-        (2, RATE_LIMIT),
-        (0, OK),
+        (0, fakes.RATE_LIMIT),
+        (1, fakes.RATE_LIMIT),
+        (2, fakes.RATE_LIMIT),
+        (0, fakes.OK),
     ]
     assert 0.3 <= elapsed < 3.0  # waited for the first key's cool-down, no longer
 
 
 def test_all_keys_rate_limited_fail_after_max_attempts(tmp_path: Path) -> None:
-    with FakeGeminiServer(lambda i, k: RATE_LIMIT, keys=KEYS) as server:
+    with FakeGeminiServer(lambda i, k: fakes.RATE_LIMIT, keys=KEYS) as server:
         out, _ = run(server, tmp_path, key_cooldown_s=0.1, teacher_max_attempts=5)
     assert out.error == "HTTP 429 RESOURCE_EXHAUSTED after 5 attempts across 3 keys"
     assert len(server.calls) == 5 and not out.rows
@@ -208,13 +165,13 @@ def test_all_keys_rate_limited_fail_after_max_attempts(tmp_path: Path) -> None:
 
 
 def test_server_errors_exhaust_attempts(tmp_path: Path) -> None:
-    with FakeGeminiServer(lambda i, k: SERVER_ERROR, keys=KEYS) as server:
+    with FakeGeminiServer(lambda i, k: fakes.SERVER_ERROR, keys=KEYS) as server:
         out, _ = run(server, tmp_path, teacher_max_attempts=3)
     assert out.error == "HTTP 500 INTERNAL after 3 attempts"
     assert len(server.calls) == 3
 
 
-@pytest.mark.parametrize("fault,status", [(UNAUTHORIZED, 401), (FORBIDDEN, 403)])
+@pytest.mark.parametrize("fault,status", [(fakes.UNAUTHORIZED, 401), (fakes.FORBIDDEN, 403)])
 def test_refused_key_is_not_retried(tmp_path: Path, fault: str, status: int) -> None:
     with FakeGeminiServer([fault], keys=KEYS) as server:
         out, _ = run(server, tmp_path)
@@ -238,21 +195,21 @@ def test_invalid_key_answer_from_google_names_the_key_position(tmp_path: Path) -
 
 
 def test_bad_request_is_not_retried(tmp_path: Path) -> None:
-    with FakeGeminiServer([BAD_REQUEST], keys=KEYS) as server:
+    with FakeGeminiServer([fakes.BAD_REQUEST], keys=KEYS) as server:
         out, _ = run(server, tmp_path)
     assert out.error == "HTTP 400 INVALID_ARGUMENT: Request contains an invalid argument. (not retried)"
     assert len(server.calls) == 1
 
 
 def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) -> None:
-    faults = random_faults(
+    faults = fakes.random_faults(
         seed=7,
         probabilities={
-            RATE_LIMIT: 0.2,
-            SERVER_ERROR: 0.1,
-            UNAVAILABLE: 0.05,
-            TRUNCATED: 0.05,
-            MALFORMED: 0.05,
+            fakes.RATE_LIMIT: 0.2,
+            fakes.SERVER_ERROR: 0.1,
+            fakes.UNAVAILABLE: 0.05,
+            fakes.TRUNCATED: 0.05,
+            fakes.MALFORMED: 0.05,
         },
     )
     with FakeGeminiServer(faults, keys=KEYS, latency_s=0.01) as server:
@@ -261,7 +218,7 @@ def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) 
             outs = list(pool.map(teacher.generate, [CHUNK] * 30))
     assert sum(o.usage.calls for o in outs) == len(server.calls)
     assert sum(1 for o in outs if o.error is None) >= 28  # six attempts make a failed chunk very unlikely
-    assert server.outcome_counts().get(RATE_LIMIT, 0) > 0
+    assert server.outcome_counts().get(fakes.RATE_LIMIT, 0) > 0
     for out in outs:
         assert_clean(out, teacher)
 
@@ -273,11 +230,11 @@ def test_missing_keys_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_random_faults_are_seeded_per_call_index() -> None:
-    first = random_faults(3, {RATE_LIMIT: 0.3, SERVER_ERROR: 0.2})
-    second = random_faults(3, {RATE_LIMIT: 0.3, SERVER_ERROR: 0.2})
+    first = fakes.random_faults(3, {fakes.RATE_LIMIT: 0.3, fakes.SERVER_ERROR: 0.2})
+    second = fakes.random_faults(3, {fakes.RATE_LIMIT: 0.3, fakes.SERVER_ERROR: 0.2})
     draws = [first(i, 0) for i in range(200)]
     assert draws == [second(i, 1) for i in range(200)]
-    assert 40 < draws.count(RATE_LIMIT) < 80 and 20 < draws.count(SERVER_ERROR) < 60
+    assert 40 < draws.count(fakes.RATE_LIMIT) < 80 and 20 < draws.count(fakes.SERVER_ERROR) < 60
 
 
 class FakeClock:

@@ -16,24 +16,11 @@ from typing import Any
 import pytest
 
 from runtime.config import Settings, load_settings
-from tasks.distill.teachers.base import ChunkContext, FactRef, TeacherOutput
+from tasks.distill.teachers.base import TeacherOutput
 from tasks.distill.teachers.openai_compat import NO_KEY, OpenAITeacher
-from tests.fakes import (
-    BAD_REQUEST,
-    FORBIDDEN,
-    HANG,
-    HOPELESS,
-    HOPELESS_TEXT,
-    MALFORMED,
-    OK,
-    RATE_LIMIT,
-    SERVER_ERROR,
-    TRUNCATED,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    random_faults,
-)
+from tests import fakes
 from tests.fakes.openai_server import UNSUPPORTED_FORMAT, FakeOpenAIServer
+from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, guard_key_leaks
 
 KEY = "sk-test-SECRET-key-1"
 ENV_VARS = (
@@ -44,24 +31,7 @@ ENV_VARS = (
     "SLM_WORKSPACE",
     "OPENAI_ORG_ID",
     "OPENAI_PROJECT_ID",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-)
-
-CHUNK = ChunkContext(
-    chunk_id="c1",
-    doc_id="d1",
-    doc_name="差旅费管理办法",
-    heading_path="第三章 住宿费 > 第十条",
-    text="出差人员住宿费标准为每人每天不超过300元。市内交通费每人每天80元包干使用。",
-    facts=(
-        FactRef("f1", "300", None, "元/人/天", "每人每天不超过300元", "不超过", "住宿费标准", "", 10, 20),
-        FactRef("f2", "80", None, "元/人/天", "每人每天80元", "", "市内交通费", "", 24, 31),
-    ),
+    *PROXY_ENV_VARS,
 )
 
 
@@ -72,17 +42,7 @@ def no_key_leaks(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> Iterator[None]:
-    """Clean environment, every logger at DEBUG, and after the test: no planted key in logs or output."""
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    caplog.set_level(logging.DEBUG)
-    yield
-    captured = capsys.readouterr()
-    # At teardown caplog.text is the teardown phase's; the test's own records are kept per phase.
-    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.get_records("call"))
-    for text in (logged, captured.out, captured.err):
-        assert "SECRET" not in text and KEY not in text
+    yield from guard_key_leaks(caplog, capsys, monkeypatch, tmp_path, ENV_VARS, ("SECRET", KEY))
 
 
 def make_settings(
@@ -110,10 +70,7 @@ def assert_clean(out: TeacherOutput, teacher: OpenAITeacher) -> None:
 
 def run(server: FakeOpenAIServer, tmp_path: Path, **overrides: Any) -> tuple[TeacherOutput, OpenAITeacher]:
     teacher = OpenAITeacher(make_settings(tmp_path, server, **overrides))
-    out = teacher.generate(CHUNK)
-    assert_clean(out, teacher)
-    assert out.usage.calls == len(server.calls)  # cost accounting matches what the server saw
-    return out, teacher
+    return generate_checked(teacher, server, assert_clean), teacher
 
 
 def test_ok_rows_usage_and_request_shape(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -141,33 +98,37 @@ def test_no_key_configured_sends_a_placeholder(tmp_path: Path) -> None:
 
 
 def test_rate_limit_with_one_key_backs_off_and_retries(tmp_path: Path) -> None:
-    with FakeOpenAIServer([RATE_LIMIT, RATE_LIMIT], keys=[KEY]) as server:
+    with FakeOpenAIServer([fakes.RATE_LIMIT, fakes.RATE_LIMIT], keys=[KEY]) as server:
         started = time.monotonic()
         out, _ = run(server, tmp_path, teacher_backoff_s=0.1, key_cooldown_s=60.0)
         elapsed = time.monotonic() - started
     assert out.error is None and out.rows
-    assert [(c.key, c.outcome) for c in server.calls] == [(0, RATE_LIMIT), (0, RATE_LIMIT), (0, OK)]
+    assert [(c.key, c.outcome) for c in server.calls] == [
+        (0, fakes.RATE_LIMIT),
+        (0, fakes.RATE_LIMIT),
+        (0, fakes.OK),
+    ]
     assert 0.3 <= elapsed < 5.0  # backed off 0.1 then 0.2 (+jitter); not the 60 s key cool-down
 
 
-@pytest.mark.parametrize("fault", [SERVER_ERROR, UNAVAILABLE])
+@pytest.mark.parametrize("fault", [fakes.SERVER_ERROR, fakes.UNAVAILABLE])
 def test_server_error_is_retried_then_succeeds(tmp_path: Path, fault: str) -> None:
     with FakeOpenAIServer([fault], keys=[KEY]) as server:
         out, _ = run(server, tmp_path)
     assert out.error is None and out.rows
-    assert [c.outcome for c in server.calls] == [fault, OK]
+    assert [c.outcome for c in server.calls] == [fault, fakes.OK]
 
 
 def test_timeout_is_retried(tmp_path: Path) -> None:
-    with FakeOpenAIServer([HANG], keys=[KEY], hang_s=3.0) as server:
+    with FakeOpenAIServer([fakes.HANG], keys=[KEY], hang_s=3.0) as server:
         started = time.monotonic()
         out, _ = run(server, tmp_path, teacher_timeout_s=0.5)
     assert out.error is None and out.rows
-    assert [c.outcome for c in server.calls] == [HANG, OK]
+    assert [c.outcome for c in server.calls] == [fakes.HANG, fakes.OK]
     assert time.monotonic() - started < 2.5
 
 
-@pytest.mark.parametrize("fault", [TRUNCATED, MALFORMED])
+@pytest.mark.parametrize("fault", [fakes.TRUNCATED, fakes.MALFORMED])
 def test_truncated_or_malformed_json_is_repaired_into_rows(tmp_path: Path, fault: str) -> None:
     with FakeOpenAIServer([fault], keys=[KEY]) as server:
         out, _ = run(server, tmp_path)
@@ -178,26 +139,26 @@ def test_truncated_or_malformed_json_is_repaired_into_rows(tmp_path: Path, fault
 
 
 def test_hopeless_body_gives_error_and_keeps_raw_text(tmp_path: Path) -> None:
-    with FakeOpenAIServer([HOPELESS], keys=[KEY]) as server:
+    with FakeOpenAIServer([fakes.HOPELESS], keys=[KEY]) as server:
         out, _ = run(server, tmp_path)
-    assert out.failed and out.raw_text == HOPELESS_TEXT and not out.rows
+    assert out.failed and out.raw_text == fakes.HOPELESS_TEXT and not out.rows
     assert out.usage.calls == 1 and out.usage.completion_tokens > 0
 
 
 def test_rate_limited_repeatedly_fails_after_max_attempts(tmp_path: Path) -> None:
-    with FakeOpenAIServer(lambda i, k: RATE_LIMIT, keys=[KEY]) as server:
+    with FakeOpenAIServer(lambda i, k: fakes.RATE_LIMIT, keys=[KEY]) as server:
         out, _ = run(server, tmp_path, teacher_max_attempts=4)
     assert out.error == "HTTP 429 after 4 attempts"
     assert len(server.calls) == 4 and "rate_limit_exceeded" in (out.raw_text or "")
 
 
 def test_server_errors_exhaust_attempts(tmp_path: Path) -> None:
-    with FakeOpenAIServer(lambda i, k: SERVER_ERROR, keys=[KEY]) as server:
+    with FakeOpenAIServer(lambda i, k: fakes.SERVER_ERROR, keys=[KEY]) as server:
         out, _ = run(server, tmp_path, teacher_max_attempts=3)
     assert out.error == "HTTP 500 after 3 attempts" and len(server.calls) == 3
 
 
-@pytest.mark.parametrize("fault,status", [(UNAUTHORIZED, 401), (FORBIDDEN, 403)])
+@pytest.mark.parametrize("fault,status", [(fakes.UNAUTHORIZED, 401), (fakes.FORBIDDEN, 403)])
 def test_refused_key_is_not_retried_and_not_echoed(tmp_path: Path, fault: str, status: int) -> None:
     with FakeOpenAIServer([fault], keys=[KEY]) as server:
         out, _ = run(server, tmp_path)
@@ -216,7 +177,7 @@ def test_unknown_key_gets_openai_401(tmp_path: Path) -> None:
 
 
 def test_bad_request_is_not_retried(tmp_path: Path) -> None:
-    with FakeOpenAIServer([BAD_REQUEST], keys=[KEY]) as server:
+    with FakeOpenAIServer([fakes.BAD_REQUEST], keys=[KEY]) as server:
         out, _ = run(server, tmp_path)
     assert out.error == "HTTP 400: Invalid request. (not retried)" and len(server.calls) == 1
 
@@ -227,7 +188,7 @@ def test_json_schema_refused_falls_back_to_json_object_once(tmp_path: Path) -> N
         first = teacher.generate(CHUNK)
         second = teacher.generate(CHUNK)  # remembered: no json_schema attempt any more
     assert first.error is None and first.rows and second.error is None and second.rows
-    assert [c.outcome for c in server.calls] == [UNSUPPORTED_FORMAT, OK, OK]
+    assert [c.outcome for c in server.calls] == [UNSUPPORTED_FORMAT, fakes.OK, fakes.OK]
     assert (first.usage.calls, second.usage.calls) == (2, 1)
     formats = [b["response_format"]["type"] for b in server.bodies]
     assert formats == ["json_schema", "json_object", "json_object"]
@@ -236,14 +197,14 @@ def test_json_schema_refused_falls_back_to_json_object_once(tmp_path: Path) -> N
 
 
 def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) -> None:
-    faults = random_faults(
+    faults = fakes.random_faults(
         seed=11,
         probabilities={
-            RATE_LIMIT: 0.15,
-            SERVER_ERROR: 0.1,
-            UNAVAILABLE: 0.05,
-            TRUNCATED: 0.05,
-            MALFORMED: 0.05,
+            fakes.RATE_LIMIT: 0.15,
+            fakes.SERVER_ERROR: 0.1,
+            fakes.UNAVAILABLE: 0.05,
+            fakes.TRUNCATED: 0.05,
+            fakes.MALFORMED: 0.05,
         },
     )
     with FakeOpenAIServer(faults, keys=[KEY], latency_s=0.01) as server:

@@ -55,6 +55,9 @@ OUTCOMES = (
     HOPELESS,
 )
 
+# The outcomes answered with 200 and model text (a hang answers ok once it has waited).
+ANSWERING = (OK, HANG, TRUNCATED, MALFORMED, HOPELESS)
+
 HOPELESS_TEXT = "抱歉，我无法根据这段内容生成问答。"
 
 
@@ -203,6 +206,15 @@ def model_text(reply: Reply, prompt: str) -> str:
     return text
 
 
+def model_answer(reply: Reply, prompt: str) -> tuple[str, int, int]:
+    """(model text, prompt tokens, text tokens) of an answering outcome, as both protocols report them. The
+    token counts are deterministic (about two characters a token) so that cost accounting can be checked."""
+    if reply.outcome not in ANSWERING:
+        raise ValueError(f"unknown outcome {reply.outcome!r}")
+    text = model_text(reply, prompt)
+    return text, max(1, len(prompt) // 2), max(1, len(text) // 2)
+
+
 def key_label(key: str | None, keys: Sequence[str] | None) -> tuple[int | None, int | str | None]:
     """(schedule key index, record label) for a request's key: its index in ``keys``, or a short hash."""
     if keys is not None:
@@ -345,6 +357,10 @@ class JsonHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and closed the socket; nothing to answer
 
-    def token_counts(self, prompt: str, text: str) -> tuple[int, int]:
-        """Deterministic token counts (about two characters a token) so cost accounting can be checked."""
-        return max(1, len(prompt) // 2), max(1, len(text) // 2)
+    def scheduled_reply(self, key: str | None, body: dict[str, Any]) -> Reply | None:
+        """Registers the call and returns what the schedule says to do; ``None`` for a hang that the
+        server's shutdown woke (the client has long given up: nothing to answer)."""
+        _, reply = self.fake.begin_call(key, body)
+        if reply.outcome == HANG and self.fake._stop.is_set():
+            return None
+        return reply

@@ -10,36 +10,28 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.fakes import (
-    BAD_KEY,
-    BAD_REQUEST,
-    FORBIDDEN,
-    HANG,
-    HOPELESS,
-    MALFORMED,
-    OK,
-    RATE_LIMIT,
-    SERVER_ERROR,
-    TRUNCATED,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    FakeServer,
-    JsonHandler,
-    Reply,
-    model_text,
-)
+from tests import fakes
+from tests.fakes import FakeServer, JsonHandler, Reply, model_answer
 
 _PATH = re.compile(r"^/(?P<version>v1\w*)/models/(?P<model>[^:/]+):generateContent$")
 
 # outcome -> (HTTP status, Google status, message), as the real API words them.
 ERRORS: dict[str, tuple[int, str, str]] = {
-    RATE_LIMIT: (429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
-    SERVER_ERROR: (500, "INTERNAL", "An internal error has occurred. Please retry or file a bug report."),
-    UNAVAILABLE: (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
-    UNAUTHORIZED: (401, "UNAUTHENTICATED", "Request had invalid authentication credentials."),
-    FORBIDDEN: (403, "PERMISSION_DENIED", "Your API key was reported as leaked. Please use another API key."),
-    BAD_REQUEST: (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
-    BAD_KEY: (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
+    fakes.RATE_LIMIT: (429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+    fakes.SERVER_ERROR: (
+        500,
+        "INTERNAL",
+        "An internal error has occurred. Please retry or file a bug report.",
+    ),
+    fakes.UNAVAILABLE: (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+    fakes.UNAUTHORIZED: (401, "UNAUTHENTICATED", "Request had invalid authentication credentials."),
+    fakes.FORBIDDEN: (
+        403,
+        "PERMISSION_DENIED",
+        "Your API key was reported as leaked. Please use another API key.",
+    ),
+    fakes.BAD_REQUEST: (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+    fakes.BAD_KEY: (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
 }
 _STATUS_NAMES = {
     429: "RESOURCE_EXHAUSTED",
@@ -85,10 +77,9 @@ class _GeminiHandler(JsonHandler):
             self.send_json(404, error_body(404, "NOT_FOUND", f"{self.path} is not found."))
             return
         body = self.read_json()
-        _, reply = self.fake.begin_call(self.headers.get("x-goog-api-key"), body)
-        if reply.outcome == HANG and self.fake._stop.is_set():
-            return  # shutting down; the client has long given up
-        self.answer(reply, match["model"], body)
+        reply = self.scheduled_reply(self.headers.get("x-goog-api-key"), body)
+        if reply is not None:
+            self.answer(reply, match["model"], body)
 
     def answer(self, reply: Reply, model: str, body: dict[str, Any]) -> None:
         if reply.status is not None:
@@ -98,18 +89,14 @@ class _GeminiHandler(JsonHandler):
         if reply.outcome in ERRORS:
             self.send_json(*_error_args(reply.outcome))
             return
-        if reply.outcome not in (OK, HANG, TRUNCATED, MALFORMED, HOPELESS):
-            raise ValueError(f"unknown outcome {reply.outcome!r}")
-        prompt = user_prompt(body)
-        text = model_text(reply, prompt)
-        prompt_tokens, text_tokens = self.token_counts(prompt, text)
+        text, prompt_tokens, text_tokens = model_answer(reply, user_prompt(body))
         self.send_json(
             200,
             {
                 "candidates": [
                     {
                         "content": {"parts": [{"text": text}], "role": "model"},
-                        "finishReason": "MAX_TOKENS" if reply.outcome == TRUNCATED else "STOP",
+                        "finishReason": "MAX_TOKENS" if reply.outcome == fakes.TRUNCATED else "STOP",
                         "index": 0,
                     }
                 ],

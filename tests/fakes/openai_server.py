@@ -10,39 +10,31 @@ See ``tests.fakes`` for the schedule.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from tests.fakes import (
-    BAD_KEY,
-    BAD_REQUEST,
-    FORBIDDEN,
-    HANG,
-    HOPELESS,
-    MALFORMED,
-    OK,
-    RATE_LIMIT,
-    SERVER_ERROR,
-    TRUNCATED,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    FakeServer,
-    JsonHandler,
-    Reply,
-    Schedule,
-    model_text,
-)
+from tests import fakes
+from tests.fakes import FakeServer, JsonHandler, Reply, Schedule, model_answer
 
 UNSUPPORTED_FORMAT = "unsupported_format"  # recorded outcome of a refused json_schema request
 UNSUPPORTED_FORMAT_MESSAGE = "response_format type 'json_schema' is not supported by this server"
 
 # outcome -> (HTTP status, error type, code, message)
 ERRORS: dict[str, tuple[int, str, str | None, str]] = {
-    RATE_LIMIT: (429, "requests", "rate_limit_exceeded", "Rate limit reached for requests. Try again soon."),
-    SERVER_ERROR: (500, "server_error", None, "The server had an error while processing your request."),
-    UNAVAILABLE: (503, "server_error", None, "The engine is currently overloaded, please try again later."),
-    FORBIDDEN: (403, "invalid_request_error", "forbidden", "You are not allowed to use this model."),
-    BAD_REQUEST: (400, "invalid_request_error", None, "Invalid request."),
+    fakes.RATE_LIMIT: (
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for requests. Try again soon.",
+    ),
+    fakes.SERVER_ERROR: (500, "server_error", None, "The server had an error while processing your request."),
+    fakes.UNAVAILABLE: (
+        503,
+        "server_error",
+        None,
+        "The engine is currently overloaded, please try again later.",
+    ),
+    fakes.FORBIDDEN: (403, "invalid_request_error", "forbidden", "You are not allowed to use this model."),
+    fakes.BAD_REQUEST: (400, "invalid_request_error", None, "Invalid request."),
 }
 
 
@@ -87,17 +79,16 @@ class _OpenAIHandler(JsonHandler):
                 400, error_body(UNSUPPORTED_FORMAT_MESSAGE, "invalid_request_error", param="response_format")
             )
             return
-        _, reply = self.fake.begin_call(key, body)
-        if reply.outcome == HANG and self.fake._stop.is_set():
-            return  # shutting down; the client has long given up
-        self.answer(reply, key, body)
+        reply = self.scheduled_reply(key, body)
+        if reply is not None:
+            self.answer(reply, key, body)
 
     def answer(self, reply: Reply, key: str | None, body: dict[str, Any]) -> None:
         if reply.status is not None:
             type_ = "server_error" if reply.status >= 500 else "invalid_request_error"
             self.send_json(reply.status, error_body(reply.message or f"HTTP {reply.status}", type_))
             return
-        if reply.outcome in (UNAUTHORIZED, BAD_KEY):
+        if reply.outcome in (fakes.UNAUTHORIZED, fakes.BAD_KEY):
             self.send_json(
                 401,
                 error_body(
@@ -113,11 +104,7 @@ class _OpenAIHandler(JsonHandler):
                 status, error_body(message, type_, code), {"retry-after": "0"} if status == 429 else None
             )
             return
-        if reply.outcome not in (OK, HANG, TRUNCATED, MALFORMED, HOPELESS):
-            raise ValueError(f"unknown outcome {reply.outcome!r}")
-        prompt = user_prompt(body)
-        text = model_text(reply, prompt)
-        prompt_tokens, text_tokens = self.token_counts(prompt, text)
+        text, prompt_tokens, text_tokens = model_answer(reply, user_prompt(body))
         self.send_json(
             200,
             {
@@ -129,7 +116,7 @@ class _OpenAIHandler(JsonHandler):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
-                        "finish_reason": "length" if reply.outcome == TRUNCATED else "stop",
+                        "finish_reason": "length" if reply.outcome == fakes.TRUNCATED else "stop",
                         "logprobs": None,
                     }
                 ],
@@ -150,15 +137,9 @@ class FakeOpenAIServer(FakeServer):
     handler_class = _OpenAIHandler
 
     def __init__(
-        self,
-        schedule: Schedule = None,
-        *,
-        latency_s: float = 0.0,
-        hang_s: float = 30.0,
-        keys: Sequence[str] | None = None,
-        json_schema_supported: bool = True,
+        self, schedule: Schedule = None, *, json_schema_supported: bool = True, **timing: Any
     ) -> None:
-        super().__init__(schedule, latency_s=latency_s, hang_s=hang_s, keys=keys)
+        super().__init__(schedule, **timing)  # latency_s, hang_s, keys: as FakeServer takes them
         self.json_schema_supported = json_schema_supported
 
     @property

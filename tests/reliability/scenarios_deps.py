@@ -33,7 +33,7 @@ from tests.fakes import (
     TRUNCATED,
     FakeServer,
     Reply,
-    model_text,
+    model_answer,
     random_faults,
 )
 from tests.reliability.outcome import FaultOutcome
@@ -174,10 +174,9 @@ def _server_usage(teacher: str, server: FakeServer) -> tuple[int, int, int]:
     prompt_tokens = completion_tokens = 0
     for call, body in zip(server.calls, server.bodies, strict=True):
         if call.outcome in _ANSWERING:
-            prompt = _prompt(teacher, body)
-            text = model_text(Reply(outcome=call.outcome), prompt)
-            prompt_tokens += max(1, len(prompt) // 2)  # what JsonHandler.token_counts reports
-            completion_tokens += max(1, len(text) // 2)
+            _, prompt_n, text_n = model_answer(Reply(outcome=call.outcome), _prompt(teacher, body))
+            prompt_tokens += prompt_n
+            completion_tokens += text_n
     return len(server.calls), prompt_tokens, completion_tokens
 
 

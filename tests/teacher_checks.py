@@ -1,0 +1,63 @@
+"""What the API-teacher tests (``test_teacher_gemini``, ``test_teacher_openai``) share: the chunk they send,
+the clean environment with the no-key-leak check, and a generate call whose usage is held against the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.distill.teachers.base import ChunkContext, FactRef, TeacherOutput
+from tests.fakes import FakeServer
+
+# Proxies are cleared as well: the real clients would send the fake server's traffic through one.
+PROXY_ENV_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+CHUNK = ChunkContext(
+    chunk_id="c1",
+    doc_id="d1",
+    doc_name="差旅费管理办法",
+    heading_path="第三章 住宿费 > 第十条",
+    text="出差人员住宿费标准为每人每天不超过300元。市内交通费每人每天80元包干使用。",
+    facts=(
+        FactRef("f1", "300", None, "元/人/天", "每人每天不超过300元", "不超过", "住宿费标准", "", 10, 20),
+        FactRef("f2", "80", None, "元/人/天", "每人每天80元", "", "市内交通费", "", 24, 31),
+    ),
+)
+
+
+def guard_key_leaks(
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    env_vars: Iterable[str],
+    secrets: Iterable[str],
+) -> Iterator[None]:
+    """Body of an autouse fixture: a clean environment (``env_vars`` unset), every logger at DEBUG, and
+    after the test: none of ``secrets`` in the test's logs or console output."""
+    for var in env_vars:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.DEBUG)
+    yield
+    captured = capsys.readouterr()
+    # At teardown caplog.text is the teardown phase's; the test's own records are kept per phase.
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.get_records("call"))
+    for text in (logged, captured.out, captured.err):
+        for secret in secrets:
+            assert secret not in text
+
+
+def generate_checked(
+    teacher: Any, server: FakeServer, assert_clean: Callable[[TeacherOutput, Any], None]
+) -> TeacherOutput:
+    """``teacher.generate(CHUNK)``, checked for leaked keys and for usage that matches what the server saw."""
+    out = teacher.generate(CHUNK)
+    assert_clean(out, teacher)
+    assert out.usage.calls == len(server.calls)  # cost accounting matches what the server saw
+    return out
