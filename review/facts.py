@@ -212,7 +212,8 @@ def sentence_tasks(
     ]
 
 
-def _add_notes(current: str, notes: Iterable[str]) -> str:
+def add_notes(current: str, notes: Iterable[str]) -> str:
+    """``current`` ("; "-joined verify notes) with the new ``notes`` appended once each, in order."""
     parts = [p for p in (current or "").split("; ") if p]
     for note in notes:
         if note and note not in parts:
@@ -245,7 +246,7 @@ def _update(row: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
         "is_numeric": outcome.is_numeric if outcome.is_numeric is not None else row["is_numeric"],
         "grounded": outcome.grounded if outcome.grounded is not None else row["grounded"],
         "fact_ids": list(outcome.fact_ids if outcome.fact_ids is not None else row["fact_ids"]),
-        "verify_notes": _add_notes(row["verify_notes"], outcome.notes),
+        "verify_notes": add_notes(row["verify_notes"], outcome.notes),
     }
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import duckdb
 
-from review.facts import settle
+from review.facts import add_notes, settle
 from review.labeling import (
     COMMENT,
     CORRECTED_ANSWER,
@@ -271,14 +271,6 @@ def check_correction(
 # Applying an export
 
 
-def _add_notes(current: str, notes: Iterable[str]) -> str:
-    parts = [p for p in (current or "").split("; ") if p]
-    for note in notes:
-        if note and note not in parts:
-            parts.append(note)
-    return "; ".join(parts)
-
-
 def _timestamp(value: Any) -> datetime | None:
     if not value:
         return None
@@ -331,7 +323,7 @@ def decide(
         if check["problems"]:
             flagged = "; ".join(check["problems"])
             decision["status"] = "needs_review"
-            decision["verify_notes"] = _add_notes(decision["verify_notes"], check["problems"])
+            decision["verify_notes"] = add_notes(decision["verify_notes"], check["problems"])
         else:
             decision.update(
                 answer=text,
@@ -339,7 +331,7 @@ def decide(
                 is_numeric=check["is_numeric"],
                 grounded=check["grounded"],
                 fact_ids=check["fact_ids"],
-                verify_notes=_add_notes(decision["verify_notes"], check["verify_notes"]),
+                verify_notes=add_notes(decision["verify_notes"], check["verify_notes"]),
             )
     elif row["original_answer"] and row["answer"] != original:
         decision["answer"] = original  # the annotator changed a correction back to accept or reject
