@@ -88,6 +88,29 @@ def require_or_skip(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def require_labelstudio(settings: Settings, on_progress: Callable[[str], None] | None = None) -> None:
+    """Label Studio installed for ``settings`` (minutes the first time), or the test skipped (failed in CI)
+    saying why it could not be."""
+    from review import server  # not at module level: most tests never need Label Studio
+
+    try:
+        server.ensure_installed(settings, on_progress=on_progress)
+    except (server.LabelStudioError, OSError) as exc:
+        require_or_skip(f"Label Studio {server.LS_VERSION} cannot be installed here: {exc}")
+
+
+def quick_labelstudio_settings(tmp_path: Path) -> Settings:
+    """A workspace under ``tmp_path`` whose Label Studio has a free port and gives up quickly."""
+    from review import server
+
+    update = {
+        "labelstudio_port": server.free_port(),
+        "labelstudio_attempts": 2,
+        "labelstudio_backoff_s": 0.05,
+    }
+    return load_settings(tmp_path / "ws").model_copy(update=update)
+
+
 _importorskip = pytest.importorskip
 
 

@@ -30,27 +30,31 @@ CHUNK = ChunkContext(
 )
 
 
-def guard_key_leaks(
-    caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    env_vars: Iterable[str],
-    secrets: Iterable[str],
-) -> Iterator[None]:
-    """Body of an autouse fixture: a clean environment (``env_vars`` unset), every logger at DEBUG, and
-    after the test: none of ``secrets`` in the test's logs or console output."""
-    for var in env_vars:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    caplog.set_level(logging.DEBUG)
-    yield
-    captured = capsys.readouterr()
-    # At teardown caplog.text is the teardown phase's; the test's own records are kept per phase.
-    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.get_records("call"))
-    for text in (logged, captured.out, captured.err):
-        for secret in secrets:
-            assert secret not in text
+def no_key_leaks_fixture(env_vars: Iterable[str], secrets: Iterable[str]) -> Any:
+    """An autouse fixture for a teacher test module: a clean environment (``env_vars`` unset), every logger at
+    DEBUG, and after the test: none of ``secrets`` in the test's logs or console output."""
+    env_vars, secrets = tuple(env_vars), tuple(secrets)
+
+    @pytest.fixture(autouse=True)
+    def no_key_leaks(
+        caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path,
+    ) -> Iterator[None]:
+        for var in env_vars:
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.chdir(tmp_path)
+        caplog.set_level(logging.DEBUG)
+        yield
+        captured = capsys.readouterr()
+        # At teardown caplog.text is the teardown phase's; the test's own records are kept per phase.
+        logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.get_records("call"))
+        for text in (logged, captured.out, captured.err):
+            for secret in secrets:
+                assert secret not in text
+
+    return no_key_leaks
 
 
 def generate_checked(

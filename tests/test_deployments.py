@@ -16,7 +16,7 @@ import pytest
 from deployments import server as prefect_server
 from review import server as labelstudio
 from runtime.config import load_settings
-from tests.conftest import SAMPLE_MD, require_or_skip
+from tests.conftest import SAMPLE_MD, require_labelstudio
 from tests.reliability.scenarios_deps import start_from_template
 from tests.reliability.scenarios_security import listening_addresses
 from tests.test_review_labelstudio import _result
@@ -59,10 +59,7 @@ def test_deploy_read_back_the_schedule_and_run_build_dataset_through_a_pause(
         encoding="utf-8",
     )
     settings = load_settings(workspace)
-    try:
-        labelstudio.ensure_installed(settings)
-    except (labelstudio.LabelStudioError, OSError) as exc:
-        require_or_skip(f"Label Studio cannot be installed here: {exc}")
+    require_labelstudio(settings)
     # Registered before anything starts: whatever fails, nothing this test started outlives it.
     stop_later(lambda: prefect_server.stop(settings, "server"))
     stop_later(lambda: prefect_server.stop(settings, "worker"))

@@ -14,8 +14,7 @@ import pytest
 
 from review import push, server, sync
 from review.facts import VERIFIER_VERSION
-from runtime.config import load_settings
-from tests.conftest import require_or_skip
+from tests.conftest import quick_labelstudio_settings, require_labelstudio
 from tests.test_review_facts import (
     expected_statuses,
     fact_task_results,
@@ -39,17 +38,8 @@ def _data(task: Any) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_fact_first_batch_round_trip_with_a_real_label_studio(tmp_path: Path, stop_later) -> None:
-    settings = load_settings(tmp_path / "ws").model_copy(
-        update={
-            "labelstudio_port": server.free_port(),
-            "labelstudio_attempts": 2,
-            "labelstudio_backoff_s": 0.05,
-        }
-    )
-    try:
-        server.ensure_installed(settings, on_progress=print)
-    except (server.LabelStudioError, OSError) as exc:
-        require_or_skip(f"Label Studio {server.LS_VERSION} cannot be installed here: {exc}")
+    settings = quick_labelstudio_settings(tmp_path)
+    require_labelstudio(settings, on_progress=print)
     stop_later(lambda: server.stop(settings))
     con = connect(settings.warehouse_path)
     try:

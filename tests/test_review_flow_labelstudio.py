@@ -15,7 +15,7 @@ from flows.build_dataset import build_dataset
 from flows.gates import GateFailed
 from review import server
 from runtime.config import load_settings
-from tests.conftest import SAMPLE_PDF, require_or_skip
+from tests.conftest import SAMPLE_PDF, require_labelstudio
 from tests.test_review_labelstudio import _result
 from warehouse import review as review_queries
 from warehouse.db import open_warehouse
@@ -31,10 +31,7 @@ def test_flow_pauses_for_people_and_the_webhook_resumes_it(tmp_path: Path, stop_
         encoding="utf-8",
     )
     settings = load_settings(workspace)
-    try:
-        server.ensure_installed(settings)
-    except (server.LabelStudioError, OSError) as exc:
-        require_or_skip(f"Label Studio cannot be installed here: {exc}")
+    require_labelstudio(settings)
     stop_later(lambda: server.stop(settings))  # before the start: a start that fails half way is stopped too
     server.start(settings)
     outcome: dict = {}

@@ -24,7 +24,7 @@ from review.labeling import COMMENT, CORRECTED_ANSWER, CORRECTED_NUMBERS, VERDIC
 from runtime.config import Settings, load_settings
 from tasks.distill.distill import distill, make_teacher
 from tasks.ingest.documents import ingest_file
-from tests.conftest import SAMPLE_PDF, require_or_skip
+from tests.conftest import SAMPLE_PDF, quick_labelstudio_settings, require_labelstudio
 from tests.reliability.scenarios_security import listening_addresses
 from warehouse import review as queries
 from warehouse.db import connect
@@ -184,17 +184,8 @@ def _wait(predicate: Any, timeout_s: float) -> bool:
 def test_review_round_trip_with_a_real_label_studio(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], stop_later
 ) -> None:
-    settings = load_settings(tmp_path / "ws").model_copy(
-        update={
-            "labelstudio_port": server.free_port(),
-            "labelstudio_attempts": 2,
-            "labelstudio_backoff_s": 0.05,
-        }
-    )
-    try:
-        server.ensure_installed(settings, on_progress=print)
-    except (server.LabelStudioError, OSError) as exc:
-        require_or_skip(f"Label Studio {server.LS_VERSION} cannot be installed here: {exc}")
+    settings = quick_labelstudio_settings(tmp_path)
+    require_labelstudio(settings, on_progress=print)
     stop_later(lambda: server.stop(settings))  # also when the test fails before its own finally
     con = connect(settings.warehouse_path)
     calls: list[tuple[str | None, str, sync.BatchProgress]] = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from tasks.distill.teachers.gemini import GeminiTeacher
 from tasks.distill.teachers.resilience import KeyPool
 from tests import fakes
 from tests.fakes.gemini_server import FakeGeminiServer
-from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, guard_key_leaks
+from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, no_key_leaks_fixture
 
 KEYS = ["sk-test-SECRET-key-1", "sk-test-SECRET-key-2", "sk-test-SECRET-key-3"]
 ENV_VARS = (
@@ -37,14 +36,7 @@ ENV_VARS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def no_key_leaks(
-    caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> Iterator[None]:
-    yield from guard_key_leaks(caplog, capsys, monkeypatch, tmp_path, ENV_VARS, ("SECRET",))
+no_key_leaks = no_key_leaks_fixture(ENV_VARS, ("SECRET",))
 
 
 def make_settings(

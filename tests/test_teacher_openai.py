@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tasks.distill.teachers.base import TeacherOutput
 from tasks.distill.teachers.openai_compat import NO_KEY, OpenAITeacher
 from tests import fakes
 from tests.fakes.openai_server import UNSUPPORTED_FORMAT, FakeOpenAIServer
-from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, guard_key_leaks
+from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, no_key_leaks_fixture
 
 KEY = "sk-test-SECRET-key-1"
 ENV_VARS = (
@@ -35,14 +34,7 @@ ENV_VARS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def no_key_leaks(
-    caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> Iterator[None]:
-    yield from guard_key_leaks(caplog, capsys, monkeypatch, tmp_path, ENV_VARS, ("SECRET", KEY))
+no_key_leaks = no_key_leaks_fixture(ENV_VARS, ("SECRET", KEY))
 
 
 def make_settings(

@@ -33,13 +33,8 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     fakes.BAD_REQUEST: (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
     fakes.BAD_KEY: (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
 }
-_STATUS_NAMES = {
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    400: "INVALID_ARGUMENT",
+# HTTP status -> Google status, for custom errors (Reply.status).
+_STATUS_NAMES = {status: name for status, name, _ in ERRORS.values()} | {
     404: "NOT_FOUND",
     504: "DEADLINE_EXCEEDED",
 }

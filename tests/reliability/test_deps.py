@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runtime.config import load_settings
-from tests.conftest import require_or_skip
+from tests.conftest import require_labelstudio
 from tests.fakes import HANG, MALFORMED, RATE_LIMIT, SERVER_ERROR, TRUNCATED
 from tests.reliability import scenarios_deps
 from tests.reliability.scenarios_deps import DepsOutcome
@@ -40,13 +40,8 @@ def test_teacher_endpoint_faults_lose_nothing_and_bill_what_the_server_saw(
 
 @pytest.mark.slow
 def test_labelstudio_stopped_during_push_and_sync(tmp_path: Path) -> None:
-    from review import server
-
     settings = load_settings(tmp_path / "probe")
-    try:
-        server.ensure_installed(settings)
-    except (server.LabelStudioError, OSError) as exc:
-        require_or_skip(f"Label Studio {server.LS_VERSION} cannot be installed here: {exc}")
+    require_labelstudio(settings)
     outcome = _held(scenarios_deps.labelstudio_stopped(tmp_path))
     # Push and sync failed with LabelStudioUnavailable naming the server, and so did `slm review push|sync`
     # (both checked in the scenario); after the restart every annotation of both batches was applied once.
