@@ -26,6 +26,7 @@ Covered: Gemma 3 (text), Llama (and Mistral's Llama layout), Qwen2; f32, f16, q8
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -505,6 +506,25 @@ def _stored(name: str, data: np.ndarray, quant: str) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+@contextlib.contextmanager
+def _gguf_file(out_path: Path, arch: str, file_type: str) -> Iterator[gguf.GGUFWriter]:
+    """A GGUF writer of ``file_type`` (model or adapter): what the block adds is written when it ends, to a
+    ``.part`` file renamed to ``out_path`` only then, so a half-written GGUF never stands under the final name."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.part")
+    writer = gguf.GGUFWriter(tmp, arch)
+    try:
+        writer.add_type(file_type)
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, out_path)
+
+
 def write_model_gguf(
     model: Any,
     tokenizer: Any,
@@ -520,12 +540,7 @@ def write_model_gguf(
         raise ExportError(f"write_model_gguf writes f32 or f16, not {quant!r} (quantise afterwards)")
     config = model.config
     spec = arch_spec(config)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.part")
-    writer = gguf.GGUFWriter(tmp, spec.name)
-    try:
-        writer.add_type(gguf.GGUFType.MODEL)
+    with _gguf_file(out_path, spec.name, gguf.GGUFType.MODEL) as writer:
         writer.add_name(name or getattr(config, "_name_or_path", "") or spec.name)
         notes = _write_hparams(writer, spec, config)
         writer.add_file_type(_FLOAT_FTYPE[quant])
@@ -543,12 +558,6 @@ def write_model_gguf(
         state = model.state_dict()
         for tensor_name, data in _gguf_tensors(state, spec, config, n_tokens):
             writer.add_tensor(tensor_name, _stored(tensor_name, data, quant))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out_path)  # never leave a half-written GGUF under the final name
     return notes
 
 
@@ -613,12 +622,7 @@ def write_lora_gguf(adapter_dir: Path, base_config: Any, out_path: Path, quant: 
         pairs.setdefault(match["module"], {})[match["ab"]] = tensor
     if not pairs:
         raise ExportError(f"{adapter_dir}: no LoRA weights found")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.part")
-    writer = gguf.GGUFWriter(tmp, spec.name)
-    try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
+    with _gguf_file(out_path, spec.name, gguf.GGUFType.ADAPTER) as writer:
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
         for module, ab in sorted(pairs.items()):
@@ -642,12 +646,6 @@ def write_lora_gguf(adapter_dir: Path, base_config: Any, out_path: Path, quant: 
             dtype = np.float16 if quant == "f16" else np.float32
             writer.add_tensor(f"{base_name}.lora_a", np.ascontiguousarray(a, dtype=dtype))
             writer.add_tensor(f"{base_name}.lora_b", np.ascontiguousarray(b, dtype=dtype))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out_path)
     return alpha
 
 
