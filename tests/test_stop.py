@@ -116,7 +116,8 @@ def test_transformers_penalty_spares_the_prompt() -> None:
 def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny base trained until it reproduces ROWS and LOOP, and its merged f16 GGUF export."""
     from tasks.export.export import export_model
-    from tasks.train.train import ALL_LINEAR, train
+    from tasks.train.train import train
+    from tests.tiny import memorise_fast
 
     root = tmp_path_factory.mktemp("trained")
     dataset = root / "stopds"
@@ -136,17 +137,7 @@ def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         save_steps=60,
         progress=False,
         threads=2,
-        # A random tiny base needs adapter capacity and a high rate to memorise three rows in seconds.
-        overrides={
-            "learning_rate": 2e-2,
-            "lora_dropout": 0.0,
-            "lora_r": 16,
-            "lora_alpha": 32,
-            "target_modules": ALL_LINEAR,
-            "batch_size": 4,
-            "grad_accum": 1,
-            "gradient_checkpointing": False,
-        },
+        overrides=memorise_fast(batch_size=4, grad_accum=1, gradient_checkpointing=False),
     )
     adapter = result.adapter_dir
     gguf = None

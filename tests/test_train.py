@@ -28,7 +28,6 @@ from tasks.models.base_models import (
     resolve_base,
 )
 from tasks.train.train import (
-    ALL_LINEAR,
     IGNORE_INDEX,
     QLORA_NEEDS_CUDA,
     ChatDataset,
@@ -42,6 +41,7 @@ from tasks.train.train import (
     train,
     training_arguments,
 )
+from tests.tiny import memorise_fast
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "你是高校财务制度助手，只依据制度原文回答。"
@@ -318,14 +318,7 @@ def test_training_memorises_and_writes_the_adapter(tiny_base: Path, tmp_path: Pa
         progress=False,
         save_steps=10,
         threads=1,
-        # A random tiny base needs more adapter capacity and a higher rate than a real one to memorise fast.
-        overrides={
-            "learning_rate": 2e-2,
-            "lora_dropout": 0.0,
-            "lora_r": 16,
-            "lora_alpha": 32,
-            "target_modules": ALL_LINEAR,
-        },
+        overrides=memorise_fast(),
     )
     train_losses = [t for _, t, _ in result.loss_curve if t is not None]
     eval_losses = [e for _, _, e in result.loss_curve if e is not None]

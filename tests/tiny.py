@@ -5,10 +5,26 @@ that GGUF export can carry the tokenizer)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import SAMPLE_MD
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def memorise_fast(**more: Any) -> dict[str, Any]:
+    """Training overrides for the tiny base: a random base needs more adapter capacity and a higher rate than
+    a real one to memorise a few rows in seconds (``more`` adds or replaces settings)."""
+    from tasks.train.train import ALL_LINEAR  # torch and transformers only when a test trains
+
+    return {
+        "learning_rate": 2e-2,
+        "lora_dropout": 0.0,
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "target_modules": ALL_LINEAR,
+        **more,
+    }
 
 
 def build_tiny_base(folder: Path) -> Path:
