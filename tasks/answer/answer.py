@@ -44,7 +44,7 @@ from tasks.distill.verify import clause_of, subject_fits
 from tasks.ingest.chunk import LEADING_MARKER
 from tasks.ingest.facts import match_numbers
 from tasks.ingest.normalize import fold
-from tasks.ingest.numbers import canonical, find_numbers, first_number_char, rule_numbers
+from tasks.ingest.numbers import NumberMention, canonical, find_numbers, first_number_char, rule_numbers
 from tasks.vocabulary import ABSTAIN_TEXT
 from warehouse.ledger import list_facts
 
@@ -72,6 +72,7 @@ MODES = ("grounded", "closed_book")
 ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged")
 
 _SENTENCE = re.compile(r"[^。；;！？!?\n]*[。；;！？!?\n]?")
+_RULE_SENTENCE = re.compile(r"[^。；;！？!?]+[。；;！？!?]?")
 
 
 class Generator(Protocol):
@@ -539,8 +540,14 @@ NUMERIC_QUESTION = re.compile(
     r"多少|几[个天次人元块晚顿级类成折日月年点%]|标准|限额|上限|下限|最高|最多|最少|最低|比例|百分之几"
     r"|额度|多长|多久|几成|多大"
 )
+# A question asking for a time of day or a date (a deadline): the ledger holds amounts, so these are answered
+# from the rule sentence that writes the time ("报销业务截止到下午4:00"), quoted with its source.
+WHEN_QUESTION = re.compile(r"几点|什么时候|什么时间|何时|哪天|哪一天|几号|几月几")
+WHEN_MIN_SHARED = 3  # word pairs a quoted sentence (its time aside) must share with the question
 _CHUNK_MARK = re.compile(r"【\d+】")
 BEST_FIT_SHARE = 0.8  # a numeric answer must state a fitting fact scoring this share of the best one
+TOP_FACT_LEAD = 1.25  # retrieval's first fact is this far ahead of the second ...
+TOP_FACT_SHARED = 4  # ... and its whole sentence shares this many word pairs with the question: it fits
 RELEVANT_FACTS = 5  # facts retrieval ranks this high fit the question, whatever their subject's words
 _CONTEXT_COPY_CHARS = 80  # more than this copied from the retrieved rules is a dump, not an answer
 
@@ -568,6 +575,18 @@ def _says_asked(asked: str, fact: FactRef, least: int) -> bool:
     """The fact's sentence (its own number aside) shares at least ``least`` word pairs with the question."""
     own = set(tokens(fact.raw))
     return len(set(tokens(asked)) & (set(tokens(fact.context)) - own)) >= least
+
+
+def whole_sentence(fact: FactRef, hit: Hit) -> str:
+    """The fact's sentence run back to the full stop before it: a clause after a semicolon ("2年后未使用完的，
+    按规定收回") is about what the sentence's first half names ("…结余资金按规定归学院统筹用于项目支出")."""
+    text = _body(hit)
+    context = "".join(line.strip() for line in fold(fact.context).split("\n"))
+    at = text.find(context)
+    if at < 0:
+        return fact.context
+    start = max(text.rfind(end, 0, at) for end in "。！？!?") + 1
+    return LEADING_MARKER.sub("", text[start : at + len(context)])
 
 
 def _fits(asked: str, fact: FactRef, relevant: Collection[str]) -> bool:
@@ -631,12 +650,61 @@ def compose(fact: FactRef, hit: Hit | None) -> str:
     if len(sentence) > 90 or len(rule_numbers(sentence)) > 1:  # other tiers or conditions would confuse
         clause = LEADING_MARKER.sub("", clause_of(fact).strip())
         sentence = clause if fact.subject and fact.subject in clause else f"{fact.subject}：{clause}"
+    return _quoted(sentence, hit)
+
+
+def _quoted(sentence: str, hit: Hit | None) -> str:
+    """``sentence`` as an answer with its source ("根据《title》第十八条：…。")."""
     where = ""
     if hit is not None:
         article = next((p for p in reversed(hit.heading_path.split(" > ")) if p.strip()), "")
         title = hit.doc.rsplit(".", 1)[0]
         where = f"根据《{title}》{article}："
-    return f"{where}{sentence.rstrip('。')}。"
+    return f"{where}{sentence.strip().rstrip('；;，,：: 。')}。"
+
+
+def _body(hit: Hit) -> str:
+    """The chunk's text without its heading lines, its hard line wraps joined (a sentence may wrap)."""
+    lines = fold(hit.text).split("\n")
+    headings = {part.strip() for part in hit.heading_path.split(" > ")}
+    while lines and lines[0].strip() in headings:
+        lines.pop(0)
+    return "".join(line.strip() for line in lines)
+
+
+def _times(text: str) -> list[NumberMention]:
+    """The times of day and dates ``text`` writes (not article numbers)."""
+    return [m for m in find_numbers(text) if m.kind == "date" and not m.raw.startswith("第")]
+
+
+def asks_when(question: str) -> bool:
+    """Whether the question asks for a time of day or a date ("最晚几点之前", "最晚能拖到什么时候")."""
+    return bool(WHEN_QUESTION.search(fold(question)))
+
+
+def when_sentence(asked: str, hits: Sequence[Hit]) -> tuple[str, Hit] | None:
+    """The retrieved rule sentence that writes a time or a date and shares most word pairs with ``asked``
+    (at least ``WHEN_MIN_SHARED``, the time's own characters aside), with its chunk; None when none does."""
+    words = set(tokens(asked))
+    best: tuple[int, str, Hit] | None = None
+    for hit in hits:
+        for sentence in _RULE_SENTENCE.findall(_body(hit)):
+            times = _times(sentence)
+            if not times:
+                continue
+            own = {t for m in times for t in tokens(m.raw)}
+            shared = len(words & (set(tokens(sentence)) - own))
+            if shared >= WHEN_MIN_SHARED and (best is None or shared > best[0]):
+                best = (shared, _time_clauses(LEADING_MARKER.sub("", sentence.strip())), hit)
+    return (best[1], best[2]) if best else None
+
+
+def _time_clauses(sentence: str) -> str:
+    """``sentence`` without its clauses that state an amount and no time ("…15日内用发票冲账，特殊情况…，最长不得
+    超过当年的12月31日" keeps the last two): another rule's number beside the time would confuse."""
+    clauses = [c for c in _FIRST_CLAUSE.split(sentence) if c.strip()]
+    kept = [c for c in clauses if _times(c) or not any(m.kind == "quantity" for m in find_numbers(c))]
+    return "，".join(kept) if any(_times(c) for c in kept) else sentence
 
 
 def _grounded(
@@ -662,6 +730,13 @@ def _grounded(
     # The facts an answer may be composed from, and that overrule an abstention: their words fit, by more than
     # one shared word-pair ("部分" alone does not make 500至1000万元的部分 an answer about phone bills).
     fitting_hits = [r for r in ranked if _fits(asked, r.fact, relevant)]
+    # Retrieval's first fact, well ahead of the next, fits when its whole sentence (the clause before a
+    # semicolon included) says enough of the question.
+    if ranked and not any(r is ranked[0] for r in fitting_hits):
+        first, runner_up = ranked[0], ranked[1].score if len(ranked) > 1 else 0.0
+        said = set(tokens(whole_sentence(first.fact, first.chunk))) - set(tokens(first.fact.raw))
+        if first.score >= TOP_FACT_LEAD * runner_up and len(set(tokens(asked)) & said) >= TOP_FACT_SHARED:
+            fitting_hits.insert(0, first)
     # The numbers stated with a fitting fact in its sentence (the bracket "20万及以下" of "…的部分按照8%") may be
     # stated with it.
     sentences = {r.fact.context for r in fitting_hits}
@@ -706,9 +781,19 @@ def _grounded(
 
     notes: list[str] = []
     retried = ""
+    # A question asking for a time or a date is answered by the rule sentence that writes it (the ledger holds
+    # amounts): a draft that writes no time, an abstention included, does not answer it.
+    when = when_sentence(asked, hits) if asks_when(question) else None
+
+    def problem_of(text: str, checks: Sequence[NumberCheck]) -> str:
+        problem = draft_problem(question, text, checks, close, context)
+        if not problem and when is not None and not _times(fold(own_text(text, question))):
+            return "问题问的是时间或日期，答案没有给出规定中的时间"
+        return problem
+
     draft = generator(context_messages(question, hits), max_tokens).strip()
     checks = check_numbers(asked, draft, facts, relevant)
-    problem = draft_problem(question, draft, checks, close, context)
+    problem = problem_of(draft, checks)
     if not problem:
         return shown(draft, "passed", *verified(checks))
     notes.append(f"draft: {problem}")
@@ -720,11 +805,26 @@ def _grounded(
             grammar=NumberConstraint(tuple(_allowed_numbers(evidence[:1], question))),
         ).strip()
         again = check_numbers(asked, retried, facts, relevant)
-        second = draft_problem(question, retried, again, close, context)
+        second = problem_of(retried, again)
         if not second:
             notes.append("retry with the evidence sentence verified")
             return shown(retried, "retried_ok", *verified(again))
         notes.append(f"retry: {second}")
+    if when is not None:
+        sentence, hit = when
+        notes.append("quoted the rule sentence that writes the time asked for")
+        return Answer(
+            _quoted(sentence, hit),
+            "grounded",
+            (),
+            True,
+            "quoted_evidence",
+            hits,
+            tuple(notes),
+            draft,
+            cited=(hit,),
+            retry=retried,
+        )
     if best is not None:
         notes.append(f"composed from fact {best.fact_id}, the best fit for the question")
         values = tuple(dict.fromkeys(canonical(v) for v in best.values()))

@@ -1,0 +1,99 @@
+"""Questions asking for a time or a date ("最晚几点", "拖到什么时候"), and a rule's clause after a semicolon.
+
+The ledger holds amounts, not times of day or dates, so a question asking for one is answered from the rule
+sentence that writes it, quoted with its source; a draft that writes no time (an abstention included) does not
+answer it. A fact whose sentence begins after a semicolon ("3年后仍未使用的，按规定收回") fits through the
+sentence's first half. The rules text and the questions were written by hand for these tests (an invented
+资金结算办法, not a corpus or sample rule).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from runtime.config import Settings
+from tasks.answer.answer import answer, asks_when, whole_sentence
+from tasks.answer.fact_retrieve import FactIndex, clear_cache
+from tasks.answer.retrieve import ChunkIndex
+from tasks.ingest.documents import ingest_file
+
+RULES = (
+    "资金结算办法\n"
+    "\n"
+    "第一章 报销\n"
+    "\n"
+    "第六条 财务处受理报销的时间为每周一至周四，报销业务截止\n"
+    "下午3:30，节假日除外。\n"
+    "\n"
+    "第七条 借款应在业务结束后的20日内办理冲账，确有特殊情况需书面说明，最迟不得超过当年的12月20日。\n"
+    "\n"
+    "第八条 项目完成验收后，结余资金按规定由学校统筹使用；3年后仍未使用的，按规定收回。\n"
+    "\n"
+    "第九条 差旅住宿费每人每天不超过450元。\n"
+)
+ABSTAIN = "文件中没有相关规定。"
+
+
+@pytest.fixture
+def rules(con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    clear_cache()
+    path = tmp_path / "资金结算办法.txt"
+    path.write_text(RULES, encoding="utf-8")
+    assert ingest_file(con, path, settings).status == "added"
+    return con
+
+
+def _answer(con: duckdb.DuckDBPyConnection, question: str, draft: str):
+    return answer(question, lambda *a, **k: draft, ChunkIndex.build(con), con)
+
+
+def test_which_questions_ask_for_a_time_or_a_date() -> None:
+    assert asks_when("下午去报销，最晚几点之前要到？")
+    assert asks_when("借款最晚能拖到什么时候？")
+    assert asks_when("每年几月几号之前要结账？")
+    assert not asks_when("住宿费每天最多报多少？")
+    assert not asks_when("借款多少天内要冲账？")  # a duration is an amount the ledger holds
+
+
+def test_an_abstaining_draft_is_replaced_by_the_sentence_writing_the_time(
+    rules: duckdb.DuckDBPyConnection,
+) -> None:
+    result = _answer(rules, "下午去财务处报销，最晚几点之前得到？", ABSTAIN)
+    assert result.guard_action == "quoted_evidence", result.notes
+    assert "3:30" in result.text and "第六条" in result.text and "资金结算办法" in result.text
+    assert result.text.count("截止") == 1  # the wrapped line is one sentence, quoted once
+    assert any("时间" in note for note in result.notes)
+
+
+def test_the_quoted_date_leaves_out_another_rules_amount(rules: duckdb.DuckDBPyConnection) -> None:
+    result = _answer(rules, "借款有特殊情况一直冲不了账，最晚能拖到什么时候？", ABSTAIN)
+    assert result.guard_action == "quoted_evidence", result.notes
+    assert "12月20日" in result.text
+    assert "20日内" not in result.text  # the clause with the 20-day rule is another number, left out
+
+
+def test_a_draft_stating_the_time_is_shown(rules: duckdb.DuckDBPyConnection) -> None:
+    draft = "报销业务截止到下午3:30，节假日除外。"
+    result = _answer(rules, "下午去财务处报销，最晚几点之前得到？", draft)
+    assert result.guard_action == "passed", result.notes
+    assert result.text == draft
+
+
+def test_a_time_question_the_rules_do_not_answer_still_abstains(rules: duckdb.DuckDBPyConnection) -> None:
+    result = _answer(rules, "工资每个月几号发到卡上？", ABSTAIN)
+    assert result.text == ABSTAIN, result.notes
+
+
+def test_a_clause_after_a_semicolon_fits_through_its_sentence(rules: duckdb.DuckDBPyConnection) -> None:
+    index = FactIndex.build(rules)
+    question = "项目验收后剩下的结余资金学校统筹用，一直没用掉的话过几年会被收回？"
+    [top, *_] = index.search(question, k=3)
+    assert top.fact.value == "3"
+    sentence = whole_sentence(top.fact, top.chunk)
+    assert sentence.startswith("项目完成验收后") and sentence.endswith("按规定收回。")
+    result = _answer(rules, question, ABSTAIN)
+    assert result.guard_action == "quoted_evidence", result.notes
+    assert "3年" in result.text
