@@ -20,14 +20,13 @@ from tasks.answer.fact_retrieve import (
     CONDITION_MISS,
     Condition,
     FactIndex,
-    clear_cache,
     condition_factor,
     conditions_of,
     question_amounts,
 )
 from tasks.answer.retrieve import ChunkIndex
 from tasks.distill.teachers.base import FactRef
-from tasks.ingest.documents import ingest_file
+from tests.rules_text import ingest_rules
 
 RULES = (
     "课题经费管理细则\n"
@@ -45,11 +44,7 @@ RULES = (
 
 @pytest.fixture
 def rules(con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    clear_cache()
-    path = tmp_path / "课题经费管理细则.txt"
-    path.write_text(RULES, encoding="utf-8")
-    assert ingest_file(con, path, settings).status == "added"
-    return con
+    return ingest_rules(con, settings, tmp_path, "课题经费管理细则.txt", RULES)
 
 
 def _fact(context: str, raw: str) -> FactRef:

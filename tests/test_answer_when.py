@@ -16,9 +16,9 @@ import pytest
 
 from runtime.config import Settings
 from tasks.answer.answer import answer, asks_when, whole_sentence
-from tasks.answer.fact_retrieve import FactIndex, clear_cache
+from tasks.answer.fact_retrieve import FactIndex
 from tasks.answer.retrieve import ChunkIndex
-from tasks.ingest.documents import ingest_file
+from tests.rules_text import ingest_rules
 
 RULES = (
     "资金结算办法\n"
@@ -39,11 +39,7 @@ ABSTAIN = "文件中没有相关规定。"
 
 @pytest.fixture
 def rules(con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    clear_cache()
-    path = tmp_path / "资金结算办法.txt"
-    path.write_text(RULES, encoding="utf-8")
-    assert ingest_file(con, path, settings).status == "added"
-    return con
+    return ingest_rules(con, settings, tmp_path, "资金结算办法.txt", RULES)
 
 
 def _answer(con: duckdb.DuckDBPyConnection, question: str, draft: str):
