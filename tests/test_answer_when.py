@@ -33,6 +33,8 @@ RULES = (
     "第八条 项目完成验收后，结余资金按规定由学校统筹使用；3年后仍未使用的，按规定收回。\n"
     "\n"
     "第九条 差旅住宿费每人每天不超过450元。\n"
+    "\n"
+    "第十条 每季度初1-3个工作日为上季度结账时间，暂停办理报销业务。\n"
 )
 ABSTAIN = "文件中没有相关规定。"
 
@@ -93,3 +95,10 @@ def test_a_clause_after_a_semicolon_fits_through_its_sentence(rules: duckdb.Duck
     result = _answer(rules, question, ABSTAIN)
     assert result.guard_action == "quoted_evidence", result.notes
     assert "3年" in result.text
+
+
+def test_the_unit_a_question_asks_in_does_not_make_a_fact_fit(rules: duckdb.DuckDBPyConnection) -> None:
+    """ "几个工作日" asks for a count of 工作日; the rule counting 工作日 of the closing period is about something
+    else: the abstention stands."""
+    result = _answer(rules, "报销单交上去以后，一般要几个工作日钱才能打到卡上？", ABSTAIN)
+    assert result.text == ABSTAIN, result.notes

@@ -557,8 +557,9 @@ _FIRST_CLAUSE = re.compile(r"[，,；;]")
 
 
 def _fits_well(asked: str, fact: FactRef) -> bool:
-    """More than a single shared character pair between the question and the fact's subject or clause."""
-    words = set(tokens(asked))
+    """More than a single shared character pair between the question and the fact's subject or clause (its own
+    number and unit aside: "几个工作日" asks for a count of 工作日, it does not name what "1-3个工作日" is for)."""
+    words = set(tokens(asked)) - set(tokens(fact.raw))
     return len(words & set(tokens(fact.subject))) >= 2 or len(words & set(tokens(clause_of(fact)))) >= 3
 
 
