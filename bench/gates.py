@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from rich.console import Console
 from rich.table import Table
@@ -27,9 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from expectations.runner import run_gate  # noqa: E402
 from runtime.config import load_settings  # noqa: E402
-from tasks.ingest.facts import Fact  # noqa: E402
+from tests.ledger_seed import fact_in, save_one_chunk  # noqa: E402
 from warehouse import gates as queries  # noqa: E402
-from warehouse import ledger  # noqa: E402
 from warehouse.db import bulk_insert, open_warehouse  # noqa: E402
 
 TARGET_S = 60.0
@@ -69,46 +67,8 @@ CHUNK = "第一条 伙食补助费按每人每天100元包干使用。"
 
 def seed_warehouse(con, rows: int, rng: random.Random) -> int:
     """A document and chunk with one fact, ``rows`` synthetic rows and about 1% planted conflicts."""
-    fact = Fact(
-        fact_id="f100",
-        chunk_id="c1",
-        value="100",
-        value_max=None,
-        unit="元/人·天",
-        raw="100元",
-        qualifier="",
-        subject="伙食补助费",
-        context=CHUNK,
-        span_start=CHUNK.index("100元"),
-        span_end=CHUNK.index("100元") + 4,
-    )
-    ledger.save_document(
-        con,
-        SimpleNamespace(
-            doc_id="d1",
-            name="synthetic.txt",
-            path="synthetic.txt",
-            kind="txt",
-            size_bytes=1,
-            encoding="utf-8",
-            text=CHUNK,
-            routes="txt",
-        ),
-        [SimpleNamespace(page_no=1, start_char=0, char_count=len(CHUNK))],
-        [
-            SimpleNamespace(
-                chunk_id="c1",
-                seq=0,
-                heading_path="第一条",
-                text=CHUNK,
-                start_char=0,
-                end_char=len(CHUNK),
-                page_start=1,
-                page_end=1,
-            )
-        ],
-        [fact],
-    )
+    fact = fact_in(CHUNK, "100元", "100", "元/人·天", "伙食补助费", fact_id="f100", chunk_id="c1")
+    save_one_chunk(con, CHUNK, [fact], doc_id="d1", chunk_id="c1", name="synthetic.txt", heading="第一条")
     records = []
     planted = 0
     for i in range(rows):

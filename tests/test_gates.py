@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -16,12 +15,11 @@ from tasks.answer.answer import context_messages
 from tasks.answer.retrieve import ChunkIndex
 from tasks.distill.distill import distill, make_teacher
 from tasks.ingest.documents import ingest_file
-from tasks.ingest.facts import Fact
 from tasks.train.dataset import CONTEXT_K, dataset_id_for, freeze_dataset
 from tests.conftest import SAMPLE_PDF
+from tests.ledger_seed import fact_in, save_one_chunk
 from warehouse import distill as distill_queries
 from warehouse import gates as gate_queries
-from warehouse import ledger
 
 CHUNK = (
     "第七条 购买图书资料单笔金额在30000元以上的，须附合同和验收单。"
@@ -31,50 +29,15 @@ CHUNK = (
 
 def _seed_chunk(con) -> None:
     """One document, one chunk and its three facts, written the way ingest writes them."""
-    facts = []
-    for raw, value, unit, subject in (
-        ("30000元", "30000", "元", "图书资料单笔金额"),
-        ("100元", "100", "元/人·天", "伙食补助费"),
-        ("80元", "80", "元/人·天", "市内交通费"),
-    ):
-        start = CHUNK.index(raw)
-        facts.append(
-            Fact(
-                fact_id=f"fact-{value}",
-                chunk_id="chunk-1",
-                value=value,
-                value_max=None,
-                unit=unit,
-                raw=raw,
-                qualifier="",
-                subject=subject,
-                context=CHUNK,
-                span_start=start,
-                span_end=start + len(raw),
-            )
+    facts = [
+        fact_in(CHUNK, raw, value, unit, subject, fact_id=f"fact-{value}", chunk_id="chunk-1")
+        for raw, value, unit, subject in (
+            ("30000元", "30000", "元", "图书资料单笔金额"),
+            ("100元", "100", "元/人·天", "伙食补助费"),
+            ("80元", "80", "元/人·天", "市内交通费"),
         )
-    document = SimpleNamespace(
-        doc_id="doc-1",
-        name="rules.txt",
-        path="rules.txt",
-        kind="txt",
-        size_bytes=1,
-        encoding="utf-8",
-        text=CHUNK,
-        routes="txt",
-    )
-    page = SimpleNamespace(page_no=1, start_char=0, char_count=len(CHUNK))
-    chunk = SimpleNamespace(
-        chunk_id="chunk-1",
-        seq=0,
-        heading_path="第七条",
-        text=CHUNK,
-        start_char=0,
-        end_char=len(CHUNK),
-        page_start=1,
-        page_end=1,
-    )
-    ledger.save_document(con, document, [page], [chunk], facts)
+    ]
+    save_one_chunk(con, CHUNK, facts, doc_id="doc-1", chunk_id="chunk-1", name="rules.txt", heading="第七条")
 
 
 def _add_rows(con, rows: list[dict], status: str = "approved", reviewer: str = "annotator-1") -> list[str]:
