@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tasks.distill.teachers.base import ChunkContext, FactRef, TeacherOutput
+from tests import fakes
 from tests.fakes import FakeServer
 
 # Proxies are cleared as well: the real clients would send the fake server's traffic through one.
 PROXY_ENV_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+# Timeouts and retries short enough for a fake server: six attempts, 10 ms backoff.
+QUICK_RETRIES: dict[str, Any] = {
+    "teacher_timeout_s": 5.0,
+    "teacher_max_attempts": 6,
+    "teacher_backoff_s": 0.01,
+    "key_cooldown_s": 0.3,
+}
 
 CHUNK = ChunkContext(
     chunk_id="c1",
@@ -65,3 +75,32 @@ def generate_checked(
     assert_clean(out, teacher)
     assert out.usage.calls == len(server.calls)  # cost accounting matches what the server saw
     return out
+
+
+def mixed_faults(seed: int, rate_limit: float) -> Callable[[int, int | None], str]:
+    """A seeded schedule of every transient fault: rate limits at ``rate_limit``, server errors at 10%, and
+    unavailable, truncated and malformed answers at 5% each."""
+    return fakes.random_faults(
+        seed=seed,
+        probabilities={
+            fakes.RATE_LIMIT: rate_limit,
+            fakes.SERVER_ERROR: 0.1,
+            fakes.UNAVAILABLE: 0.05,
+            fakes.TRUNCATED: 0.05,
+            fakes.MALFORMED: 0.05,
+        },
+    )
+
+
+def generate_concurrently_checked(
+    teacher: Any, server: FakeServer, assert_clean: Callable[[TeacherOutput, Any], None], chunks: int = 30
+) -> list[TeacherOutput]:
+    """``chunks`` generate calls from six threads: every call the server saw is counted in some output's usage,
+    nearly all succeed (six attempts make a failed chunk very unlikely), and no output leaks a key."""
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outs = list(pool.map(teacher.generate, [CHUNK] * chunks))
+    assert sum(o.usage.calls for o in outs) == len(server.calls)
+    assert sum(1 for o in outs if o.error is None) >= chunks - 2
+    for out in outs:
+        assert_clean(out, teacher)
+    return outs

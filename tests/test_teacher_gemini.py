@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,15 @@ from tasks.distill.teachers.gemini import GeminiTeacher
 from tasks.distill.teachers.resilience import KeyPool
 from tests import fakes
 from tests.fakes.gemini_server import FakeGeminiServer
-from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, no_key_leaks_fixture
+from tests.teacher_checks import (
+    CHUNK,
+    PROXY_ENV_VARS,
+    QUICK_RETRIES,
+    generate_checked,
+    generate_concurrently_checked,
+    mixed_faults,
+    no_key_leaks_fixture,
+)
 
 KEYS = ["sk-test-SECRET-key-1", "sk-test-SECRET-key-2", "sk-test-SECRET-key-3"]
 ENV_VARS = (
@@ -45,10 +52,7 @@ def make_settings(
     values: dict[str, Any] = {
         "gemini_base_url": server.base_url,
         "gemini_api_keys": ",".join(keys),
-        "teacher_timeout_s": 5.0,
-        "teacher_max_attempts": 6,
-        "teacher_backoff_s": 0.01,
-        "key_cooldown_s": 0.3,
+        **QUICK_RETRIES,
     }
     values.update(overrides)
     return load_settings(tmp_path / "ws", **values)
@@ -194,25 +198,10 @@ def test_bad_request_is_not_retried(tmp_path: Path) -> None:
 
 
 def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) -> None:
-    faults = fakes.random_faults(
-        seed=7,
-        probabilities={
-            fakes.RATE_LIMIT: 0.2,
-            fakes.SERVER_ERROR: 0.1,
-            fakes.UNAVAILABLE: 0.05,
-            fakes.TRUNCATED: 0.05,
-            fakes.MALFORMED: 0.05,
-        },
-    )
-    with FakeGeminiServer(faults, keys=KEYS, latency_s=0.01) as server:
+    with FakeGeminiServer(mixed_faults(seed=7, rate_limit=0.2), keys=KEYS, latency_s=0.01) as server:
         teacher = GeminiTeacher(make_settings(tmp_path, server, key_cooldown_s=0.05))
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            outs = list(pool.map(teacher.generate, [CHUNK] * 30))
-    assert sum(o.usage.calls for o in outs) == len(server.calls)
-    assert sum(1 for o in outs if o.error is None) >= 28  # six attempts make a failed chunk very unlikely
+        generate_concurrently_checked(teacher, server, assert_clean)
     assert server.outcome_counts().get(fakes.RATE_LIMIT, 0) > 0
-    for out in outs:
-        assert_clean(out, teacher)
 
 
 def test_missing_keys_is_a_config_error(tmp_path: Path) -> None:

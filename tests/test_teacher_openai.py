@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,15 @@ from tasks.distill.teachers.base import TeacherOutput
 from tasks.distill.teachers.openai_compat import NO_KEY, OpenAITeacher
 from tests import fakes
 from tests.fakes.openai_server import UNSUPPORTED_FORMAT, FakeOpenAIServer
-from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, no_key_leaks_fixture
+from tests.teacher_checks import (
+    CHUNK,
+    PROXY_ENV_VARS,
+    QUICK_RETRIES,
+    generate_checked,
+    generate_concurrently_checked,
+    mixed_faults,
+    no_key_leaks_fixture,
+)
 
 KEY = "sk-test-SECRET-key-1"
 ENV_VARS = (
@@ -43,10 +50,7 @@ def make_settings(
     values: dict[str, Any] = {
         "openai_base_url": server.base_url,
         "openai_model": "qwen-test",
-        "teacher_timeout_s": 5.0,
-        "teacher_max_attempts": 6,
-        "teacher_backoff_s": 0.01,
-        "key_cooldown_s": 0.3,
+        **QUICK_RETRIES,
     }
     if key is not None:
         values["openai_api_key"] = key
@@ -189,24 +193,9 @@ def test_json_schema_refused_falls_back_to_json_object_once(tmp_path: Path) -> N
 
 
 def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) -> None:
-    faults = fakes.random_faults(
-        seed=11,
-        probabilities={
-            fakes.RATE_LIMIT: 0.15,
-            fakes.SERVER_ERROR: 0.1,
-            fakes.UNAVAILABLE: 0.05,
-            fakes.TRUNCATED: 0.05,
-            fakes.MALFORMED: 0.05,
-        },
-    )
-    with FakeOpenAIServer(faults, keys=[KEY], latency_s=0.01) as server:
+    with FakeOpenAIServer(mixed_faults(seed=11, rate_limit=0.15), keys=[KEY], latency_s=0.01) as server:
         teacher = OpenAITeacher(make_settings(tmp_path, server))
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            outs = list(pool.map(teacher.generate, [CHUNK] * 30))
-    assert sum(o.usage.calls for o in outs) == len(server.calls)
-    assert sum(1 for o in outs if o.error is None) >= 28
-    for out in outs:
-        assert_clean(out, teacher)
+        generate_concurrently_checked(teacher, server, assert_clean)
 
 
 def test_server_down_is_retried_and_not_billed(tmp_path: Path) -> None:
