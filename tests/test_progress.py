@@ -21,11 +21,10 @@ from rich.console import Console
 from flows.prefect_tasks import distill_task, ingest_task
 from flows.progress import RichStages, StageProgress, listening, reported_stage
 from runtime.config import Settings, load_settings
-from tasks.evaluate.promote import challenge
 from tasks.evaluate.report import embedded_markdown
 from tasks.train.train import RichTrainBar, TrainSnapshot, train
 from tests.conftest import SAMPLE_PDF
-from tests.test_promote import ITEMS, answerer
+from tests.test_promote import answerer, register_and_challenge
 from tests.test_train import make_rows, make_tokenizer, tiny_model, write_dataset
 from warehouse.db import settings_warehouse
 
@@ -97,16 +96,13 @@ class Recorder:
 def _evaluate(settings: Settings) -> str:
     """``challenge`` with scripted answerers (the real one answers through llama.cpp), reporting as the flow's
     evaluate task does; the report published as the flow publishes it."""
-    from warehouse import models as registry
-
     with settings_warehouse(settings) as con:
-        registry.register_model(con, "m-progress", "challenger", "tiny", adapter_path="/a", dataset_id="d")
-        outcome = challenge(
+        outcome = register_and_challenge(
             con,
             settings,
             "m-progress",
-            ITEMS,
             {"base": answerer(5), "challenger": answerer(24)},
+            base_spec="tiny",
             on_progress=StageProgress("evaluate-challenger", "answers"),
         )
     markdown = embedded_markdown(outcome.report_md)

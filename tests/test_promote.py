@@ -35,18 +35,35 @@ def answerer(right: int, invent: bool = False):
     return answer_batch
 
 
+def register_and_challenge(
+    con,
+    settings: Settings,
+    model_id: str,
+    answerers: dict,
+    *,
+    base_spec: str = "gemma3-270m",
+    adapter_path: str = "/a",
+    dataset_id: str = "d1",
+    **challenge_options,
+):
+    """One champion/challenger step: register ``model_id`` as a challenger, then ``challenge`` it on ITEMS."""
+    registry.register_model(
+        con, model_id, "challenger", base_spec, adapter_path=adapter_path, dataset_id=dataset_id
+    )
+    return challenge(con, settings, model_id, ITEMS, answerers, **challenge_options)
+
+
 def test_worse_challenger_is_refused_better_one_promoted(con, settings: Settings) -> None:
     ingest_file(con, SAMPLE_PDF, settings)  # the ledger the invented-number check uses
-    registry.register_model(con, "m-first", "challenger", "gemma3-270m", adapter_path="/a1", dataset_id="d1")
-    first = challenge(con, settings, "m-first", ITEMS, {"base": answerer(5), "challenger": answerer(24)})
+    first = register_and_challenge(
+        con, settings, "m-first", {"base": answerer(5), "challenger": answerer(24)}
+    )
     assert first.promoted and registry.get_champion(con)["model_id"] == "m-first"
 
-    registry.register_model(con, "m-worse", "challenger", "gemma3-270m", adapter_path="/a2", dataset_id="d2")
-    worse = challenge(
+    worse = register_and_challenge(
         con,
         settings,
         "m-worse",
-        ITEMS,
         {"base": answerer(5), "champion": answerer(24), "challenger": answerer(12, invent=True)},
     )
     assert not worse.promoted
@@ -59,13 +76,8 @@ def test_worse_challenger_is_refused_better_one_promoted(con, settings: Settings
     assert (worse.report_md.parent / f"{worse.report_md.stem}-metrics.png").exists()
     assert worse.report_html.read_text(encoding="utf-8").count("<table>") >= 2
 
-    registry.register_model(con, "m-better", "challenger", "gemma3-270m", adapter_path="/a3", dataset_id="d3")
-    better = challenge(
-        con,
-        settings,
-        "m-better",
-        ITEMS,
-        {"base": answerer(5), "champion": answerer(24), "challenger": answerer(30)},
+    better = register_and_challenge(
+        con, settings, "m-better", {"base": answerer(5), "champion": answerer(24), "challenger": answerer(30)}
     )
     assert better.promoted and registry.get_champion(con)["model_id"] == "m-better"
     assert registry.get_model(con, "m-first")["kind"] == "retired"
@@ -75,12 +87,10 @@ def test_worse_challenger_is_refused_better_one_promoted(con, settings: Settings
 
 def test_a_challenger_must_be_not_worse_grounded_too(con, settings: Settings) -> None:
     ingest_file(con, SAMPLE_PDF, settings)
-    registry.register_model(con, "m-g", "challenger", "gemma3-270m", adapter_path="/a1", dataset_id="d1")
-    worse_grounded = challenge(
+    worse_grounded = register_and_challenge(
         con,
         settings,
         "m-g",
-        ITEMS,
         {"base": answerer(5), "challenger": answerer(24)},  # better closed book ...
         grounded={"base": answerer(30), "challenger": answerer(5)},  # ... but reads its context worse
     )
@@ -95,12 +105,10 @@ def test_a_challenger_must_be_not_worse_grounded_too(con, settings: Settings) ->
     assert modes == [("closed_book", 2), ("grounded", 2)]
     assert "challenger grounded" in worse_grounded.report_md.read_text(encoding="utf-8")
 
-    registry.register_model(con, "m-h", "challenger", "gemma3-270m", adapter_path="/a2", dataset_id="d2")
-    better = challenge(
+    better = register_and_challenge(
         con,
         settings,
         "m-h",
-        ITEMS,
         {"base": answerer(5), "challenger": answerer(24)},
         grounded={"base": answerer(20), "challenger": answerer(30)},
     )
@@ -147,18 +155,17 @@ def test_an_echoing_model_and_a_tier_lister_score_zero_and_are_refused(con, sett
     listed = evaluate(ITEMS, tier_lister, ledger_view(con))
     assert listed.metrics["model"]["numeric_accuracy"] == 0.0
 
-    registry.register_model(con, "m-echo", "challenger", "gemma3-270m", adapter_path="/e", dataset_id="d1")
-    refused = challenge(
+    refused = register_and_challenge(
         con,
         settings,
         "m-echo",
-        ITEMS,
         {"base": answerer(30), "challenger": echo["closed_book"]},
         grounded={"base": answerer(30), "challenger": echo["grounded"]},
     )
     assert not refused.promoted and registry.get_model(con, "m-echo")["kind"] == "rejected"
-    registry.register_model(con, "m-tiers", "challenger", "gemma3-270m", adapter_path="/t", dataset_id="d1")
-    refused = challenge(con, settings, "m-tiers", ITEMS, {"base": answerer(30), "challenger": tier_lister})
+    refused = register_and_challenge(
+        con, settings, "m-tiers", {"base": answerer(30), "challenger": tier_lister}
+    )
     assert not refused.promoted and any(
         "numeric_accuracy may be worse" in r for r in refused.decision.reasons
     )
