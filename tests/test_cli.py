@@ -113,6 +113,25 @@ def test_facts_for_unknown_document(tmp_path: Path) -> None:
     assert result.returncode == 1 and "no document named" in result.stderr
 
 
+def eval_json(tmp_path: Path, questions: Path, model: str, *options: str, env: dict[str, str]) -> dict:
+    """``slm -w ws eval --questions QUESTIONS --model MODEL [options] --json``, which must succeed: its report."""
+    graded = slm(
+        "-w",
+        "ws",
+        "eval",
+        "--questions",
+        str(questions),
+        "--model",
+        model,
+        *options,
+        "--json",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert graded.returncode == 0, graded.stderr[-1500:]
+    return json.loads(graded.stdout)
+
+
 def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
     """ingest -> distill -> auto review -> release gate -> slm train (tiny base) -> slm models -> slm eval."""
     from tests.conftest import SAMPLE_MD
@@ -144,13 +163,9 @@ def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
     assert "challenger" in listed.stdout
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "伙食补助费每人每天多少钱？", "numbers": ["100"]}\n', encoding="utf-8")
-    graded = slm(
-        "-w",
-        "ws",
-        "eval",
-        "--questions",
-        str(questions),
-        "--model",
+    payload = eval_json(
+        tmp_path,
+        questions,
         "challenger",
         "--base",
         str(base),
@@ -158,12 +173,8 @@ def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
         "transformers",
         "--mode",
         "closed",
-        "--json",
-        cwd=tmp_path,
         env={"SLM_ANSWER_MAX_TOKENS": "8"},
     )
-    assert graded.returncode == 0, graded.stderr[-1500:]
-    payload = json.loads(graded.stdout)
     assert payload["mode"] == "closed_book" and payload["model"]["n"] == 1 and payload["shown"]["n"] == 1
     assert sum(payload["guard_actions"].values()) == 1 and set(payload["guard_actions"]) <= {
         "passed",
@@ -178,20 +189,7 @@ def test_train_models_and_eval_from_the_command_line(tmp_path: Path) -> None:
     assert exported.returncode == 0, exported.stderr[-1500:]
     modelfile = tmp_path / exported.stdout.split("ollama create NAME -f ", 1)[1].split()[0]  # beside the GGUF
     assert modelfile.is_file() and modelfile.read_text(encoding="utf-8").count("FROM ./") == 1
-    graded = slm(
-        "-w",
-        "ws",
-        "eval",
-        "--questions",
-        str(questions),
-        "--model",
-        "champion",
-        "--json",
-        cwd=tmp_path,
-        env=env,
-    )
-    assert graded.returncode == 0, graded.stderr[-1500:]
-    payload = json.loads(graded.stdout)
+    payload = eval_json(tmp_path, questions, "champion", env=env)
     assert payload["mode"] == "grounded" and payload["backend"] == "llamacpp"
     assert payload["items"][0]["guard_action"] in ("passed", "retried_ok", "quoted_evidence", "abstained")
     assert list(payload["per_set"]) == ["file:q.jsonl"]
