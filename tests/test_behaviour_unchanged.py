@@ -3,7 +3,9 @@ golden set and no-model scores as recorded in ``tests/data/sample_fingerprint.js
 code before the layout moved, commit 9500925; see ``tests/record_fingerprint.py``). Recorded again on purpose
 since: the auto policy's counts gained ``held`` (0 on the sample: no OCR'd page), and the guard's fit rules
 (tiered brackets, sentence topics) let the always-right reference model pass one more grounded question
-(shown numeric 0.8077 -> 0.8462); the ledger, rows, gates, dataset and golden parts are as recorded from 9500925.
+(shown numeric 0.8077 -> 0.8462), and the dataset's context copies asking in everyday words where the
+lexicon has them (prompt format ctx-v3: a new dataset id and files); the ledger, rows, gates and golden parts
+are as recorded from 9500925.
 
 One pipeline run (about 15 s) feeds one test per part, so a failure's name says which part changed
 (ledger, rows, gates, dataset, golden, scores) and its message lists the differing values. A deliberate

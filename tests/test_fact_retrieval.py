@@ -20,7 +20,15 @@ import pytest
 
 from runtime.config import Settings
 from tasks.answer.fact_retrieve import FactIndex, clear_cache
-from tasks.answer.reading import Category, Lexicon, expand, learn_categories, lexicon, query_for
+from tasks.answer.reading import (
+    Category,
+    Lexicon,
+    expand,
+    in_everyday_words,
+    learn_categories,
+    lexicon,
+    query_for,
+)
 from tasks.answer.retrieve import ChunkIndex, tokens
 from tasks.evaluate.evaluate import load_questions
 from tasks.ingest.documents import ingest_file
@@ -243,3 +251,22 @@ def test_recall_at_3_on_the_sample_questions(sample: duckdb.DuckDBPyConnection) 
     for item in items:
         found += any(bench.fact_states(item, facts[h.fact.fact_id]) for h in index.search(item.question, k=3))
     assert found / len(items) >= BENCH_RECALL_AT_3 - MARGIN - 1e-9, f"recall@3 {found}/{len(items)}"
+
+
+@pytest.mark.parametrize(
+    "question", ["住宿费的标准是多少？", "按规定，伙食补助费是多少元？", "市内交通费的标准是多少？"]
+)
+def test_a_rule_term_is_rephrased_in_everyday_words_that_lead_back_to_it(question: str) -> None:
+    """Training's context copies ask as staff do: the everyday word chosen reads back to the rule term."""
+    seen = set()
+    for pick in (0.0, 0.5, 0.99):
+        rephrased = in_everyday_words(question, pick)
+        assert rephrased != question
+        term = next(t for t in ("住宿费", "伙食补助费", "市内交通费") if t in question)
+        assert term not in rephrased and term in lexicon().rule_terms(rephrased)
+        seen.add(rephrased)
+    assert len(seen) > 1  # the pick chooses among the words
+
+
+def test_a_question_without_rule_terms_is_asked_as_it_is() -> None:
+    assert in_everyday_words("今天天气怎么样？", 0.3) == "今天天气怎么样？"

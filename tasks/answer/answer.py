@@ -66,7 +66,8 @@ __all__ = [
     "with_context_rows",
 ]
 
-CONTEXT_FORMAT = "ctx-v2"  # version of the context prompt (v2: retrieved top-k chunks); part of a dataset id
+# Version of the context rows, part of a dataset id (v2: retrieved top-k chunks; v3: asked in everyday words).
+CONTEXT_FORMAT = "ctx-v3"
 MAX_CONTEXT_CHARS = 360  # per chunk: three chunks and the question stay well inside a 2k-token window
 MODES = ("grounded", "closed_book")
 ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged")
@@ -151,6 +152,7 @@ def with_context_rows(
     *,
     augment: bool = False,
     max_chars: int = MAX_CONTEXT_CHARS,
+    rephrase: Callable[[str, str], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Dataset rows where a ``share`` of them carry context: the chunks grounded answering would show.
 
@@ -161,7 +163,7 @@ def with_context_rows(
     the row's own chunk among them. The choice of rows is a hash of ``seed`` and the row id, so a row keeps
     its form across snapshots. With ``augment`` the context rows are added (id + ``:ctx``) beside the
     originals; otherwise they replace them. Rows without chunks are left as they are. Context rows get
-    ``"context": CONTEXT_FORMAT``.
+    ``"context": CONTEXT_FORMAT``; ``rephrase(row_id, question)``, when given, is the question they ask.
     """
     lookup = contexts.get if isinstance(contexts, Mapping) else contexts
     out: list[dict[str, Any]] = []
@@ -173,6 +175,8 @@ def with_context_rows(
             continue
         messages = row["messages"]
         question = next(m["content"] for m in messages if m["role"] == "user")
+        if rephrase is not None:
+            question = rephrase(row_id, question)
         reply = next((m["content"] for m in messages if m["role"] == "assistant"), None)
         new = dict(row)
         new["messages"] = context_messages(question, list(chunks), reply, max_chars)

@@ -145,6 +145,30 @@ def lexicon() -> Lexicon:
     return Lexicon.parse(text)
 
 
+@lru_cache(maxsize=1)
+def everyday_words() -> Mapping[str, tuple[str, ...]]:
+    """The lexicon read backwards: rule term -> the everyday words that mainly stand for it (住宿费 -> 住酒店,
+    酒店…; 新疆 -> 乌鲁木齐…): words whose first rule term it is ("办会" is first 会议, so it is no word for 会议费),
+    leaving out words that contain the term (住宿费用 is no rephrasing of 住宿费)."""
+    reverse: dict[str, list[str]] = {}
+    for word, targets in lexicon().terms.items():
+        if targets and targets[0] not in word:
+            reverse.setdefault(targets[0], []).append(word)
+    return {term: tuple(words) for term, words in reverse.items()}
+
+
+def in_everyday_words(question: str, pick: float) -> str:
+    """``question`` with its first rule term the lexicon has everyday words for replaced by one of them (chosen
+    by ``pick`` in [0, 1)): "住宿费的标准是多少？" -> "住酒店的标准是多少？". Unchanged when it names no such term.
+    Training rows asked this way teach the model to find 住宿费 in the rules when staff say 住酒店."""
+    table = everyday_words()
+    for term in lexicon().matches(table, question):
+        if term in question:
+            words = table[term]
+            return question.replace(term, words[min(int(pick * len(words)), len(words) - 1)], 1)
+    return question
+
+
 # --- categories the documents define -------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ import duckdb
 from runtime.config import Settings
 from tasks.answer.answer import CONTEXT_FORMAT, with_context_rows
 from tasks.answer.prompts import PROMPT_FORMAT, chat_messages
+from tasks.answer.reading import in_everyday_words
 from tasks.answer.retrieve import ChunkIndex, Hit
 from tasks.evaluate.golden import hold_out
 from warehouse import gates as queries
@@ -105,12 +106,18 @@ def training_records(
     by_id = {chunk_id: Hit(chunk_id, doc, heading, text, 0.0) for chunk_id, doc, heading, text in index.rows}
     by_row = {row["row_id"]: row for row in rows}
 
+    def asked(row_id: str, question: str) -> str:
+        """The context copy asks in everyday words where the lexicon has them (住宿费 -> 住酒店), as staff do."""
+        return in_everyday_words(question, _bucket(str(seed), "words", row_id))
+
     def context_of(row_id: str) -> list[Hit] | None:  # asked only for the rows chosen to carry context
         row = by_row[row_id]
         own = by_id.get(row.get("chunk_id") or "")
-        return None if own is None else retrieved_context(index, row["question"], own, row_id, seed, k)
+        if own is None:
+            return None
+        return retrieved_context(index, asked(row_id, row["question"]), own, row_id, seed, k)
 
-    return with_context_rows(records, context_of, context_share, seed, augment=True)
+    return with_context_rows(records, context_of, context_share, seed, augment=True, rephrase=asked)
 
 
 def _bucket(*parts: str) -> float:
