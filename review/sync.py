@@ -108,12 +108,17 @@ class SyncResult:
 # Reading annotations
 
 
+def _saved_at(annotation: dict[str, Any]) -> str:
+    """When the annotation was last saved, as Label Studio wrote it ("" when it says nothing)."""
+    return str(annotation.get("updated_at") or annotation.get("created_at") or "")
+
+
 def _latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     """The newest non-cancelled annotation that states a verdict."""
     usable = [a for a in task.get("annotations") or [] if not a.get("was_cancelled") and _verdict_of(a)]
     if not usable:
         return None
-    return max(usable, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), int(a["id"])))
+    return max(usable, key=lambda a: (_saved_at(a), int(a["id"])))
 
 
 def _field(annotation: dict[str, Any], name: str) -> Any:
@@ -301,10 +306,10 @@ def decide(
         "verdict": verdict,
         "status": STATUS_BY_VERDICT[verdict],
         "reviewer": _reviewer(annotation, users),
-        "reviewed_at": _timestamp(annotation.get("updated_at") or annotation.get("created_at")),
+        "reviewed_at": _timestamp(_saved_at(annotation)),
         "comment": comment,
         "annotation_id": int(annotation["id"]),
-        "annotation_at": str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+        "annotation_at": _saved_at(annotation),
         "answer": None,
         "numbers": None,
         "is_numeric": None,
@@ -371,10 +376,10 @@ def decide_fact(
         "ls_verdict": chosen,
         "verdict": FACT_VERDICTS[chosen],
         "annotator": _reviewer(annotation, users),
-        "decided_at": _timestamp(annotation.get("updated_at") or annotation.get("created_at")),
+        "decided_at": _timestamp(_saved_at(annotation)),
         "comment": _text_of(annotation, COMMENT) or None,
         "annotation_id": int(annotation["id"]),
-        "annotation_at": str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+        "annotation_at": _saved_at(annotation),
     }
     if own is None and chosen == "correct" and of > 1:
         decision["verdict"] = None
@@ -439,7 +444,7 @@ def apply_export(
         annotation = _latest_annotation(task)
         if annotation is None:
             continue
-        stamp = str(annotation.get("updated_at") or annotation.get("created_at") or "")
+        stamp = _saved_at(annotation)
         if data.get("kind") == "fact":
             ids = [str(f) for f in data.get("fact_ids") or [data.get("fact_id")]]
             for index, fact_id in enumerate(ids):

@@ -14,18 +14,9 @@ from warehouse import ledger
 def fact_in(text: str, raw: str, value: str, unit: str, subject: str, *, fact_id: str, chunk_id: str) -> Fact:
     """The fact whose wording ``raw`` stands (first) in the chunk ``text``."""
     start = text.index(raw)
+    # Fact's fields in order: id, value, value_max, unit, raw, qualifier, subject, context, span.
     return Fact(
-        fact_id=fact_id,
-        chunk_id=chunk_id,
-        value=value,
-        value_max=None,
-        unit=unit,
-        raw=raw,
-        qualifier="",
-        subject=subject,
-        context=text,
-        span_start=start,
-        span_end=start + len(raw),
+        fact_id, value, None, unit, raw, "", subject, text, start, start + len(raw), chunk_id=chunk_id
     )
 
 

@@ -12,18 +12,8 @@ import pytest
 from runtime.config import Settings
 from tasks.ingest.documents import ingest_file, ingest_paths
 from tasks.ingest.extract import content_id
+from tests.reliability.hostile import RULE, pdf_bytes
 from warehouse import ledger
-
-RULE = "第一条 出差人员伙食补助费按每人每天100元包干使用，市内交通费每人每天80元。"
-
-
-def _pdf_bytes(pages: list[str]) -> bytes:
-    doc = pymupdf.open()
-    for text in pages:
-        page = doc.new_page()
-        if text:
-            page.insert_text((72, 72), text, fontname="china-s", fontsize=9)
-    return doc.tobytes()
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -34,7 +24,7 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 def _encrypted_pdf() -> bytes:
-    doc = pymupdf.open(stream=_pdf_bytes([RULE]), filetype="pdf")
+    doc = pymupdf.open(stream=pdf_bytes([RULE]), filetype="pdf")
     return doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner")
 
 
@@ -55,7 +45,7 @@ def _huge_pdf(pages: int) -> bytes:
 
 
 BAD_INPUTS = [
-    ("corrupt.pdf", lambda: _pdf_bytes([RULE])[:400], "corrupt PDF"),
+    ("corrupt.pdf", lambda: pdf_bytes([RULE])[:400], "corrupt PDF"),
     ("garbage.pdf", lambda: b"%PDF-1.7\n" + bytes(range(256)) * 20, "corrupt PDF"),
     ("not-really.pdf", lambda: b"PK\x03\x04 this is a zip file" * 10, "not a PDF"),
     ("encrypted.pdf", _encrypted_pdf, "encrypted PDF"),
@@ -108,7 +98,7 @@ def test_bad_files_do_not_stop_the_others(tmp_path: Path, con, settings: Setting
     _write(tmp_path, "a-corrupt.pdf", b"%PDF-1.4\nbroken")
     _write(tmp_path, "b-good.txt", RULE.encode())
     _write(tmp_path, "c-binary.txt", bytes(range(256)) * 10)
-    _write(tmp_path, "d-good.pdf", _pdf_bytes([RULE]))
+    _write(tmp_path, "d-good.pdf", pdf_bytes([RULE]))
     results = ingest_paths(con, [tmp_path / "in", tmp_path / "missing.pdf"], settings)
     by_name = {r.path.name: r.status for r in results}
     assert by_name == {

@@ -17,17 +17,9 @@ from runtime.config import Settings, load_settings
 from tasks.distill.teachers.base import TeacherConfigError, TeacherOutput
 from tasks.distill.teachers.gemini import GeminiTeacher
 from tasks.distill.teachers.resilience import KeyPool
-from tests import fakes
+from tests import fakes, teacher_checks
 from tests.fakes.gemini_server import FakeGeminiServer
-from tests.teacher_checks import (
-    CHUNK,
-    PROXY_ENV_VARS,
-    QUICK_RETRIES,
-    generate_checked,
-    generate_concurrently_checked,
-    mixed_faults,
-    no_key_leaks_fixture,
-)
+from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, no_key_leaks_fixture
 
 KEYS = ["sk-test-SECRET-key-1", "sk-test-SECRET-key-2", "sk-test-SECRET-key-3"]
 ENV_VARS = (
@@ -52,7 +44,7 @@ def make_settings(
     values: dict[str, Any] = {
         "gemini_base_url": server.base_url,
         "gemini_api_keys": ",".join(keys),
-        **QUICK_RETRIES,
+        **teacher_checks.QUICK_RETRIES,
     }
     values.update(overrides)
     return load_settings(tmp_path / "ws", **values)
@@ -198,9 +190,11 @@ def test_bad_request_is_not_retried(tmp_path: Path) -> None:
 
 
 def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) -> None:
-    with FakeGeminiServer(mixed_faults(seed=7, rate_limit=0.2), keys=KEYS, latency_s=0.01) as server:
+    with FakeGeminiServer(
+        teacher_checks.mixed_faults(seed=7, rate_limit=0.2), keys=KEYS, latency_s=0.01
+    ) as server:
         teacher = GeminiTeacher(make_settings(tmp_path, server, key_cooldown_s=0.05))
-        generate_concurrently_checked(teacher, server, assert_clean)
+        teacher_checks.generate_concurrently_checked(teacher, server, assert_clean)
     assert server.outcome_counts().get(fakes.RATE_LIMIT, 0) > 0
 
 

@@ -16,17 +16,9 @@ import pytest
 from runtime.config import Settings, load_settings
 from tasks.distill.teachers.base import TeacherOutput
 from tasks.distill.teachers.openai_compat import NO_KEY, OpenAITeacher
-from tests import fakes
+from tests import fakes, teacher_checks
 from tests.fakes.openai_server import UNSUPPORTED_FORMAT, FakeOpenAIServer
-from tests.teacher_checks import (
-    CHUNK,
-    PROXY_ENV_VARS,
-    QUICK_RETRIES,
-    generate_checked,
-    generate_concurrently_checked,
-    mixed_faults,
-    no_key_leaks_fixture,
-)
+from tests.teacher_checks import CHUNK, PROXY_ENV_VARS, generate_checked, no_key_leaks_fixture
 
 KEY = "sk-test-SECRET-key-1"
 ENV_VARS = (
@@ -50,7 +42,7 @@ def make_settings(
     values: dict[str, Any] = {
         "openai_base_url": server.base_url,
         "openai_model": "qwen-test",
-        **QUICK_RETRIES,
+        **teacher_checks.QUICK_RETRIES,
     }
     if key is not None:
         values["openai_api_key"] = key
@@ -193,9 +185,11 @@ def test_json_schema_refused_falls_back_to_json_object_once(tmp_path: Path) -> N
 
 
 def test_concurrent_chunks_under_random_faults_count_every_call(tmp_path: Path) -> None:
-    with FakeOpenAIServer(mixed_faults(seed=11, rate_limit=0.15), keys=[KEY], latency_s=0.01) as server:
+    with FakeOpenAIServer(
+        teacher_checks.mixed_faults(seed=11, rate_limit=0.15), keys=[KEY], latency_s=0.01
+    ) as server:
         teacher = OpenAITeacher(make_settings(tmp_path, server))
-        generate_concurrently_checked(teacher, server, assert_clean)
+        teacher_checks.generate_concurrently_checked(teacher, server, assert_clean)
 
 
 def test_server_down_is_retried_and_not_billed(tmp_path: Path) -> None:

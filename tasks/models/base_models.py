@@ -96,7 +96,7 @@ def resolve_base(spec: str, cache_dir: Path | None = None) -> Path:
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise BaseModelError(f"{path}: GGUF file not found")
-        return _converted_gguf(path, cache_dir / f"{path.stem}-{_file_sha256(path)[:12]}")
+        return _converted_gguf(path, cache_dir / f"{path.stem}-{file_sha256(path)[:12]}")
     if path.exists():
         raise BaseModelError(f"{path}: expected a model folder or a .gguf file")
     return _hf_cache_folder(spec)
@@ -342,11 +342,3 @@ def _first_line(exc: BaseException) -> str:
 
 def _is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
