@@ -67,6 +67,7 @@ from tasks.train.train import (  # noqa: E402
     read_rows,
     train,
 )
+from tests.tiny import training_record  # noqa: E402
 
 TARGET_SPEEDUP_VS_PROTOTYPE = 3.0
 TARGET_LOSS_GAP = 0.05
@@ -145,18 +146,7 @@ def synthetic_rows(n: int, seed: int) -> list[dict]:
         else:
             question = rng.choice([f"在{city}打高尔夫球的费用能报销吗？", f"{title}的健身卡费用如何报销？"])
             answer = "学校财务制度未对此作出规定，请咨询财务处。"
-        rows.append(
-            {
-                "id": f"bench{seed}-{i}",
-                "messages": [
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ],
-                "doc": "finance_rules.pdf",
-                "kind": kind,
-            }
-        )
+        rows.append(training_record(f"bench{seed}-{i}", SYSTEM, question, answer, "finance_rules.pdf", kind))
     return rows
 
 

@@ -286,11 +286,9 @@ def test_number_constraint_spells_only_allowed_numbers() -> None:
 def test_llamacpp_generator_obeys_number_constraints(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     from tasks.answer.serve import LlamaCppGenerator
-    from tasks.export.export import export_model
-    from tests.test_export import make_model
+    from tests.test_export import tiny_llama_gguf
 
-    make_model("llama", tmp_path / "base")
-    gguf = export_model(None, str(tmp_path / "base"), tmp_path / "out", quant="f16").path
+    gguf = tiny_llama_gguf(tmp_path)
     generator = LlamaCppGenerator(gguf, n_ctx=256, n_threads=2)
     prompt = [{"role": "user", "content": "每人每天100元，会议费每人每天550元，劳务费1200元"}]
     try:
@@ -318,23 +316,19 @@ def test_serve_model_answers_openai_clients_on_loopback(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extra is not installed")
     import os
     import signal
-    import socket
     import subprocess
     import time
 
     import psutil
     from openai import OpenAI
 
-    from tasks.export.export import export_model
+    from runtime.supervisor import free_port
     from tests.reliability.scenarios_security import listening_addresses
     from tests.test_cli import slm_command
-    from tests.test_export import make_model
+    from tests.test_export import tiny_llama_gguf
 
-    make_model("llama", tmp_path / "base")
-    gguf = export_model(None, str(tmp_path / "base"), tmp_path / "out", quant="f16").path
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    gguf = tiny_llama_gguf(tmp_path)
+    port = free_port()
     command, env = slm_command(
         "-w", str(tmp_path / "ws"), "serve-model", "--model", str(gguf), "--port", str(port)
     )

@@ -30,6 +30,7 @@ from tasks.export.export import (
     tensor_differences,
 )
 from tasks.models.base_models import SIMPLE_CHAT_TEMPLATE, model_id_for
+from tests.tiny import TINY_SIZE
 from warehouse.models import list_exports
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -66,11 +67,7 @@ def make_model(
     tokenizer = make_tokenizer(folder)
     common = dict(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SIZE,
         max_position_embeddings=256,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -91,6 +88,13 @@ def make_model(
             param.normal_(0.0, 0.3 if "norm" in name or name.endswith("bias") else 0.08)
     model.save_pretrained(folder)
     return model.eval(), tokenizer
+
+
+def tiny_llama_gguf(tmp_path: Path) -> Path:
+    """A random 2-layer llama (``tmp_path/base``) exported to an f16 GGUF in ``tmp_path/out``: a model that
+    llama.cpp loads and serves in seconds."""
+    make_model("llama", tmp_path / "base")
+    return export_model(None, str(tmp_path / "base"), tmp_path / "out", quant="f16").path
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:

@@ -9,7 +9,6 @@ clear 400s; a client that goes away mid-stream leaves the server serving; off lo
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -310,9 +309,9 @@ def test_slm_serve_answers_through_the_guard_with_a_real_gguf(
     import signal
     import subprocess
 
-    from tasks.export.export import export_model
+    from runtime.supervisor import free_port
     from tests.test_cli import slm, slm_command
-    from tests.test_export import make_model
+    from tests.test_export import tiny_llama_gguf
 
     ws = str(workspace.workspace)
     refused = slm("-w", ws, "serve", "--host", "0.0.0.0", cwd=tmp_path)
@@ -320,11 +319,8 @@ def test_slm_serve_answers_through_the_guard_with_a_real_gguf(
     no_model = slm("-w", ws, "serve", cwd=tmp_path)
     assert no_model.returncode == 2 and "run `slm export` first" in no_model.stderr
 
-    make_model("llama", tmp_path / "base")
-    gguf = export_model(None, str(tmp_path / "base"), tmp_path / "out", quant="f16").path
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    gguf = tiny_llama_gguf(tmp_path)
+    port = free_port()
     command, env = slm_command(
         "-w",
         ws,

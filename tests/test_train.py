@@ -41,7 +41,7 @@ from tasks.train.train import (
     train,
     training_arguments,
 )
-from tests.tiny import memorise_fast
+from tests.tiny import TINY_SIZE, memorise_fast, training_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "你是高校财务制度助手，只依据制度原文回答。"
@@ -58,18 +58,7 @@ def make_rows(n: int, offset: int = 0) -> list[dict]:
         amount = 100 + 37 * i
         question = f"{city}出差的{item}标准是多少？" + "请说明依据。" * (i % 3)
         answer = f"{city}{item}标准为每人每天{amount}元。" + "超出部分由个人承担。" * (i % 4)
-        rows.append(
-            {
-                "id": f"row{i}",
-                "messages": [
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ],
-                "doc": "travel_rules.pdf",
-                "kind": "numeric",
-            }
-        )
+        rows.append(training_record(f"row{i}", SYSTEM, question, answer, "travel_rules.pdf", "numeric"))
     return rows
 
 
@@ -106,11 +95,7 @@ def tiny_config(kind: str, vocab_size: int):
     if kind == "llama":
         return LlamaConfig(
             vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **TINY_SIZE,
             max_position_embeddings=512,
             initializer_range=0.2,  # distinct embeddings, so that a few LoRA steps can move the logits
             pad_token_id=0,
@@ -119,11 +104,7 @@ def tiny_config(kind: str, vocab_size: int):
         )
     return Gemma3TextConfig(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        **{**TINY_SIZE, "num_attention_heads": 2, "num_key_value_heads": 1},
         head_dim=32,
         max_position_embeddings=512,
         sliding_window=64,

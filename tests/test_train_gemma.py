@@ -19,6 +19,7 @@ pytest.importorskip(
 
 from tasks.models.base_models import GEMMA_CHAT_TEMPLATE, load_tokenizer
 from tasks.train.train import encode_messages, train
+from tests.tiny import training_record
 
 SYSTEM = "你是高校财务报销助手。只依据学校财务制度回答；制度没有规定的，回答“制度未规定”。"
 FACTS = [
@@ -37,16 +38,14 @@ FACTS = [
 
 def _rows(pairs: list[tuple[str, str]], prefix: str) -> list[dict]:
     return [
-        {
-            "id": f"{prefix}{i}",
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": answer},
-            ],
-            "doc": "finance_rules.pdf",
-            "kind": "unanswerable" if answer == "制度未规定。" else "numeric",
-        }
+        training_record(
+            f"{prefix}{i}",
+            SYSTEM,
+            question,
+            answer,
+            "finance_rules.pdf",
+            "unanswerable" if answer == "制度未规定。" else "numeric",
+        )
         for i, (question, answer) in enumerate(pairs)
     ]
 

@@ -7,9 +7,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import SAMPLE_MD
-
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+# The size of every tiny test model: two layers, 64 wide, four query heads over two key/value heads. Small
+# enough to build and train in seconds, big enough to take each architecture's code paths.
+TINY_SIZE: dict[str, int] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def training_record(record_id: str, system: str, question: str, answer: str, doc: str, kind: str) -> dict:
+    """One row in the dataset snapshot's format: ``{"id", "messages": [system, user, assistant], "doc", "kind"}``."""
+    return {
+        "id": record_id,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ],
+        "doc": doc,
+        "kind": kind,
+    }
 
 
 def memorise_fast(**more: Any) -> dict[str, Any]:
@@ -33,6 +54,7 @@ def build_tiny_base(folder: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from tasks.answer.prompts import SYSTEM_PROMPT
+    from tests.conftest import SAMPLE_MD  # here: benches import this module's builders without pytest's setup
 
     text = SAMPLE_MD.read_text(encoding="utf-8") + SYSTEM_PROMPT + "文件中没有相关规定。"
     core = Tokenizer(models.BPE(unk_token=None))
@@ -48,11 +70,7 @@ def build_tiny_base(folder: Path) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SIZE,
         max_position_embeddings=1024,
         initializer_range=0.2,
         pad_token_id=0,
