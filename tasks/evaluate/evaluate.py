@@ -19,6 +19,7 @@ from math import comb
 from pathlib import Path
 from typing import Any
 
+from runtime.jsonl import json_lines
 from tasks.answer.reply import ABSTENTION, Reply, as_reply, candidate_values, own_text
 from tasks.ingest.normalize import fold
 from tasks.ingest.numbers import (
@@ -86,13 +87,7 @@ def load_questions(path: Path) -> list[EvalItem]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise QuestionFileError(f"{path}: cannot read ({exc})") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QuestionFileError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+    for number, data in json_lines(lines, path, QuestionFileError):
         if not isinstance(data, dict) or not str(data.get("question", "")).strip():
             raise QuestionFileError(f"{path}:{number}: an object with a non-empty 'question' is required")
         kind = data.get("type") or ("numeric" if data.get("numbers") else "text")

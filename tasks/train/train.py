@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from runtime.jsonl import json_lines
 from tasks.models.base_models import BaseIdentity, load_base
 
 IGNORE_INDEX = -100  # the label value that torch's cross-entropy (and HF) skip
@@ -168,13 +169,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         return []
     rows = []
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
+        for lineno, row in json_lines(fh, path, TrainError):
             messages = row.get("messages") if isinstance(row, dict) else None
             if not messages or messages[-1].get("role") != "assistant":
                 raise TrainError(f"{path}:{lineno}: a row needs messages ending with the assistant answer")
