@@ -192,18 +192,23 @@ def batch_tasks(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str,
 
 def chunk_facts(con: duckdb.DuckDBPyConnection, chunk_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The ledger facts of each chunk (the fields of ``tasks.distill.teachers.base.FactRef``), in text order."""
-    out: dict[str, list[dict[str, Any]]] = {c: [] for c in chunk_ids}
-    if not chunk_ids:
-        return out
-    rows = fetch_dicts(
-        con.execute(
-            "SELECT chunk_id, fact_id, value, value_max, unit, raw, qualifier, subject, context, span_start,"
-            " span_end FROM facts WHERE chunk_id IN (SELECT unnest(?)) ORDER BY chunk_id, span_start",
-            [list(chunk_ids)],
-        )
+    return _by_chunk(
+        con,
+        chunk_ids,
+        "SELECT chunk_id, fact_id, value, value_max, unit, raw, qualifier, subject, context, span_start,"
+        " span_end FROM facts WHERE chunk_id IN (SELECT unnest(?)) ORDER BY chunk_id, span_start",
     )
-    for row in rows:
-        out[row.pop("chunk_id")].append(row)
+
+
+def _by_chunk(
+    con: duckdb.DuckDBPyConnection, chunk_ids: Sequence[str], sql: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows of ``sql`` (first column chunk_id, one parameter: the chunk ids) grouped by chunk, in the
+    query's order; every chunk asked for is a key, with no rows where it has none."""
+    out: dict[str, list[dict[str, Any]]] = {c: [] for c in chunk_ids}
+    if chunk_ids:
+        for row in fetch_dicts(con.execute(sql, [list(chunk_ids)])):
+            out[row.pop("chunk_id")].append(row)
     return out
 
 
@@ -445,23 +450,16 @@ def facts_with_verdicts(
 ) -> dict[str, list[dict[str, Any]]]:
     """The ledger facts of each chunk as they are now, each with its person's verdict (None: unverified),
     annotator and time, and whether a batch not yet synced holds a task for it."""
-    out: dict[str, list[dict[str, Any]]] = {c: [] for c in chunk_ids}
-    if not chunk_ids:
-        return out
-    rows = fetch_dicts(
-        con.execute(
-            "SELECT f.chunk_id, f.fact_id, f.value, f.value_max, f.unit, f.raw, f.qualifier, f.subject,"
-            " f.context, f.span_start, f.span_end, v.verdict, v.annotator, v.decided_at,"
-            " EXISTS (SELECT 1 FROM review_tasks t JOIN review_batches b USING (batch_id)"
-            "   WHERE t.fact_id = f.fact_id AND b.status <> 'synced' AND t.applied_at IS NULL) AS in_open_task"
-            " FROM facts f LEFT JOIN fact_verdicts v USING (fact_id)"
-            " WHERE f.chunk_id IN (SELECT unnest(?)) ORDER BY f.chunk_id, f.span_start",
-            [list(chunk_ids)],
-        )
+    return _by_chunk(
+        con,
+        chunk_ids,
+        "SELECT f.chunk_id, f.fact_id, f.value, f.value_max, f.unit, f.raw, f.qualifier, f.subject,"
+        " f.context, f.span_start, f.span_end, v.verdict, v.annotator, v.decided_at,"
+        " EXISTS (SELECT 1 FROM review_tasks t JOIN review_batches b USING (batch_id)"
+        "   WHERE t.fact_id = f.fact_id AND b.status <> 'synced' AND t.applied_at IS NULL) AS in_open_task"
+        " FROM facts f LEFT JOIN fact_verdicts v USING (fact_id)"
+        " WHERE f.chunk_id IN (SELECT unnest(?)) ORDER BY f.chunk_id, f.span_start",
     )
-    for row in rows:
-        out[row.pop("chunk_id")].append(row)
-    return out
 
 
 def update_rows(con: duckdb.DuckDBPyConnection, updates: Sequence[dict[str, Any]]) -> None:
