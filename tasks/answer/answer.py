@@ -36,9 +36,10 @@ from tasks.answer.prompts import (
     SYSTEM_PROMPT,
     chat_messages,
 )
+from tasks.answer.reading import lexicon
 from tasks.answer.reply import Reply, copied_mask, own_text
 from tasks.answer.retrieve import ChunkIndex, Hit, tokens
-from tasks.answer.stop import repeated_span
+from tasks.answer.stop import repeated_span, repeated_statement, stray_words
 from tasks.distill.teachers.base import FactRef
 from tasks.distill.verify import clause_of, subject_fits
 from tasks.ingest.chunk import LEADING_MARKER
@@ -560,6 +561,12 @@ _TOPIC_END = re.compile(r"[：:]")
 _FIRST_CLAUSE = re.compile(r"[，,；;]")
 
 
+def _elsewhere(fact: FactRef, asked_regions: Collection[str]) -> bool:
+    """Whether ``fact``'s sentence names provinces or regions, none of them one the question names."""
+    named = {r for r in lexicon().regions if r in fold(fact.context)}
+    return bool(named) and not named & set(asked_regions)
+
+
 def _fits_well(asked: str, fact: FactRef) -> bool:
     """More than a single shared character pair between the question and the fact's subject or clause (its own
     number and unit aside: "几个工作日" asks for a count of 工作日, it does not name what "1-3个工作日" is for)."""
@@ -632,9 +639,12 @@ def draft_problem(
         context and sum(copied_mask(fold(text), [fold(c) for c in context])) > _CONTEXT_COPY_CHARS
     ):
         return "答案照抄了检索到的规定原文"
-    span = repeated_span(own)
+    span = repeated_span(own) or repeated_statement(own)
     if span:
         return f"答案重复“{span}”"
+    stray = stray_words(own, " ".join([question, *context]))
+    if stray:
+        return f"答案夹杂无关的外文片段（{'、'.join(stray[:3])}）"
     if not all(c.ok for c in checks):
         return _describe(checks, "检索到的规定")
     if best and asks_for_number(question):
@@ -742,6 +752,10 @@ def _grounded(
         said = set(tokens(whole_sentence(first.fact, first.chunk))) - set(tokens(first.fact.raw))
         if first.score >= TOP_FACT_LEAD * runner_up and len(set(tokens(asked)) & said) >= TOP_FACT_SHARED:
             fitting_hits.insert(0, first)
+    # The general rule answers, not the exception for places the question does not name ("出差伙食补助费每天
+    # 多少" is 100元, not 赴西藏、青海、新疆 120元): fitting facts naming other places go after the others.
+    asked_regions = facts_index.query(question).regions
+    fitting_hits.sort(key=lambda r: _elsewhere(r.fact, asked_regions))
     # The numbers stated with a fitting fact in its sentence (the bracket "20万及以下" of "…的部分按照8%") may be
     # stated with it.
     sentences = {r.fact.context for r in fitting_hits}
@@ -767,8 +781,14 @@ def _grounded(
     hit_of.update({r.fact.fact_id: r.chunk for r in ranked if r.fact.fact_id not in hit_of})
     fitting = [r.fact for r in fitting_hits]
     best = fitting[0] if fitting else None
-    # Facts fitting about as well as the best: retrieval's order among near-equals is no reason to refuse.
-    close = [r.fact for r in fitting_hits if r.score >= BEST_FIT_SHARE * fitting_hits[0].score]
+    # Facts fitting about as well as the best: retrieval's order among near-equals is no reason to refuse. A
+    # rule for named places the question does not name is an exception, never as good as the best.
+    close = [
+        r.fact
+        for i, r in enumerate(fitting_hits)
+        if i == 0
+        or (r.score >= BEST_FIT_SHARE * fitting_hits[0].score and not _elsewhere(r.fact, asked_regions))
+    ]
     context = [h.text for h in hits]
 
     def cited(ids: Sequence[str]) -> tuple[Hit, ...]:

@@ -81,6 +81,28 @@ def repeated_span(text: str, min_len: int = 6, times: int = 3) -> str | None:
     return found.group(1) if found else None
 
 
+_NUMBERED_SPAN = 8  # characters, a digit among them: said twice in one short answer is a loop, not a rule
+_LATIN_WORD = re.compile(r"[A-Za-z]{4,}")
+
+
+def repeated_statement(text: str, min_len: int = _NUMBERED_SPAN) -> str | None:
+    """The first span of at least ``min_len`` characters holding a digit that ``text`` says twice, anywhere
+    ("伙食补助费每人每天120元" in "出差伙食补助费每人每天120元。…出了差旅伙食补助费每人每天120元。"), or None. An
+    enumeration of tiers is not one: its spans differ in their numbers (…不超过800元，…不超过500元)."""
+    for start in range(len(text) - min_len + 1):
+        span = text[start : start + min_len]
+        if any(c.isdigit() for c in span) and text.find(span, start + min_len) >= 0:
+            return span
+    return None
+
+
+def stray_words(text: str, sources: str) -> list[str]:
+    """Latin-letter words of ``text`` (four letters or more) that ``sources`` (the question and the rules
+    shown) do not contain: a Chinese answer with "iatrics" or "mendatang" in it is a model's noise."""
+    known = sources.lower()
+    return [w for w in _LATIN_WORD.findall(text) if w.lower() not in known]
+
+
 def default_repeat_penalty() -> float:
     """The ``answer_repeat_penalty`` setting's default, for generators made without one."""
     from runtime.config import Settings

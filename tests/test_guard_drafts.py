@@ -1,0 +1,88 @@
+"""Drafts a weakly trained model writes, which the guard must not show: a number said again in a loop, noise
+words in another script, and the exception for named places given as the general rule.
+
+Seen with a 30-step fine-tune of Gemma 3 270M: "出差伙食补助费每人每天120元。iatrics ativement 出了差旅伙食补助费
+每人每天120元。 mendatang …" was shown as it was, for a question naming no place. The rules text here was
+written by hand for these tests (an invented 差旅费 rule, not a corpus or sample rule).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from runtime.config import Settings
+from tasks.answer.answer import answer
+from tasks.answer.retrieve import ChunkIndex
+from tasks.answer.stop import repeated_statement, stray_words
+from tests.rules_text import ingest_rules
+
+RULES = (
+    "差旅费报销办法\n"
+    "\n"
+    "第一章 伙食补助\n"
+    "\n"
+    "第五条 伙食补助费按出差自然天数实行定额包干，每人每天90元。\n"
+    "\n"
+    "第六条 赴西藏、青海、新疆等地区出差的，伙食补助费为每人每天110元。\n"
+    "\n"
+    "第七条 住宿费标准：一类人员每人每天不超过800元，二类人员每人每天不超过500元。\n"
+)
+QUESTION = "出差的话，伙食补助费每人每天多少钱？"
+
+
+@pytest.fixture
+def rules(con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    return ingest_rules(con, settings, tmp_path, "差旅费报销办法.txt", RULES)
+
+
+def _answer(con: duckdb.DuckDBPyConnection, question: str, draft: str):
+    return answer(question, lambda *a, **k: draft, ChunkIndex.build(con), con)
+
+
+def test_a_numbered_statement_said_twice_is_a_loop() -> None:
+    looped = "出差伙食补助费每人每天120元。iatrics 出了差旅伙食补助费每人每天120元。"
+    assert repeated_statement(looped) is not None
+    assert repeated_statement("伙食补助费每人每天90元。") is None
+    # tiers of one rule repeat their words, not their numbers
+    assert repeated_statement("一类人员每人每天不超过800元，二类人员每人每天不超过500元。") is None
+
+
+def test_latin_words_the_sources_do_not_have_are_noise() -> None:
+    assert stray_words("每人每天90元。iatrics ativement", "伙食补助费每人每天90元") == [
+        "iatrics",
+        "ativement",
+    ]
+    assert stray_words("按GPS里程计算。", "自驾车按GPS里程计算") == []  # a word the rules use is not noise
+
+
+def test_the_exception_for_named_places_is_not_the_general_rule(rules: duckdb.DuckDBPyConnection) -> None:
+    result = _answer(rules, QUESTION, "伙食补助费每人每天110元。")
+    assert result.guard_action != "passed", result.notes
+    assert "90元" in result.text and "110" not in result.text
+    lhasa = _answer(rules, "去拉萨出差，伙食补助费每人每天多少钱？", "伙食补助费每人每天110元。")
+    assert lhasa.guard_action == "passed", lhasa.notes
+
+
+def test_a_looping_draft_with_noise_is_not_shown(rules: duckdb.DuckDBPyConnection) -> None:
+    draft = "出差伙食补助费每人每天90元。iatrics\nativement\n出了差旅伙食补助费每人每天90元。 mendatang"
+    result = _answer(rules, QUESTION, draft)
+    assert result.guard_action != "passed", result.notes
+    assert "iatrics" not in result.text and "mendatang" not in result.text
+    assert result.text.count("90元") == 1
+
+
+def test_noise_alone_is_enough_to_refuse(rules: duckdb.DuckDBPyConnection) -> None:
+    result = _answer(rules, QUESTION, "伙食补助费每人每天90元。ativement")
+    assert result.guard_action != "passed"
+    assert any("外文" in note for note in result.notes), result.notes
+
+
+def test_a_plain_right_answer_and_the_tiers_are_shown(rules: duckdb.DuckDBPyConnection) -> None:
+    right = _answer(rules, QUESTION, "伙食补助费每人每天90元。")
+    assert right.guard_action == "passed", right.notes
+    tiers = "一类人员每人每天不超过800元，二类人员每人每天不超过500元。"
+    shown = _answer(rules, "出差住宿费每人每天的标准是多少？", tiers)
+    assert shown.guard_action == "passed", shown.notes
