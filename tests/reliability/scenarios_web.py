@@ -60,6 +60,13 @@ class WebOutcome(FaultOutcome):
 
     details: list[str] = field(default_factory=list)
 
+    def case_checked(self, label: str, failures: list[str]) -> None:
+        """One hostile file or request checked: its failures as one problem line, or one run completed."""
+        if failures:
+            self.problems.append(f"{label}: " + "; ".join(failures))
+        else:
+            self.runs_completed += 1
+
 
 # ---------------------------------------------------------------------------------------------------------
 # uploads
@@ -227,10 +234,7 @@ def hostile_uploads(work: Path) -> WebOutcome:
             outcome.rows_lost += sum(v for t, v in grown.items() if t != "documents" or v > 1)
         if files_after != files_before:
             bad.append(f"files written: {sorted(files_after - files_before)}")
-        if bad:
-            problems.append(f"{label}: " + "; ".join(bad))
-        else:
-            outcome.runs_completed += 1
+        outcome.case_checked(label, bad)
     growth = _peak_rss() - rss_before
     if growth > BOMB_GROWTH_LIMIT:
         problems.append(
@@ -456,10 +460,7 @@ def hostile_requests(work: Path) -> WebOutcome:
                 bad.append(shape)
             elif got != code:
                 bad.append(f"code {got!r}, not {code!r}")
-            if bad:
-                problems.append(f"{label}: " + "; ".join(bad))
-            else:
-                outcome.runs_completed += 1
+            outcome.case_checked(label, bad)
         if planted.calls != calls:
             problems.append(f"{planted.calls - calls} bad requests reached the model")
 
