@@ -69,6 +69,17 @@ def con(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
         connection.close()
 
 
+@pytest.fixture
+def rules(
+    request: pytest.FixtureRequest, con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path
+) -> duckdb.DuckDBPyConnection:
+    """The warehouse with the test module's hand-written ``RULES_FILE = (file name, text)`` ingested."""
+    from tests.rules_text import ingest_rules  # imports the answering stage: only for the tests that ask
+
+    name, text = request.module.RULES_FILE
+    return ingest_rules(con, settings, tmp_path, name, text)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Real components: skip on a developer's machine, fail in CI
 

@@ -8,12 +8,10 @@ corpus or sample rule).
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 
 import duckdb
 import pytest
 
-from runtime.config import Settings
 from tasks.answer.answer import answer
 from tasks.answer.fact_retrieve import (
     CONDITION_FIT,
@@ -26,7 +24,6 @@ from tasks.answer.fact_retrieve import (
 )
 from tasks.answer.retrieve import ChunkIndex
 from tasks.distill.teachers.base import FactRef
-from tests.rules_text import ingest_rules
 
 RULES = (
     "课题经费管理细则\n"
@@ -40,11 +37,7 @@ RULES = (
     "\n"
     "第五条 课题结题后结余经费由学校统筹使用，3年后仍未使用的，按规定收回。\n"
 )
-
-
-@pytest.fixture
-def rules(con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    return ingest_rules(con, settings, tmp_path, "课题经费管理细则.txt", RULES)
+RULES_FILE = ("课题经费管理细则.txt", RULES)
 
 
 def _fact(context: str, raw: str) -> FactRef:

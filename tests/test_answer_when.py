@@ -9,16 +9,11 @@ sentence's first half. The rules text and the questions were written by hand for
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import duckdb
-import pytest
 
-from runtime.config import Settings
-from tasks.answer.answer import answer, asks_when, whole_sentence
+from tasks.answer.answer import asks_when, whole_sentence
 from tasks.answer.fact_retrieve import FactIndex
-from tasks.answer.retrieve import ChunkIndex
-from tests.rules_text import ingest_rules
+from tests.rules_text import answer_drafted
 
 RULES = (
     "资金结算办法\n"
@@ -36,16 +31,8 @@ RULES = (
     "\n"
     "第十条 每季度初1-3个工作日为上季度结账时间，暂停办理报销业务。\n"
 )
+RULES_FILE = ("资金结算办法.txt", RULES)
 ABSTAIN = "文件中没有相关规定。"
-
-
-@pytest.fixture
-def rules(con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    return ingest_rules(con, settings, tmp_path, "资金结算办法.txt", RULES)
-
-
-def _answer(con: duckdb.DuckDBPyConnection, question: str, draft: str):
-    return answer(question, lambda *a, **k: draft, ChunkIndex.build(con), con)
 
 
 def test_which_questions_ask_for_a_time_or_a_date() -> None:
@@ -59,7 +46,7 @@ def test_which_questions_ask_for_a_time_or_a_date() -> None:
 def test_an_abstaining_draft_is_replaced_by_the_sentence_writing_the_time(
     rules: duckdb.DuckDBPyConnection,
 ) -> None:
-    result = _answer(rules, "下午去财务处报销，最晚几点之前得到？", ABSTAIN)
+    result = answer_drafted(rules, "下午去财务处报销，最晚几点之前得到？", ABSTAIN)
     assert result.guard_action == "quoted_evidence", result.notes
     assert "3:30" in result.text and "第六条" in result.text and "资金结算办法" in result.text
     assert result.text.count("截止") == 1  # the wrapped line is one sentence, quoted once
@@ -67,7 +54,7 @@ def test_an_abstaining_draft_is_replaced_by_the_sentence_writing_the_time(
 
 
 def test_the_quoted_date_leaves_out_another_rules_amount(rules: duckdb.DuckDBPyConnection) -> None:
-    result = _answer(rules, "借款有特殊情况一直冲不了账，最晚能拖到什么时候？", ABSTAIN)
+    result = answer_drafted(rules, "借款有特殊情况一直冲不了账，最晚能拖到什么时候？", ABSTAIN)
     assert result.guard_action == "quoted_evidence", result.notes
     assert "12月20日" in result.text
     assert "20日内" not in result.text  # the clause with the 20-day rule is another number, left out
@@ -75,13 +62,13 @@ def test_the_quoted_date_leaves_out_another_rules_amount(rules: duckdb.DuckDBPyC
 
 def test_a_draft_stating_the_time_is_shown(rules: duckdb.DuckDBPyConnection) -> None:
     draft = "报销业务截止到下午3:30，节假日除外。"
-    result = _answer(rules, "下午去财务处报销，最晚几点之前得到？", draft)
+    result = answer_drafted(rules, "下午去财务处报销，最晚几点之前得到？", draft)
     assert result.guard_action == "passed", result.notes
     assert result.text == draft
 
 
 def test_a_time_question_the_rules_do_not_answer_still_abstains(rules: duckdb.DuckDBPyConnection) -> None:
-    result = _answer(rules, "工资每个月几号发到卡上？", ABSTAIN)
+    result = answer_drafted(rules, "工资每个月几号发到卡上？", ABSTAIN)
     assert result.text == ABSTAIN, result.notes
 
 
@@ -92,7 +79,7 @@ def test_a_clause_after_a_semicolon_fits_through_its_sentence(rules: duckdb.Duck
     assert top.fact.value == "3"
     sentence = whole_sentence(top.fact, top.chunk)
     assert sentence.startswith("项目完成验收后") and sentence.endswith("按规定收回。")
-    result = _answer(rules, question, ABSTAIN)
+    result = answer_drafted(rules, question, ABSTAIN)
     assert result.guard_action == "quoted_evidence", result.notes
     assert "3年" in result.text
 
@@ -100,5 +87,5 @@ def test_a_clause_after_a_semicolon_fits_through_its_sentence(rules: duckdb.Duck
 def test_the_unit_a_question_asks_in_does_not_make_a_fact_fit(rules: duckdb.DuckDBPyConnection) -> None:
     """ "几个工作日" asks for a count of 工作日; the rule counting 工作日 of the closing period is about something
     else: the abstention stands."""
-    result = _answer(rules, "报销单交上去以后，一般要几个工作日钱才能打到卡上？", ABSTAIN)
+    result = answer_drafted(rules, "报销单交上去以后，一般要几个工作日钱才能打到卡上？", ABSTAIN)
     assert result.text == ABSTAIN, result.notes

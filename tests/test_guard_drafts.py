@@ -8,16 +8,10 @@ written by hand for these tests (an invented 差旅费 rule, not a corpus or sam
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import duckdb
-import pytest
 
-from runtime.config import Settings
-from tasks.answer.answer import answer
-from tasks.answer.retrieve import ChunkIndex
 from tasks.answer.stop import repeated_statement, stray_words
-from tests.rules_text import ingest_rules
+from tests.rules_text import answer_drafted
 
 RULES = (
     "差旅费报销办法\n"
@@ -30,16 +24,8 @@ RULES = (
     "\n"
     "第七条 住宿费标准：一类人员每人每天不超过800元，二类人员每人每天不超过500元。\n"
 )
+RULES_FILE = ("差旅费报销办法.txt", RULES)
 QUESTION = "出差的话，伙食补助费每人每天多少钱？"
-
-
-@pytest.fixture
-def rules(con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    return ingest_rules(con, settings, tmp_path, "差旅费报销办法.txt", RULES)
-
-
-def _answer(con: duckdb.DuckDBPyConnection, question: str, draft: str):
-    return answer(question, lambda *a, **k: draft, ChunkIndex.build(con), con)
 
 
 def test_a_numbered_statement_said_twice_is_a_loop() -> None:
@@ -59,30 +45,30 @@ def test_latin_words_the_sources_do_not_have_are_noise() -> None:
 
 
 def test_the_exception_for_named_places_is_not_the_general_rule(rules: duckdb.DuckDBPyConnection) -> None:
-    result = _answer(rules, QUESTION, "伙食补助费每人每天110元。")
+    result = answer_drafted(rules, QUESTION, "伙食补助费每人每天110元。")
     assert result.guard_action != "passed", result.notes
     assert "90元" in result.text and "110" not in result.text
-    lhasa = _answer(rules, "去拉萨出差，伙食补助费每人每天多少钱？", "伙食补助费每人每天110元。")
+    lhasa = answer_drafted(rules, "去拉萨出差，伙食补助费每人每天多少钱？", "伙食补助费每人每天110元。")
     assert lhasa.guard_action == "passed", lhasa.notes
 
 
 def test_a_looping_draft_with_noise_is_not_shown(rules: duckdb.DuckDBPyConnection) -> None:
     draft = "出差伙食补助费每人每天90元。iatrics\nativement\n出了差旅伙食补助费每人每天90元。 mendatang"
-    result = _answer(rules, QUESTION, draft)
+    result = answer_drafted(rules, QUESTION, draft)
     assert result.guard_action != "passed", result.notes
     assert "iatrics" not in result.text and "mendatang" not in result.text
     assert result.text.count("90元") == 1
 
 
 def test_noise_alone_is_enough_to_refuse(rules: duckdb.DuckDBPyConnection) -> None:
-    result = _answer(rules, QUESTION, "伙食补助费每人每天90元。ativement")
+    result = answer_drafted(rules, QUESTION, "伙食补助费每人每天90元。ativement")
     assert result.guard_action != "passed"
     assert any("外文" in note for note in result.notes), result.notes
 
 
 def test_a_plain_right_answer_and_the_tiers_are_shown(rules: duckdb.DuckDBPyConnection) -> None:
-    right = _answer(rules, QUESTION, "伙食补助费每人每天90元。")
+    right = answer_drafted(rules, QUESTION, "伙食补助费每人每天90元。")
     assert right.guard_action == "passed", right.notes
     tiers = "一类人员每人每天不超过800元，二类人员每人每天不超过500元。"
-    shown = _answer(rules, "出差住宿费每人每天的标准是多少？", tiers)
+    shown = answer_drafted(rules, "出差住宿费每人每天的标准是多少？", tiers)
     assert shown.guard_action == "passed", shown.notes
