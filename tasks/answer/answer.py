@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import duckdb
 
-from tasks.answer.fact_retrieve import FactIndex
+from tasks.answer.fact_retrieve import FactIndex, regions_named
 from tasks.answer.prompts import (
     CONTEXT_INSTRUCTION,
     EVIDENCE_LEAD,
@@ -36,7 +36,6 @@ from tasks.answer.prompts import (
     SYSTEM_PROMPT,
     chat_messages,
 )
-from tasks.answer.reading import lexicon
 from tasks.answer.reply import Reply, copied_mask, own_text
 from tasks.answer.retrieve import ChunkIndex, Hit, tokens
 from tasks.answer.stop import repeated_span, repeated_statement, stray_words
@@ -563,7 +562,7 @@ _FIRST_CLAUSE = re.compile(r"[，,；;]")
 
 def _elsewhere(fact: FactRef, asked_regions: Collection[str]) -> bool:
     """Whether ``fact``'s sentence names provinces or regions, none of them one the question names."""
-    named = {r for r in lexicon().regions if r in fold(fact.context)}
+    named = regions_named(fact)
     return bool(named) and not named & set(asked_regions)
 
 

@@ -111,6 +111,11 @@ def fact_tokens(
     return out
 
 
+def regions_named(fact: FactRef) -> frozenset[str]:
+    """The provinces and regions (the lexicon's) that the fact's sentence names."""
+    return frozenset(r for r in lexicon().regions if r in fold(fact.context))
+
+
 @dataclass(frozen=True)
 class Condition:
     """The bracket a tiered or threshold rule applies to, read from the numbers of its clause other than the
@@ -209,7 +214,7 @@ class FactIndex:
             text = f"{fact.subject} {fact.context}"
             members = [c.member for c in by_doc.get(doc, []) if c.category in text and c.member not in text]
             corpus.append(fact_tokens(fact, heading, members, phrases))
-            self._regions.append(frozenset(r for r in lexicon().regions if r in fold(fact.context)))
+            self._regions.append(regions_named(fact))
         if corpus:
             self._retriever = bm25s.BM25()
             self._retriever.index(corpus, show_progress=False)
