@@ -176,7 +176,7 @@ QWEN_CHAT_TEMPLATE = (
 )
 EXPECTED_TEMPLATES = {
     "gemma": "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
-    "<start_of_turn>model\n{{ .Response }}<end_of_turn>\n",
+    "<start_of_turn>model\n{{ .Response }}<eos>\n",
     "chatml": "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}<|im_start|>user\n"
     "{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n{{ .Response }}<|im_end|>\n",
     "generic": "{{ if .System }}<|system|>\n{{ .System }}<eos>\n{{ end }}<|user|>\n{{ .Prompt }}<eos>\n"
@@ -262,7 +262,7 @@ def test_export_writes_a_modelfile_beside_the_gguf(tiny_base: Path, tmp_path: Pa
     assert source == f"./{result.path.name}" and (result.modelfile.parent / source).resolve() == result.path
     assert parsed["template"] == [EXPECTED_TEMPLATES["gemma"]]
     assert parsed["system"] == [SYSTEM_PROMPT] and parsed["temperature"] == ["0"]
-    assert parsed["stop"] == ["<end_of_turn>", "<eos>"]
+    assert parsed["stop"] == ["<eos>"]
     vocabulary = {
         t.decode() if isinstance(t, bytes) else t
         for t in read_gguf(result.path).value("tokenizer.ggml.tokens")

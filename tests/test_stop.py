@@ -1,7 +1,8 @@
 """Answers end where training taught them to, in every backend, and loops are cut.
 
-A tiny model (tests/tiny.py) is trained on three rows until it reproduces them, then exported to an f16 GGUF:
-the labels end the answer with the chat template's end-of-turn token, transformers and llama.cpp both stop
+A tiny model (tests/tiny.py), given the chat template an instruction-tuned Gemma ships (its turns end with
+``<end_of_turn>``, a token other than eos), is trained on three rows until it reproduces them, then exported
+to an f16 GGUF: the labels end the answer with the chat template's end-of-turn token, transformers and llama.cpp both stop
 there (not at the token limit), the GGUF names it as llama.cpp's eot token so that any llama.cpp front end
 stops there too, and llama.cpp's log lines never reach the terminal.
 """
@@ -32,6 +33,9 @@ LLAMA_LOG = re.compile(
     r"^\s*(llama|ggml|gguf|llm_|print_info|load_tensors|load_backend|common_|graph_|sched_|init:|main:)\w*",
     re.MULTILINE,
 )
+# Google's Gemma format as an instruction-tuned Gemma ships it: every turn, the model's too, ends with
+# <end_of_turn>. (The template this project gives a template-less, pretrained Gemma ends the model's turn with eos.)
+GEMMA_IT_TEMPLATE = GEMMA_CHAT_TEMPLATE.replace("(eos_token if role == 'model' else '<end_of_turn>')", "'<end_of_turn>'")
 CHATML = (
     "{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
     "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
@@ -67,19 +71,32 @@ def test_repeated_span_spares_ordinary_answers() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny base with an instruction-tuned Gemma's chat template saved beside it."""
     from tests.tiny import build_tiny_base
 
-    return build_tiny_base(tmp_path_factory.mktemp("stop") / "base")
+    folder = build_tiny_base(tmp_path_factory.mktemp("stop") / "base")
+    tokenizer = load_tokenizer(folder)
+    tokenizer.chat_template = GEMMA_IT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def test_end_of_turn_is_read_from_the_template(tiny_base: Path) -> None:
     import jinja2
 
     tokenizer = load_tokenizer(tiny_base)
-    assert tokenizer.chat_template == GEMMA_CHAT_TEMPLATE
+    assert tokenizer.chat_template == GEMMA_IT_TEMPLATE  # saved with the folder: kept as it is
     eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     assert end_of_turn_token(tokenizer) == ("<end_of_turn>", eot)
     assert stop_token_ids(tokenizer)[:2] == [eot, tokenizer.eos_token_id]
+
+    # A template-less (pretrained) Gemma gets Gemma's format with the model's turn closed by eos, a token
+    # the pretrained model knows; the user's turn still closes with <end_of_turn>.
+    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    assert end_of_turn_token(tokenizer) == ("<eos>", tokenizer.eos_token_id)
+    assert stop_token_ids(tokenizer) == [tokenizer.eos_token_id]
+    rendered = tokenizer.apply_chat_template(chat_messages("Q", "A"), tokenize=False)
+    assert rendered.endswith("Q<end_of_turn>\n<start_of_turn>model\nA<eos>\n")
 
     tokenizer.chat_template = SIMPLE_CHAT_TEMPLATE  # closes a turn with eos
     assert end_of_turn_token(tokenizer) == ("<eos>", tokenizer.eos_token_id)
@@ -188,7 +205,7 @@ def test_exported_gguf_names_end_of_turn(trained: dict) -> None:
     token = tokens[eot]
     assert (token.decode() if isinstance(token, bytes) else token) == "<end_of_turn>"
     assert contents.value("tokenizer.ggml.eos_token_id") == load_tokenizer(trained["base"]).eos_token_id
-    assert contents.value("tokenizer.chat_template") == GEMMA_CHAT_TEMPLATE
+    assert contents.value("tokenizer.chat_template") == GEMMA_IT_TEMPLATE
 
 
 def test_llamacpp_generation_stops_at_end_of_turn(trained: dict) -> None:

