@@ -4,7 +4,9 @@ code before the layout moved, commit 9500925; see ``tests/record_fingerprint.py`
 since: the auto policy's counts gained ``held`` (0 on the sample: no OCR'd page), and the guard's fit rules
 (tiered brackets, sentence topics) let the always-right reference model pass one more grounded question
 (shown numeric 0.8077 -> 0.8462), and the dataset's context copies asking in everyday words where the
-lexicon has them (prompt format ctx-v3: a new dataset id and files); the ledger, rows, gates and golden parts
+lexicon has them (prompt format ctx-v3: a new dataset id and files), and categories learned from "甲性或者乙性
+名词" lists (国际学术会议 names 二类会议: sample shown numeric 0.8077 -> 0.8462 for the scripted models, the
+reference 0.8462 -> 0.8846); the ledger, rows, gates and golden parts
 are as recorded from 9500925.
 
 One pipeline run (about 15 s) feeds one test per part, so a failure's name says which part changed

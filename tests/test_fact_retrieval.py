@@ -149,6 +149,16 @@ def test_a_question_naming_a_member_asks_with_its_category() -> None:
     assert "市内交通费" in expand("地铁费能报吗", [Category("地铁费", "市内交通费", "", "defines")])
 
 
+def test_modifiers_joined_by_or_share_the_head_noun() -> None:
+    # "甲或者乙" lists two members; a member given only as a modifier in 性 takes the next one's head noun,
+    # and speech that drops the adjectival 性 still names it.
+    rules = "（二）乙类活动：学院主办的省级性或者行业性技术论坛；"
+    pairs = {(c.member, c.category) for c in learn_categories(rules)}
+    assert pairs == {("省级性技术论坛", "乙类活动"), ("行业性技术论坛", "乙类活动")}
+    assert "乙类活动" in expand("我们办一个行业技术论坛，能请多少人？", learn_categories(rules))
+    assert "乙类活动" not in expand("我们办一个行业协会的年会，能请多少人？", learn_categories(rules))
+
+
 # --- fact retrieval over the sample ----------------------------------------------------------------------------
 
 

@@ -185,7 +185,10 @@ class Category:
 # Numbering and "本办法所称" before a defined term are not part of it.
 _LEAD = re.compile(rf"^(?:{MARKER}|本(?:办法|细则|规定|制度)所称|所称)+")
 _DEFINES = re.compile(r"是指|系指|指的是|包括|包含|(?<=[费金款员])指")
-_ITEM_SPLIT = re.compile(r"[、，,/]|以及|(?<!以)及|和|与")
+_ITEM_SPLIT = re.compile(r"[、，,/]|以及|(?<!以)及|和|与|或者")
+# "全国性或者国际性学术会议": an item that is only a modifier in 性 shares the next item's head noun.
+_MODIFIER = re.compile(r"^[\u4e00-\u9fff]{1,4}性$")
+_AFTER_MODIFIER = re.compile(r"^[\u4e00-\u9fff]{1,4}性(?=[\u4e00-\u9fff]{2})")
 _PAREN = re.compile(r"([\u4e00-\u9fff]{2,8})[（(](?:包括|包含|含|即|如)?([^（()）]*、[^（()）]*)[）)]")
 _PAREN_TEXT = re.compile(r"[（(][^（()）]*[）)]")
 _EXCLUDES = re.compile(r"除外|不含|不包括")
@@ -216,13 +219,14 @@ def _head_noun(text: str) -> str:
 
 
 def _members(text: str, max_len: int = 12) -> list[str]:
-    """The names a definition or list enumerates: split at 、，/和及与; a long item cut to the noun after its
-    last 的; items that are clauses (按…执行, 由…审批), numbers or too general (费用) left out."""
+    """The names a definition or list enumerates: split at 、，/和及与或者; a long item cut to the noun after
+    its last 的; a modifier in 性 given the next item's head (全国性或者国际性学术会议: 全国性学术会议); items that are clauses (按…执行, 由…审批), numbers or too general (费用) left out."""
     out = []
-    for item in _ITEM_SPLIT.split(text.strip()):
-        item = _TAIL.sub("", item.strip("　 “”\"'"))
-        if len(item) > 6:
-            item = _head_noun(item)
+    items = [_TAIL.sub("", item.strip("　 “”\"'")) for item in _ITEM_SPLIT.split(text.strip())]
+    items = [_head_noun(item) if len(item) > 6 else item for item in items]
+    for i, item in enumerate(items):
+        if _MODIFIER.match(item) and i + 1 < len(items) and _AFTER_MODIFIER.match(items[i + 1]):
+            item += _AFTER_MODIFIER.sub("", items[i + 1])
         if (
             2 <= len(item) <= max_len
             and _CJK_RUN.fullmatch(item)
@@ -284,8 +288,8 @@ def _names(question_text: str, question_bigrams: set[str], member: str) -> bool:
     """Whether the question (with its lexicon terms) names ``member``: it contains it, or, for a member of
     four or more characters, at least three quarters of the member's bigrams and two that are not common words
     (中级专业技术职务 does not name 正高级专业技术职务人员)."""
-    if member in question_text:
-        return True
+    if member in question_text or ("性" in member and member.replace("性", "") in question_text):
+        return True  # 国际学术会议 names 国际性学术会议: speech drops the adjectival 性
     grams = _bigrams(member)
     if len(member) < 4 or not grams:
         return False
