@@ -2,9 +2,9 @@
 
 A tiny model (tests/tiny.py), given the chat template an instruction-tuned Gemma ships (its turns end with
 ``<end_of_turn>``, a token other than eos), is trained on three rows until it reproduces them, then exported
-to an f16 GGUF: the labels end the answer with the chat template's end-of-turn token, transformers and llama.cpp both stop
-there (not at the token limit), the GGUF names it as llama.cpp's eot token so that any llama.cpp front end
-stops there too, and llama.cpp's log lines never reach the terminal.
+to an f16 GGUF: the labels end the answer with the chat template's end-of-turn token, transformers and
+llama.cpp both stop there (not at the token limit), the GGUF names it as llama.cpp's eot token so that any
+llama.cpp front end stops there too, and llama.cpp's log lines never reach the terminal.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ LLAMA_LOG = re.compile(
     re.MULTILINE,
 )
 # Google's Gemma format as an instruction-tuned Gemma ships it: every turn, the model's too, ends with
-# <end_of_turn>. (The template this project gives a template-less, pretrained Gemma ends the model's turn with eos.)
-GEMMA_IT_TEMPLATE = GEMMA_CHAT_TEMPLATE.replace("(eos_token if role == 'model' else '<end_of_turn>')", "'<end_of_turn>'")
+# <end_of_turn>. (The template this project gives a template-less, pretrained Gemma ends the model's turn
+# with eos.)
+GEMMA_IT_TEMPLATE = GEMMA_CHAT_TEMPLATE.replace(
+    "(eos_token if role == 'model' else '<end_of_turn>')", "'<end_of_turn>'"
+)
 CHATML = (
     "{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
     "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"

@@ -79,4 +79,7 @@ def test_gemma3_270m_trains_a_few_steps(tmp_path: Path) -> None:
     answer_ids = [
         t for t, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label != -100
     ]
-    assert answer_ids[-2:] == [tokenizer.eos_token_id, *tokenizer("\n", add_special_tokens=False)["input_ids"]]
+    assert answer_ids[-2:] == [
+        tokenizer.eos_token_id,
+        *tokenizer("\n", add_special_tokens=False)["input_ids"],
+    ]

@@ -220,7 +220,8 @@ def _head_noun(text: str) -> str:
 
 def _members(text: str, max_len: int = 12) -> list[str]:
     """The names a definition or list enumerates: split at 、，/和及与或者; a long item cut to the noun after
-    its last 的; a modifier in 性 given the next item's head (全国性或者国际性学术会议: 全国性学术会议); items that are clauses (按…执行, 由…审批), numbers or too general (费用) left out."""
+    its last 的; a modifier in 性 given the next item's head (全国性或者国际性学术会议: 全国性学术会议);
+    items that are clauses (按…执行, 由…审批), numbers or too general (费用) left out."""
     out = []
     items = [_TAIL.sub("", item.strip("　 “”\"'")) for item in _ITEM_SPLIT.split(text.strip())]
     items = [_head_noun(item) if len(item) > 6 else item for item in items]
