@@ -72,3 +72,16 @@ def test_a_plain_right_answer_and_the_tiers_are_shown(rules: duckdb.DuckDBPyConn
     tiers = "一类人员每人每天不超过800元，二类人员每人每天不超过500元。"
     shown = answer_drafted(rules, "出差住宿费每人每天的标准是多少？", tiers)
     assert shown.guard_action == "passed", shown.notes
+
+
+def test_a_question_turned_into_a_statement_is_no_answer(rules: duckdb.DuckDBPyConnection) -> None:
+    # Seen with a 30-step fine-tune: "学校有通讯补贴标准。" passed for a rule the documents do not have.
+    question = "我的手机话费能报吗？学校有没有通讯补贴标准？"
+    result = answer_drafted(rules, question, "学校有通讯补贴标准。")
+    assert result.guard_action == "abstained", result.notes
+    assert any("把问题说成了陈述" in note for note in result.notes)
+    # A yes without a source is no answer either; one that says what the rules say is.
+    bare = answer_drafted(rules, "赴新疆出差能领伙食补助费吗？", "能领伙食补助费。")
+    assert bare.guard_action != "passed" and "110元" in bare.text, bare.notes
+    said = answer_drafted(rules, "赴新疆出差能领伙食补助费吗？", "能，伙食补助费为每人每天110元。")
+    assert said.guard_action == "passed", said.notes

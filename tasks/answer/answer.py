@@ -36,7 +36,7 @@ from tasks.answer.prompts import (
     SYSTEM_PROMPT,
     chat_messages,
 )
-from tasks.answer.reply import Reply, copied_mask, own_text
+from tasks.answer.reply import Reply, copied_mask, own_text, restates_question
 from tasks.answer.retrieve import ChunkIndex, Hit, tokens
 from tasks.answer.stop import repeated_span, repeated_statement, stray_words
 from tasks.distill.teachers.base import FactRef
@@ -625,7 +625,8 @@ def draft_problem(
     best: Sequence[FactRef] = (),
     context: Sequence[str] = (),
 ) -> str:
-    """Why an answer may not be shown ("" when it may): it repeats the system prompt or the question, dumps
+    """Why an answer may not be shown ("" when it may): it repeats the system prompt or the question, or only
+    turns the question into a statement ("学校有通讯补贴标准。"), dumps
     the retrieved rules, repeats itself, states a number the ledger does not back for this question, gives no
     number to a question asking for one that the rules answer, or a number other than the best-fitting
     fact's (``best``: the facts that fit the question about as well as the best one)."""
@@ -634,6 +635,8 @@ def draft_problem(
     own = own_text(text, question)
     if not own:
         return "答案只复述了系统提示或问题"
+    if restates_question(own, question):
+        return "答案只是把问题说成了陈述，没有依据规定"
     if _CHUNK_MARK.search(text) or (
         context and sum(copied_mask(fold(text), [fold(c) for c in context])) > _CONTEXT_COPY_CHARS
     ):

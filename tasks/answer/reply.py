@@ -105,3 +105,18 @@ def own_text(answer: str, question: str, sources: Sequence[str] = PROMPT_TEXTS) 
     if own and scrap and all(candidate_values(m) <= asked for m in find_numbers(own)):
         return ""
     return own
+
+
+_CJK_PAIR = re.compile(r"(?=([\u3400-\u9fff]{2}))")
+
+
+def restates_question(own: str, question: str) -> bool:
+    """Whether ``own`` (the model's own sentences) only turns the question into a statement: every pair of
+    Chinese characters it writes is one the question has, and it states no number and does not abstain.
+    "学校有通讯补贴标准。" for "学校有没有通讯补贴标准？" claims what the question asks about, from nothing the
+    rules say; "可以。" for "可以直接给现金吗？" is a yes without a source."""
+    text = fold(own)
+    if not text or ABSTENTION.search(text) or find_numbers(text):
+        return False
+    pairs = set(_CJK_PAIR.findall(text))
+    return bool(pairs) and pairs <= set(_CJK_PAIR.findall(fold(question)))
