@@ -277,7 +277,8 @@ def learn_categories(text: str, doc: str = "") -> list[Category]:
     return list(dict.fromkeys(found))
 
 
-def _bigrams(text: str) -> set[str]:
+def cjk_bigrams(text: str) -> set[str]:
+    """The pairs of adjacent Chinese characters in ``text`` (folded)."""
     return {t for t in tokens(text) if len(t) == 2 and _CJK.match(t)}
 
 
@@ -291,7 +292,7 @@ def _names(question_text: str, question_bigrams: set[str], member: str) -> bool:
     (中级专业技术职务 does not name 正高级专业技术职务人员)."""
     if member in question_text or ("性" in member and member.replace("性", "") in question_text):
         return True  # 国际学术会议 names 国际性学术会议: speech drops the adjectival 性
-    grams = _bigrams(member)
+    grams = cjk_bigrams(member)
     if len(member) < 4 or not grams:
         return False
     shared = grams & question_bigrams
@@ -371,7 +372,7 @@ def _expansions(question: str, categories: Iterable[Category]) -> tuple[list[str
     folded = fold(question)
     terms = [t for t in lex.rule_terms(question) if t not in folded]
     text = folded + "|" + "|".join(terms)
-    grams, own = _bigrams(text), _bigrams(folded)
+    grams, own = cjk_bigrams(text), cjk_bigrams(folded)
     learned = []
     for category in categories:
         if category.category in text:

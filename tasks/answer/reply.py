@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from tasks.answer.prompts import PROMPT_TEXTS
+from tasks.answer.reading import cjk_bigrams
 from tasks.ingest.normalize import fold
 from tasks.ingest.numbers import NumberMention, find_numbers, readings
 
@@ -107,9 +108,6 @@ def own_text(answer: str, question: str, sources: Sequence[str] = PROMPT_TEXTS) 
     return own
 
 
-_CJK_PAIR = re.compile(r"(?=([\u3400-\u9fff]{2}))")
-
-
 def restates_question(own: str, question: str) -> bool:
     """Whether ``own`` (the model's own sentences) only turns the question into a statement: every pair of
     Chinese characters it writes is one the question has, and it states no number and does not abstain.
@@ -118,5 +116,5 @@ def restates_question(own: str, question: str) -> bool:
     text = fold(own)
     if not text or ABSTENTION.search(text) or find_numbers(text):
         return False
-    pairs = set(_CJK_PAIR.findall(text))
-    return bool(pairs) and pairs <= set(_CJK_PAIR.findall(fold(question)))
+    pairs = cjk_bigrams(text)
+    return bool(pairs) and pairs <= cjk_bigrams(question)

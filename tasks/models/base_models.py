@@ -32,7 +32,7 @@ ALIASES = (GEMMA3_270M,)
 # without one gets one of these. Gemma's is Google's published format (system text folded into the first user
 # turn) with one change: the model's turn ends with eos, not <end_of_turn>. A template-less Gemma is the
 # pretrained model, which never learned <end_of_turn>: its embedding sits among the unused tokens, and a
-# LoRA-tuned base asked to end there emitted their neighbours instead ("slotBox", "ativement") and ran on.
+# LoRA-tuned base asked to end there wrote other rare tokens instead ("slotBox", "ativement") and ran on.
 # eos is a token it knows (it ends every pretraining document). The generic one only needs an eos token.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
