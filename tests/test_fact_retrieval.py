@@ -36,8 +36,8 @@ from tests.conftest import EXAMPLES, ROOT, SAMPLE_PDF
 from warehouse.ledger import list_facts
 
 # recall@3 of fact retrieval on the sample's 26 numeric hand-phrased items, as bench/retrieval.py printed it
-# (24/26); the test allows one more miss.
-BENCH_RECALL_AT_3 = 24 / 26
+# (25/26); the test allows one more miss.
+BENCH_RECALL_AT_3 = 25 / 26
 MARGIN = 1 / 26
 
 
@@ -109,6 +109,16 @@ def test_a_lexicon_parses_from_text() -> None:
     assert lex.regions == {"新疆"}
 
 
+def test_an_aspect_particle_inside_a_word_still_matches_it() -> None:
+    # Speech splits verb-object words with 着/了/过 (打了车, 陪着吃); other characters in between do not count.
+    lex = Lexicon.parse('[terms]\n"打车" = ["市内交通费"]\n"陪吃" = ["陪餐"]\n"吃饭" = ["伙食费"]\n')
+    assert lex.rule_terms("昨天打了车去开会") == ["市内交通费"]
+    assert lex.rule_terms("能去几个人陪着吃饭") == ["陪餐"]  # 陪着吃 is read first, as the longest word at 陪
+    assert lex.rule_terms("吃过饭再说") == ["伙食费"]
+    assert lex.rule_terms("打完车") == []
+    assert lex.rule_terms("打车") == ["市内交通费"]
+
+
 # --- categories from the documents' own definitions ----------------------------------------------------------
 
 DEFINITIONS = """第五条　出差住宿费按人员类别执行，具体标准如下：
@@ -147,6 +157,19 @@ def test_a_question_naming_a_member_asks_with_its_category() -> None:
     # A definition's list is a scope: it is reached by the question's own words only.
     assert "市内交通费" in expand("地铁费能报吗", categories)
     assert "市内交通费" in expand("地铁费能报吗", [Category("地铁费", "市内交通费", "", "defines")])
+
+
+def test_a_class_of_an_expense_is_asked_with_only_about_that_expense() -> None:
+    # "丁类人员差旅住宿费：校级领导…" defines who is in a class for lodging; a question naming 校级领导 about
+    # something else (a signature, a car) is not a question about that lodging class.
+    rules = "（一）丁类人员差旅住宿费：校级领导及相当职务人员，每人每天不超过700元；"
+    categories = learn_categories(rules)
+    assert ("校级领导", "丁类人员差旅住宿费") in {(c.member, c.category) for c in categories}
+    assert "丁类人员差旅住宿费" in expand("陪校级领导出差，住宿一晚多少", categories)
+    assert "丁类人员差旅住宿费" in expand("副校长住酒店一晚能报多少", categories)  # 住酒店 -> 住宿费
+    assert "丁类人员差旅住宿费" not in expand("多少钱的单子要校级领导签字", categories)
+    # A class that is no expense is reached by its members as before.
+    assert "甲类人员" in expand("校级领导签字要多少钱的单子", learn_categories(DEFINITIONS))
 
 
 def test_modifiers_joined_by_or_share_the_head_noun() -> None:

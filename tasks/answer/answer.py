@@ -573,6 +573,14 @@ def _fits_well(asked: str, fact: FactRef) -> bool:
     return len(words & set(tokens(fact.subject))) >= 2 or len(words & set(tokens(clause_of(fact)))) >= 3
 
 
+def _conditional(fact: FactRef) -> bool:
+    """Whether the fact's clause is a condition that the rest of its sentence attaches a rule to: a clause
+    ending in 的 with more of the sentence after it ("接待对象在8人以内的，陪餐人数不超过2人")."""
+    clause = clause_of(fact).strip()
+    end = fact.context.find(clause) + len(clause)
+    return clause.endswith("的") and bool(fact.context[end:].strip("，,；;。 "))
+
+
 def _topic(fact: FactRef) -> str:
     """What an enumerating sentence is about: the first clause of its words before a colon that comes before
     the number ("项目管理费纳入学院科研基金管理" of "项目管理费纳入学院科研基金管理，按…提取：20万及以下的部分按照
@@ -600,12 +608,29 @@ def whole_sentence(fact: FactRef, hit: Hit) -> str:
     return LEADING_MARKER.sub("", text[start : at + len(context)])
 
 
-def _fits(asked: str, fact: FactRef, relevant: Collection[str]) -> bool:
+def _fits(
+    asked: str,
+    fact: FactRef,
+    relevant: Collection[str],
+    terms: Collection[str] = (),
+    units: Collection[str] = (),
+) -> bool:
     """Whether an answer may be composed from ``fact``: its subject fits the question and retrieval or the
     wording says so, or the topic of its enumerating sentence fits, or retrieval ranks it relevant and its
     sentence says three of the question's word pairs (a ledger subject can be poor: "每人每天补助" for
-    市内交通费; two shared pairs such as 报销+时间 are too common to tell)."""
+    市内交通费; two shared pairs such as 报销+时间 are too common to tell), or retrieval ranks it relevant, its
+    subject is a rule term the question's everyday words stand for (``terms``) and its unit is the kind of
+    quantity the question asks for (``units``): "几个人陪着吃饭" is 陪餐人数 in 人, two signals that agree. A
+    fact in a conditional clause ("接待对象在8人以内的，…") is the case a rule applies to, not that rule's answer,
+    and does not fit by those two signals alone."""
     if subject_fits(asked, fact) and (fact.fact_id in relevant or _fits_well(asked, fact)):
+        return True
+    if (
+        fact.fact_id in relevant
+        and fact.unit in units
+        and any(t in fact.subject for t in terms)
+        and not _conditional(fact)
+    ):
         return True
     topic = _topic(fact)
     if topic and len(set(tokens(asked)) & set(tokens(topic))) >= 3:
@@ -746,7 +771,8 @@ def _grounded(
     }
     # The facts an answer may be composed from, and that overrule an abstention: their words fit, by more than
     # one shared word-pair ("部分" alone does not make 500至1000万元的部分 an answer about phone bills).
-    fitting_hits = [r for r in ranked if _fits(asked, r.fact, relevant)]
+    asked_units = facts_index.query(question).units
+    fitting_hits = [r for r in ranked if _fits(asked, r.fact, relevant, expansions, asked_units)]
     # Retrieval's first fact, well ahead of the next, fits when its whole sentence (the clause before a
     # semicolon included) says enough of the question.
     if ranked and not any(r is ranked[0] for r in fitting_hits):
@@ -757,7 +783,16 @@ def _grounded(
     # The general rule answers, not the exception for places the question does not name ("出差伙食补助费每天
     # 多少" is 100元, not 赴西藏、青海、新疆 120元): fitting facts naming other places go after the others.
     asked_regions = facts_index.query(question).regions
-    fitting_hits.sort(key=lambda r: _elsewhere(r.fact, asked_regions))
+    # What a sentence prescribes answers, not the case it applies to: of "接待对象在8人以内的，陪餐人数不超过2人"
+    # the 2人 goes before the 8人 when both fit (a threshold question still gets the condition where the
+    # sentence's rule states no number: "单笔金额10000元以上的，报分管校领导审批").
+    rules = {r.fact.context for r in fitting_hits if not _conditional(r.fact)}
+    fitting_hits.sort(
+        key=lambda r: (
+            _elsewhere(r.fact, asked_regions),
+            r.fact.context in rules and _conditional(r.fact),
+        )
+    )
     # The numbers stated with a fitting fact in its sentence (the bracket "20万及以下" of "…的部分按照8%") may be
     # stated with it.
     sentences = {r.fact.context for r in fitting_hits}

@@ -69,6 +69,10 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
+# Aspect particles that may split a two-character verb-object word in speech (吃了饭, 陪着吃, 打过车).
+_ASPECT = frozenset("着了过")
+
+
 # --- the lexicon ---------------------------------------------------------------------------------------------
 
 
@@ -119,7 +123,14 @@ class Lexicon:
                     i += size
                     break
             else:
-                i += 1
+                # A verb-object word opened by an aspect particle (陪着吃 for 陪吃, 打了车 for 打车): Chinese
+                # separates such words in speech, and the particle carries no meaning of its own here.
+                split = folded[i : i + 3]
+                if len(split) == 3 and split[1] in _ASPECT and split[0] + split[2] in table:
+                    found.append(split[0] + split[2])
+                    i += 3
+                else:
+                    i += 1
         return found
 
     def rule_terms(self, text: str) -> list[str]:
@@ -381,6 +392,10 @@ def _expansions(question: str, categories: Iterable[Category]) -> tuple[list[str
         # words lead to it; a class (一类人员住宿费：校级领导…) is also reached through the lexicon's terms.
         if category.how == "defines":
             named = _names(folded, own, category.member)
+        elif category.category.endswith("费") and not (cjk_bigrams(category.category) - _WEAK) & grams:
+            # A class of an expense (一类人员住宿费: 校级领导…) answers a question about that expense only: "给分管
+            # 校领导签字" names a member but asks nothing about 住宿.
+            named = False
         else:
             named = _names(text, grams, category.member)
         if named:
