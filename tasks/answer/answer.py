@@ -771,8 +771,8 @@ def _grounded(
     }
     # The facts an answer may be composed from, and that overrule an abstention: their words fit, by more than
     # one shared word-pair ("部分" alone does not make 500至1000万元的部分 an answer about phone bills).
-    asked_units = facts_index.query(question).units
-    fitting_hits = [r for r in ranked if _fits(asked, r.fact, relevant, expansions, asked_units)]
+    query = facts_index.query(question)
+    fitting_hits = [r for r in ranked if _fits(asked, r.fact, relevant, expansions, query.units)]
     # Retrieval's first fact, well ahead of the next, fits when its whole sentence (the clause before a
     # semicolon included) says enough of the question.
     if ranked and not any(r is ranked[0] for r in fitting_hits):
@@ -782,7 +782,7 @@ def _grounded(
             fitting_hits.insert(0, first)
     # The general rule answers, not the exception for places the question does not name ("出差伙食补助费每天
     # 多少" is 100元, not 赴西藏、青海、新疆 120元): fitting facts naming other places go after the others.
-    asked_regions = facts_index.query(question).regions
+    asked_regions = query.regions
     # What a sentence prescribes answers, not the case it applies to: of "接待对象在8人以内的，陪餐人数不超过2人"
     # the 2人 goes before the 8人 when both fit (a threshold question still gets the condition where the
     # sentence's rule states no number: "单笔金额10000元以上的，报分管校领导审批").
