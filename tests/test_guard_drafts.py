@@ -85,3 +85,11 @@ def test_a_question_turned_into_a_statement_is_no_answer(rules: duckdb.DuckDBPyC
     assert bare.guard_action != "passed" and "110元" in bare.text, bare.notes
     said = answer_drafted(rules, "赴新疆出差能领伙食补助费吗？", "能，伙食补助费为每人每天110元。")
     assert said.guard_action == "passed", said.notes
+
+
+def test_a_fact_s_number_in_another_unit_is_not_that_fact(rules: duckdb.DuckDBPyConnection) -> None:
+    # Seen from a 30-step challenger's constrained retry: the fact's 120元 written as "标准的120%".
+    result = answer_drafted(rules, QUESTION, "伙食补助费按规定标准的90%发放。")
+    assert result.guard_action != "passed", result.notes
+    assert "90%" not in result.text and "90元" in result.text
+    assert answer_drafted(rules, QUESTION, "伙食补助费每人每天90元。").guard_action == "passed"

@@ -207,12 +207,13 @@ def check_numbers(
     question: str, text: str, facts: Sequence[FactRef], relevant: Collection[str] = ()
 ) -> list[NumberCheck]:
     """Check each rule number of ``text``: a number the question gave passes; any other must be the value of
-    a fact in ``facts`` whose subject fits the question, or that fact retrieval ranks among the few most
-    relevant to it (``relevant``: fact ids; "一笔钱到多少" is about 单笔金额 though they share no word)."""
+    a fact in ``facts``, in that fact's unit where both have one (the 120元 of a fact is no "120%"), whose
+    subject fits the question, or that fact retrieval ranks among the few most relevant to it (``relevant``:
+    fact ids; "一笔钱到多少" is about 单笔金额 though they share no word)."""
     checks = []
     # A range states a fact only as the same range ("100-999元" is not the 100元 of a fact); a single number
     # may state a fact's value or one end of its range.
-    for number in match_numbers(text, facts, given=question, whole_range=True):
+    for number in match_numbers(text, facts, given=question, whole_range=True, same_unit=True):
         mention = number.mention
         shown = tuple(canonical(v) for v in sorted(set(mention.values())))
         if number.given:
