@@ -32,6 +32,9 @@ def test_a_numbered_statement_said_twice_is_a_loop() -> None:
     looped = "出差伙食补助费每人每天120元。iatrics 出了差旅伙食补助费每人每天120元。"
     assert repeated_statement(looped) is not None
     assert repeated_statement("伙食补助费每人每天90元。") is None
+    # a whole statement said twice, however short (seen from a constrained retry: "【25元】\n【25元】")
+    assert repeated_statement("【90元】\n【90元】") == "90元"
+    assert repeated_statement("每人每天90元；超过部分自理。") is None
     # tiers of one rule repeat their words, not their numbers
     assert repeated_statement("一类人员每人每天不超过800元，二类人员每人每天不超过500元。") is None
 

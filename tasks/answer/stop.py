@@ -82,17 +82,27 @@ def repeated_span(text: str, min_len: int = 6, times: int = 3) -> str | None:
 
 
 _NUMBERED_SPAN = 8  # characters, a digit among them: said twice in one short answer is a loop, not a rule
+_STATEMENT_BREAK = re.compile(r"[。！？!?；;\n]")
+_STATEMENT_MARKS = " \t　【】[]（）()“”\"'，,："
 _LATIN_WORD = re.compile(r"[A-Za-z]{4,}")
 
 
 def repeated_statement(text: str, min_len: int = _NUMBERED_SPAN) -> str | None:
     """The first span of at least ``min_len`` characters holding a digit that ``text`` says twice, anywhere
     ("伙食补助费每人每天120元" in "出差伙食补助费每人每天120元。…出了差旅伙食补助费每人每天120元。"), or None. An
-    enumeration of tiers is not one: its spans differ in their numbers (…不超过800元，…不超过500元)."""
+    enumeration of tiers is not one: its spans differ in their numbers (…不超过800元，…不超过500元). A whole
+    statement with a digit said twice is one however short ("【25元】\n【25元】")."""
     for start in range(len(text) - min_len + 1):
         span = text[start : start + min_len]
         if any(c.isdigit() for c in span) and text.find(span, start + min_len) >= 0:
             return span
+    seen: set[str] = set()
+    for statement in _STATEMENT_BREAK.split(text):
+        statement = statement.strip(_STATEMENT_MARKS)
+        if any(c.isdigit() for c in statement):
+            if statement in seen:
+                return statement
+            seen.add(statement)
     return None
 
 
