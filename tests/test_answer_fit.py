@@ -42,6 +42,7 @@ def test_a_rule_term_and_the_unit_asked_for_together_make_a_fact_fit(
 def test_the_rule_term_alone_does_not_make_a_fact_of_another_unit_fit(
     rules: duckdb.DuckDBPyConnection,
 ) -> None:
-    # Asking for a sum of money per meal: the 陪餐人数 count is not its answer, whatever the shared term.
-    result = answer_drafted(rules, "陪客人吃饭的人自己那份饭钱能报多少钱？", ABSTAIN_TEXT)
+    # "陪着吃" stands for 陪餐 here too, but the question asks for a sum of money: the 陪餐人数 count is not
+    # its answer, whatever the shared term.
+    result = answer_drafted(rules, "陪着吃的人自己那份能报多少钱？", ABSTAIN_TEXT)
     assert "2人" not in result.text, result.notes

@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 from tasks.ingest.chunk import MARKER
+from tasks.ingest.facts import SENTENCE_BREAK
 from tasks.ingest.normalize import fold
 from tasks.ingest.numbers import CN_NUMERALS
 
@@ -48,7 +49,6 @@ BIGRAM_SHARE = 0.4  # share of an added term's weight that its bigrams get in th
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
-_SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
 _WORD = re.compile(r"[A-Za-z]+|\d+(?:\.\d+)?")
 
 
@@ -259,7 +259,7 @@ def learn_categories(text: str, doc: str = "") -> list[Category]:
     Members are names (see :func:`_members`); a parenthesis saying 除外 lists exceptions, not members.
     """
     found: list[Category] = []
-    for sentence in _SENTENCE_BREAK.split(fold(text)):
+    for sentence in SENTENCE_BREAK.split(fold(text)):
         sentence = sentence.strip()
         if not sentence:
             continue

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from tasks.ingest.facts import SENTENCE_BREAK
+
 _PROBE = "SLMPROBEANSWER"  # plain ASCII letters: no template trims or escapes it
 
 
@@ -82,7 +84,6 @@ def repeated_span(text: str, min_len: int = 6, times: int = 3) -> str | None:
 
 
 _NUMBERED_SPAN = 8  # characters, a digit among them: said twice in one short answer is a loop, not a rule
-_STATEMENT_BREAK = re.compile(r"[。！？!?；;\n]")
 _STATEMENT_MARKS = " \t　【】[]（）()“”\"'，,："
 _LATIN_WORD = re.compile(r"[A-Za-z]{4,}")
 
@@ -97,7 +98,7 @@ def repeated_statement(text: str, min_len: int = _NUMBERED_SPAN) -> str | None:
         if any(c.isdigit() for c in span) and text.find(span, start + min_len) >= 0:
             return span
     seen: set[str] = set()
-    for statement in _STATEMENT_BREAK.split(text):
+    for statement in SENTENCE_BREAK.split(text):
         statement = statement.strip(_STATEMENT_MARKS)
         if any(c.isdigit() for c in statement):
             if statement in seen:

@@ -19,7 +19,9 @@ from tasks.ingest.numbers import NumberMention, canonical, rule_numbers, units_a
 from tasks.ingest.tables import TableCell
 from warehouse.ledger import FACT_FIELDS
 
-_SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
+# What ends a sentence of rules text (a semicolon ends one rule of a list). The one definition: answering
+# splits answers and definitions with it too.
+SENTENCE_BREAK = re.compile(r"[。；;！？!?\n]")
 # A comma or colon between digits is part of a number (1,200元), not a clause break.
 _CLAUSE_BREAK = re.compile(r"[，：。；;！？!?\n]|(?<!\d)[,:]|[,:](?!\d)")
 # Words between a subject and its number that are not part of the subject ("住宿费标准为每人每天不超过").
@@ -139,7 +141,7 @@ class SentenceIndex:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.breaks = [m.end() for m in _SENTENCE_BREAK.finditer(text)]
+        self.breaks = [m.end() for m in SENTENCE_BREAK.finditer(text)]
 
     def around(self, start: int, end: int) -> tuple[int, int]:
         """Bounds of the sentence holding text[start:end] (ends at 。；！？ inclusive, or at a line break)."""
