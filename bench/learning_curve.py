@@ -56,6 +56,7 @@ from tasks.export.export import export_model  # noqa: E402
 from tasks.ingest.documents import ingest_file  # noqa: E402
 from tasks.models.base_models import load_tokenizer, resolve_base  # noqa: E402
 from tasks.train.dataset import DatasetInfo, freeze_dataset  # noqa: E402
+from tasks.train.launch import parse_overrides  # noqa: E402
 from tasks.train.train import train  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
 
@@ -171,7 +172,13 @@ def score(
 
 
 def train_profile(
-    dataset: DatasetInfo, base: str, profile: str, steps: Sequence[int], folder: Path, threads: int | None
+    dataset: DatasetInfo,
+    base: str,
+    profile: str,
+    steps: Sequence[int],
+    folder: Path,
+    threads: int | None,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[dict[int, tuple[Path, float, float]], Any]:
     tokenizer = load_tokenizer(resolve_base(base))
     saver = SaveAtSteps(steps, folder / "adapters", tokenizer)
@@ -185,6 +192,7 @@ def train_profile(
         save_steps=max(steps) + 1,  # no Trainer checkpoint, evaluation or early stop before the last step
         callbacks=[saver],
         threads=threads,
+        overrides=overrides,
     )
     return saver.saved, result
 
@@ -301,10 +309,14 @@ def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[st
 
         print("\n".join(table([], sizes)), flush=True)
         points.append(evaluated(Point("base", 0, 0.0, 0.0, None), None))
-        for profile in profiles:
+        overrides = parse_overrides(args.overrides)
+        if overrides:
+            print(f"profile fields set for every run: {overrides}", flush=True)
+        for name in profiles:
             saved, result = train_profile(
-                dataset, args.base, profile, steps, workspace / profile, args.threads
+                dataset, args.base, name, steps, workspace / name, args.threads, overrides
             )
+            profile = f"{name}*" if overrides else name
             kept = result.extra.get("train_rows") or {}
             print(
                 f"{profile}: {result.optimizer_steps} steps, train rows kept {kept.get('kept')} of "
@@ -335,6 +347,15 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "learning_curve.png")
     parser.add_argument(
         "--workspace", type=Path, default=None, help="keep the workspace here (default: temp)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="profile field for every profile run (repeatable), e.g. lora_r=32 or "
+        'target_modules=["q_proj","v_proj"]; the table labels such a run profile*',
     )
     args = parser.parse_args(argv)
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None

@@ -1,5 +1,6 @@
 """bench/learning_curve.py end to end on a tiny model: the real pipeline (ingest, distil, gates, freeze), two
-profiles trained with two checkpoints each, every checkpoint exported and answering through llama.cpp."""
+profiles trained with two checkpoints each (a profile field set for both), every checkpoint exported and
+answering through llama.cpp."""
 
 from __future__ import annotations
 
@@ -19,24 +20,29 @@ def test_learning_curve_runs_on_a_tiny_model(tmp_path: Path, capsys: pytest.Capt
     base = build_tiny_base(tmp_path / "tiny-base")
     out = tmp_path / "curve.png"
     argv = ["--base", str(base), "--steps", "2,4", "--limit", "5", "--threads", "1", "--quant", "f16"]
-    points = main([*argv, "--out", str(out), "--workspace", str(tmp_path / "ws")])
+    ws = tmp_path / "ws"
+    points = main([*argv, "--set", "lora_r=4", "--out", str(out), "--workspace", str(ws)])
     printed = capsys.readouterr().out
 
     assert [(p.profile, p.step) for p in points] == [
         ("base", 0),
-        ("cpu-small", 2),
-        ("cpu-small", 4),
-        ("prototype", 2),
-        ("prototype", 4),
+        ("cpu-small*", 2),
+        ("cpu-small*", 4),
+        ("prototype*", 2),
+        ("prototype*", 4),
     ]
+    # The field set on the command line is the one both runs trained with (the profiles' own rank is 8 and 16).
+    for name in ("cpu-small", "prototype"):
+        config = json.loads((ws / name / "adapters" / "step-2" / "adapter_config.json").read_text())
+        assert config["r"] == 4
     table = printed.split("\n\nprofile", 1)[1].split("\n\nplot:", 1)[0].splitlines()
     rows = [line.split()[:2] for line in table[2:]]
     assert rows == [
         ["base", "0"],
-        ["cpu-small", "2"],
-        ["cpu-small", "4"],
-        ["prototype", "2"],
-        ["prototype", "4"],
+        ["cpu-small*", "2"],
+        ["cpu-small*", "4"],
+        ["prototype*", "2"],
+        ["prototype*", "4"],
     ]
     assert "hand·closed (n=5)" in table[0] and "reading·grounded" in table[0] and "recall·closed" in table[0]
     for point in points:

@@ -621,17 +621,11 @@ def _fits(
     sentence says three of the question's word pairs (a ledger subject can be poor: "每人每天补助" for
     市内交通费; two shared pairs such as 报销+时间 are too common to tell), or retrieval ranks it relevant, its
     subject is a rule term the question's everyday words stand for (``terms``) and its unit is the kind of
-    quantity the question asks for (``units``): "几个人陪着吃饭" is 陪餐人数 in 人, two signals that agree. A
-    fact in a conditional clause ("接待对象在8人以内的，…") is the case a rule applies to, not that rule's answer,
-    and does not fit by those two signals alone."""
+    quantity the question asks for (``units``): "几个人陪着吃饭" is 陪餐人数 in 人, two signals that agree. (A
+    condition in the same sentence may fit too: ``_grounded`` puts what the sentence prescribes first.)"""
     if subject_fits(asked, fact) and (fact.fact_id in relevant or _fits_well(asked, fact)):
         return True
-    if (
-        fact.fact_id in relevant
-        and fact.unit in units
-        and any(t in fact.subject for t in terms)
-        and not _conditional(fact)
-    ):
+    if fact.fact_id in relevant and fact.unit in units and any(t in fact.subject for t in terms):
         return True
     topic = _topic(fact)
     if topic and len(set(tokens(asked)) & set(tokens(topic))) >= 3:
