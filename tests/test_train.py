@@ -6,6 +6,7 @@ the Gemma chat template applies. Everything runs on CPU in well under a minute a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -421,3 +422,21 @@ def test_length_grouped_batches_come_in_random_order_and_replay_per_epoch() -> N
     assert list(sampler) == first  # same epoch, same order (a resumed run replays it)
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+
+def test_a_changed_recipe_trains_in_another_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--resume` continues the checkpoints in a run's folder: a recipe of another adapter shape (an override,
+    # or a release that changes a profile) must not find them.
+    from runtime.config import load_settings
+    from tasks.train import train as training
+    from tasks.train.challenger import run_folder
+
+    settings = load_settings(tmp_path / "ws")
+    folder = run_folder(settings, "d1", "gemma3-270m", "cpu-small", 30)
+    assert folder == run_folder(settings, "d1", "gemma3-270m", "cpu-small", 30)
+    assert folder != run_folder(settings, "d1", "gemma3-270m", "cpu-small", 30, {"lora_r": 4})
+    changed = dataclasses.replace(training.PROFILES["cpu-small"], lora_r=4)
+    monkeypatch.setitem(training.PROFILES, "cpu-small", changed)
+    assert folder != run_folder(settings, "d1", "gemma3-270m", "cpu-small", 30)

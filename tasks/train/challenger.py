@@ -44,10 +44,13 @@ def run_folder(
     max_steps: int | None,
     overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Same inputs, same folder: so `--resume` finds the checkpoints of an interrupted run."""
-    inputs = f"{dataset_id}|{base}|{profile}|{max_steps}"
-    if overrides:  # a changed recipe is another run (without overrides the folder is what it always was)
-        inputs += "|" + json.dumps(overrides, sort_keys=True, default=str)
+    """Same inputs, same folder: so `--resume` finds the checkpoints of an interrupted run. The key holds the
+    profile's fields, not only its name, so a changed recipe (an override, or a release changing a profile)
+    is another run and never resumes checkpoints of an adapter of another shape."""
+    from tasks.train.train import get_profile
+
+    recipe = json.dumps(get_profile(profile, overrides).to_dict(), sort_keys=True, default=str)
+    inputs = f"{dataset_id}|{base}|{profile}|{max_steps}|{recipe}"
     key = hashlib.sha256(inputs.encode()).hexdigest()[:10]
     return settings.artifacts_dir / "runs" / f"{dataset_id}-{profile}-{key}"
 
