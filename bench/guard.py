@@ -9,9 +9,13 @@ Three scripted "models" bracket what a real one does:
 - ``reference``: always writes the item's reference answer (the guard's ceiling: what it loses by refusing
   right answers where retrieval ranks the wrong fact first);
 - ``abstain``: always says "文件中没有相关规定。" (what the composer shows when the model knows nothing);
-- ``echo``: always repeats its system prompt (the untuned base's habit).
+- ``echo``: always repeats its system prompt (the untuned base's habit);
+- ``first-number``: always writes the first sentence with a rule number in the first rule excerpt shown, a
+  confident reader that answers every question, those the rules do not answer included (the tuned model's
+  habit on questions it cannot place).
 
-Model-family scores of the last two are 0 by construction; their *shown* scores are the guard's own work.
+Model-family scores of ``abstain`` and ``echo`` are 0 by construction; their *shown* scores are the guard's
+own work. ``first-number``'s shown abstention is what the guard makes of a confident wrong answer.
 
     .venv/bin/python bench/guard.py [--misses]
 """
@@ -19,6 +23,7 @@ Model-family scores of the last two are 0 by construction; their *shown* scores 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -34,6 +39,7 @@ from tasks.answer.fact_retrieve import clear_cache as clear_fact_cache  # noqa: 
 from tasks.answer.retrieve import clear_cache  # noqa: E402
 from tasks.evaluate.evaluate import EvalItem, evaluate, fmt, ledger_view, load_questions  # noqa: E402
 from tasks.ingest.documents import ingest_file  # noqa: E402
+from tasks.ingest.numbers import rule_numbers  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
 
 
@@ -43,10 +49,17 @@ def scripted(items: list[EvalItem]) -> dict[str, Callable[..., str]]:
     def asked(messages: list[dict[str, str]]) -> str:
         return messages[-1]["content"].rsplit("问题：", 1)[-1].strip()
 
+    def first_number(messages: list[dict[str, str]]) -> str:
+        excerpt = messages[-1]["content"].split("【1】", 1)[-1].split("\n\n", 1)[0]
+        body = excerpt.split("\n", 1)[-1]  # the excerpt's heading line aside
+        sentences = [s for s in re.split(r"(?<=[。；;])", body) if rule_numbers(s)]
+        return sentences[0].strip() if sentences else ABSTAIN_TEXT
+
     return {
         "reference": lambda messages, max_tokens, grammar=None: reference.get(asked(messages), ABSTAIN_TEXT),
         "abstain": lambda messages, max_tokens, grammar=None: ABSTAIN_TEXT,
         "echo": lambda messages, max_tokens, grammar=None: messages[0]["content"],
+        "first-number": lambda messages, max_tokens, grammar=None: first_number(messages),
     }
 
 
@@ -66,13 +79,13 @@ def run_set(name: str, questions: Path, docs: list[Path], show_misses: bool) -> 
                 for family in ("model", "shown"):
                     m = result.metrics[family]
                     print(
-                        f"{name:7} {model:9} {family:6} accuracy {fmt(m['accuracy']):>4}  "
+                        f"{name:7} {model:12} {family:6} accuracy {fmt(m['accuracy']):>4}  "
                         f"numeric {fmt(m['numeric_accuracy']):>4} (n={m['n_numeric']})  "
                         f"abstention {fmt(m['abstention_accuracy']):>4} (n={m['n_unanswerable']})  "
                         f"invented {fmt(m['invented_number_rate']):>3}"
                     )
                 actions = ", ".join(f"{k} {v}" for k, v in sorted(result.metrics["guard_actions"].items()))
-                print(f"{'':7} {model:9} guard  {actions}")
+                print(f"{'':7} {model:12} guard  {actions}")
                 if show_misses:
                     for item, shown, reply in zip(items, result.shown, result.replies, strict=True):
                         if not shown.passed and item.type != "text":

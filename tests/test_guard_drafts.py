@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import duckdb
 
+from tasks.answer.answer import ABSTAIN_TEXT, asks_for_number
 from tasks.answer.stop import repeated_statement, stray_words
 from tests.rules_text import answer_drafted
 
@@ -96,3 +97,25 @@ def test_a_fact_s_number_in_another_unit_is_not_that_fact(rules: duckdb.DuckDBPy
     assert result.guard_action != "passed", result.notes
     assert "90%" not in result.text and "90元" in result.text
     assert answer_drafted(rules, QUESTION, "伙食补助费每人每天90元。").guard_action == "passed"
+
+
+def test_a_question_no_rule_answers_gets_no_other_rule_s_number(rules: duckdb.DuckDBPyConnection) -> None:
+    # Seen from the all-linear 30-step fine-tune: asked about a fee these rules do not have, it wrote another
+    # rule's sentence with its numbers, or an answer without one; both were shown as passed.
+    asked = "出差回来想报一下体检费，每人最多能报多少？"
+    for draft in (
+        "伙食补助费按出差自然天数实行定额包干，每人每天90元。",
+        "体检费可以报销，按照学校的规定执行。",
+    ):
+        result = answer_drafted(rules, asked, draft)
+        assert result.guard_action == "abstained", (draft, result.guard_action, result.notes)
+        assert result.text == ABSTAIN_TEXT
+    # The model's own abstention is its answer, and stays the model's.
+    own = answer_drafted(rules, asked, ABSTAIN_TEXT)
+    assert own.guard_action == "passed" and own.text == ABSTAIN_TEXT, own.notes
+
+
+def test_those_few_days_do_not_ask_how_many() -> None:
+    assert not asks_for_number("出差那几天我住在亲戚家，其他费用还能报吗？")
+    assert asks_for_number("业务办完后几天内要拿发票回来冲账？")
+    assert asks_for_number("出差伙食补助一天补多少？")

@@ -36,7 +36,7 @@ from tasks.answer.prompts import (
     SYSTEM_PROMPT,
     chat_messages,
 )
-from tasks.answer.reply import Reply, copied_mask, own_text, restates_question
+from tasks.answer.reply import ABSTENTION, Reply, copied_mask, own_text, restates_question
 from tasks.answer.retrieve import ChunkIndex, Hit, tokens
 from tasks.answer.stop import repeated_span, repeated_statement, stray_words
 from tasks.distill.teachers.base import FactRef
@@ -542,7 +542,8 @@ def _closed_book(
 
 
 NUMERIC_QUESTION = re.compile(
-    r"多少|几[个天次人元块晚顿级类成折日月年点%]|标准|限额|上限|下限|最高|最多|最少|最低|比例|百分之几"
+    # "那几天" / "这几个" / "好几次" name some days or items; they do not ask how many.
+    r"多少|(?<![那这好])几[个天次人元块晚顿级类成折日月年点%]|标准|限额|上限|下限|最高|最多|最少|最低|比例|百分之几"
     r"|额度|多长|多久|几成|多大"
 )
 # A question asking for a time of day or a date (a deadline): the ledger holds amounts, so these are answered
@@ -642,14 +643,16 @@ def draft_problem(
     question: str,
     text: str,
     checks: Sequence[NumberCheck],
-    best: Sequence[FactRef] = (),
+    best: Sequence[FactRef] | None = None,
     context: Sequence[str] = (),
 ) -> str:
     """Why an answer may not be shown ("" when it may): it repeats the system prompt or the question, or only
     turns the question into a statement ("学校有通讯补贴标准。"), dumps
     the retrieved rules, repeats itself, states a number the ledger does not back for this question, gives no
     number to a question asking for one that the rules answer, or a number other than the best-fitting
-    fact's (``best``: the facts that fit the question about as well as the best one)."""
+    fact's (``best``: the facts that fit the question about as well as the best one; empty when none fits,
+    where only an abstention answers a question asking for a number; None when fit was not judged, as in
+    closed book)."""
     if not text.strip():
         return "答案为空"
     own = own_text(text, question)
@@ -669,10 +672,19 @@ def draft_problem(
         return f"答案夹杂无关的外文片段（{'、'.join(stray[:3])}）"
     if not all(c.ok for c in checks):
         return _describe(checks, "检索到的规定")
-    if best and asks_for_number(question):
+    if best is not None and asks_for_number(question):
         stated = {Decimal(v) for c in checks for v in c.values}
         if not stated and any(m.kind in ("date", "ordinal") for m in find_numbers(own)):
             return ""  # a time or a date answers "几点" or "哪天"; the ledger holds amounts, not those
+        if not best:
+            # No rule fact fits the question: a number retrieval brought is another rule's, and an answer
+            # without one says nothing the rules back ("学校新引进的博士有安家费，按照学校的规章制度执行。"),
+            # unless it is the model's own "文件中没有相关规定。".
+            if not stated and ABSTENTION.search(own):
+                return ""
+            if stated:
+                return "规定中没有与问题相符的数字，答案中的数字是别的规定的"
+            return "问题问的是数字，规定中没有相符的数字，答案却没有说没有规定"
         if not stated:
             return "问题问的是数字，答案没有给出规定中的数字"
         if not any(stated & set(f.values()) for f in best):
