@@ -83,11 +83,11 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # Default off-GPU: every speed switch on. Rows with retrieved context run to ~650 tokens; batches of 4 (x2
-    # accumulation) with gradient checkpointing keep the peak under 4 GB on Gemma 3 270M (measured: batches of 8
-    # without it peaked at 5.2 GB on closed-book rows alone). Adapters on every linear layer at rank 32 and a
-    # rate of 5e-4 cost about the CPU time of rank 8 on attention alone at 2e-4, and learn more per step
-    # (bench/learning_curve.py, README "Training": at 30 steps train loss 0.60 against 1.16, the hand-phrased
-    # questions answered from context 50% against 30%).
+    # accumulation) with gradient checkpointing on the long ones (measured: batches of 8 without it peaked at
+    # 5.2 GB on closed-book rows alone). Adapters on every linear layer at rank 32 and a rate of 5e-4 cost about
+    # the CPU time of rank 8 on attention alone at 2e-4, and learn more per step (bench/learning_curve.py,
+    # README "Training": at 30 steps train loss 0.60 against 1.16, the hand-phrased questions answered from
+    # context 50% against 30%), at more memory: the demo's run peaked at 7.6 GB RSS (4.7 GB before).
     "cpu-small": Profile(
         name="cpu-small",
         lora_r=32,
