@@ -8,11 +8,14 @@ written by hand for these tests (an invented 差旅费 rule, not a corpus or sam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 
+from runtime.config import Settings
 from tasks.answer.answer import ABSTAIN_TEXT, asks_for_number
 from tasks.answer.stop import repeated_statement, stray_words
-from tests.rules_text import answer_drafted
+from tests.rules_text import answer_drafted, ingest_rules
 
 RULES = (
     "差旅费报销办法\n"
@@ -119,3 +122,15 @@ def test_those_few_days_do_not_ask_how_many() -> None:
     assert not asks_for_number("出差那几天我住在亲戚家，其他费用还能报吗？")
     assert asks_for_number("业务办完后几天内要拿发票回来冲账？")
     assert asks_for_number("出差伙食补助一天补多少？")
+
+
+def test_a_source_named_in_latin_letters_is_no_noise(
+    con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path
+) -> None:
+    # A model that cites its source writes the document's name; a file named in Latin letters is no stray word.
+    # (Text of its own: the same text under another name is the same document to the warehouse.)
+    ingest_rules(con, settings, tmp_path, "travel_rules.txt", RULES + "\n第八条 本办法自发布之日起施行。\n")
+    result = answer_drafted(con, QUESTION, "根据《travel_rules》第五条：伙食补助费每人每天90元。")
+    assert result.guard_action == "passed", result.notes
+    noisy = answer_drafted(con, QUESTION, "根据《travel_rules》第五条：伙食补助费每人每天90元。iatrics")
+    assert noisy.guard_action != "passed", noisy.notes

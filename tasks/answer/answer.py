@@ -833,7 +833,9 @@ def _grounded(
         if i == 0
         or (r.score >= BEST_FIT_SHARE * fitting_hits[0].score and not _elsewhere(r.fact, asked_regions))
     ]
-    context = [h.text for h in hits]
+    # The rules shown, and their documents' names: an answer may cite its source ("根据《sample_rules》第十八条"),
+    # whose Latin letters are no noise.
+    context = [h.text for h in hits] + list(dict.fromkeys(h.doc.rsplit(".", 1)[0] for h in hits))
 
     def cited(ids: Sequence[str]) -> tuple[Hit, ...]:
         return tuple(dict.fromkeys(hit_of[i] for i in ids if i in hit_of))
