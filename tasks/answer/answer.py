@@ -583,6 +583,32 @@ def _conditional(fact: FactRef) -> bool:
     return clause.endswith("的") and bool(fact.context[end:].strip("，,；;。 "))
 
 
+def _own_words(fact: FactRef) -> set[str]:
+    """The word pairs of the fact's clause, its number aside."""
+    return set(tokens(clause_of(fact))) - set(tokens(fact.raw))
+
+
+def other_tier(fact: FactRef, fitting: Sequence[FactRef], asked: str) -> bool:
+    """Whether a fact of the same sentence and unit (an enumeration of tiers: "副高级…500元，正高级…1000元，
+    院士…1500元") says more of the question's words in the clause that sets it apart from its siblings: of a
+    question about a 教授 (正高级职称), the 1000元 clause is the answer, the 院士 one another tier's. Words every
+    sibling clause says ("每学时") tell none apart; a condition clause is no tier."""
+    siblings = [
+        f
+        for f in fitting
+        if f.context == fact.context and f.unit == fact.unit and not _conditional(f)
+    ]
+    if len(siblings) < 2 or _conditional(fact):
+        return False
+    common = set.intersection(*(_own_words(f) for f in siblings))
+    words = set(tokens(asked))
+
+    def says(f: FactRef) -> int:
+        return len((_own_words(f) - common) & words)
+
+    return max(says(f) for f in siblings) > says(fact)
+
+
 def _topic(fact: FactRef) -> str:
     """What an enumerating sentence is about: the first clause of its words before a colon that comes before
     the number ("项目管理费纳入学院科研基金管理" of "项目管理费纳入学院科研基金管理，按…提取：20万及以下的部分按照
@@ -687,7 +713,8 @@ def draft_problem(
             return "问题问的是数字，规定中没有相符的数字，答案却没有说没有规定"
         if not stated:
             return "问题问的是数字，答案没有给出规定中的数字"
-        if not any(stated & set(f.values()) for f in best):
+        # A range is stated whole: 1500 alone is not "1500-2400元/人天", nor the other tier's "900-1500".
+        if not any(set(f.values()) <= stated for f in best):
             return f"答案中的数字不是最符合问题的规定（{best[0].raw}）"
     return ""
 
@@ -794,9 +821,13 @@ def _grounded(
     # the 2人 goes before the 8人 when both fit (a threshold question still gets the condition where the
     # sentence's rule states no number: "单笔金额10000元以上的，报分管校领导审批").
     rules = {r.fact.context for r in fitting_hits if not _conditional(r.fact)}
+    # Another tier's rate of the same sentence (the 院士 rate for a 教授) goes after the tier the question names.
+    fitting_facts = [r.fact for r in fitting_hits]
+    tier_missed = {r.fact.fact_id for r in fitting_hits if other_tier(r.fact, fitting_facts, asked)}
     fitting_hits.sort(
         key=lambda r: (
             _elsewhere(r.fact, asked_regions),
+            r.fact.fact_id in tier_missed,
             r.fact.context in rules and _conditional(r.fact),
         )
     )
@@ -826,12 +857,17 @@ def _grounded(
     fitting = [r.fact for r in fitting_hits]
     best = fitting[0] if fitting else None
     # Facts fitting about as well as the best: retrieval's order among near-equals is no reason to refuse. A
-    # rule for named places the question does not name is an exception, never as good as the best.
+    # rule for named places the question does not name is an exception, never as good as the best, nor is
+    # another tier's rate.
     close = [
         r.fact
         for i, r in enumerate(fitting_hits)
         if i == 0
-        or (r.score >= BEST_FIT_SHARE * fitting_hits[0].score and not _elsewhere(r.fact, asked_regions))
+        or (
+            r.score >= BEST_FIT_SHARE * fitting_hits[0].score
+            and not _elsewhere(r.fact, asked_regions)
+            and r.fact.fact_id not in tier_missed
+        )
     ]
     # The rules shown, and their documents' names: an answer may cite its source ("根据《sample_rules》第十八条"),
     # whose Latin letters are no noise.
