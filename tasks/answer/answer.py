@@ -594,9 +594,7 @@ def other_tier(fact: FactRef, fitting: Sequence[FactRef], asked: str) -> bool:
     question about a 教授 (正高级职称), the 1000元 clause is the answer, the 院士 one another tier's. Words every
     sibling clause says ("每学时") tell none apart; a condition clause is no tier."""
     siblings = [
-        f
-        for f in fitting
-        if f.context == fact.context and f.unit == fact.unit and not _conditional(f)
+        f for f in fitting if f.context == fact.context and f.unit == fact.unit and not _conditional(f)
     ]
     if len(siblings) < 2 or _conditional(fact):
         return False
