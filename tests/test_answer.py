@@ -283,6 +283,34 @@ def test_number_constraint_spells_only_allowed_numbers() -> None:
     assert not NumberConstraint(()).accepts("", "3")
 
 
+def test_number_constraint_spells_chinese_numeral_amounts_only_as_allowed() -> None:
+    # Kept from writing 5000 in digits, a model wrote "五千元": an amount in Chinese numerals is held to the
+    # allowed ones too, while a lone numeral (a word: 一律, 统一) and an ordinal (第十八条) stay free.
+    rule = NumberConstraint(("120", "八十", "一千二百"))
+    assert not rule.accepts(rule.open_run("每天五"), "千") and not rule.accepts("", "十五万")
+    assert rule.accepts(rule.open_run("每天八"), "十") and rule.accepts(rule.open_run("每天八十"), "元")
+    assert rule.accepts(rule.open_run("每月"), "一千") and not rule.closes(rule.open_run("每月一千"))
+    assert (
+        rule.accepts("月一千", "二") and rule.accepts("月一千二", "百元") and not rule.accepts("月一千", "元")
+    )
+    assert rule.accepts(rule.open_run("按照本细则第"), "十八") and rule.closes(rule.open_run("本细则第十"))
+    assert rule.accepts(rule.open_run("第三十"), "一条") and rule.accepts(rule.open_run("第"), "三十一")
+    assert all(rule.accepts("", word) for word in ("一律", "统一", "十分", "一次"))
+    assert rule.closes("费八十") and rule.closes("") and not rule.closes("12")
+
+
+def test_the_retry_may_write_a_fact_s_number_as_the_rule_writes_it(sample: duckdb.DuckDBPyConnection) -> None:
+    from tasks.answer.answer import _allowed_numbers
+    from tasks.ingest.facts import Fact
+    from warehouse.ledger import list_facts
+
+    fact = next(Fact.from_row(f) for f in list_facts(sample) if f["raw"].startswith("八十"))
+    allowed = _allowed_numbers([fact], "出差三十天，一天给多少？")
+    assert (
+        "八十" in allowed and "三十" in allowed and NumberConstraint(tuple(allowed)).accepts("每天", "八十元")
+    )
+
+
 def test_llamacpp_generator_obeys_number_constraints(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     from tasks.answer.serve import LlamaCppGenerator

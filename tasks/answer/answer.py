@@ -44,7 +44,14 @@ from tasks.distill.verify import clause_of, subject_fits
 from tasks.ingest.chunk import LEADING_MARKER
 from tasks.ingest.facts import match_numbers
 from tasks.ingest.normalize import fold
-from tasks.ingest.numbers import NumberMention, canonical, find_numbers, first_number_char, rule_numbers
+from tasks.ingest.numbers import (
+    CN_NUMERALS,
+    NumberMention,
+    canonical,
+    find_numbers,
+    first_number_char,
+    rule_numbers,
+)
 from tasks.vocabulary import ABSTAIN_TEXT
 from warehouse.ledger import list_facts
 
@@ -263,11 +270,22 @@ def number_grammar(allowed: Sequence[str]) -> str:
 _FULL_WIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
 _DIGIT_RUN = re.compile(r"\d+(?:[.,]\d+)*")
 _OPEN_RUN = re.compile(r"\d[\d.,]*$")
+# A Chinese-numeral amount: a run of numerals with a multiplier and another numeral ("五千", "十五万", "八十"),
+# not an ordinal ("第十八条"). A lone numeral stays free: it is also a word (一律, 十分, 统一).
+_CN_RUN = re.compile(f"(?<![第{CN_NUMERALS}])[{CN_NUMERALS}]+")
+_CN_OPEN_RUN = re.compile(f"(?:.?[{CN_NUMERALS}]+|第)$")
+_CN_MULTIPLIERS = frozenset("十百千万亿")
+
+
+def _cn_amount(run: str) -> bool:
+    return len(run) >= 2 and bool(_CN_MULTIPLIERS & set(run))
 
 
 @dataclass(frozen=True)
 class NumberConstraint:
-    """Constrained decoding for the guard's retry: digits may only spell one of ``allowed``.
+    """Constrained decoding for the guard's retry: digits may only spell one of ``allowed``, and a
+    Chinese-numeral amount ("五千元", "十五万元") only one of the ``allowed`` written in Chinese numerals ("八十"):
+    without that, a model kept from writing 5000 writes 五千.
 
     Passed as the generator's ``grammar``: ``str(constraint)`` is the equivalent GBNF for generators that take
     a grammar string; :class:`tasks.answer.serve.LlamaCppGenerator` applies it as a fast logits mask through
@@ -280,14 +298,17 @@ class NumberConstraint:
         cleaned = tuple(dict.fromkeys(a.translate(_FULL_WIDTH_DIGITS) for a in self.allowed if a))
         object.__setattr__(self, "allowed", cleaned)
         object.__setattr__(self, "_prefixes", frozenset(a[:i] for a in cleaned for i in range(1, len(a) + 1)))
+        object.__setattr__(self, "_cn", frozenset(a for a in cleaned if _CN_RUN.fullmatch(a)))
 
     def __str__(self) -> str:
         return number_grammar(self.allowed)
 
     @staticmethod
     def open_run(text: str) -> str:
-        """The number still being written at the end of ``text`` ("" when none)."""
-        match = _OPEN_RUN.search(text.translate(_FULL_WIDTH_DIGITS))
+        """The number still being written at the end of ``text`` ("" when none): digits, or Chinese numerals
+        with the character before them (a 第 makes them an ordinal)."""
+        text = text.translate(_FULL_WIDTH_DIGITS)
+        match = _OPEN_RUN.search(text) or _CN_OPEN_RUN.search(text)
         return match.group() if match else ""
 
     def accepts(self, open_run: str, piece: str) -> bool:
@@ -301,11 +322,20 @@ class NumberConstraint:
                     return False
             elif match.group() not in self.allowed:
                 return False
+        for match in _CN_RUN.finditer(text):
+            run = match.group()
+            if not _cn_amount(run) or run in self._cn:  # type: ignore[attr-defined]
+                continue
+            if match.end() < len(text) or run not in prefixes:
+                return False
         return True
 
     def closes(self, open_run: str) -> bool:
-        """Whether a token without digits may end the number being written."""
-        return not open_run or open_run.rstrip(".,") in self.allowed
+        """Whether a token without numerals may end the number being written."""
+        if _DIGIT_RUN.search(open_run):
+            return open_run.rstrip(".,") in self.allowed
+        runs = _CN_RUN.findall(open_run)
+        return not runs or not _cn_amount(runs[-1]) or runs[-1] in self._cn  # type: ignore[attr-defined]
 
 
 # --- streaming -----------------------------------------------------------------------------------------------
@@ -952,13 +982,18 @@ def _allowed_numbers(evidence: Sequence[FactRef], question: str) -> list[str]:
     allowed: list[str] = []
     for fact in evidence:
         for mention in rule_numbers(fact.raw):
-            allowed.extend(re.findall(r"\d[\d,]*(?:\.\d+)?", mention.raw))
+            allowed.extend(_written_numbers(mention.raw))
         allowed.append(fact.value)
         if fact.value_max:
             allowed.append(fact.value_max)
     for mention in rule_numbers(question):
-        allowed.extend(re.findall(r"\d[\d,]*(?:\.\d+)?", mention.raw))
+        allowed.extend(_written_numbers(mention.raw))
     return allowed
+
+
+def _written_numbers(raw: str) -> list[str]:
+    """The digit runs and Chinese-numeral runs of a number as written ("1,200", "八十")."""
+    return re.findall(r"\d[\d,]*(?:\.\d+)?", raw) + _CN_RUN.findall(raw)
 
 
 def _evidence_messages(

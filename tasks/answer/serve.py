@@ -39,8 +39,9 @@ import numpy as np
 from tasks.answer.answer import NumberConstraint
 from tasks.answer.prompts import chat_messages
 from tasks.answer.stop import default_repeat_penalty, repeated_span, turn_end_text
+from tasks.ingest.numbers import CN_NUMERALS
 
-_DIGIT = re.compile(r"[0-9０-９]")
+_NUMERAL = re.compile(f"[0-9０-９{CN_NUMERALS}]")
 
 DEFAULT_CTX = 4096
 
@@ -239,12 +240,13 @@ class LlamaCppGenerator:
         return "".join(pieces).strip()
 
     def _digit_tokens(self) -> tuple[list[int], list[str]]:
-        """Tokens that can write or extend a number (a digit, or a leading . or ,); computed once (~2 s)."""
+        """Tokens that can write or extend a number (a digit or a Chinese numeral, or a leading . or ,);
+        computed once (~2 s)."""
         if self._digits is None:
             ids, pieces = [], []
             for token in range(self.llm.n_vocab()):
                 piece = self.llm.detokenize([token]).decode("utf-8", errors="ignore")
-                if _DIGIT.search(piece) or piece.startswith((".", ",")):
+                if _NUMERAL.search(piece) or piece.startswith((".", ",")):
                     ids.append(token)
                     pieces.append(piece)
             self._digits = (ids, pieces)
