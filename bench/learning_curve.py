@@ -18,7 +18,7 @@ the optimiser steps, the CPU minutes (process CPU time of training up to that st
 wall minutes; a PNG plots the same against steps and against CPU minutes.
 
     .venv/bin/python bench/learning_curve.py [--base gemma3-270m] [--steps 10,30,60,120]
-        [--profiles cpu-small,prototype] [--limit N] [--threads 2] [--quant q8_0] [--out PNG]
+        [--profiles cpu-small,prototype] [--limit N] [--threads 2] [--quant q8_0] [--out PNG] [--skip-base]
 
 ``--base`` takes what ``slm train --base`` takes (a tiny model folder runs end to end in a couple of minutes,
 ``tests/test_learning_curve.py``). On Gemma 3 270M on 2 CPU cores the default curve takes hours: a cpu-small
@@ -308,7 +308,8 @@ def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[st
             return point
 
         print("\n".join(table([], sizes)), flush=True)
-        points.append(evaluated(Point("base", 0, 0.0, 0.0, None), None))
+        if not args.skip_base:
+            points.append(evaluated(Point("base", 0, 0.0, 0.0, None), None))
         overrides = parse_overrides(args.overrides)
         if overrides:
             print(f"profile fields set for every run: {overrides}", flush=True)
@@ -345,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
     parser.add_argument("--threads", type=int, default=None, help="CPU cores to use (default: all)")
     parser.add_argument("--quant", default=None, help="GGUF quantisation (default: the settings', q8_0)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "learning_curve.png")
+    parser.add_argument(
+        "--skip-base", action="store_true", help="no step-0 point (the untuned base; ~13 min on Gemma)"
+    )
     parser.add_argument(
         "--workspace", type=Path, default=None, help="keep the workspace here (default: temp)"
     )
