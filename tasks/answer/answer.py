@@ -287,9 +287,10 @@ class NumberConstraint:
     Chinese-numeral amount ("五千元", "十五万元") only one of the ``allowed`` written in Chinese numerals ("八十"):
     without that, a model kept from writing 5000 writes 五千.
 
-    Passed as the generator's ``grammar``: ``str(constraint)`` is the equivalent GBNF for generators that take
-    a grammar string; :class:`tasks.answer.serve.LlamaCppGenerator` applies it as a fast logits mask through
-    :meth:`open_run`, :meth:`accepts` and :meth:`closes`.
+    Passed as the generator's ``grammar``: ``str(constraint)`` is GBNF for generators that take a grammar
+    string (it holds digits only: Chinese numerals are left to the check after generation there);
+    :class:`tasks.answer.serve.LlamaCppGenerator` applies it as a fast logits mask through :meth:`open_run`,
+    :meth:`accepts` and :meth:`closes`.
     """
 
     allowed: tuple[str, ...]

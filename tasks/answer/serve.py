@@ -133,7 +133,7 @@ class LlamaCppGenerator:
         # How the last call ended: "stop" (end of turn, eos), "length", or "repetition" (a loop was cut).
         self.finish_reason: str | None = None
         self._lock = threading.Lock()  # one llama context: calls must not interleave
-        self._digits: tuple[list[int], list[str]] | None = None
+        self._numerals: tuple[list[int], list[str]] | None = None
         # Set by `slm chat`: the next call streams its text pieces here (only the next: a guard's retry
         # is not streamed, it replaces the draft as a whole).
         self.stream_to: Callable[[str], None] | None = None
@@ -239,24 +239,24 @@ class LlamaCppGenerator:
             self.finish_reason = finish
         return "".join(pieces).strip()
 
-    def _digit_tokens(self) -> tuple[list[int], list[str]]:
+    def _numeral_tokens(self) -> tuple[list[int], list[str]]:
         """Tokens that can write or extend a number (a digit or a Chinese numeral, or a leading . or ,);
         computed once (~2 s)."""
-        if self._digits is None:
+        if self._numerals is None:
             ids, pieces = [], []
             for token in range(self.llm.n_vocab()):
                 piece = self.llm.detokenize([token]).decode("utf-8", errors="ignore")
                 if _NUMERAL.search(piece) or piece.startswith((".", ",")):
                     ids.append(token)
                     pieces.append(piece)
-            self._digits = (ids, pieces)
-        return self._digits
+            self._numerals = (ids, pieces)
+        return self._numerals
 
     def _number_mask(self, constraint: NumberConstraint) -> Any:
         """A llama-cpp-python logits processor enforcing ``constraint`` on the generated text."""
         from llama_cpp import LogitsProcessorList
 
-        ids, pieces = self._digit_tokens()
+        ids, pieces = self._numeral_tokens()
         others = np.ones(self.llm.n_vocab(), dtype=bool)
         others[ids] = False
         prompt_len: list[int] = []
