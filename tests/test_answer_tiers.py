@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import duckdb
 
+from tasks.answer.answer import answer
+from tasks.answer.prompts import EVIDENCE_LEAD
+from tasks.answer.retrieve import ChunkIndex
 from tests.rules_text import answer_drafted
 
 RULES = (
@@ -53,3 +56,23 @@ def test_a_range_stated_by_one_end_is_not_the_range(rules: duckdb.DuckDBPyConnec
 def test_the_whole_range_passes(rules: duckdb.DuckDBPyConnection) -> None:
     result = answer_drafted(rules, CONSULTING, "每人每天给1200-2000元咨询费。")
     assert result.guard_action == "passed", result.notes
+
+
+def test_the_best_fitting_sentence_leads_the_first_prompt(rules: duckdb.DuckDBPyConnection) -> None:
+    # The model reads the sentence that holds the answer first, before the three retrieved excerpts.
+    prompts: list[str] = []
+
+    def model(messages: list[dict[str, str]], *args: object, **kwargs: object) -> str:
+        prompts.append(messages[1]["content"])
+        return "一个学时最多能给800元讲课费。"
+
+    result = answer(LECTURE, model, ChunkIndex.build(rules), rules)
+    assert result.guard_action == "passed", result.notes
+    [prompt] = prompts
+    lead, _, excerpts = prompt.partition("规定原文：\n【")
+    assert lead.startswith(EVIDENCE_LEAD) and "正高级职称人员每学时不超过800元" in lead, lead
+    assert excerpts.startswith("1】") and excerpts.endswith(LECTURE)
+    # No fact fits a question the rules do not answer: no lead, the excerpts alone.
+    prompts.clear()
+    answer("出国参加学术会议的注册费怎么报销？", model, ChunkIndex.build(rules), rules)
+    assert all(not p.startswith(EVIDENCE_LEAD) for p in prompts), prompts

@@ -11,7 +11,9 @@ import pytest
 from expectations.runner import run_gate
 from review.policy import apply_auto_policy
 from runtime.config import Settings, load_settings
-from tasks.answer.answer import context_messages
+from tasks.answer.answer import CONTEXT_FORMAT, context_messages, evidence_sentences, fit_facts
+from tasks.answer.fact_retrieve import FactIndex
+from tasks.answer.prompts import EVIDENCE_LEAD
 from tasks.answer.reading import in_everyday_words
 from tasks.answer.retrieve import ChunkIndex
 from tasks.distill.distill import distill, make_teacher
@@ -300,7 +302,10 @@ def test_a_share_of_rows_is_also_trained_with_the_chunks_answering_retrieves(con
     index = ChunkIndex.build(con)
     own_chunk = dict(con.execute("SELECT row_id, chunk_id FROM qa_rows").fetchall())
     headings = {chunk_id: heading for chunk_id, _, heading, _ in index.rows}
-    as_answering_shows = rephrased = 0
+    own_fact_ids = dict(con.execute("SELECT row_id, fact_ids FROM qa_rows").fetchall())
+    facts = FactIndex.build(con)
+    fact_of = {fact.fact_id: fact for fact, _ in facts.facts}
+    as_answering_shows = rephrased = led = 0
     for rid, record in copies.items():
         split, original = records[rid.removesuffix(":ctx")]
         assert records[rid][0] == split  # never the copy in train and its row in valid
@@ -311,19 +316,29 @@ def test_a_share_of_rows_is_also_trained_with_the_chunks_answering_retrieves(con
         ways = {question} | {in_everyday_words(question, pick / 20) for pick in range(20)}
         [asked] = [way for way in ways if prompt.endswith(way)]
         rephrased += asked != question
-        assert prompt.startswith("规定原文：")
         assert 2 <= prompt.count("【") <= CONTEXT_K  # the retrieved chunks, not one distractor
-        # Its own chunk is always among them; where retrieval found it, the prompt is exactly answering's.
-        own = own_chunk[rid.removesuffix(":ctx")]
-        assert f"{headings[own]}\n" in prompt
+        # The best-fitting facts' sentences lead, its own fact's among them.
+        row_id = rid.removesuffix(":ctx")
+        lead, _, rules = prompt.partition("规定原文：\n【")
+        own_facts = [fact_of[i] for i in own_fact_ids[row_id] if i in fact_of]
+        if own_facts:
+            assert lead.startswith(EVIDENCE_LEAD)
+            assert f"“{own_facts[0].context.strip()}”" in lead
+            led += 1
+        # Its own chunk is always among the rules; where retrieval found it and its fact fits best, the prompt
+        # is exactly answering's.
+        own = own_chunk[row_id]
+        assert f"{headings[own]}\n" in rules
         hits = index.search(asked, CONTEXT_K, expand=True)
-        if own in [h.chunk_id for h in hits]:
-            assert record["messages"][:2] == context_messages(asked, hits)
+        best = evidence_sentences(fit_facts(asked, facts))
+        if own in [h.chunk_id for h in hits] and all(f.context.strip() in best for f in own_facts[:1]):
+            assert record["messages"][:2] == context_messages(asked, hits, evidence=best)
             as_answering_shows += 1
-    assert as_answering_shows >= 0.8 * len(copies)
+    assert led >= 0.5 * len(copies), (led, len(copies))  # the numeric rows: every one led by its own fact
+    assert as_answering_shows >= 0.5 * len(copies), (as_answering_shows, len(copies))
     assert rephrased >= 0.3 * len(copies), rephrased
     manifest = json.loads((dataset.path / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["prompt_format"] == "chat-v1+ctx-v3" and manifest["records"] == len(records)
+    assert manifest["prompt_format"] == f"chat-v1+{CONTEXT_FORMAT}" and manifest["records"] == len(records)
 
     closed_book = load_settings(settings.workspace, context_share=0.0)
     again = freeze_dataset(con, closed_book, report.gate_run_id)

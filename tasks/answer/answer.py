@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import duckdb
 
-from tasks.answer.fact_retrieve import FactIndex, regions_named
+from tasks.answer.fact_retrieve import FactHit, FactIndex, regions_named
 from tasks.answer.prompts import (
     CONTEXT_INSTRUCTION,
     EVIDENCE_LEAD,
@@ -68,13 +68,16 @@ __all__ = [
     "answer_batch",
     "check_numbers",
     "context_messages",
+    "evidence_sentences",
+    "fit_facts",
     "focus",
     "number_grammar",
     "with_context_rows",
 ]
 
-# Version of the context rows, part of a dataset id (v2: retrieved top-k chunks; v3: asked in everyday words).
-CONTEXT_FORMAT = "ctx-v3"
+# Version of the context rows, part of a dataset id (v2: retrieved top-k chunks; v3: asked in everyday words;
+# v4: the best-fitting facts' sentences lead).
+CONTEXT_FORMAT = "ctx-v4"
 MAX_CONTEXT_CHARS = 360  # per chunk: three chunks and the question stay well inside a 2k-token window
 MODES = ("grounded", "closed_book")
 ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged")
@@ -125,11 +128,17 @@ def context_messages(
     chunks: Sequence[str | Hit],
     answer: str | None = None,
     max_chars: int = MAX_CONTEXT_CHARS,
+    *,
+    evidence: Sequence[str] = (),
+    instruction: str = "",
 ) -> list[dict[str, str]]:
-    """System, user (numbered rule excerpts, then the question) and, for training, assistant messages.
+    """System, user (the ``evidence`` sentences, numbered rule excerpts, then the question) and, for training,
+    assistant messages.
 
-    The same function builds training rows (:func:`with_context_rows`) and grounded prompts, so the model
-    is asked in exactly the format it learned.
+    ``evidence`` are the best-fitting facts' sentences (:func:`evidence_sentences`), read first: a small model
+    finds the number in a sentence at the top more reliably than among three excerpts. ``instruction`` follows
+    them (the guard's retry says to use only their numbers). The same function builds training rows
+    (:func:`with_context_rows`) and grounded prompts, so the model is asked in exactly the format it learned.
     """
     parts = []
     for n, chunk in enumerate(chunks, start=1):
@@ -141,6 +150,10 @@ def context_messages(
         {"role": "system", "content": f"{SYSTEM_PROMPT}{CONTEXT_INSTRUCTION}"},
         {"role": "user", "content": f"规定原文：\n{context}\n\n问题：{question}"},
     ]
+    if evidence:
+        lead = f"{EVIDENCE_LEAD}\n" + "\n".join(f"“{s}”" for s in evidence)
+        lead += f"\n{instruction}\n\n" if instruction else "\n\n"
+        messages[1]["content"] = lead + messages[1]["content"]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
@@ -160,6 +173,7 @@ def with_context_rows(
     augment: bool = False,
     max_chars: int = MAX_CONTEXT_CHARS,
     rephrase: Callable[[str, str], str] | None = None,
+    evidence: Callable[[str, str], Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Dataset rows where a ``share`` of them carry context: the chunks grounded answering would show.
 
@@ -170,7 +184,9 @@ def with_context_rows(
     the row's own chunk among them. The choice of rows is a hash of ``seed`` and the row id, so a row keeps
     its form across snapshots. With ``augment`` the context rows are added (id + ``:ctx``) beside the
     originals; otherwise they replace them. Rows without chunks are left as they are. Context rows get
-    ``"context": CONTEXT_FORMAT``; ``rephrase(row_id, question)``, when given, is the question they ask.
+    ``"context": CONTEXT_FORMAT``; ``rephrase(row_id, question)``, when given, is the question they ask, and
+    ``evidence(row_id, question)`` the sentences that lead their prompt, as :func:`evidence_sentences` leads
+    grounded answering's.
     """
     lookup = contexts.get if isinstance(contexts, Mapping) else contexts
     out: list[dict[str, Any]] = []
@@ -186,7 +202,8 @@ def with_context_rows(
             question = rephrase(row_id, question)
         reply = next((m["content"] for m in messages if m["role"] == "assistant"), None)
         new = dict(row)
-        new["messages"] = context_messages(question, list(chunks), reply, max_chars)
+        lead = evidence(row_id, question) if evidence is not None else ()
+        new["messages"] = context_messages(question, list(chunks), reply, max_chars, evidence=lead)
         new["context"] = CONTEXT_FORMAT
         if augment:
             new["id"] = f"{row_id}:ctx"
@@ -812,16 +829,26 @@ def _time_clauses(sentence: str) -> str:
     return "，".join(kept) if any(_times(c) for c in kept) else sentence
 
 
-def _grounded(
-    question: str,
-    generator: Callable[..., str],
-    index: ChunkIndex,
-    con: duckdb.DuckDBPyConnection,
-    k: int,
-    max_tokens: int,
-    retry: bool,
-) -> Answer:
-    facts_index = FactIndex.build(con)
+EVIDENCE_SENTENCES = 2  # best-fitting facts' sentences put before the retrieved rules in the prompt
+
+
+@dataclass(frozen=True)
+class FactFit:
+    """How the ledger's facts fit a question: what the guard judges an answer by.
+
+    ``asked`` is the question with the rule words its everyday words stand for; ``ranked`` retrieval's facts;
+    ``fitting`` the facts an answer may be composed from, best first; ``close`` those fitting about as well as
+    the best; ``relevant`` the fact ids a stated number may come from."""
+
+    asked: str
+    ranked: tuple[FactHit, ...]
+    fitting: tuple[FactHit, ...]
+    close: tuple[FactRef, ...]
+    relevant: frozenset[str]
+
+
+def fit_facts(question: str, facts_index: FactIndex) -> FactFit:
+    """Rank the ledger's facts for ``question`` and judge which fit it (see :class:`FactFit`)."""
     ranked = facts_index.search(question, k=8)
     # Fit is judged on the question with the rule words its everyday words stand for (住酒店 -> 住宿费).
     expansions = [t for t in facts_index.expand(question) if len(t) >= 2]
@@ -866,6 +893,38 @@ def _grounded(
     relevant |= {r.fact.fact_id for r in fitting_hits} | {
         r.fact.fact_id for r in ranked if r.fact.context in sentences
     }
+    # Facts fitting about as well as the best: retrieval's order among near-equals is no reason to refuse. A
+    # rule for named places the question does not name is an exception, never as good as the best, nor is
+    # another tier's rate.
+    close = [
+        r.fact
+        for i, r in enumerate(fitting_hits)
+        if i == 0
+        or (
+            r.score >= BEST_FIT_SHARE * fitting_hits[0].score
+            and not _elsewhere(r.fact, asked_regions)
+            and r.fact.fact_id not in tier_missed
+        )
+    ]
+    return FactFit(asked, tuple(ranked), tuple(fitting_hits), tuple(close), frozenset(relevant))
+
+
+def evidence_sentences(fit: FactFit, n: int = EVIDENCE_SENTENCES) -> list[str]:
+    """The sentences of the ``n`` best-fitting facts (distinct), best first: read before the retrieved rules."""
+    return list(dict.fromkeys(r.fact.context.strip() for r in fit.fitting))[:n]
+
+
+def _grounded(
+    question: str,
+    generator: Callable[..., str],
+    index: ChunkIndex,
+    con: duckdb.DuckDBPyConnection,
+    k: int,
+    max_tokens: int,
+    retry: bool,
+) -> Answer:
+    fit = fit_facts(question, FactIndex.build(con))
+    asked, ranked, fitting_hits, relevant = fit.asked, fit.ranked, fit.fitting, set(fit.relevant)
     hits = _context_chunks(
         index.search(question, k, expand=True), fitting_hits[0].chunk if fitting_hits else None, k
     )
@@ -885,19 +944,7 @@ def _grounded(
     hit_of.update({r.fact.fact_id: r.chunk for r in ranked if r.fact.fact_id not in hit_of})
     fitting = [r.fact for r in fitting_hits]
     best = fitting[0] if fitting else None
-    # Facts fitting about as well as the best: retrieval's order among near-equals is no reason to refuse. A
-    # rule for named places the question does not name is an exception, never as good as the best, nor is
-    # another tier's rate.
-    close = [
-        r.fact
-        for i, r in enumerate(fitting_hits)
-        if i == 0
-        or (
-            r.score >= BEST_FIT_SHARE * fitting_hits[0].score
-            and not _elsewhere(r.fact, asked_regions)
-            and r.fact.fact_id not in tier_missed
-        )
-    ]
+    close = list(fit.close)
     # The rules shown, and their documents' names: an answer may cite its source ("根据《sample_rules》第十八条"),
     # whose Latin letters are no noise.
     context = [h.text for h in hits] + list(dict.fromkeys(h.doc.rsplit(".", 1)[0] for h in hits))
@@ -927,7 +974,7 @@ def _grounded(
             return "问题问的是时间或日期，答案没有给出规定中的时间"
         return problem
 
-    draft = generator(context_messages(question, hits), max_tokens).strip()
+    draft = generator(context_messages(question, hits, evidence=evidence_sentences(fit)), max_tokens).strip()
     checks = check_numbers(asked, draft, facts, relevant)
     problem = problem_of(draft, checks)
     if not problem:
@@ -1000,14 +1047,11 @@ def _written_numbers(raw: str) -> list[str]:
 def _evidence_messages(
     question: str, hits: Sequence[Hit], evidence: Sequence[FactRef]
 ) -> list[dict[str, str]]:
-    """The context prompt again, with the best evidence sentences put first and an instruction to use only
-    their numbers (or to abstain when none fits)."""
-    messages = context_messages(question, hits)
+    """The context prompt again, with the best evidence sentences first and an instruction to use only their
+    numbers (or to abstain when none fits)."""
     if evidence:
         sentences = list(dict.fromkeys(f.context.strip() for f in evidence[:2]))
-        lead = f"{EVIDENCE_LEAD}\n" + "\n".join(f"“{s}”" for s in sentences)
-        lead += f"\n{EVIDENCE_ONLY}\n\n"
-    else:
-        lead = f"{NO_EVIDENCE}\n\n"
-    messages[1] = {"role": "user", "content": lead + messages[1]["content"]}
+        return context_messages(question, hits, evidence=sentences, instruction=EVIDENCE_ONLY)
+    messages = context_messages(question, hits)
+    messages[1] = {"role": "user", "content": f"{NO_EVIDENCE}\n\n" + messages[1]["content"]}
     return messages

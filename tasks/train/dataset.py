@@ -2,7 +2,8 @@
 
 A share of the rows (``context_share``) is written twice: once closed book, and once with the chunks grounded
 answering would show for its question (the top ``CONTEXT_K`` of ``ChunkIndex.search(question, k, expand=True)``
-over the warehouse, its own chunk among them), in the prompt format grounded answering uses
+over the warehouse, its own chunk among them), led by the sentences of the facts that fit it best (its own
+fact's among them), in the prompt format grounded answering uses
 (:func:`tasks.answer.answer.context_messages`), so that the model learns to read the right rule among the real
 distractors retrieval brings. A context copy stays in its row's split.
 
@@ -27,10 +28,18 @@ from typing import Any
 import duckdb
 
 from runtime.config import Settings
-from tasks.answer.answer import CONTEXT_FORMAT, with_context_rows
+from tasks.answer.answer import (
+    CONTEXT_FORMAT,
+    EVIDENCE_SENTENCES,
+    evidence_sentences,
+    fit_facts,
+    with_context_rows,
+)
+from tasks.answer.fact_retrieve import FactIndex
 from tasks.answer.prompts import PROMPT_FORMAT, chat_messages
 from tasks.answer.reading import in_everyday_words
 from tasks.answer.retrieve import ChunkIndex, Hit
+from tasks.distill.teachers.base import FactRef
 from tasks.evaluate.golden import hold_out
 from warehouse import gates as queries
 
@@ -81,16 +90,34 @@ def retrieved_context(
     return [*kept[:slot], own, *kept[slot:]]
 
 
+def retrieved_evidence(
+    facts: FactIndex, question: str, own: FactRef | None, row_id: str, seed: int = 0
+) -> list[str]:
+    """The sentences that lead grounded answering's prompt for ``question`` (:func:`evidence_sentences` of the
+    facts that fit it), with the row's ``own`` fact's sentence among them. Where the fit missed it, it takes the
+    place of the last one, at a position drawn from a hash of ``seed`` and ``row_id``, as in
+    :func:`retrieved_context`: the model learns to read which sentence answers, not to copy the first."""
+    sentences = evidence_sentences(fit_facts(question, facts))
+    if own is None or own.context.strip() in sentences:
+        return sentences
+    kept = sentences[: EVIDENCE_SENTENCES - 1]
+    slot = int(_bucket(str(seed), "lead", row_id) * (len(kept) + 1)) % (len(kept) + 1)
+    return [*kept[:slot], own.context.strip(), *kept[slot:]]
+
+
 def training_records(
     rows: list[dict[str, Any]],
     index: ChunkIndex | None,
     context_share: float,
     seed: int = 0,
     k: int = CONTEXT_K,
+    facts: FactIndex | None = None,
 ) -> list[dict[str, Any]]:
     """Chat records of trainable ``rows``; a ``context_share`` of them also as a copy (id + ``:ctx``) with the
     chunks grounded answering would retrieve for the row's question from ``index`` (the warehouse's chunk
-    index), the row's own chunk among them (:func:`retrieved_context`)."""
+    index), the row's own chunk among them (:func:`retrieved_context`), led by the sentences of the facts
+    that fit the question best in ``facts`` (the warehouse's fact index), its own fact's among them
+    (:func:`retrieved_evidence`)."""
     records = [
         {
             "id": row["row_id"],
@@ -117,7 +144,17 @@ def training_records(
             return None
         return retrieved_context(index, asked(row_id, row["question"]), own, row_id, seed, k)
 
-    return with_context_rows(records, context_of, context_share, seed, augment=True, rephrase=asked)
+    fact_of = {fact.fact_id: fact for fact, _ in facts.facts} if facts is not None else {}
+
+    def lead_of(row_id: str, question: str) -> list[str]:
+        if facts is None:
+            return []
+        own = next((fact_of[i] for i in by_row[row_id].get("fact_ids") or () if i in fact_of), None)
+        return retrieved_evidence(facts, question, own, row_id, seed)
+
+    return with_context_rows(
+        records, context_of, context_share, seed, augment=True, rephrase=asked, evidence=lead_of
+    )
 
 
 def _bucket(*parts: str) -> float:
@@ -140,7 +177,8 @@ def freeze_dataset(con: duckdb.DuckDBPyConnection, settings: Settings, gate_run_
         raise ValueError("no trainable rows: nothing is approved, corrected or verified by the ledger")
     # Context rows only: the warehouse's chunk index, the one grounded answering searches (cached per content).
     index = ChunkIndex.build(con) if settings.context_share > 0 else None
-    records = training_records(rows, index, settings.context_share, settings.train_seed)
+    facts = FactIndex.build(con) if settings.context_share > 0 else None
+    records = training_records(rows, index, settings.context_share, settings.train_seed, facts=facts)
     prompt_format = prompt_format_for(settings.context_share)
     dataset_id = dataset_id_for(records, prompt_format)
     folder = settings.workspace / "datasets" / dataset_id
