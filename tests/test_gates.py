@@ -314,7 +314,7 @@ def test_a_share_of_rows_is_also_trained_with_the_chunks_answering_retrieves(con
         prompt = record["messages"][1]["content"]
         # The copy asks the question as it is, or in everyday words where the lexicon has them (住宿费 -> 住酒店).
         ways = {question} | {in_everyday_words(question, pick / 20) for pick in range(20)}
-        [asked] = [way for way in ways if prompt.endswith(way)]
+        [asked] = [way for way in ways if prompt.endswith(f"问题：{way}")]
         rephrased += asked != question
         assert 2 <= prompt.count("【") <= CONTEXT_K  # the retrieved chunks, not one distractor
         # The best-fitting facts' sentences lead, its own fact's among them.
