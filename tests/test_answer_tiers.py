@@ -46,6 +46,14 @@ def test_the_named_tier_s_rate_passes(rules: duckdb.DuckDBPyConnection) -> None:
     assert result.guard_action == "passed", result.notes
 
 
+def test_the_named_tier_s_number_without_its_unit_is_no_answer(rules: duckdb.DuckDBPyConnection) -> None:
+    # "800" alone could be anything (a cap of 800 what?): the guard wants the rule's 800元.
+    result = answer_drafted(rules, LECTURE, "讲课费标准可以上浮不超过800。")
+    assert result.guard_action != "passed", result.notes
+    assert "没有写单位" in result.notes[0], result.notes
+    assert "800元" in result.text, result.text
+
+
 def test_a_range_stated_by_one_end_is_not_the_range(rules: duckdb.DuckDBPyConnection) -> None:
     # 1200 is one end of the 教授's range and the other end of the other tier's: neither answer.
     result = answer_drafted(rules, CONSULTING, "每人每天给1200元咨询费。")

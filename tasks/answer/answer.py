@@ -225,6 +225,7 @@ class NumberCheck:
     fact_ids: tuple[str, ...] = ()  # fitting facts with this value
     problem: str = ""  # "" | not_in_rules | other_subject
     other_subject: str = ""  # for other_subject: what the number belongs to in the rules
+    unit: str = ""  # the canonical unit written with it ("" for a bare number)
 
 
 def check_numbers(
@@ -240,18 +241,21 @@ def check_numbers(
     for number in match_numbers(text, facts, given=question, whole_range=True, same_unit=True):
         mention = number.mention
         shown = tuple(canonical(v) for v in sorted(set(mention.values())))
+        unit = mention.unit or ""
         if number.given:
-            checks.append(NumberCheck(mention.raw, shown, True))
+            checks.append(NumberCheck(mention.raw, shown, True, unit=unit))
             continue
         fitting = [f for f in number.facts if f.fact_id in relevant or subject_fits(question, f)]
         if fitting:
-            checks.append(NumberCheck(mention.raw, shown, True, tuple(f.fact_id for f in fitting)))
+            checks.append(NumberCheck(mention.raw, shown, True, tuple(f.fact_id for f in fitting), unit=unit))
         elif number.facts:
             checks.append(
-                NumberCheck(mention.raw, shown, False, (), "other_subject", number.facts[0].subject)
+                NumberCheck(
+                    mention.raw, shown, False, (), "other_subject", number.facts[0].subject, unit=unit
+                )
             )
         else:
-            checks.append(NumberCheck(mention.raw, shown, False, (), "not_in_rules"))
+            checks.append(NumberCheck(mention.raw, shown, False, (), "not_in_rules", unit=unit))
     return checks
 
 
@@ -759,8 +763,15 @@ def draft_problem(
             return "问题问的是数字，规定中没有相符的数字，答案却没有说没有规定"
         if not stated:
             return "问题问的是数字，答案没有给出规定中的数字"
-        # A range is stated whole: 1500 alone is not "1500-2400元/人天", nor the other tier's "900-1500".
-        if not any(set(f.values()) <= stated for f in best):
+        # A range is stated whole: 1500 alone is not "1500-2400元/人天", nor the other tier's "900-1500". And with
+        # its unit: a bare "400" is no 400元/人天 ("住宿费标准可以上浮不超过400。" passed a constrained retry).
+        def states(fact: FactRef) -> bool:
+            written = {Decimal(v) for c in checks if c.unit or not fact.unit for v in c.values}
+            return set(fact.values()) <= written
+
+        if not any(states(f) for f in best):
+            if any(set(f.values()) <= stated for f in best):
+                return f"答案中的数字没有写单位（{best[0].raw}）"
             return f"答案中的数字不是最符合问题的规定（{best[0].raw}）"
     return ""
 
