@@ -763,6 +763,7 @@ def draft_problem(
             return "问题问的是数字，规定中没有相符的数字，答案却没有说没有规定"
         if not stated:
             return "问题问的是数字，答案没有给出规定中的数字"
+
         # A range is stated whole: 1500 alone is not "1500-2400元/人天", nor the other tier's "900-1500". And with
         # its unit: a bare "400" is no 400元/人天 ("住宿费标准可以上浮不超过400。" passed a constrained retry).
         def states(fact: FactRef) -> bool:
