@@ -742,10 +742,17 @@ def crash_during_review(work: Path) -> FaultOutcome:
         with open_warehouse(settings.warehouse_path, read_only=True) as con:
             recorded = len(queries.list_batches(con))
             unconfirmed = len(queries.batches_missing_task_ids(con))
+        more = False
+        if recorded and not unconfirmed:
+            # The re-run is a new push. The first batch's fact tasks may decide every row still waiting, and
+            # then there is nothing left for a second batch (plan_batch is what the push itself runs first).
+            with open_warehouse(settings.warehouse_path) as con:
+                more = push.plan_batch(con, settings.similarity_threshold, limit=REVIEW_ROWS).tasks > 0
         _note(outcome, f"push killed with {recorded} batch recorded, {unconfirmed} without its task ids")
         # The re-run finishes the interrupted batch and stops (an uninterrupted `push --limit 4` makes one);
-        # only when the killed push had already recorded every task id is the re-run a second, new push.
-        expected_batches = 2 if recorded and not unconfirmed else 1
+        # only when the killed push had already recorded every task id is the re-run a second, new push, and
+        # that makes a batch only if something is left to review.
+        expected_batches = 2 if recorded and not unconfirmed and more else 1
         _rerun(outcome, workspace, *push_args, env=env)
         with open_warehouse(settings.warehouse_path) as con:
             after_rerun = len(queries.list_batches(con))
