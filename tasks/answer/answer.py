@@ -923,7 +923,12 @@ def fit_facts(question: str, facts_index: FactIndex) -> FactFit:
 
 def evidence_sentences(fit: FactFit, n: int = EVIDENCE_SENTENCES) -> list[str]:
     """The sentences of the ``n`` best-fitting facts (distinct), best first: read before the retrieved rules."""
-    return list(dict.fromkeys(r.fact.context.strip() for r in fit.fitting))[:n]
+    return _sentences([r.fact for r in fit.fitting], n)
+
+
+def _sentences(facts: Sequence[FactRef], n: int) -> list[str]:
+    """The first ``n`` distinct sentences of ``facts``, in their order."""
+    return list(dict.fromkeys(f.context.strip() for f in facts))[:n]
 
 
 def _grounded(
@@ -1062,7 +1067,7 @@ def _evidence_messages(
     """The context prompt again, with the best evidence sentences first and an instruction to use only their
     numbers (or to abstain when none fits)."""
     if evidence:
-        sentences = list(dict.fromkeys(f.context.strip() for f in evidence[:2]))
+        sentences = _sentences(evidence, EVIDENCE_SENTENCES)
         return context_messages(question, hits, evidence=sentences, instruction=EVIDENCE_ONLY)
     messages = context_messages(question, hits)
     messages[1] = {"role": "user", "content": f"{NO_EVIDENCE}\n\n" + messages[1]["content"]}
