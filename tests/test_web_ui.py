@@ -250,14 +250,19 @@ def test_upload_facts_sentence_and_answer_in_browser(
     driver.execute_script("arguments[0].click();", auto)
     driver.find_element(By.CSS_SELECTOR, "#start-run").click()
     seen: set[str] = set()
+    running_lines: set[str] = set()
 
     def finished(d: Any) -> bool:
         state = text_of(d, "#run-state")
         seen.update(w for w in ("running", "finished", "failed") if w in state)
+        if "running for" in state:
+            running_lines.add(state)
         return "finished" in state or "failed" in state
 
     wait_for(driver, finished, "the build-dataset run to end", timeout=400)
     assert "running" in seen, "no live progress was shown before the run ended"
+    # The view ticks while the run runs: its elapsed time advanced at least once on the page.
+    assert len(running_lines) >= 2, running_lines
     assert "finished" in text_of(driver, "#run-state"), text_of(driver, "#run-log")
     stages = text_of(driver, "#stages")
     assert "gate release" in stages and "failed" not in stages

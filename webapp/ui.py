@@ -954,6 +954,9 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
                     watch_btn = gr.Button("Watch current run", elem_id="watch-run")
                     stop_btn = gr.Button("Stop run", variant="stop")
                 run_state = gr.Markdown("No run started from this page yet.", elem_id="run-state")
+                # Short polls rather than one long stream: a dropped stream froze the page mid-run (seen in CI),
+                # a missed tick is made up by the next one.
+                run_timer = gr.Timer(1.0, active=False)
                 stage_table = gr.Dataframe(
                     headers=["stage", "state"], interactive=False, label="stages", elem_id="stages"
                 )
@@ -1087,37 +1090,25 @@ def build_ui(settings: Settings, *, generator: Callable[..., str] | None = None)
 
         ledger_tab.select(on_ledger_tab, [doc_choice], [doc_choice, facts_state, facts_table])
 
-        def watch() -> Iterator[tuple[str, pd.DataFrame, str, str]]:
-            """Live view: the run's stages, review batch and log, every second until it ends."""
-            while True:
-                view = run_view(settings)
-                yield view
-                run = current_run(settings)
-                if run is None or not run.running:
-                    return
-                time.sleep(1.0)
+        run_outputs = [run_state, stage_table, review_md, run_log, run_timer]
 
-        def on_start(
-            flow: str, review: str, teacher: str, steps: float | None
-        ) -> Iterator[tuple[str, pd.DataFrame, str, str]]:
+        def watch() -> tuple[str, pd.DataFrame, str, str, Any]:
+            """Live view: the run's stages, review batch and log; the timer ticks while the run runs."""
+            run = current_run(settings)
+            return (*run_view(settings), gr.Timer(active=run is not None and run.running))
+
+        def on_start(flow: str, review: str, teacher: str, steps: float | None) -> tuple[Any, ...]:
             try:
                 start_run(settings, flow, teacher, review, int(steps) if steps else None)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from exc
-            yield from watch()
+            return watch()
 
-        start_btn.click(
-            on_start,
-            [flow_choice, review_choice, teacher_choice, steps_choice],
-            [run_state, stage_table, review_md, run_log],
-        )
-        watch_btn.click(watch, None, [run_state, stage_table, review_md, run_log])
-        stop_btn.click(
-            lambda: (stop_run(settings), run_view(settings))[1],
-            None,
-            [run_state, stage_table, review_md, run_log],
-        )
-        pipeline_tab.select(lambda: run_view(settings), None, [run_state, stage_table, review_md, run_log])
+        start_btn.click(on_start, [flow_choice, review_choice, teacher_choice, steps_choice], run_outputs)
+        watch_btn.click(watch, None, run_outputs)
+        run_timer.tick(watch, None, run_outputs)
+        stop_btn.click(lambda: (stop_run(settings), watch())[1], None, run_outputs)
+        pipeline_tab.select(watch, None, run_outputs)
 
         def on_rows(status: str) -> tuple[pd.DataFrame, str, pd.DataFrame, pd.DataFrame]:
             frame, text = rows_view(settings, status)
