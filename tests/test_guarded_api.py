@@ -317,7 +317,7 @@ def test_slm_serve_answers_through_the_guard_with_a_real_gguf(
     refused = slm("-w", ws, "serve", "--host", "0.0.0.0", cwd=tmp_path)
     assert refused.returncode == 2 and "refusing to start the web app on 0.0.0.0" in refused.stderr
     no_model = slm("-w", ws, "serve", cwd=tmp_path)
-    assert no_model.returncode == 2 and "run `slm export` first" in no_model.stderr
+    assert no_model.returncode == 2 and "run `slm export --model base` first" in no_model.stderr
 
     gguf = tiny_llama_gguf(tmp_path)
     port = free_port()

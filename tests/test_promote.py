@@ -169,3 +169,48 @@ def test_an_echoing_model_and_a_tier_lister_score_zero_and_are_refused(con, sett
     assert not refused.promoted and any(
         "numeric_accuracy may be worse" in r for r in refused.decision.reasons
     )
+
+
+def test_a_refused_challenger_s_newer_export_never_answers_by_default(con, settings: Settings) -> None:
+    """`slm ask`, `chat`, `eval`, `serve` and the web app name no model by default: the champion answers,
+    the untuned base until one is promoted, even when a refused challenger was exported after the base
+    (evaluation exports every challenger to answer it in llama.cpp)."""
+    from tasks.export.resolve import resolve_model
+
+    registry.register_model(con, "lora-refused", "challenger", "tiny", adapter_path="/adapters/refused")
+    registry.set_status(con, "lora-refused", "rejected", status="refused")
+    for model_id, source in (("base-x", "base"), ("lora-refused", "merged")):  # the challenger's is newer
+        registry.record_export(
+            con,
+            model_id=model_id,
+            path=f"/gguf/{model_id}.gguf",
+            quant="q8_0",
+            size_bytes=1,
+            sha256=model_id,
+            source=source,
+        )
+    served = resolve_model(con, settings, None)
+    assert served.fell_back and served.model_id is None
+    assert served.gguf == Path("/gguf/base-x.gguf") and served.what == "untuned base (no champion yet)"
+
+    registry.register_model(con, "lora-good", "champion", "tiny", adapter_path="/adapters/good")
+    registry.record_export(
+        con,
+        model_id="lora-good",
+        path="/gguf/good.gguf",
+        quant="q8_0",
+        size_bytes=1,
+        sha256="g",
+        source="merged",
+    )
+    registry.record_export(  # exported again after the promotion: still not the default
+        con,
+        model_id="lora-refused",
+        path="/gguf/again.gguf",
+        quant="q8_0",
+        size_bytes=1,
+        sha256="r2",
+        source="merged",
+    )
+    served = resolve_model(con, settings, None)
+    assert served.model_id == "lora-good" and served.gguf == Path("/gguf/good.gguf")

@@ -159,7 +159,7 @@ class GuardedAnswerer:
     """The one model of the app and the one worker thread that answers with it.
 
     ``generator``: any ``(messages, max_tokens, grammar=None) -> str`` (tests plant scripted ones); without
-    it, ``model`` (as ``slm ask --model``: champion, base, a model id, a .gguf file; None: the newest export)
+    it, ``model`` (as ``slm ask --model``: champion, base, a model id, a .gguf file; None: the champion)
     is resolved and loaded through llama.cpp on first use (or :meth:`load`), once."""
 
     def __init__(

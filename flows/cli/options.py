@@ -23,7 +23,9 @@ console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 MODE_HELP = "grounded (retrieval + numeric guard) | closed (the model alone; closed_book)"
-MODEL_HELP = "champion | base | a model id | a .gguf file (default: the newest export)"
+MODEL_HELP = (
+    "champion | base | a model id | a .gguf file (default: champion, the untuned base until one is promoted)"
+)
 ALLOW_REMOTE_HELP = "Allow a non-loopback bind_host (exposes the server to the network)."
 TEACHER_HELP = "extractive | gemini | openai | llamacpp"
 

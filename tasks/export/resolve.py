@@ -29,7 +29,7 @@ class ResolvedModel:
     """A model as the registry knows it: its row (None for the untuned base, a file or a folder), the base
     it builds on, its adapter folder (None: the base alone), and its newest full GGUF export, if any."""
 
-    spec: str | None  # what was asked for (None: whichever model was exported last)
+    spec: str | None  # what was asked for
     base_spec: str
     row: dict[str, Any] | None = None
     adapter: Path | None = None
@@ -45,7 +45,7 @@ class ResolvedModel:
         """How reports name it."""
         if self.fell_back:
             return "untuned base (no champion yet)"
-        return self.spec or "newest export"
+        return self.spec or "champion"
 
     def runnable_gguf(self) -> Path:
         """The GGUF to answer with, or ``ModelNotFound`` saying which export to run first."""
@@ -83,9 +83,11 @@ class ResolvedModel:
 def resolve_model(con: Any, settings: Settings, spec: str | None, base: str | None = None) -> ResolvedModel:
     """``spec``: ``champion`` (the base until one is promoted), ``base``, ``challenger`` (the newest),
     a model id or its prefix, a ``.gguf`` file (no warehouse needed: ``con`` may be None), an adapter
-    folder, or None (the newest full export of any model). ``base`` overrides the setting ``base_model``
-    for the untuned base and for adapter folders."""
+    folder, or None (the champion: what answers users unless they name another model; a refused challenger's
+    export is newer but never the default). ``base`` overrides the setting ``base_model`` for the untuned base
+    and for adapter folders."""
     base_spec = base or settings.base_model
+    spec = spec or "champion"
     if spec is not None and spec.endswith(".gguf"):
         if not Path(spec).is_file():
             raise ModelNotFound(f"{spec}: GGUF file not found")
@@ -94,8 +96,6 @@ def resolve_model(con: Any, settings: Settings, spec: str | None, base: str | No
 
     # Adapter-only exports need the base GGUF beside them: only full exports are runnable on their own.
     exports = [e for e in list_exports(con) if e.get("source") != "adapter"]
-    if spec is None:
-        return ResolvedModel(None, base_spec, gguf=_newest(exports))
     if spec == "champion":
         champion = get_champion(con)
         if champion is None:
