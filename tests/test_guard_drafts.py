@@ -134,3 +134,51 @@ def test_a_source_named_in_latin_letters_is_no_noise(
     assert result.guard_action == "passed", result.notes
     noisy = answer_drafted(con, QUESTION, "根据《travel_rules》第五条：伙食补助费每人每天90元。iatrics")
     assert noisy.guard_action != "passed", noisy.notes
+
+
+MEETING_RULES = (
+    "会议费管理办法\n"
+    "\n"
+    "第三条 会议伙食费实行定额管理，会议在院内举办的不超过60元/人天，在院外举办的不超过100元/人天。\n"
+    "\n"
+    "第四条 会议住宿费每人每天不超过300元。\n"
+    "\n"
+    "第五条 公务接待对象在10人以内的，陪餐人数不超过3人。\n"
+)
+
+
+def test_another_tier_s_figure_beside_the_answer_is_a_list_not_an_answer(
+    con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path
+) -> None:
+    # Seen from a 30-step challenger on the corpus: asked about a meeting on campus, it copied the whole rule
+    # ("院内不超过70元/人天，院外不超过110元/人天"), and the guard passed it because the right figure was in it.
+    ingest_rules(con, settings, tmp_path, "会议费管理办法.txt", MEETING_RULES)
+    asked = "会议在院内举办的，会议伙食费每人每天最多多少？"
+    listed = answer_drafted(con, asked, "会议伙食费院内不超过60元/人天，院外不超过100元/人天。")
+    assert listed.guard_action != "passed", listed.notes
+    assert any("别的标准" in note for note in listed.notes), listed.notes
+    assert "60元" in listed.text and "100元" not in listed.text, listed.text
+    alone = answer_drafted(con, asked, "会议在院内举办的，会议伙食费不超过60元/人天。")
+    assert alone.guard_action == "passed", alone.notes
+    assert listed.retry == "", listed.retry  # the answer's figure was in the draft: its own clause answers
+    # A figure in a condition clause is the answer's condition, not another tier.
+    guests = "外单位来了8位客人，公务接待时陪餐人数最多几人？"
+    condition = answer_drafted(con, guests, "接待对象在10人以内的，陪餐人数不超过3人。")
+    assert condition.guard_action == "passed", condition.notes
+
+
+TRAIN_RULES = "差旅交通办法\n\n第九条 出差人员在晚9时至次日晨6时期间乘车时间5小时以上的，可以购买软座。\n"
+
+
+def test_a_clock_time_the_sources_do_not_write_is_not_shown(
+    con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path
+) -> None:
+    # Seen from a constrained retry allowed only the rule's 6: "出差人员在晚 6时至次日晨 6小时以上…" was shown.
+    ingest_rules(con, settings, tmp_path, "差旅交通办法.txt", TRAIN_RULES)
+    asked = "出差人员夜里乘车时间要几小时以上才可以购买软座？"
+    wrong = answer_drafted(con, asked, "在晚5时至次日晨5时期间乘车时间5小时以上的，可以购买软座。")
+    assert wrong.guard_action != "passed", wrong.notes
+    assert any("5时" in note and "没有" in note for note in wrong.notes), wrong.notes
+    assert "晚5时" not in wrong.text
+    right = answer_drafted(con, asked, "在晚9时至次日晨6时期间乘车时间5小时以上的，可以购买软座。")
+    assert right.guard_action == "passed", right.notes

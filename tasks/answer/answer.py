@@ -40,12 +40,13 @@ from tasks.answer.reply import ABSTENTION, Reply, copied_mask, own_text, restate
 from tasks.answer.retrieve import ChunkIndex, Hit, tokens
 from tasks.answer.stop import repeated_span, repeated_statement, stray_words
 from tasks.distill.teachers.base import FactRef
-from tasks.distill.verify import clause_of, subject_fits
+from tasks.distill.verify import clause_around, clause_of, subject_fits
 from tasks.ingest.chunk import LEADING_MARKER
 from tasks.ingest.facts import match_numbers
 from tasks.ingest.normalize import fold
 from tasks.ingest.numbers import (
     CN_NUMERALS,
+    WRITTEN_KINDS,
     NumberMention,
     canonical,
     find_numbers,
@@ -715,6 +716,11 @@ def asks_for_number(question: str) -> bool:
     return bool(NUMERIC_QUESTION.search(fold(question)))
 
 
+# The problem of a draft that states the best fit's figure among others': the answer is in it, so a fact's own
+# clause answers (a constrained retry would rewrite the copied list's other figures to the allowed one).
+LISTED_OTHERS = "答案还列出了别的标准"
+
+
 def draft_problem(
     question: str,
     text: str,
@@ -746,6 +752,17 @@ def draft_problem(
     stray = stray_words(own, " ".join([question, *context]))
     if stray:
         return f"答案夹杂无关的外文片段（{'、'.join(stray[:3])}）"
+    if context:
+        # A clock time, date or article stands for no fact, so only its sources can back it: a constrained retry
+        # wrote "晚6时至次日晨6时" over a rule's "晚8时至次日晨7时" (6: the only number it was allowed).
+        sources = {(m.kind, m.value) for t in (question, *context) for m in find_numbers(fold(t))}
+        unwritten = [
+            m.raw
+            for m in find_numbers(fold(own))
+            if m.kind in WRITTEN_KINDS and (m.kind, m.value) not in sources
+        ]
+        if unwritten:
+            return f"答案中的{unwritten[0]}在检索到的规定原文中没有"
     if not all(c.ok for c in checks):
         return _describe(checks, "检索到的规定")
     if best is not None and asks_for_number(question):
@@ -774,6 +791,24 @@ def draft_problem(
             if any(set(f.values()) <= stated for f in best):
                 return f"答案中的数字没有写单位（{best[0].raw}）"
             return f"答案中的数字不是最符合问题的规定（{best[0].raw}）"
+        # One answer, not the rule's list: beside the best fit's figure, another fact's figure of the same
+        # unit is another tier's or another case's answer ("院内不超过70元/人天，院外不超过110元/人天" asked about
+        # a meeting on campus). Figures of another unit may be its conditions ("500万元至1000万元的部分为15%"),
+        # and so may one in a clause ending in 的 ("接待对象在10人以内的，陪餐人数不超过3人").
+        best_ids = {f.fact_id for f in best}
+        best_units = {f.unit for f in best if f.unit}
+        best_values = {v for f in best for v in f.values()}
+        listed = [
+            c
+            for c in checks
+            if c.fact_ids
+            and not best_ids.intersection(c.fact_ids)
+            and c.unit in best_units
+            and not {Decimal(v) for v in c.values} <= best_values
+            and not clause_around(own, c.raw).strip().endswith("的")
+        ]
+        if listed:
+            return f"{LISTED_OTHERS}（{listed[0].raw}），所问的是{best[0].raw}"
     return ""
 
 
@@ -962,9 +997,11 @@ def _grounded(
     fitting = [r.fact for r in fitting_hits]
     best = fitting[0] if fitting else None
     close = list(fit.close)
-    # The rules shown, and their documents' names: an answer may cite its source ("根据《sample_rules》第十八条"),
-    # whose Latin letters are no noise.
-    context = [h.text for h in hits] + list(dict.fromkeys(h.doc.rsplit(".", 1)[0] for h in hits))
+    # The rules shown, their documents' names and headings: an answer may cite its source ("根据《sample_rules》
+    # 第十八条"), whose Latin letters are no noise and whose article is written in the heading.
+    context = [h.text for h in hits] + list(
+        dict.fromkeys([*(h.doc.rsplit(".", 1)[0] for h in hits), *(h.heading_path for h in hits)])
+    )
 
     def cited(ids: Sequence[str]) -> tuple[Hit, ...]:
         return tuple(dict.fromkeys(hit_of[i] for i in ids if i in hit_of))
@@ -998,7 +1035,7 @@ def _grounded(
         return shown(draft, "passed", *verified(checks))
     notes.append(f"draft: {problem}")
     evidence = fitting[:2] or _best_evidence(asked, facts)[:2]
-    if retry:
+    if retry and not problem.startswith(LISTED_OTHERS):
         retried = generator(
             _evidence_messages(question, hits, evidence),
             max_tokens,

@@ -109,13 +109,18 @@ def subject_fits(question: str, fact: FactRef) -> bool:
 
 def clause_of(fact: FactRef) -> str:
     """The clause of the fact's sentence that holds its number ("每人每天不超过800元")."""
-    at = fact.context.find(fact.raw)
+    return clause_around(fact.context, fact.raw)
+
+
+def clause_around(text: str, raw: str) -> str:
+    """The clause of ``text`` that holds ``raw`` (its first occurrence); all of ``text`` when it lacks it."""
+    at = text.find(raw)
     if at < 0:
-        return fact.context
-    breaks = [m.start() for m in _CLAUSE_BREAK.finditer(fact.context)]
+        return text
+    breaks = [m.start() for m in _CLAUSE_BREAK.finditer(text)]
     left = max([b + 1 for b in breaks if b < at], default=0)
-    right = min([b for b in breaks if b >= at + len(fact.raw)], default=len(fact.context))
-    return fact.context[left:right]
+    right = min([b for b in breaks if b >= at + len(raw)], default=len(text))
+    return text[left:right]
 
 
 def verify_row(

@@ -23,6 +23,7 @@ from runtime.jsonl import json_lines
 from tasks.answer.reply import ABSTENTION, Reply, as_reply, candidate_values, own_text
 from tasks.ingest.normalize import fold
 from tasks.ingest.numbers import (
+    WRITTEN_KINDS,
     NumberMention,
     canonical,
     find_numbers,
@@ -192,7 +193,7 @@ def states_number(answer: str, expected: str) -> bool:
 
 # --- scoring ------------------------------------------------------------------------------------------------
 
-_CHECKED_KINDS = ("quantity", "date", "article", "ordinal", "doc_number", "other")  # not list numbering
+_CHECKED_KINDS = ("quantity", *WRITTEN_KINDS)  # not list numbering
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ class LedgerView:
 
 def _packed(mentions: Iterable[NumberMention]) -> set[tuple[str, Decimal]]:
     """(kind, value) of the dates, articles, ordinals and identifiers among ``mentions``."""
-    return {(m.kind, Decimal(canonical(m.value))) for m in mentions if m.kind in _CHECKED_KINDS[1:]}
+    return {(m.kind, Decimal(canonical(m.value))) for m in mentions if m.kind in WRITTEN_KINDS}
 
 
 def _as_view(ledger: LedgerView | set[Decimal] | frozenset[Decimal]) -> LedgerView:

@@ -42,6 +42,7 @@ __all__ = [
     "CN_NUMERALS",
     "KINDS",
     "QUALIFIERS",
+    "WRITTEN_KINDS",
     "NumberMention",
     "canonical",
     "find_numbers",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 KINDS = ("quantity", "doc_number", "article", "item", "date", "ordinal", "other")
+# What a document writes and no fact stands for: an answer may only repeat these from its sources (a date, a
+# clock time, an article, an ordinal, an identifier); list numbering ("item") is no claim.
+WRITTEN_KINDS = ("date", "article", "ordinal", "doc_number", "other")
 
 
 @dataclass(frozen=True)
