@@ -796,7 +796,8 @@ def draft_problem(
         # a meeting on campus). Figures of another unit may be its conditions ("500万元至1000万元的部分为15%"),
         # and so may one in a clause ending in 的 ("接待对象在10人以内的，陪餐人数不超过3人").
         best_ids = {f.fact_id for f in best}
-        best_units = {f.unit for f in best if f.unit}
+        answered = next(f for f in best if states(f))  # the best-fitting fact the answer states
+        best_units = {answered.unit} if answered.unit else set()
         best_values = {v for f in best for v in f.values()}
         listed = [
             c
@@ -808,7 +809,7 @@ def draft_problem(
             and not clause_around(own, c.raw).strip().endswith("的")
         ]
         if listed:
-            return f"{LISTED_OTHERS}（{listed[0].raw}），所问的是{best[0].raw}"
+            return f"{LISTED_OTHERS}（{listed[0].raw}），所问的是{answered.raw}"
     return ""
 
 
