@@ -161,7 +161,9 @@ def test_another_tier_s_figure_beside_the_answer_is_a_list_not_an_answer(
     alone = answer_drafted(con, asked, "会议在院内举办的，会议伙食费不超过60元/人天。")
     assert alone.guard_action == "passed", alone.notes
     assert listed.retry == "", listed.retry  # the answer's figure was in the draft: its own clause answers
-    # A figure in a condition clause is the answer's condition, not another tier.
+    # A figure in a condition clause is the answer's condition, not another tier. (Here the condition's fact
+    # also fits the question; the sample fingerprint's reference answer "接待对象在10人以内的，陪餐人数不超过3人"
+    # is the case where only the clause ending in 的 keeps it.)
     guests = "外单位来了8位客人，公务接待时陪餐人数最多几人？"
     condition = answer_drafted(con, guests, "接待对象在10人以内的，陪餐人数不超过3人。")
     assert condition.guard_action == "passed", condition.notes

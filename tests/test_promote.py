@@ -177,40 +177,21 @@ def test_a_refused_challenger_s_newer_export_never_answers_by_default(con, setti
     (evaluation exports every challenger to answer it in llama.cpp)."""
     from tasks.export.resolve import resolve_model
 
+    def exported(model_id: str, path: str, sha256: str, source: str = "merged") -> None:
+        registry.record_export(
+            con, model_id=model_id, path=path, quant="q8_0", size_bytes=1, sha256=sha256, source=source
+        )
+
     registry.register_model(con, "lora-refused", "challenger", "tiny", adapter_path="/adapters/refused")
     registry.set_status(con, "lora-refused", "rejected", status="refused")
-    for model_id, source in (("base-x", "base"), ("lora-refused", "merged")):  # the challenger's is newer
-        registry.record_export(
-            con,
-            model_id=model_id,
-            path=f"/gguf/{model_id}.gguf",
-            quant="q8_0",
-            size_bytes=1,
-            sha256=model_id,
-            source=source,
-        )
+    exported("base-x", "/gguf/base-x.gguf", "base-x", source="base")
+    exported("lora-refused", "/gguf/lora-refused.gguf", "lora-refused")  # the challenger's is newer
     served = resolve_model(con, settings, None)
     assert served.fell_back and served.model_id is None
     assert served.gguf == Path("/gguf/base-x.gguf") and served.what == "untuned base (no champion yet)"
 
     registry.register_model(con, "lora-good", "champion", "tiny", adapter_path="/adapters/good")
-    registry.record_export(
-        con,
-        model_id="lora-good",
-        path="/gguf/good.gguf",
-        quant="q8_0",
-        size_bytes=1,
-        sha256="g",
-        source="merged",
-    )
-    registry.record_export(  # exported again after the promotion: still not the default
-        con,
-        model_id="lora-refused",
-        path="/gguf/again.gguf",
-        quant="q8_0",
-        size_bytes=1,
-        sha256="r2",
-        source="merged",
-    )
+    exported("lora-good", "/gguf/good.gguf", "g")
+    exported("lora-refused", "/gguf/again.gguf", "r2")  # exported again after the promotion: not the default
     served = resolve_model(con, settings, None)
     assert served.model_id == "lora-good" and served.gguf == Path("/gguf/good.gguf")

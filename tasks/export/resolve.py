@@ -88,7 +88,7 @@ def resolve_model(con: Any, settings: Settings, spec: str | None, base: str | No
     and for adapter folders."""
     base_spec = base or settings.base_model
     spec = spec or "champion"
-    if spec is not None and spec.endswith(".gguf"):
+    if spec.endswith(".gguf"):
         if not Path(spec).is_file():
             raise ModelNotFound(f"{spec}: GGUF file not found")
         return ResolvedModel(spec, base_spec, gguf=Path(spec))
