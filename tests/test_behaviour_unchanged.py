@@ -7,8 +7,10 @@ since: the auto policy's counts gained ``held`` (0 on the sample: no OCR'd page)
 lexicon has them (prompt format ctx-v3: a new dataset id and files), and categories learned from "甲性或者乙性
 名词" lists (国际学术会议 names 二类会议: sample shown numeric 0.8077 -> 0.8462 for the scripted models, the
 reference 0.8462 -> 0.8846), and the context copies led by the best-fitting facts' sentences (ctx-v4: a new
-dataset id and files, the scores unchanged) written for every row (context_share 1.0); the ledger, rows,
-gates and golden parts are as recorded from 9500925.
+dataset id and files, the scores unchanged) written for every row (context_share 1.0), and the guard's
+abstention where a question names an expense no document writes, with the lexicon's 借 for 借款 (sample shown
+numeric 0.9231 -> 0.9615, the echo model's shown abstention 0.8333 -> 1.0); the ledger, rows, gates and golden
+parts are as recorded from 9500925.
 
 One pipeline run (about 15 s) feeds one test per part, so a failure's name says which part changed
 (ledger, rows, gates, dataset, golden, scores) and its message lists the differing values. A deliberate

@@ -14,6 +14,7 @@ import duckdb
 
 from runtime.config import Settings
 from tasks.answer.answer import ABSTAIN_TEXT, asks_for_number
+from tasks.answer.retrieve import ChunkIndex
 from tasks.answer.stop import repeated_statement, stray_words
 from tests.rules_text import answer_drafted, ingest_rules
 
@@ -184,3 +185,47 @@ def test_a_clock_time_the_sources_do_not_write_is_not_shown(
     assert "晚5时" not in wrong.text
     right = answer_drafted(con, asked, "在晚9时至次日晨6时期间乘车时间5小时以上的，可以购买软座。")
     assert right.guard_action == "passed", right.notes
+
+
+RESEARCH_RULES = (
+    "科研经费管理办法\n"
+    "\n"
+    "第十条 使用科研经费购置单价在20万元以上的仪器设备，应当进行购置论证。\n"
+    "\n"
+    "第十一条 个人因公借款，单笔现金借款不超过3000元。\n"
+)
+
+
+def test_an_expense_the_rules_never_write_gets_only_an_abstention(
+    con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path
+) -> None:
+    # A question about an expense these rules do not name shares 科研经费 with the equipment rule: the guard must
+    # not quote that rule, nor pass "可以报销", for a fee the rules never mention.
+    ingest_rules(con, settings, tmp_path, "科研经费管理办法.txt", RESEARCH_RULES)
+    asked = "我交的学会会员费能从科研经费里报销吗？"
+    assert ChunkIndex.build(con).unwritten_expenses(asked) == ["会员费"]
+    for draft in ("可以报销。", "使用科研经费购置单价在20万元以上的仪器设备，应当进行购置论证。"):
+        result = answer_drafted(con, asked, draft)
+        assert result.guard_action == "abstained", (draft, result.guard_action, result.notes)
+        assert result.text == ABSTAIN_TEXT and result.retry == ""
+        assert any("会员费" in note for note in result.notes), result.notes
+    own = answer_drafted(con, asked, ABSTAIN_TEXT)
+    assert own.guard_action == "passed" and own.text == ABSTAIN_TEXT, own.notes
+    # An expense the rules write, or one the lexicon knows in everyday words, is asked about as before.
+    known = answer_drafted(
+        con, "用科研经费买一台仪器设备，单价多少以上要做购置论证？", "单价在20万元以上的要论证。"
+    )
+    assert known.guard_action == "passed", known.notes
+    index = ChunkIndex.build(con)
+    assert index.unwritten_expenses("出差的房费一晚能报多少？") == []  # 房费: everyday words for 住宿费
+    assert index.unwritten_expenses("这笔科研经费的花费超了怎么办？") == []  # words that name no expense
+    assert index.unwritten_expenses("这笔费用能报吗？") == []
+
+
+def test_borrowing_in_everyday_words_finds_the_loan_rule(
+    con: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path
+) -> None:
+    # "借点现金" says neither 借款 nor 借钱: 借 alone stands for the loan rules' 借款.
+    ingest_rules(con, settings, tmp_path, "科研经费管理办法.txt", RESEARCH_RULES)
+    result = answer_drafted(con, "下周出差想先借点现金，一次最多能借多少？", "文件中没有相关规定。")
+    assert "3000元" in result.text, (result.guard_action, result.text, result.notes)

@@ -21,7 +21,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -719,6 +719,9 @@ def asks_for_number(question: str) -> bool:
 # The problem of a draft that states the best fit's figure among others': the answer is in it, so a fact's own
 # clause answers (a constrained retry would rewrite the copied list's other figures to the allowed one).
 LISTED_OTHERS = "答案还列出了别的标准"
+# The problem of a draft that does not abstain although the question asks about an expense the rules never write:
+# no retry (the rules have nothing to constrain it to), an abstention is the answer.
+UNWRITTEN = "规定中没有写到"
 
 
 def draft_problem(
@@ -727,6 +730,7 @@ def draft_problem(
     checks: Sequence[NumberCheck],
     best: Sequence[FactRef] | None = None,
     context: Sequence[str] = (),
+    unwritten: Sequence[str] = (),
 ) -> str:
     """Why an answer may not be shown ("" when it may): it repeats the system prompt or the question, or only
     turns the question into a statement ("学校有通讯补贴标准。"), dumps
@@ -734,7 +738,8 @@ def draft_problem(
     number to a question asking for one that the rules answer, or a number other than the best-fitting
     fact's (``best``: the facts that fit the question about as well as the best one; empty when none fits,
     where only an abstention answers a question asking for a number; None when fit was not judged, as in
-    closed book)."""
+    closed book), or anything but an abstention where the question asks about an expense the documents never
+    write (``unwritten``: "会员费")."""
     if not text.strip():
         return "答案为空"
     own = own_text(text, question)
@@ -756,15 +761,19 @@ def draft_problem(
         # A clock time, date or article stands for no fact, so only its sources can back it: a constrained retry
         # wrote "晚6时至次日晨6时" over a rule's "晚8时至次日晨7时" (6: the only number it was allowed).
         sources = {(m.kind, m.value) for t in (question, *context) for m in find_numbers(fold(t))}
-        unwritten = [
+        unsourced = [
             m.raw
             for m in find_numbers(fold(own))
             if m.kind in WRITTEN_KINDS and (m.kind, m.value) not in sources
         ]
-        if unwritten:
-            return f"答案中的{unwritten[0]}在检索到的规定原文中没有"
+        if unsourced:
+            return f"答案中的{unsourced[0]}在检索到的规定原文中没有"
     if not all(c.ok for c in checks):
         return _describe(checks, "检索到的规定")
+    if unwritten:
+        if ABSTENTION.search(own) and not checks:
+            return ""
+        return f"{UNWRITTEN}“{unwritten[0]}”，答案却没有说没有规定"
     if best is not None and asks_for_number(question):
         stated = {Decimal(v) for c in checks for v in c.values}
         if not stated and any(m.kind in ("date", "ordinal") for m in find_numbers(own)):
@@ -977,6 +986,10 @@ def _grounded(
     retry: bool,
 ) -> Answer:
     fit = fit_facts(question, FactIndex.build(con))
+    # An expense no document writes has no rule, whatever else of the question a rule speaks of: no fact fits.
+    unwritten = index.unwritten_expenses(question)
+    if unwritten:
+        fit = replace(fit, fitting=(), close=())
     asked, ranked, fitting_hits, relevant = fit.asked, fit.ranked, fit.fitting, set(fit.relevant)
     hits = _context_chunks(
         index.search(question, k, expand=True), fitting_hits[0].chunk if fitting_hits else None, k
@@ -1017,14 +1030,14 @@ def _grounded(
     def verified(checks: Sequence[NumberCheck]) -> tuple[list[str], tuple[str, ...]]:
         return list(dict.fromkeys(i for c in checks for i in c.fact_ids)), _stated(checks)
 
-    notes: list[str] = []
+    notes: list[str] = [f"规定中没有写到“{w}”" for w in unwritten]
     retried = ""
     # A question asking for a time or a date is answered by the rule sentence that writes it (the ledger holds
     # amounts): a draft that writes no time, an abstention included, does not answer it.
-    when = when_sentence(asked, hits) if asks_when(question) else None
+    when = when_sentence(asked, hits) if asks_when(question) and not unwritten else None
 
     def problem_of(text: str, checks: Sequence[NumberCheck]) -> str:
-        problem = draft_problem(question, text, checks, close, context)
+        problem = draft_problem(question, text, checks, close, context, unwritten)
         if not problem and when is not None and not _times(fold(own_text(text, question))):
             return "问题问的是时间或日期，答案没有给出规定中的时间"
         return problem
@@ -1036,7 +1049,7 @@ def _grounded(
         return shown(draft, "passed", *verified(checks))
     notes.append(f"draft: {problem}")
     evidence = fitting[:2] or _best_evidence(asked, facts)[:2]
-    if retry and not problem.startswith(LISTED_OTHERS):
+    if retry and not problem.startswith((LISTED_OTHERS, UNWRITTEN)):
         retried = generator(
             _evidence_messages(question, hits, evidence),
             max_tokens,

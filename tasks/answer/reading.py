@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -37,6 +37,7 @@ __all__ = [
     "query_for",
     "tokens",
     "unit_tag",
+    "unwritten_expenses",
 ]
 
 # Weights of the parts of a query (the question's own tokens weigh 1).
@@ -85,6 +86,7 @@ class Lexicon:
     qualifiers: Mapping[str, tuple[str, ...]]  # word -> ledger qualifiers
     digest: str  # sha256 of the file: part of an index's cache key
     regions: frozenset[str] = frozenset()  # the provinces and regions [places] maps to
+    general_costs: frozenset[str] = frozenset()  # words in 费 that name no particular expense (经费)
 
     @property
     def rule_vocabulary(self) -> frozenset[str]:
@@ -104,7 +106,10 @@ class Lexicon:
                 terms[fold(place)] = tuple(dict.fromkeys(terms.get(fold(place), ()) + extra))
         units = {fold(w): tuple(_as_list(u)) for w, u in data.get("units", {}).items()}
         qualifiers = {fold(w): tuple(_as_list(q)) for w, q in data.get("qualifiers", {}).items()}
-        return cls(terms, units, qualifiers, hashlib.sha256(text.encode()).hexdigest(), regions)
+        general_costs = frozenset(fold(w) for w in data.get("costs", {}).get("general", []))
+        return cls(
+            terms, units, qualifiers, hashlib.sha256(text.encode()).hexdigest(), regions, general_costs
+        )
 
     def matches(self, table: Mapping[str, tuple[str, ...]], text: str) -> list[str]:
         """Words of ``table`` in ``text``, scanning left to right and taking the longest word at each
@@ -145,6 +150,31 @@ class Lexicon:
         return list(dict.fromkeys(q for w in found for q in self.qualifiers[w]))
 
 
+# An expense a question names: two characters before 费 (会员费, 体检费, 手机话费), not 费用 ("the cost").
+_EXPENSE = re.compile(r"(?=([\u3400-\u9fff]{2})费(?!用))")
+
+
+def unwritten_expenses(question: str, written: Callable[[str], bool]) -> list[str]:
+    """Expenses the question names that the documents never write (``written``: whether a character pair
+    occurs in them), as "会员费": neither the word's last pair (员费) nor the pair before 费 (会员) is written,
+    and the lexicon neither knows it as everyday words for a rule's term (房费 -> 住宿费) nor as a word that
+    names no particular expense (经费, 花费). The rules say nothing of such an expense, whatever else of the
+    question they speak of ("会员费能从科研经费里报销吗" shares 科研经费 with a rule on equipment)."""
+    lex = lexicon()
+    folded = fold(question)
+    known = lex.matches(lex.terms, folded)
+    unwritten = []
+    for match in _EXPENSE.finditer(folded):
+        stem = match.group(1)
+        word = stem[1] + "费"
+        if written(stem) or written(word) or word in lex.general_costs:
+            continue
+        if any(word in k or stem in k for k in known):
+            continue
+        unwritten.append(stem + "费")
+    return list(dict.fromkeys(unwritten))
+
+
 def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
@@ -160,10 +190,11 @@ def lexicon() -> Lexicon:
 def everyday_words() -> Mapping[str, tuple[str, ...]]:
     """The lexicon read backwards: rule term -> the everyday words that mainly stand for it (住宿费 -> 住酒店,
     酒店…; 新疆 -> 乌鲁木齐…): words whose first rule term it is ("办会" is first 会议, so it is no word for 会议费),
-    leaving out words that contain the term (住宿费用 is no rephrasing of 住宿费)."""
+    leaving out words that contain the term (住宿费用 is no rephrasing of 住宿费) and single characters (借 is a cue
+    for 借款, no rephrasing of it)."""
     reverse: dict[str, list[str]] = {}
     for word, targets in lexicon().terms.items():
-        if targets and targets[0] not in word:
+        if targets and targets[0] not in word and len(word) > 1:
             reverse.setdefault(targets[0], []).append(word)
     return {term: tuple(words) for term, words in reverse.items()}
 

@@ -27,7 +27,7 @@ import bm25s
 import duckdb
 import numpy as np
 
-from tasks.answer.reading import learn_categories, query_for, tokens
+from tasks.answer.reading import learn_categories, query_for, tokens, unwritten_expenses
 from warehouse.ledger import chunk_texts
 
 __all__ = ["ChunkIndex", "Hit", "IndexCache", "clear_cache", "tokens", "weighted_bm25"]
@@ -112,6 +112,14 @@ class ChunkIndex:
                 learned += learn_categories(text, doc)
             self._categories = list(dict.fromkeys(learned))
         return self._categories
+
+    def writes(self, pair: str) -> bool:
+        """Whether any indexed chunk (or its heading) writes the character pair ``pair``."""
+        return self._retriever is not None and pair in self._retriever.vocab_dict
+
+    def unwritten_expenses(self, question: str) -> list[str]:
+        """Expenses the question names that no indexed document writes (see ``reading.unwritten_expenses``)."""
+        return unwritten_expenses(question, self.writes)
 
     def scores(self, parts: Sequence[tuple[Sequence[str], float]]) -> np.ndarray:
         """BM25 score of every chunk (in ``rows`` order) for a query of weighted token lists."""
