@@ -23,6 +23,7 @@ from tasks.answer.fact_retrieve import FactIndex, clear_cache
 from tasks.answer.reading import (
     Category,
     Lexicon,
+    everyday_words,
     expand,
     in_everyday_words,
     learn_categories,
@@ -78,6 +79,8 @@ def test_lexicon_is_package_data_and_loads() -> None:
         ("助理研究员出差", "中级职称"),
         ("副研究员出差", "副高级职称"),
         ("研究员出差", "正高级职称"),
+        ("会议放到校外开，伙食费多少", "院外"),  # a 学院's rules say 院外 where staff say 校外
+        ("出差前想先借点现金", "借款"),
     ],
 )
 def test_everyday_words_expand_to_rule_terms(question: str, wanted: str) -> None:
@@ -299,6 +302,12 @@ def test_a_rule_term_is_rephrased_in_everyday_words_that_lead_back_to_it(questio
         assert term not in rephrased and term in lexicon().rule_terms(rephrased)
         seen.add(rephrased)
     assert len(seen) > 1  # the pick chooses among the words
+
+
+def test_a_single_character_cue_is_no_rephrasing() -> None:
+    """借 leads a question to 借款, but "个人借余额" is no way to ask about 个人借款余额."""
+    assert "借" not in everyday_words().get("借款", ())
+    assert "借钱" in everyday_words()["借款"]
 
 
 def test_a_question_without_rule_terms_is_asked_as_it_is() -> None:
