@@ -211,6 +211,11 @@ def test_an_expense_the_rules_never_write_gets_only_an_abstention(
         assert any("会员费" in note for note in result.notes), result.notes
     own = answer_drafted(con, asked, ABSTAIN_TEXT)
     assert own.guard_action == "passed" and own.text == ABSTAIN_TEXT, own.notes
+    # A question stating a sum may be answered by a rule by amount, which holds for any expense.
+    sum_asked = answer_drafted(
+        con, "报一笔3000块的会员费，现金借款最多借多少？", "单笔现金借款不超过3000元。"
+    )
+    assert sum_asked.guard_action == "passed", sum_asked.notes
     # An expense the rules write, or one the lexicon knows in everyday words, is asked about as before.
     known = answer_drafted(
         con, "用科研经费买一台仪器设备，单价多少以上要做购置论证？", "单价在20万元以上的要论证。"

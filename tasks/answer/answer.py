@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import duckdb
 
-from tasks.answer.fact_retrieve import FactHit, FactIndex, regions_named
+from tasks.answer.fact_retrieve import FactHit, FactIndex, question_amounts, regions_named
 from tasks.answer.prompts import (
     CONTEXT_INSTRUCTION,
     EVIDENCE_LEAD,
@@ -987,7 +987,10 @@ def _grounded(
 ) -> Answer:
     fit = fit_facts(question, FactIndex.build(con))
     # An expense no document writes has no rule, whatever else of the question a rule speaks of: no fact fits.
-    unwritten = index.unwritten_expenses(question)
+    # Unless the question states a sum ("3000块" reads without a unit): a rule by amount (who approves 3000元)
+    # holds for any expense.
+    spent = any(not unit or unit.startswith("元") for _, unit in question_amounts(question))
+    unwritten = [] if spent else index.unwritten_expenses(question)
     if unwritten:
         fit = replace(fit, fitting=(), close=())
     asked, ranked, fitting_hits, relevant = fit.asked, fit.ranked, fit.fitting, set(fit.relevant)
