@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.answer.prompts import CONTEXT_INSTRUCTION, SYSTEM_PROMPT
+from tasks.answer.prompts import CONTEXT_INSTRUCTION, NO_EVIDENCE, RULES_LABEL, SYSTEM_PROMPT
 from tasks.answer.reply import Reply, own_text
 from tasks.evaluate.evaluate import (
     EvalItem,
@@ -225,6 +225,10 @@ def test_an_echoed_prompt_is_no_answer_and_no_abstention() -> None:
     assert own_text(parrot, PET.question) == ""
     assert own_text(SYSTEM_PROMPT + "回答", PET.question) == ""  # a copy cut short by max tokens: a scrap
     assert own_text("可以。", PET.question) == "可以。"  # a short answer of its own stays
+    # The retry prompt echoed down to its rules label, too short for a copied run, is no answer either (seen
+    # passing from the untuned base on the corpus: the label was all "its own" text).
+    retry_echo = f"{SYSTEM_PROMPT}{CONTEXT_INSTRUCTION}\n\n{NO_EVIDENCE}\n\n{RULES_LABEL}\n【"
+    assert own_text(retry_echo, PET.question) == ""
     echoed = score_item(PET, parrot, LEDGER)
     assert echoed.echoed and not echoed.abstained and not echoed.passed
     assert not score_item(PET, "宠物托运费可以报销吗？", LEDGER).passed  # the question echoed back

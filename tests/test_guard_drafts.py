@@ -119,8 +119,19 @@ def test_a_question_no_rule_answers_gets_no_other_rule_s_number(rules: duckdb.Du
     assert own.guard_action == "passed" and own.text == ABSTAIN_TEXT, own.notes
 
 
+def test_a_short_word_said_over_and_over_is_a_loop(rules: duckdb.DuckDBPyConnection) -> None:
+    # Seen from the untuned base's constrained retry on the corpus: "【回答】" six times, shown as its answer (its
+    # 回答 is now also a piece of the instructions; a word of its own said over and over is a loop).
+    for word in ("【回答】", "【答复】"):
+        result = answer_drafted(rules, "出差时洗衣服的费用能不能报销？", f"{word}\n" * 6)
+        assert result.guard_action != "passed" and word not in result.text, result.notes
+    assert any("重复" in note for note in result.notes), result.notes
+
+
 def test_those_few_days_do_not_ask_how_many() -> None:
     assert not asks_for_number("出差那几天我住在亲戚家，其他费用还能报吗？")
+    assert asks_for_number("报销时需要打印成纸质的吗？要打几份？")  # a measure word ending the question asks
+    assert not asks_for_number("评审会请了几位外单位的教授来把关，要走什么手续？")  # some professors
     assert asks_for_number("业务办完后几天内要拿发票回来冲账？")
     assert asks_for_number("出差伙食补助一天补多少？")
 

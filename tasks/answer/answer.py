@@ -33,6 +33,8 @@ from tasks.answer.prompts import (
     EVIDENCE_LEAD,
     EVIDENCE_ONLY,
     NO_EVIDENCE,
+    QUESTION_LABEL,
+    RULES_LABEL,
     SYSTEM_PROMPT,
     chat_messages,
 )
@@ -149,7 +151,7 @@ def context_messages(
     context = "\n\n".join(parts) if parts else "（没有检索到相关规定）"
     messages = [
         {"role": "system", "content": f"{SYSTEM_PROMPT}{CONTEXT_INSTRUCTION}"},
-        {"role": "user", "content": f"规定原文：\n{context}\n\n问题：{question}"},
+        {"role": "user", "content": f"{RULES_LABEL}\n{context}\n\n{QUESTION_LABEL}{question}"},
     ]
     if evidence:
         lead = f"{EVIDENCE_LEAD}\n" + "\n".join(f"“{s}”" for s in evidence)
@@ -598,6 +600,8 @@ NUMERIC_QUESTION = re.compile(
     # "那几天" / "这几个" / "好几次" name some days or items; they do not ask how many.
     r"多少|(?<![那这好])几[个天次人元块晚顿级类成折日月年点%]|标准|限额|上限|下限|最高|最多|最少|最低|比例|百分之几"
     r"|额度|多长|多久|几成|多大"
+    # Other measure words ask only where they end the question ("要打几份？"); "请了几位专家" names some.
+    r"|几[份张笔件台周项位名家](?:[？?]|$)"
 )
 # A question asking for a time of day or a date (a deadline): the ledger holds amounts, so these are answered
 # from the rule sentence that writes the time ("报销业务截止到下午4:00"), quoted with its source.
@@ -751,7 +755,8 @@ def draft_problem(
         context and sum(copied_mask(fold(text), [fold(c) for c in context])) > _CONTEXT_COPY_CHARS
     ):
         return "答案照抄了检索到的规定原文"
-    span = repeated_span(own) or repeated_statement(own)
+    # A short word said four times in a row is a loop too ("【回答】\n【回答】\n…" passed a retry).
+    span = repeated_span(own) or repeated_span(own, min_len=2, times=4) or repeated_statement(own)
     if span:
         return f"答案重复“{span}”"
     stray = stray_words(own, " ".join([question, *context]))

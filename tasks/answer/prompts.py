@@ -16,9 +16,20 @@ CONTEXT_INSTRUCTION = f"回答只依据下面检索到的规定原文；原文�
 EVIDENCE_LEAD = "最相关的规定原文："
 EVIDENCE_ONLY = "只使用这些原文中的数字作答。"
 NO_EVIDENCE = f"检索到的规定中没有与问题对应的数字，请回答“{ABSTAIN_TEXT}”"
+# The labels of a grounded prompt's parts: the retrieved rules, then the question.
+RULES_LABEL = "规定原文："
+QUESTION_LABEL = "问题："
 
 # Every instruction a model is given: an answer that only copies these is no answer (tasks.evaluate.evaluate.own_text).
-PROMPT_TEXTS = (SYSTEM_PROMPT, CONTEXT_INSTRUCTION, EVIDENCE_LEAD, EVIDENCE_ONLY, NO_EVIDENCE)
+PROMPT_TEXTS = (
+    SYSTEM_PROMPT,
+    CONTEXT_INSTRUCTION,
+    EVIDENCE_LEAD,
+    EVIDENCE_ONLY,
+    NO_EVIDENCE,
+    RULES_LABEL,
+    QUESTION_LABEL,
+)
 
 
 def chat_messages(question: str, answer: str | None = None) -> list[dict[str, str]]:

@@ -83,6 +83,7 @@ def own_text(answer: str, question: str, sources: Sequence[str] = PROMPT_TEXTS) 
     dropped. The abstention words are the model's own: "文件中没有相关规定。" alone is an answer, though the
     prompt contains it; "原文中没有答案的，回答“文件中没有相关规定。”" is the prompt."""
     texts = [fold(s) for s in (*sources, question)]
+    instructions = [_NOT_WORDS.sub("", fold(s)) for s in sources]
     asked = {v for m in find_numbers(fold(question)) for v in candidate_values(m)}
     kept = []
     for sentence in _ANSWER_SENTENCE.findall(fold(answer)):
@@ -97,6 +98,9 @@ def own_text(answer: str, question: str, sources: Sequence[str] = PROMPT_TEXTS) 
             continue  # punctuation only
         if words and len(added) < max(2, 0.2 * len(words)) and not new_numbers:
             continue  # copied from the prompt or the question
+        bare = _NOT_WORDS.sub("", sentence)
+        if bare and not ABSTENTION.search(sentence) and any(bare in t for t in instructions):
+            continue  # a piece of the instructions too short for a run ("规定原文：", the prompt's label)
         kept.append(sentence)
     own = "".join(kept).strip()
     # What is left after the copies is a scrap ("回答", where max tokens cut a copied prompt short): no answer.
