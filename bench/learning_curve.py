@@ -271,7 +271,8 @@ def plot(points: Sequence[Point], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[str, int]]:
+def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[str, int], float]:
+    """The points, the question sets' sizes and the dataset's context share (the plot's title says it)."""
     steps = sorted({int(s) for s in args.steps.split(",") if s.strip() and int(s) > 0})
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     if not steps or not profiles:
@@ -334,7 +335,7 @@ def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[st
                 adapter, cpu_s, wall_s = saved[step]
                 point = Point(profile, step, cpu_s / 60, wall_s / 60, mean_loss(result.loss_curve, step))
                 points.append(evaluated(point, adapter))
-    return points, sizes
+    return points, sizes, settings.context_share
 
 
 def main(argv: Sequence[str] | None = None) -> list[Point]:
@@ -370,10 +371,10 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
         os.sched_setaffinity(0, sorted(affinity)[: args.threads])
     try:
         if args.workspace is not None:
-            points, sizes = run(args, args.workspace)
+            points, sizes, context_share = run(args, args.workspace)
         else:
             with tempfile.TemporaryDirectory(prefix="learning-curve-") as tmp:
-                points, sizes = run(args, Path(tmp) / "ws")
+                points, sizes, context_share = run(args, Path(tmp) / "ws")
     finally:
         if args.threads and affinity is not None:
             os.sched_setaffinity(0, affinity)
@@ -381,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
             hf_logging.enable_progress_bar()
     print()
     print("\n".join(table(points, sizes)))
-    plot(points, args.out, f"learning curve · base {Path(args.base).name} · model-family scores")
+    title = f"learning curve · base {Path(args.base).name} · context share {context_share:g} · model-family scores"
+    plot(points, args.out, title)
     args.out.with_suffix(".json").write_text(
         json.dumps([asdict(p) for p in points], ensure_ascii=False, indent=1), encoding="utf-8"
     )

@@ -318,6 +318,29 @@ def test_training_memorises_and_writes_the_adapter(tiny_base: Path, tmp_path: Pa
     assert load_tokenizer(out / "adapter").chat_template == GEMMA_CHAT_TEMPLATE
 
 
+def test_closed_book_rows_are_trained_as_many_times_as_the_profile_says(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    rows = make_rows(6)
+    for row in rows[4:]:  # two rows with retrieved context, as the dataset's context copies are marked
+        row["context"] = "ctx-v4"
+    ds = write_dataset(tmp_path / "passes", rows, [])
+    for passes, kept in ((1, 6), (3, 4 * 3 + 2)):
+        out = tmp_path / f"run-{passes}"
+        train(
+            ds,
+            str(tiny_base),
+            out,
+            max_steps=1,
+            progress=False,
+            threads=1,
+            overrides={"closed_book_passes": passes},
+        )
+        meta = json.loads((out / "adapter" / "slm_adapter.json").read_text(encoding="utf-8"))
+        assert meta["train_rows"]["kept"] == kept and meta["profile"]["closed_book_passes"] == passes
+    assert get_profile("cpu-small").closed_book_passes == 1  # the demo's budget reads (README "Training")
+
+
 def test_gradient_checkpointing_changes_memory_not_the_optimisation(tiny_base: Path, tmp_path: Path) -> None:
     ds = write_dataset(tmp_path / "ckpt", make_rows(8), [])
     curves, checkpointed = {}, {}
