@@ -75,7 +75,7 @@ class Profile:
     # closed-book batches fit in memory as they are and run at full speed. None: checkpoint every batch.
     checkpoint_above_tokens: int | None = None
     # Each closed-book row this many times per epoch (context copies once): facts are memorised in short rows
-    # at ~1/8 the cost of a row with context (README "Training": closed book on the recall split reached 50%
+    # at ~1/9 the CPU time of a row with context (README "Training": closed book on the recall split reached 50%
     # after ~6 passes over the closed-book rows).
     closed_book_passes: int = 1
 
