@@ -20,6 +20,7 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
+from tasks.answer.answer import CONTEXT_FORMAT
 from tasks.models.base_models import (
     GEMMA_CHAT_TEMPLATE,
     SIMPLE_CHAT_TEMPLATE,
@@ -323,7 +324,7 @@ def test_closed_book_rows_are_trained_as_many_times_as_the_profile_says(
 ) -> None:
     rows = make_rows(6)
     for row in rows[4:]:  # two rows with retrieved context, as the dataset's context copies are marked
-        row["context"] = "ctx-v4"
+        row["context"] = CONTEXT_FORMAT
     ds = write_dataset(tmp_path / "passes", rows, [])
     for passes, kept in ((1, 6), (3, 4 * 3 + 2)):
         out = tmp_path / f"run-{passes}"

@@ -185,7 +185,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def with_closed_book_passes(rows: Sequence[dict[str, Any]], passes: int) -> list[dict[str, Any]]:
-    """``rows`` with every closed-book row (one without retrieved ``context``) ``passes`` times, in place."""
+    """``rows`` with every closed-book row (one without retrieved ``context``) ``passes`` times, the copies
+    beside their row; context copies once."""
     return [copy for row in rows for copy in [row] * (1 if "context" in row else max(1, passes))]
 
 
