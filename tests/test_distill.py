@@ -19,8 +19,11 @@ from tasks.distill.teachers.base import (
     TeacherOutput,
     Usage,
 )
+from tasks.distill.teachers.extractive import ExtractiveTeacher
 from tasks.distill.verify import verify_row
+from tasks.ingest.chunk import Chunk
 from tasks.ingest.documents import ingest_file
+from tasks.ingest.facts import extract_facts, trim_subject
 from tests.conftest import SAMPLE_PDF, corpus_path
 from warehouse import distill as queries
 
@@ -218,3 +221,47 @@ def test_cli_distill_and_rows(tmp_path: Path) -> None:
 
     found = json.loads(rows.stdout)
     assert found and all(r["status"] == "needs_review" for r in found)
+
+
+def _teacher_rows(text: str) -> list[QAPair]:
+    """The extractive teacher's numeric rows for one chunk of ``text``, facts as ingestion extracts them."""
+    chunk = Chunk("c1", 0, "第三章 差旅费 > 第十条", text, 0, len(text), 1, 1)
+    facts = tuple(extract_facts("d1", text, [chunk]))
+    context = ChunkContext("c1", "d1", "rules.txt", chunk.heading_path, text, facts)
+    return [r for r in ExtractiveTeacher().generate(context).rows if r.kind == "numeric"]
+
+
+def test_a_condition_is_asked_with_its_rule_not_on_its_own() -> None:
+    text = "接待对象在10人以内的，陪餐人数不超过3人；超过10人的，陪餐人数不超过接待对象人数的三分之一。"
+    rows = _teacher_rows(text)
+    # No row asks for the bare condition ("接待对象在10人以内的。" answers nothing).
+    assert rows and not any(r.answer.rstrip("。").endswith("的") for r in rows)
+    three = [r for r in rows if "3人" in r.answer]
+    assert three and all(r.answer == "接待对象在10人以内的，陪餐人数不超过3人。" for r in three)
+    assert all(q.question.startswith("接待对象在10人以内的，") for q in three)
+    # The condition's fact is claimed by the row that states it, so every fact still has a row.
+    chunk = Chunk("c1", 0, "", text, 0, len(text), 1, 1)
+    condition = next(f for f in extract_facts("d1", text, [chunk]) if f.span_start == text.index("10人"))
+    assert any(condition.fact_id in r.fact_ids for r in three)
+
+
+def test_a_bracket_is_not_asked_given_its_rate() -> None:
+    text = "间接费用按照以下比例核定：超过20万元至50万元的部分按照5%的比例核定；超过50万元的部分按照2%的比例核定。"
+    questions = [r.question for r in _teacher_rows(text)]
+    assert any("百分之多少" in q or "比例" in q for q in questions)
+    # "超过多少元至50万元的部分按照5%的比例核定？" gives the rate and asks for the bracket: nobody asks that.
+    assert not [q for q in questions if "多少元" in q and "%" in q]
+
+
+def test_a_duration_threshold_is_not_asked_as_a_deadline() -> None:
+    rows = _teacher_rows("出差人员夜间乘坐火车连续超过6小时的，可以购买同席别卧铺。会议会期不超过3天。")
+    by_number = {n: [r.question for r in rows if n in r.answer] for n in ("6小时", "3天")}
+    assert by_number["6小时"] and not any("多长时间内办理" in q for q in by_number["6小时"])
+    assert by_number["3天"] and all("超过多长时间有特别规定" not in q for q in by_number["3天"])
+    deadline = _teacher_rows("借款人应当在公务活动结束后15日内办理报销冲账手续。")
+    assert any("多长时间内办理" in r.question or "时限" in r.question for r in deadline)
+
+
+def test_other_is_part_of_a_subject() -> None:
+    assert trim_subject("其他人员出差预算金额") == "其他人员出差预算金额"
+    assert trim_subject("其差旅费") == "差旅费"

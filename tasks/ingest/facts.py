@@ -197,7 +197,8 @@ def first_noun_phrase(clause: str) -> str:
 
 def trim_subject(phrase: str) -> str:
     phrase = phrase.strip(' ，,、：:（(“"')
-    phrase = re.sub(r"^(?:对于|对|其中|凡|如|若|其|各类|各项|所有|单位|学院|学校)", "", phrase)
+    # 其 alone is a pronoun ("其差旅费"), 其他 is part of the subject ("其他人员", not "他人员").
+    phrase = re.sub(r"^(?:对于|对|其中|凡|如|若|其(?!他)|各类|各项|所有|单位|学院|学校)", "", phrase)
     return phrase[-_MAX_SUBJECT:]
 
 

@@ -14,7 +14,7 @@ import re
 from tasks.distill.teachers.base import ChunkContext, FactRef, QAPair, TeacherOutput
 from tasks.ingest.chunk import LEADING_MARKER, heading
 from tasks.ingest.facts import first_noun_phrase, trim_subject
-from tasks.ingest.numbers import CN_NUMERALS, rule_numbers
+from tasks.ingest.numbers import CN_NUMERALS, rule_numbers, units_agree
 from tasks.vocabulary import ABSTAIN_TEXT
 
 PROMPT_VERSION = "extractive-v1"
@@ -31,6 +31,9 @@ _MONEY_LIMIT = ["{s}最多是多少？", "{s}的上限是多少？"]
 _MONEY_FLOOR = ["{s}在多少元以上有特别规定？", "{s}达到多少金额时要求不同？"]
 _PERCENT = ["{s}的比例是多少？", "{s}按多大比例执行？", "{s}的百分比规定是多少？"]
 _DURATION = ["{s}的时限是多少？", "{s}需要在多长时间内办理？", "关于{s}，时间上有什么规定？"]
+# A duration "以上"/"超过" is a threshold, not a deadline ("连续乘车超过12小时" is no time to act within).
+_DURATION_FLOOR = ["{s}超过多长时间有特别规定？", "{s}达到多长时间时要求不同？"]
+_DURATION_LIMIT = ["{s}最长是多长时间？", "{s}不能超过多长时间？"]
 _COUNT = ["{s}的数量规定是多少？", "{s}最多是多少？", "关于{s}，数量上有什么限制？"]
 _DISCOUNT = ["{s}的折扣标准是多少？", "{s}按几折执行？"]
 _OTHER = ["{s}的规定数值是多少？", "关于{s}，文件规定的数字是多少？"]
@@ -98,11 +101,20 @@ class ExtractiveTeacher:
         When the subject alone does not pin the fact down (another fact of the chunk has the same subject,
         as in approval tiers), the questions are the clause itself with the number asked for, so that two
         rows never ask the same question and expect different numbers.
+
+        A number that is only a condition of another rule gets no question of its own: its answer would be
+        the bare condition ("会期超过2天的。", "超过1000万元的部分。"), or its question would give the rule's figure
+        and ask for the condition ("多少元以下的部分为20%？"), which no one asks and which teaches the model to
+        say the question back. The rule's own fact states the condition in its answer.
         """
         subject = _clean_subject(fact.subject) or _heading_subject(chunk)
-        answer, evidence = _answer_for(chunk.text, fact, subject)
+        answer, evidence, (start, end), condition = _answer_for(chunk.text, fact, subject)
+        if only_condition(answer):
+            return []
         if _ambiguous(chunk, fact, subject):
             cloze = _cloze(evidence, fact)
+            if conditions_other_figure(cloze, fact):
+                return []
             if subject not in cloze and subject not in _GENERIC_SUBJECTS:
                 cloze = f"{subject}：{cloze}"
             questions = [
@@ -113,8 +125,11 @@ class ExtractiveTeacher:
         else:
             phrasings = _phrasings(fact)
             offset = int(hashlib.sha256(fact.fact_id.encode()).hexdigest(), 16) % len(phrasings)
+            # The condition the rule holds under is part of what is asked:
+            # "接待对象在10人以内的，陪餐人数最多是多少？".
             questions = [
-                phrasings[(offset + i) % len(phrasings)].format(s=subject) for i in range(len(phrasings))
+                condition + phrasings[(offset + i) % len(phrasings)].format(s=subject)
+                for i in range(len(phrasings))
             ]
         return [
             QAPair(
@@ -123,7 +138,11 @@ class ExtractiveTeacher:
                 evidence=evidence,
                 numbers=(fact.raw,),
                 kind="numeric",
-                fact_ids=(fact.fact_id,),
+                # The facts the answer states: its own, and a condition or range bound in its clauses.
+                fact_ids=(
+                    fact.fact_id,
+                    *(f.fact_id for f in chunk.facts if f is not fact and start <= f.span_start < end),
+                ),
             )
             for q in questions[: self.per_fact]
         ]
@@ -183,14 +202,24 @@ def _phrasings(fact: FactRef) -> list[str]:
             return _MONEY_FLOOR + _MONEY
         return _MONEY
     if unit in _DURATION_UNITS:
+        # Whole qualifier words: "不超过3天" is a limit although it contains 超过; "15日内" is a deadline.
+        words = set(fact.qualifier.split("|"))
+        if words & {"以内", "内"}:
+            return _DURATION
+        if words & set(_LIMIT_QUALIFIERS):
+            return _DURATION_LIMIT + _DURATION[:1]
+        if words & set(_FLOOR_QUALIFIERS):
+            return _DURATION_FLOOR
         return _DURATION
     if unit:
         return _COUNT
     return _OTHER
 
 
-def _answer_for(text: str, fact: FactRef, subject: str) -> tuple[str, str]:
-    """The clause stating the fact, running on to the sentence end but not into the next number's clause."""
+def _answer_for(text: str, fact: FactRef, subject: str) -> tuple[str, str, tuple[int, int], str]:
+    """The clause stating the fact, after the condition clause just before it if there is one, running on to
+    the sentence end but not into the next number's clause; with the evidence, its span in ``text`` and the
+    condition clause ("" when there is none)."""
     sentence_start = 0
     for match in _SENTENCE.finditer(text):
         if match.start() <= fact.span_start < match.end():
@@ -198,26 +227,44 @@ def _answer_for(text: str, fact: FactRef, subject: str) -> tuple[str, str]:
             sentence = match.group(0)
             break
     else:
-        return f"{subject}：{fact.raw}。", fact.raw
-    clauses = list(_CLAUSE.finditer(sentence))
-    picked: list[str] = []
-    for clause in clauses:
-        start, end = sentence_start + clause.start(), sentence_start + clause.end()
-        holds_fact = start <= fact.span_start < end
-        if not picked and not holds_fact:
-            continue
-        if picked and rule_numbers(clause.group(0)):
-            break
-        picked.append(clause.group(0))
+        return f"{subject}：{fact.raw}。", fact.raw, (fact.span_start, fact.span_end), ""
+    clauses = [c.group(0) for c in _CLAUSE.finditer(sentence)]
+    bounds = [(sentence_start + c.start(), sentence_start + c.end()) for c in _CLAUSE.finditer(sentence)]
+    holding = next((i for i, (start, end) in enumerate(bounds) if start <= fact.span_start < end), 0)
+    # A condition clause just before ("接待对象在10人以内的，") belongs to the rule: without it the answer
+    # ("陪餐人数不超过3人") is another case's too.
+    first = holding - 1 if holding and only_condition(clauses[holding - 1].rstrip("，,：:")) else holding
+    last = holding
+    while last + 1 < len(clauses) and not rule_numbers(clauses[last + 1]):
+        last += 1
+    picked = clauses[first : last + 1]
     evidence = "".join(picked).strip()
     answer = LEADING_MARKER.sub("", evidence).rstrip("，,：:；;")
     if subject and subject not in answer:
         answer = f"{subject}：{answer}"
-    return answer + ("" if answer.endswith(("。", "！", "？")) else "。"), evidence
+    span = (bounds[first][0], bounds[last][1]) if bounds else (fact.span_start, fact.span_start)
+    condition = LEADING_MARKER.sub("", clauses[first]).strip() if first < holding else ""
+    return answer + ("" if answer.endswith(("。", "！", "？")) else "。"), evidence, span, condition
 
 
 _GENERIC_SUBJECTS = {"部分", "标准", "金额", "项目", "费用", "经费", "支出", "合同", "款", "费"}
 _NUMERAL_PART = re.compile(rf"^[0-9０-９.,，~～\-—–至到{CN_NUMERALS}]+")
+
+
+# An answer that ends in a condition states no rule: "接待对象在10人以内的。", "500万元以下的部分。"
+_CONDITION_END = re.compile(r"(?:的|的部分|部分)[。！？]?$")
+
+
+def only_condition(answer: str) -> bool:
+    """Whether ``answer`` (a fact's clause) is only a condition, ending before what follows from it."""
+    return bool(_CONDITION_END.search(answer.strip()))
+
+
+def conditions_other_figure(cloze: str, fact: FactRef) -> bool:
+    """Whether the cloze question still states a figure of another kind after the asked one: the fact is
+    that figure's condition ("超过多少元的部分按照1%比例核定？" asks for a bracket given its rate)."""
+    asked = cloze.find("多少")
+    return any(m.start > asked and not units_agree(m.unit, fact.unit) for m in rule_numbers(cloze))
 
 
 def _ambiguous(chunk: ChunkContext, fact: FactRef, subject: str) -> bool:
