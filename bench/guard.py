@@ -17,7 +17,12 @@ Three scripted "models" bracket what a real one does:
 Model-family scores of ``abstain`` and ``echo`` are 0 by construction; their *shown* scores are the guard's
 own work. ``first-number``'s shown abstention is what the guard makes of a confident wrong answer.
 
-    .venv/bin/python bench/guard.py [--misses]
+``--drafts SET=WAREHOUSE`` adds ``recorded``: a real model's drafts, as the newest grounded evaluation of the
+challenger in that workspace's warehouse stored them (``slm run`` or ``slm eval``), replayed through the guard
+as it is now; its constrained retry gets the same draft again. So a guard change is measured on what a trained
+model wrote without training or running it again.
+
+    .venv/bin/python bench/guard.py [--misses] [--drafts dev=ws-corpus/warehouse.duckdb]
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from tasks.evaluate.evaluate import EvalItem, evaluate, fmt, ledger_view, load_q
 from tasks.ingest.documents import ingest_file  # noqa: E402
 from tasks.ingest.numbers import rule_numbers  # noqa: E402
 from warehouse.db import open_warehouse  # noqa: E402
+from warehouse.evaluation import recorded_drafts  # noqa: E402
 
 
 def scripted(items: list[EvalItem]) -> dict[str, Callable[..., str]]:
@@ -63,7 +69,19 @@ def scripted(items: list[EvalItem]) -> dict[str, Callable[..., str]]:
     }
 
 
-def run_set(name: str, questions: Path, docs: list[Path], show_misses: bool) -> None:
+def recorded(drafts: dict[str, str]) -> Callable[..., str]:
+    """A "model" that writes the draft recorded for the question (the abstention where none was)."""
+
+    def write(messages: list[dict[str, str]], max_tokens: int, grammar: object = None) -> str:
+        asked = messages[-1]["content"].rsplit("问题：", 1)[-1].strip()
+        return drafts.get(asked, ABSTAIN_TEXT)
+
+    return write
+
+
+def run_set(
+    name: str, questions: Path, docs: list[Path], show_misses: bool, drafts: dict[str, str] | None = None
+) -> None:
     items = load_questions(questions)
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(Path(tmp) / "ws")
@@ -74,7 +92,8 @@ def run_set(name: str, questions: Path, docs: list[Path], show_misses: bool) -> 
             clear_cache()
             clear_fact_cache()
             view = ledger_view(con)
-            for model, generator in scripted(items).items():
+            models = scripted(items) | ({"recorded": recorded(drafts)} if drafts else {})
+            for model, generator in models.items():
                 result = evaluate(items, answer_batch(generator, con, "grounded", 64), view)
                 for family in ("model", "shown"):
                     m = result.metrics[family]
@@ -95,9 +114,27 @@ def run_set(name: str, questions: Path, docs: list[Path], show_misses: bool) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--misses", action="store_true", help="list the numeric and unanswerable misses")
+    parser.add_argument(
+        "--drafts",
+        action="append",
+        default=[],
+        metavar="SET=WAREHOUSE",
+        help="replay the challenger's recorded grounded drafts from this warehouse on this set (repeatable)",
+    )
     args = parser.parse_args()
+    recorded_from: dict[str, dict[str, str]] = {}
+    for spec in args.drafts:
+        name, _, path = spec.partition("=")
+        if name not in SETS or not Path(path).is_file():
+            raise SystemExit(
+                f"--drafts {spec}: want SET=WAREHOUSE with SET one of {', '.join(SETS)} and a file"
+            )
+        with open_warehouse(path, read_only=True) as con:
+            recorded_from[name] = recorded_drafts(con)
+        if not recorded_from[name]:
+            raise SystemExit(f"--drafts {spec}: {path} holds no grounded evaluation of a challenger")
     for name, (questions, docs) in SETS.items():
-        run_set(name, questions, docs, args.misses)
+        run_set(name, questions, docs, args.misses, recorded_from.get(name))
 
 
 if __name__ == "__main__":

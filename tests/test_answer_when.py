@@ -67,6 +67,17 @@ def test_a_draft_stating_the_time_is_shown(rules: duckdb.DuckDBPyConnection) -> 
     assert result.text == draft
 
 
+def test_a_date_does_not_answer_a_question_asking_how_many_days(rules: duckdb.DuckDBPyConnection) -> None:
+    # The deadline in days is the ledger's 20日; the draft gives the clause with the latest date instead.
+    result = answer_drafted(
+        rules,
+        "借了钱，业务办完以后多少天之内得来冲账？",
+        "确有特殊情况需书面说明，最迟不得超过当年的12月20日。",
+    )
+    assert result.guard_action != "passed", result.notes
+    assert "20日内" in result.text, result.text
+
+
 def test_a_time_question_the_rules_do_not_answer_still_abstains(rules: duckdb.DuckDBPyConnection) -> None:
     result = answer_drafted(rules, "工资每个月几号发到卡上？", ABSTAIN)
     assert result.text == ABSTAIN, result.notes

@@ -94,3 +94,39 @@ def test_a_writer_waits_for_a_reader_of_the_same_process(tmp_path: Path) -> None
     writer = connect(path, lock_wait_s=10)
     assert writer.execute("SELECT 1").fetchone() == (1,)
     writer.close()
+
+
+def test_recorded_drafts_are_the_newest_runs(tmp_path: Path) -> None:
+    """bench/guard.py --drafts replays these: the draft of every item of the newest matching run."""
+    from warehouse.db import open_warehouse
+    from warehouse.evaluation import recorded_drafts, save_eval_run
+
+    def item(run: str, question: str, draft: str | None) -> dict:
+        return {
+            "eval_run_id": run,
+            "item_id": question,
+            "question": question,
+            "type": "numeric",
+            "answer_given": draft or "",
+            "passed": False,
+            "numbers_ok": False,
+            "invented": [],
+            "abstained": False,
+            "draft": draft,
+        }
+
+    with open_warehouse(tmp_path / "w.duckdb") as con:
+        assert recorded_drafts(con) == {}
+        runs = [("new", "新的", "grounded"), ("old", "旧的", "grounded"), ("cb", "闭卷", "closed_book")]
+        for age, (run, draft, mode) in enumerate(runs):  # "new" written first, dated last
+            meta = {"eval_run_id": run, "model_label": "challenger", "model_id": None, "mode": mode}
+            save_eval_run(
+                con, {**meta, "source": "golden", "n": 2, "metrics": {}}, [item(run, "问一", draft)]
+            )
+            con.execute(
+                "UPDATE eval_runs SET created_at = now() - to_seconds(?) WHERE eval_run_id = ?",
+                [60 * age if run != "new" else -60, run],
+            )
+        assert recorded_drafts(con) == {"问一": "新的"}
+        assert recorded_drafts(con, mode="closed_book") == {"问一": "闭卷"}
+        assert recorded_drafts(con, model_label="base") == {}

@@ -52,3 +52,18 @@ def list_eval_runs(con: duckdb.DuckDBPyConnection, limit: int = 20) -> list[dict
         f" ORDER BY created_at DESC LIMIT {int(limit)}"
     )
     return fetch_dicts(cursor)
+
+
+def recorded_drafts(
+    con: duckdb.DuckDBPyConnection, model_label: str = "challenger", mode: str = "grounded"
+) -> dict[str, str]:
+    """Question -> the model's draft in the newest evaluation run of ``model_label`` in ``mode`` (every
+    question set of that run); empty when there is none."""
+    row = con.execute(
+        "SELECT eval_run_id FROM eval_runs WHERE model_label = ? AND mode = ? ORDER BY created_at DESC LIMIT 1",
+        [model_label, mode],
+    ).fetchone()
+    if row is None:
+        return {}
+    pairs = con.execute("SELECT question, draft FROM eval_items WHERE eval_run_id = ?", [row[0]]).fetchall()
+    return {question: draft or "" for question, draft in pairs}

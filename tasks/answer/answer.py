@@ -781,8 +781,14 @@ def draft_problem(
         return f"{UNWRITTEN}“{unwritten[0]}”，答案却没有说没有规定"
     if best is not None and asks_for_number(question):
         stated = {Decimal(v) for c in checks for v in c.values}
-        if not stated and any(m.kind in ("date", "ordinal") for m in find_numbers(own)):
-            return ""  # a time or a date answers "几点" or "哪天"; the ledger holds amounts, not those
+        if (
+            not stated
+            and asks_when(question)
+            and any(m.kind in ("date", "ordinal") for m in find_numbers(own))
+        ):
+            # A time or a date answers "几点" or "哪天" (the ledger holds amounts, not those), but not
+            # "多少天之内": "最长不得超过当年的12月31日" passed for a 15-day deadline.
+            return ""
         if not best:
             # No rule fact fits the question: a number retrieval brought is another rule's, and an answer
             # without one says nothing the rules back ("学校新引进的博士有安家费，按照学校的规章制度执行。"),
