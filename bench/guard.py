@@ -49,11 +49,13 @@ from warehouse.db import open_warehouse  # noqa: E402
 from warehouse.evaluation import recorded_drafts  # noqa: E402
 
 
+def asked(messages: list[dict[str, str]]) -> str:
+    """The question a grounded prompt asks (after its last "问题：")."""
+    return messages[-1]["content"].rsplit("问题：", 1)[-1].strip()
+
+
 def scripted(items: list[EvalItem]) -> dict[str, Callable[..., str]]:
     reference = {i.question: i.answer for i in items}
-
-    def asked(messages: list[dict[str, str]]) -> str:
-        return messages[-1]["content"].rsplit("问题：", 1)[-1].strip()
 
     def first_number(messages: list[dict[str, str]]) -> str:
         excerpt = messages[-1]["content"].split("【1】", 1)[-1].split("\n\n", 1)[0]
@@ -73,8 +75,7 @@ def recorded(drafts: dict[str, str]) -> Callable[..., str]:
     """A "model" that writes the draft recorded for the question (the abstention where none was)."""
 
     def write(messages: list[dict[str, str]], max_tokens: int, grammar: object = None) -> str:
-        asked = messages[-1]["content"].rsplit("问题：", 1)[-1].strip()
-        return drafts.get(asked, ABSTAIN_TEXT)
+        return drafts.get(asked(messages), ABSTAIN_TEXT)
 
     return write
 

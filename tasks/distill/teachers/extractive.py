@@ -141,7 +141,11 @@ class ExtractiveTeacher:
                 # The facts the answer states: its own, and a condition or range bound in its clauses.
                 fact_ids=(
                     fact.fact_id,
-                    *(f.fact_id for f in chunk.facts if f is not fact and start <= f.span_start < end),
+                    *(
+                        f.fact_id
+                        for f in chunk.facts
+                        if f.fact_id != fact.fact_id and start <= f.span_start < end
+                    ),
                 ),
             )
             for q in questions[: self.per_fact]
@@ -228,8 +232,9 @@ def _answer_for(text: str, fact: FactRef, subject: str) -> tuple[str, str, tuple
             break
     else:
         return f"{subject}：{fact.raw}。", fact.raw, (fact.span_start, fact.span_end), ""
-    clauses = [c.group(0) for c in _CLAUSE.finditer(sentence)]
-    bounds = [(sentence_start + c.start(), sentence_start + c.end()) for c in _CLAUSE.finditer(sentence)]
+    matches = list(_CLAUSE.finditer(sentence))
+    clauses = [c.group(0) for c in matches]
+    bounds = [(sentence_start + c.start(), sentence_start + c.end()) for c in matches]
     holding = next((i for i, (start, end) in enumerate(bounds) if start <= fact.span_start < end), 0)
     # A condition clause just before ("接待对象在10人以内的，") belongs to the rule: without it the answer
     # ("陪餐人数不超过3人") is another case's too.
@@ -242,7 +247,7 @@ def _answer_for(text: str, fact: FactRef, subject: str) -> tuple[str, str, tuple
     answer = LEADING_MARKER.sub("", evidence).rstrip("，,：:；;")
     if subject and subject not in answer:
         answer = f"{subject}：{answer}"
-    span = (bounds[first][0], bounds[last][1]) if bounds else (fact.span_start, fact.span_start)
+    span = (bounds[first][0], bounds[last][1]) if bounds else (fact.span_start, fact.span_end)
     condition = LEADING_MARKER.sub("", clauses[first]).strip() if first < holding else ""
     return answer + ("" if answer.endswith(("。", "！", "？")) else "。"), evidence, span, condition
 
