@@ -19,12 +19,7 @@ from tasks.distill.teachers.base import (
     TeacherOutput,
     Usage,
 )
-from tasks.distill.teachers.extractive import (
-    IN_DOMAIN_UNANSWERABLE_TOPICS,
-    UNANSWERABLE_TOPICS,
-    ExtractiveTeacher,
-    unanswerable_rows,
-)
+from tasks.distill.teachers.extractive import ExtractiveTeacher
 from tasks.distill.verify import verify_row
 from tasks.ingest.chunk import Chunk
 from tasks.ingest.documents import ingest_file
@@ -270,18 +265,3 @@ def test_a_duration_threshold_is_not_asked_as_a_deadline() -> None:
 def test_other_is_part_of_a_subject() -> None:
     assert trim_subject("其他人员出差预算金额") == "其他人员出差预算金额"
     assert trim_subject("其差旅费") == "差旅费"
-
-
-def test_unanswerable_rows_ask_for_expenses_the_rules_leave_out_as_their_own_questions_are_asked() -> None:
-    text = "接待对象在10人以内的，陪餐人数不超过3人。出差期间的停车费凭票据报销。"
-    rows = unanswerable_rows(text, 8, "doc")
-    assert len(rows) == 8 and rows == unanswerable_rows(text, 8, "doc")
-    assert {(r.answer, r.kind, r.evidence) for r in rows} == {("文件中没有相关规定。", "unanswerable", "")}
-    questions = [r.question for r in rows]
-    in_domain = [q for q in questions if any(t in q for t in IN_DOMAIN_UNANSWERABLE_TOPICS)]
-    off_topic = [q for q in questions if any(t in q for t in UNANSWERABLE_TOPICS)]
-    # Half are expenses a finance office does handle, not only golf fees; none the document names.
-    assert len(in_domain) == len(off_topic) == 4
-    assert not [q for q in questions if "停车" in q]
-    # Some are led by the document's own condition, as its answerable questions are.
-    assert any(q.startswith("接待对象在10人以内的，") for q in in_domain)

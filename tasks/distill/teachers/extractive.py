@@ -3,14 +3,12 @@
 For every ledger fact it asks several phrasings of a question built from the fact's subject, unit and
 qualifier, and answers with the clause of the source that states the number. It adds non-numeric
 questions from definitions, required documents, approvals and prohibitions, and, per document,
-questions about expenses the rules do not cover (a finance office's own, asked like the document's
-questions, and off-topic ones), answered "文件中没有相关规定".
+questions about plausible things the rules do not cover, answered "文件中没有相关规定".
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 
 from tasks.distill.teachers.base import ChunkContext, FactRef, QAPair, TeacherOutput
@@ -80,31 +78,6 @@ UNANSWERABLE_TOPICS = [
     "个人股票交易手续费",
 ]
 _UNANSWERABLE_PHRASINGS = ["{t}可以报销吗？标准是多少？", "学校对{t}的报销标准是多少？"]
-
-# Expenses a finance office does handle that a rule document may leave out, asked the way the document's own
-# questions are (after one of its conditions, half the time): with them the model learns that rules
-# retrieved for an expense they never name do not answer it, not only that golf fees are off-topic.
-IN_DOMAIN_UNANSWERABLE_TOPICS = [
-    "签证办理费",
-    "停车费",
-    "过路过桥费",
-    "行李寄存费",
-    "景区门票费",
-    "快递邮寄费",
-    "鲜花布置费",
-    "纪念品费",
-    "打印复印费",
-    "翻译服务费",
-    "加班工作餐",
-    "核酸检测费",
-    "充电宝租借费",
-    "办公家具购置费",
-    "软件订阅费",
-    "消毒保洁费",
-]
-_IN_DOMAIN_PHRASINGS = ["{c}{t}的标准是多少？", "{c}{t}最多能报多少元？", "{c}{t}按什么标准报销？"]
-# A condition worth leading a question: a clause with a number ending in 的 ("接待对象在10人以内的").
-_QUESTION_CONDITION = re.compile(r"^[^。；;！？!?]{2,22}的$")
 
 
 class ExtractiveTeacher:
@@ -203,42 +176,15 @@ def text_rows(chunk: ChunkContext) -> list[QAPair]:
 
 
 def unanswerable_rows(document_text: str, count: int, seed: str) -> list[QAPair]:
-    """``count`` questions about expenses the document never mentions, each answered with an abstention:
-    in-domain ones asked like the document's own questions, alternating with off-topic ones."""
-    conditions = document_conditions(document_text)
-    in_domain = [
-        _IN_DOMAIN_PHRASINGS[i % len(_IN_DOMAIN_PHRASINGS)].format(
-            c=conditions[_hashed_index(seed, topic, len(conditions))] if conditions and i % 2 == 0 else "",
-            t=topic,
-        )
-        for i, topic in enumerate(_unmentioned(IN_DOMAIN_UNANSWERABLE_TOPICS, document_text, seed))
-    ]
-    off_topic = _unmentioned(UNANSWERABLE_TOPICS, document_text, seed)
-    off_topic_questions = [
-        phrasing.format(t=topic) for phrasing in _UNANSWERABLE_PHRASINGS for topic in off_topic
-    ]
-    pairs = itertools.zip_longest(in_domain, off_topic_questions)
-    questions = [q for pair in pairs for q in pair if q is not None]
-    return [QAPair(q, ABSTAIN_TEXT, "", kind="unanswerable") for q in questions[:count]]
-
-
-def document_conditions(text: str) -> list[str]:
-    """The document's condition clauses with a number ("接待对象在10人以内的，"), each once, in order."""
-    found: dict[str, None] = {}
-    for match in _CLAUSE.finditer(text):
-        clause = LEADING_MARKER.sub("", match.group(0)).strip().rstrip("，,：:")
-        if _QUESTION_CONDITION.match(clause) and rule_numbers(clause):
-            found.setdefault(clause + "，")
-    return list(found)
-
-
-def _unmentioned(topics: list[str], text: str, seed: str) -> list[str]:
-    kept = [t for t in topics if not _mentions(text, t)]
-    return sorted(kept, key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())
-
-
-def _hashed_index(seed: str, key: str, size: int) -> int:
-    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest(), 16) % size
+    """``count`` questions about topics the document never mentions, each answered with an abstention."""
+    topics = [t for t in UNANSWERABLE_TOPICS if not _mentions(document_text, t)]
+    topics.sort(key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())
+    rows = []
+    for i in range(min(count, len(topics) * len(_UNANSWERABLE_PHRASINGS))):
+        topic = topics[i % len(topics)]
+        phrasing = _UNANSWERABLE_PHRASINGS[(i // len(topics)) % len(_UNANSWERABLE_PHRASINGS)]
+        rows.append(QAPair(phrasing.format(t=topic), ABSTAIN_TEXT, "", kind="unanswerable"))
+    return rows
 
 
 def _mentions(text: str, topic: str) -> bool:
