@@ -2,12 +2,14 @@
 
 The real pipeline on the bundled sample, in a temporary workspace (the demo's settings: golden_size 24,
 answer_max_tokens 48): ingest ``examples/sample_rules.pdf``, register ``examples/sample_questions.jsonl``
-(``slm golden add``; training never sees its questions), extractive distillation, the pre-review gate, the
-``auto`` review policy, the release gate and the frozen dataset (its context rows built as grounded answering
-retrieves). Then, per training profile (default: the demo's ``cpu-small`` beside ``prototype``), one LoRA
-run to the largest step count, its adapter saved at every requested step; each of those adapters (and the
-untuned base, step 0) is exported to GGUF and answers through the path users get (``tasks.answer.serve.
-answering_generator`` + ``tasks.answer.answer.answer_batch``: llama.cpp, the guard, the constrained retry):
+(``slm golden add``; training never sees its questions); or on other documents and their hand-phrased
+questions (``--documents``, ``--questions``, with the default settings, as ``slm run`` in a fresh workspace).
+Then extractive distillation, the pre-review gate, the ``auto`` review policy, the release gate and the frozen
+dataset (its context rows built as grounded answering retrieves). Then, per training profile (default: the
+demo's ``cpu-small`` beside ``prototype``), one LoRA run to the largest step count, its adapter saved at every
+requested step; each of those adapters (and the untuned base, step 0) is exported to GGUF and answers through
+the path users get (``tasks.answer.serve.answering_generator`` + ``tasks.answer.answer.answer_batch``:
+llama.cpp, the guard, the constrained retry):
 
 - closed book on the *recall* golden split (facts training sees, phrasings it never sees) and the hand set;
 - grounded on the *reading* golden split (facts held out entirely) and the hand set;
@@ -19,6 +21,7 @@ wall minutes; a PNG plots the same against steps and against CPU minutes.
 
     .venv/bin/python bench/learning_curve.py [--base gemma3-270m] [--steps 10,30,60,120]
         [--profiles cpu-small,prototype] [--limit N] [--threads 2] [--quant q8_0] [--out PNG] [--skip-base]
+        [--documents FILE ... --questions JSONL]
 
 ``--base`` takes what ``slm train --base`` takes (a tiny model folder runs end to end in a couple of minutes,
 ``tests/test_learning_curve.py``). On Gemma 3 270M on 2 CPU cores the default curve takes hours: a cpu-small
@@ -63,15 +66,7 @@ from warehouse.db import open_warehouse  # noqa: E402
 SAMPLE_PDF = ROOT / "examples" / "sample_rules.pdf"
 HAND_QUESTIONS = ROOT / "examples" / "sample_questions.jsonl"
 DEMO_SETTINGS = {"golden_size": 24, "answer_max_tokens": 48}  # what `make demo` writes to its slm.toml
-HAND = f"file:{HAND_QUESTIONS.name}"
-# (set, mode) columns: closed book is judged on recall, grounded on reading; the hand set in both.
-COLUMNS = (
-    (HAND, "closed_book"),
-    ("golden recall", "closed_book"),
-    (HAND, "grounded"),
-    ("golden reading", "grounded"),
-)
-LABELS = {HAND: "hand", "golden recall": "recall", "golden reading": "reading"}
+LABELS = {"golden recall": "recall", "golden reading": "reading"}  # and "hand" for the hand-phrased file
 MODE_LABEL = {"closed_book": "closed", "grounded": "grounded"}
 LOSS_WINDOW = 5  # train loss shown: the mean over the last steps up to the checkpoint
 
@@ -121,12 +116,37 @@ class SaveAtSteps(TrainerCallback):
         self._spent_wall += time.perf_counter() - wall
 
 
-def build_dataset(con: Any, settings: Settings) -> tuple[DatasetInfo, list[str]]:
-    """The demo's dataset: ingest, hand questions registered, extractive distillation, gates, auto review,
-    freeze. Returns the dataset and lines describing it."""
-    if ingest_file(con, SAMPLE_PDF, settings).status == "failed":
-        raise SystemExit(f"{SAMPLE_PDF}: ingest failed")
-    added = add_file(con, HAND_QUESTIONS)
+def columns(hand: str) -> tuple[tuple[str, str], ...]:
+    """(set, mode) columns: closed book is judged on recall, grounded on reading; the hand set in both."""
+    return (
+        (hand, "closed_book"),
+        ("golden recall", "closed_book"),
+        (hand, "grounded"),
+        ("golden reading", "grounded"),
+    )
+
+
+def set_label(name: str) -> str:
+    return LABELS.get(name, "hand")
+
+
+def hand_set(questions: Path) -> str:
+    """The question-set name of a hand-phrased file's items."""
+    return f"file:{questions.name}"
+
+
+SAMPLE_HAND = hand_set(HAND_QUESTIONS)
+
+
+def build_dataset(
+    con: Any, settings: Settings, documents: Sequence[Path] = (SAMPLE_PDF,), questions: Path = HAND_QUESTIONS
+) -> tuple[DatasetInfo, list[str]]:
+    """The demo's dataset (or that of ``documents``): ingest, hand questions registered, extractive
+    distillation, gates, auto review, freeze. Returns the dataset and lines describing it."""
+    for document in documents:
+        if ingest_file(con, document, settings).status == "failed":
+            raise SystemExit(f"{document}: ingest failed")
+    added = add_file(con, questions)
     distill(con, settings, make_teacher(settings, "extractive"))
     run_gate(con, settings, "pre_review")
     apply_auto_policy(con, settings.similarity_threshold)
@@ -144,11 +164,13 @@ def build_dataset(con: Any, settings: Settings) -> tuple[DatasetInfo, list[str]]
     ]
 
 
-def question_sets(items: Sequence[EvalItem], limit: int | None) -> dict[str, list[EvalItem]]:
+def question_sets(
+    items: Sequence[EvalItem], limit: int | None, hand: str = SAMPLE_HAND
+) -> dict[str, list[EvalItem]]:
     """Per mode, the items it is judged on, at most ``limit`` per question set, spread evenly over each set
     (the hand file is ordered by topic; the golden sets by their stratified choice)."""
     chosen: list[EvalItem] = []
-    for name in (HAND, "golden recall", "golden reading"):
+    for name in (hand, "golden recall", "golden reading"):
         members = [i for i in items if question_set(i) == name]
         if limit is not None and len(members) > limit:
             members = [members[(n * len(members)) // limit] for n in range(limit)]
@@ -202,25 +224,26 @@ def mean_loss(curve: Sequence[tuple[int, float | None, float | None]], step: int
     return sum(losses) / len(losses) if losses else None
 
 
-def set_sizes(sets: dict[str, list[EvalItem]]) -> dict[str, int]:
+def set_sizes(sets: dict[str, list[EvalItem]], hand: str = SAMPLE_HAND) -> dict[str, int]:
     """Items per "set|mode" column."""
     return {
-        f"{name}|{mode}": sum(question_set(i) == name for i in sets.get(mode, [])) for name, mode in COLUMNS
+        f"{name}|{mode}": sum(question_set(i) == name for i in sets.get(mode, []))
+        for name, mode in columns(hand)
     }
 
 
-def table(points: Sequence[Point], sizes: dict[str, int]) -> list[str]:
+def table(points: Sequence[Point], sizes: dict[str, int], hand: str = SAMPLE_HAND) -> list[str]:
     head = f"{'profile':10} {'step':>5} {'cpu_min':>8} {'wall_min':>8} {'loss':>6}"
     sub = " " * len(head)
-    for name, mode in COLUMNS:
-        title = f"{LABELS[name]}·{MODE_LABEL[mode]} (n={sizes.get(f'{name}|{mode}', 0)})"
+    for name, mode in columns(hand):
+        title = f"{set_label(name)}·{MODE_LABEL[mode]} (n={sizes.get(f'{name}|{mode}', 0)})"
         head += f"  {title:>24}"
         sub += f"  {'numeric':>11} {'accuracy':>12}"
     lines = [head, sub]
     for p in points:
         line = f"{p.profile:10} {p.step:>5} {p.cpu_min:>8.2f} {p.wall_min:>8.2f} "
         line += f"{p.train_loss:>6.3f}" if p.train_loss is not None else f"{'-':>6}"
-        for name, mode in COLUMNS:
+        for name, mode in columns(hand):
             m = p.scores.get(f"{name}|{mode}", {})
             numeric = f"{fmt(m.get('numeric_accuracy'))} /{m.get('n_numeric', 0)}"
             line += f"  {numeric:>11} {fmt(m.get('accuracy')):>12}"
@@ -228,7 +251,7 @@ def table(points: Sequence[Point], sizes: dict[str, int]) -> list[str]:
     return lines
 
 
-def plot(points: Sequence[Point], path: Path, title: str) -> None:
+def plot(points: Sequence[Point], path: Path, title: str, hand: str = SAMPLE_HAND) -> None:
     """Numeric accuracy (solid) and accuracy (dashed), model family, per set and mode: against optimiser steps
     (top row) and CPU minutes (bottom row), one colour per profile; the base is step 0 of every profile."""
     import matplotlib
@@ -236,11 +259,12 @@ def plot(points: Sequence[Point], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(COLUMNS), figsize=(4 * len(COLUMNS), 7), dpi=100, squeeze=False)
+    cols = columns(hand)
+    fig, axes = plt.subplots(2, len(cols), figsize=(4 * len(cols), 7), dpi=100, squeeze=False)
     base = [p for p in points if p.step == 0]
     profiles = list(dict.fromkeys(p.profile for p in points if p.step > 0))
     for row, x_of in enumerate((lambda p: p.step, lambda p: p.cpu_min)):
-        for col, (name, mode) in enumerate(COLUMNS):
+        for col, (name, mode) in enumerate(cols):
             ax = axes[row][col]
             for n, profile in enumerate(profiles):
                 curve = base + [p for p in points if p.profile == profile and p.step > 0]
@@ -258,7 +282,7 @@ def plot(points: Sequence[Point], path: Path, title: str) -> None:
             ax.grid(alpha=0.3)
             ax.set_xlabel("optimiser steps" if row == 0 else "CPU minutes (training)")
             if row == 0:
-                ax.set_title(f"{LABELS[name]} · {MODE_LABEL[mode]}", fontsize=10)
+                ax.set_title(f"{set_label(name)} · {MODE_LABEL[mode]}", fontsize=10)
             if col == 0:
                 ax.set_ylabel("model-family score")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -277,14 +301,17 @@ def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[st
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     if not steps or not profiles:
         raise SystemExit("--steps and --profiles need at least one value each")
-    settings = load_settings(workspace, **DEMO_SETTINGS)
+    documents = args.documents or [SAMPLE_PDF]
+    # The sample answers with the demo's settings; other documents with the defaults, as `slm run` does.
+    settings = load_settings(workspace, **(DEMO_SETTINGS if documents == [SAMPLE_PDF] else {}))
+    hand = hand_set(args.questions)
     quant = args.quant or settings.export_quant
     started = time.perf_counter()
     points: list[Point] = []
     with open_warehouse(settings.warehouse_path) as con:
-        dataset, about = build_dataset(con, settings)
-        sets = question_sets(golden_items(con), args.limit)
-        sizes = set_sizes(sets)
+        dataset, about = build_dataset(con, settings, documents, args.questions)
+        sets = question_sets(golden_items(con), args.limit, hand)
+        sizes = set_sizes(sets, hand)
         view = ledger_view(con)
         for line in about:
             print(line, flush=True)
@@ -354,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
         "--workspace", type=Path, default=None, help="keep the workspace here (default: temp)"
     )
     parser.add_argument(
+        "--documents", type=Path, nargs="+", default=None, help="rule documents (default: the sample PDF)"
+    )
+    parser.add_argument(
+        "--questions", type=Path, default=HAND_QUESTIONS, help="hand-phrased questions (JSONL) on them"
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -381,9 +414,10 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
         if bars:
             hf_logging.enable_progress_bar()
     print()
-    print("\n".join(table(points, sizes)))
+    hand = hand_set(args.questions)
+    print("\n".join(table(points, sizes, hand)))
     title = f"learning curve · base {Path(args.base).name} · context share {context_share:g} · model-family scores"
-    plot(points, args.out, title)
+    plot(points, args.out, title, hand)
     args.out.with_suffix(".json").write_text(
         json.dumps([asdict(p) for p in points], ensure_ascii=False, indent=1), encoding="utf-8"
     )

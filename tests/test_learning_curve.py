@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.config import Settings
+from tests.conftest import EXAMPLES, SAMPLE_MD
 from tests.tiny import build_tiny_base
 
 
@@ -62,3 +64,44 @@ def test_learning_curve_runs_on_a_tiny_model(tmp_path: Path, capsys: pytest.Capt
     assert trained[0].cpu_min < trained[1].cpu_min and trained[2].cpu_min < trained[3].cpu_min
     assert out.is_file() and out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))) == len(points)
+
+
+@pytest.mark.slow
+def test_learning_curve_on_other_documents_and_questions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("llama_cpp")
+    from bench.learning_curve import main
+
+    questions = tmp_path / "staff_questions.jsonl"
+    questions.write_text((EXAMPLES / "sample_questions.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    argv = ["--base", str(build_tiny_base(tmp_path / "tiny-base")), "--steps", "2", "--profiles", "cpu-small"]
+    argv += [
+        "--limit",
+        "3",
+        "--threads",
+        "1",
+        "--quant",
+        "f16",
+        "--skip-base",
+        "--workspace",
+        str(tmp_path / "ws"),
+    ]
+    points = main(
+        [
+            *argv,
+            "--documents",
+            str(SAMPLE_MD),
+            "--questions",
+            str(questions),
+            "--out",
+            str(tmp_path / "c.png"),
+        ]
+    )
+
+    assert [(p.profile, p.step) for p in points] == [("cpu-small", 2)]
+    assert "file:staff_questions.jsonl|grounded" in points[0].scores
+    printed = capsys.readouterr().out
+    assert "hand·grounded (n=3)" in printed
+    # Other documents answer with the default settings, as `slm run` in a fresh workspace does.
+    assert f"at most {Settings().answer_max_tokens} tokens" in printed
