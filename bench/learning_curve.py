@@ -164,9 +164,7 @@ def build_dataset(
     ]
 
 
-def question_sets(
-    items: Sequence[EvalItem], limit: int | None, hand: str = SAMPLE_HAND
-) -> dict[str, list[EvalItem]]:
+def question_sets(items: Sequence[EvalItem], limit: int | None, hand: str) -> dict[str, list[EvalItem]]:
     """Per mode, the items it is judged on, at most ``limit`` per question set, spread evenly over each set
     (the hand file is ordered by topic; the golden sets by their stratified choice)."""
     chosen: list[EvalItem] = []
@@ -224,7 +222,7 @@ def mean_loss(curve: Sequence[tuple[int, float | None, float | None]], step: int
     return sum(losses) / len(losses) if losses else None
 
 
-def set_sizes(sets: dict[str, list[EvalItem]], hand: str = SAMPLE_HAND) -> dict[str, int]:
+def set_sizes(sets: dict[str, list[EvalItem]], hand: str) -> dict[str, int]:
     """Items per "set|mode" column."""
     return {
         f"{name}|{mode}": sum(question_set(i) == name for i in sets.get(mode, []))
@@ -232,7 +230,7 @@ def set_sizes(sets: dict[str, list[EvalItem]], hand: str = SAMPLE_HAND) -> dict[
     }
 
 
-def table(points: Sequence[Point], sizes: dict[str, int], hand: str = SAMPLE_HAND) -> list[str]:
+def table(points: Sequence[Point], sizes: dict[str, int], hand: str) -> list[str]:
     head = f"{'profile':10} {'step':>5} {'cpu_min':>8} {'wall_min':>8} {'loss':>6}"
     sub = " " * len(head)
     for name, mode in columns(hand):
@@ -332,10 +330,10 @@ def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[st
             ).path
             score(con, settings, gguf, sets, point, view)
             gguf.unlink()  # one checkpoint's export at a time on disk (Gemma's is ~300 MB in q8_0)
-            print(table([point], sizes)[-1], f"  [{time.perf_counter() - started:.0f} s]", flush=True)
+            print(table([point], sizes, hand)[-1], f"  [{time.perf_counter() - started:.0f} s]", flush=True)
             return point
 
-        print("\n".join(table([], sizes)), flush=True)
+        print("\n".join(table([], sizes, hand)), flush=True)
         if not args.skip_base:
             points.append(evaluated(Point("base", 0, 0.0, 0.0, None), None))
         overrides = parse_overrides(args.overrides)
