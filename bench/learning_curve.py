@@ -53,7 +53,15 @@ from runtime.config import Settings, load_settings  # noqa: E402
 from tasks.answer.answer import answer_batch  # noqa: E402
 from tasks.answer.serve import answering_generator  # noqa: E402
 from tasks.distill.distill import distill, make_teacher  # noqa: E402
-from tasks.evaluate.evaluate import EvalItem, evaluate, fmt, judged_items, ledger_view, question_set  # noqa: E402
+from tasks.evaluate.evaluate import (  # noqa: E402
+    EvalItem,
+    evaluate,
+    file_set,
+    fmt,
+    judged_items,
+    ledger_view,
+    question_set,
+)
 from tasks.evaluate.golden import add_file, golden_items  # noqa: E402
 from tasks.export.export import export_model  # noqa: E402
 from tasks.ingest.documents import ingest_file  # noqa: E402
@@ -130,12 +138,7 @@ def set_label(name: str) -> str:
     return LABELS.get(name, "hand")
 
 
-def hand_set(questions: Path) -> str:
-    """The question-set name of a hand-phrased file's items."""
-    return f"file:{questions.name}"
-
-
-SAMPLE_HAND = hand_set(HAND_QUESTIONS)
+SAMPLE_HAND = file_set(HAND_QUESTIONS)
 
 
 def build_dataset(
@@ -302,7 +305,7 @@ def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[st
     documents = args.documents or [SAMPLE_PDF]
     # The sample answers with the demo's settings; other documents with the defaults, as `slm run` does.
     settings = load_settings(workspace, **(DEMO_SETTINGS if documents == [SAMPLE_PDF] else {}))
-    hand = hand_set(args.questions)
+    hand = file_set(args.questions)
     quant = args.quant or settings.export_quant
     started = time.perf_counter()
     points: list[Point] = []
@@ -412,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
         if bars:
             hf_logging.enable_progress_bar()
     print()
-    hand = hand_set(args.questions)
+    hand = file_set(args.questions)
     print("\n".join(table(points, sizes, hand)))
     title = f"learning curve · base {Path(args.base).name} · context share {context_share:g} · model-family scores"
     plot(points, args.out, title, hand)

@@ -75,29 +75,11 @@ def test_learning_curve_on_other_documents_and_questions(
 
     questions = tmp_path / "staff_questions.jsonl"
     questions.write_text((EXAMPLES / "sample_questions.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
-    argv = ["--base", str(build_tiny_base(tmp_path / "tiny-base")), "--steps", "2", "--profiles", "cpu-small"]
-    argv += [
-        "--limit",
-        "3",
-        "--threads",
-        "1",
-        "--quant",
-        "f16",
-        "--skip-base",
-        "--workspace",
-        str(tmp_path / "ws"),
-    ]
-    points = main(
-        [
-            *argv,
-            "--documents",
-            str(SAMPLE_MD),
-            "--questions",
-            str(questions),
-            "--out",
-            str(tmp_path / "c.png"),
-        ]
-    )
+    argv = ["--base", str(build_tiny_base(tmp_path / "tiny-base")), "--workspace", str(tmp_path / "ws")]
+    argv += ["--steps", "2", "--profiles", "cpu-small", "--limit", "3", "--threads", "1"]
+    argv += ["--quant", "f16", "--skip-base"]
+    argv += ["--documents", str(SAMPLE_MD), "--questions", str(questions), "--out", str(tmp_path / "c.png")]
+    points = main(argv)
 
     assert [(p.profile, p.step) for p in points] == [("cpu-small", 2)]
     assert "file:staff_questions.jsonl|grounded" in points[0].scores

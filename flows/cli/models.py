@@ -100,7 +100,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model as `slm ask` answers: two score families, *model* (what the model wrote; a quote or
     abstention by the guard is the model failing) and *shown* (what the user saw), and the guard's actions."""
-    from tasks.evaluate.evaluate import QuestionFileError
+    from tasks.evaluate.evaluate import QuestionFileError, file_set
     from tasks.evaluate.run import BACKENDS, NoQuestions, evaluate_model, model_label, question_file_items
     from tasks.export.resolve import ModelNotFound, close_generator, generator_for
 
@@ -127,7 +127,7 @@ def eval_command(
                 label,
                 chosen_mode,
                 backend,
-                f"file:{questions.name}" if questions else "golden",
+                file_set(questions) if questions else "golden",
                 on_batch=lambda done, total: progress.update(task, completed=done, total=total),
                 limit=limit,
             )

@@ -392,6 +392,11 @@ class Evaluation:
     sets: list[str]
 
 
+def file_set(questions: Path) -> str:
+    """The set name of a question file's items ("file:<name>"), as `slm golden add` registers them."""
+    return f"file:{questions.name}"
+
+
 def question_set(item: EvalItem) -> str:
     """The set an item belongs to: "golden recall" / "golden reading" (template golden splits), or the
     question file it came from ("file:<name>")."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from tasks.evaluate.evaluate import EvalItem, item_id, load_questions
+from tasks.evaluate.evaluate import EvalItem, file_set, item_id, load_questions
 from tasks.ingest.facts import first_noun_phrase
 from warehouse import golden as queries
 from warehouse.db import transaction
@@ -213,7 +213,7 @@ def add_file(con: duckdb.DuckDBPyConnection, path: Path) -> int:
                 "keywords": list(i.keywords),
                 "type": i.type,
                 "doc": i.doc,
-                "source": f"file:{path.name}",
+                "source": file_set(path),
                 "row_id": None,
             }
             for i in items

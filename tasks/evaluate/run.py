@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import Settings
-from tasks.evaluate.evaluate import EvalItem, Evaluation, ItemResult, load_questions
+from tasks.evaluate.evaluate import EvalItem, Evaluation, ItemResult, file_set, load_questions
 
 __all__ = [
     "BACKENDS",
@@ -94,7 +94,7 @@ def model_label(model: str | None, backend: str) -> str:
 
 def question_file_items(questions: Path) -> list[EvalItem]:
     """A question file's items, as one set named after the file (as `slm golden add` registers it)."""
-    return [replace(i, source=f"file:{questions.name}") for i in load_questions(questions)]
+    return [replace(i, source=file_set(questions)) for i in load_questions(questions)]
 
 
 def evaluate_model(
