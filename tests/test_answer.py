@@ -23,7 +23,7 @@ from tasks.answer.answer import (
     number_grammar,
     with_context_rows,
 )
-from tasks.answer.prompts import SYSTEM_PROMPT, chat_messages
+from tasks.answer.prompts import EVIDENCE_LEAD, SYSTEM_PROMPT, chat_messages
 from tasks.answer.retrieve import ChunkIndex, clear_cache
 from tasks.evaluate.evaluate import EvalItem, score_item
 from tasks.ingest.documents import ingest_file
@@ -114,7 +114,7 @@ def test_an_invented_number_is_replaced_by_the_evidence(
     assert "第十八条" in result.text and result.draft == "每人每天150元。"
     assert any("150元 不在检索到的规定中" in note for note in result.notes)
     retry_messages, _, grammar = fake.calls[1]
-    assert "最相关的规定原文" in retry_messages[1]["content"]
+    assert EVIDENCE_LEAD in retry_messages[1]["content"]
     assert isinstance(grammar, NumberConstraint) and "100" in grammar.allowed and "150" not in str(grammar)
     assert stats.as_dict()["quoted_evidence"] == 1
 

@@ -11,14 +11,14 @@ import pytest
 from expectations.runner import run_gate
 from review.policy import apply_auto_policy
 from runtime.config import Settings, load_settings
-from tasks.answer.answer import CONTEXT_FORMAT, context_messages, evidence_sentences, fit_facts
+from tasks.answer.answer import CONTEXT_FORMAT, context_messages, fact_statement
 from tasks.answer.fact_retrieve import FactIndex
 from tasks.answer.prompts import EVIDENCE_LEAD
 from tasks.answer.reading import in_everyday_words
 from tasks.answer.retrieve import ChunkIndex
 from tasks.distill.distill import distill, make_teacher
 from tasks.ingest.documents import ingest_file
-from tasks.train.dataset import CONTEXT_K, dataset_id_for, freeze_dataset
+from tasks.train.dataset import CONTEXT_K, dataset_id_for, freeze_dataset, retrieved_evidence
 from tests.conftest import SAMPLE_PDF
 from tests.ledger_seed import fact_in, save_one_chunk
 from warehouse import distill as distill_queries
@@ -317,21 +317,21 @@ def test_a_share_of_rows_is_also_trained_with_the_chunks_answering_retrieves(con
         [asked] = [way for way in ways if prompt.endswith(f"问题：{way}")]
         rephrased += asked != question
         assert 2 <= prompt.count("【") <= CONTEXT_K  # the retrieved chunks, not one distractor
-        # The best-fitting facts' sentences lead, its own fact's among them.
+        # The best-fitting facts' statements lead, its own fact's among them.
         row_id = rid.removesuffix(":ctx")
         lead, _, rules = prompt.partition("规定原文：\n【")
         own_facts = [fact_of[i] for i in own_fact_ids[row_id] if i in fact_of]
         if own_facts:
             assert lead.startswith(EVIDENCE_LEAD)
-            assert f"“{own_facts[0].context.strip()}”" in lead
+            assert f"“{fact_statement(own_facts[0])}”" in lead
             led += 1
         # Its own chunk is always among the rules; where retrieval found it and its fact fits best, the prompt
         # is exactly answering's.
         own = own_chunk[row_id]
         assert f"{headings[own]}\n" in rules
         hits = index.search(asked, CONTEXT_K, expand=True)
-        best = evidence_sentences(fit_facts(asked, facts))
-        if own in [h.chunk_id for h in hits] and all(f.context.strip() in best for f in own_facts[:1]):
+        best = retrieved_evidence(facts, asked, None, row_id, shown=hits)
+        if own in [h.chunk_id for h in hits] and all(fact_statement(f) in best for f in own_facts[:1]):
             assert record["messages"][:2] == context_messages(asked, hits, evidence=best)
             as_answering_shows += 1
     assert led >= 0.5 * len(copies), (led, len(copies))  # the numeric rows: every one led by its own fact

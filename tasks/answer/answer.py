@@ -71,7 +71,8 @@ __all__ = [
     "answer_batch",
     "check_numbers",
     "context_messages",
-    "evidence_sentences",
+    "evidence_lines",
+    "fact_statement",
     "fit_facts",
     "focus",
     "number_grammar",
@@ -79,8 +80,8 @@ __all__ = [
 ]
 
 # Version of the context rows, part of a dataset id (v2: retrieved top-k chunks; v3: asked in everyday words;
-# v4: the best-fitting facts' sentences lead).
-CONTEXT_FORMAT = "ctx-v4"
+# v4: the best-fitting facts' sentences lead; v5: their one-number statements lead, a time question's clause first).
+CONTEXT_FORMAT = "ctx-v5"
 MAX_CONTEXT_CHARS = 360  # per chunk: three chunks and the question stay well inside a 2k-token window
 MODES = ("grounded", "closed_book")
 ACTIONS = ("passed", "retried_ok", "quoted_evidence", "abstained", "flagged")
@@ -138,8 +139,8 @@ def context_messages(
     """System, user (the ``evidence`` sentences, numbered rule excerpts, then the question) and, for training,
     assistant messages.
 
-    ``evidence`` are the best-fitting facts' sentences (:func:`evidence_sentences`), read first: a small model
-    finds the number in a sentence at the top more reliably than among three excerpts. ``instruction`` follows
+    ``evidence`` are the best-fitting facts' statements (:func:`evidence_lines`), read first: a small model
+    finds the number in a short line at the top more reliably than among three excerpts. ``instruction`` follows
     them (the guard's retry says to use only their numbers). The same function builds training rows
     (:func:`with_context_rows`) and grounded prompts, so the model is asked in exactly the format it learned.
     """
@@ -188,7 +189,7 @@ def with_context_rows(
     its form across snapshots. With ``augment`` the context rows are added (id + ``:ctx``) beside the
     originals; otherwise they replace them. Rows without chunks are left as they are. Context rows get
     ``"context": CONTEXT_FORMAT``; ``rephrase(row_id, question)``, when given, is the question they ask, and
-    ``evidence(row_id, question)`` the sentences that lead their prompt, as :func:`evidence_sentences` leads
+    ``evidence(row_id, question)`` the lines that lead their prompt, as :func:`evidence_lines` leads
     grounded answering's.
     """
     lookup = contexts.get if isinstance(contexts, Mapping) else contexts
@@ -833,14 +834,20 @@ def draft_problem(
     return ""
 
 
-def compose(fact: FactRef, hit: Hit | None) -> str:
-    """An answer made from a fact: the rule's sentence (or, when long, the subject and the clause holding
-    the number) with its source: "根据《差旅费管理办法》第十八条：伙食补助费…每人每天100元。" """
+def fact_statement(fact: FactRef) -> str:
+    """What a fact says, as one short sentence: the rule's sentence, or, when it is long or holds other numbers
+    (other tiers, conditions), the subject and the clause holding the number ("会议伙食费：院外不超过110元/人天。")."""
     sentence = LEADING_MARKER.sub("", fact.context.strip()).rstrip("；;，,：: ")
     if len(sentence) > 90 or len(rule_numbers(sentence)) > 1:  # other tiers or conditions would confuse
         clause = LEADING_MARKER.sub("", clause_of(fact).strip())
         sentence = clause if fact.subject and fact.subject in clause else f"{fact.subject}：{clause}"
-    return _quoted(sentence, hit)
+    return f"{sentence.strip().rstrip('；;，,：: 。')}。"
+
+
+def compose(fact: FactRef, hit: Hit | None) -> str:
+    """An answer made from a fact: :func:`fact_statement` with its source:
+    "根据《差旅费管理办法》第十八条：伙食补助费…每人每天100元。" """
+    return _quoted(fact_statement(fact), hit)
 
 
 def _quoted(sentence: str, hit: Hit | None) -> str:
@@ -897,7 +904,7 @@ def _time_clauses(sentence: str) -> str:
     return "，".join(kept) if any(_times(c) for c in kept) else sentence
 
 
-EVIDENCE_SENTENCES = 2  # best-fitting facts' sentences put before the retrieved rules in the prompt
+EVIDENCE_LINES = 3  # best-fitting facts' statements put before the retrieved rules in the prompt
 
 
 @dataclass(frozen=True)
@@ -977,14 +984,17 @@ def fit_facts(question: str, facts_index: FactIndex) -> FactFit:
     return FactFit(asked, tuple(ranked), tuple(fitting_hits), tuple(close), frozenset(relevant))
 
 
-def evidence_sentences(fit: FactFit, n: int = EVIDENCE_SENTENCES) -> list[str]:
-    """The sentences of the ``n`` best-fitting facts (distinct), best first: read before the retrieved rules."""
-    return _sentences([r.fact for r in fit.fitting], n)
+def evidence_lines(fit: FactFit, when: str = "", n: int = EVIDENCE_LINES) -> list[str]:
+    """The statements of the ``n`` best-fitting facts (distinct), best first, read before the retrieved rules;
+    led by ``when``, the rule clause that writes the time a question asks for (:func:`when_sentence`)."""
+    first = [f"{when.strip().rstrip('。')}。"] if when.strip() else []
+    return list(dict.fromkeys([*first, *_statements([r.fact for r in fit.fitting], n)]))[:n]
 
 
-def _sentences(facts: Sequence[FactRef], n: int) -> list[str]:
-    """The first ``n`` distinct sentences of ``facts``, in their order."""
-    return list(dict.fromkeys(f.context.strip() for f in facts))[:n]
+def _statements(facts: Sequence[FactRef], n: int) -> list[str]:
+    """The first ``n`` distinct :func:`fact_statement` of ``facts``, in their order: one number each, so that
+    the line the model copies states the number asked for and not its neighbours (院内70元 beside 院外110元)."""
+    return list(dict.fromkeys(fact_statement(f) for f in facts))[:n]
 
 
 def _grounded(
@@ -1056,7 +1066,8 @@ def _grounded(
             return "问题问的是时间或日期，答案没有给出规定中的时间"
         return problem
 
-    draft = generator(context_messages(question, hits, evidence=evidence_sentences(fit)), max_tokens).strip()
+    lead = evidence_lines(fit, when=when[0] if when is not None else "")
+    draft = generator(context_messages(question, hits, evidence=lead), max_tokens).strip()
     checks = check_numbers(asked, draft, facts, relevant)
     problem = problem_of(draft, checks)
     if not problem:
@@ -1132,8 +1143,8 @@ def _evidence_messages(
     """The context prompt again, with the best evidence sentences first and an instruction to use only their
     numbers (or to abstain when none fits)."""
     if evidence:
-        sentences = _sentences(evidence, EVIDENCE_SENTENCES)
-        return context_messages(question, hits, evidence=sentences, instruction=EVIDENCE_ONLY)
+        lines = _statements(evidence, EVIDENCE_LINES)
+        return context_messages(question, hits, evidence=lines, instruction=EVIDENCE_ONLY)
     messages = context_messages(question, hits)
     messages[1] = {"role": "user", "content": f"{NO_EVIDENCE}\n\n" + messages[1]["content"]}
     return messages

@@ -13,7 +13,7 @@ SYSTEM_PROMPT = (
 
 # Grounded answering: the instruction after the system prompt, and the guard's retry prompt.
 CONTEXT_INSTRUCTION = f"回答只依据下面检索到的规定原文；原文中没有答案的，回答“{ABSTAIN_TEXT}”"
-EVIDENCE_LEAD = "最相关的规定原文："
+EVIDENCE_LEAD = "最相关的规定："
 EVIDENCE_ONLY = "只使用这些原文中的数字作答。"
 NO_EVIDENCE = f"检索到的规定中没有与问题对应的数字，请回答“{ABSTAIN_TEXT}”"
 # The labels of a grounded prompt's parts: the retrieved rules, then the question.

@@ -2,7 +2,7 @@
 
 A share of the rows (``context_share``) is written twice: once closed book, and once with the chunks grounded
 answering would show for its question (the top ``CONTEXT_K`` of ``ChunkIndex.search(question, k, expand=True)``
-over the warehouse, its own chunk among them), led by the sentences of the facts that fit it best (its own
+over the warehouse, its own chunk among them), led by the statements of the facts that fit it best (its own
 fact's among them), in the prompt format grounded answering uses
 (:func:`tasks.answer.answer.context_messages`), so that the model learns to read the right rule among the real
 distractors retrieval brings. A context copy stays in its row's split.
@@ -21,7 +21,9 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,12 @@ import duckdb
 from runtime.config import Settings
 from tasks.answer.answer import (
     CONTEXT_FORMAT,
-    EVIDENCE_SENTENCES,
-    evidence_sentences,
+    EVIDENCE_LINES,
+    asks_when,
+    evidence_lines,
+    fact_statement,
     fit_facts,
+    when_sentence,
     with_context_rows,
 )
 from tasks.answer.fact_retrieve import FactIndex
@@ -91,18 +96,26 @@ def retrieved_context(
 
 
 def retrieved_evidence(
-    facts: FactIndex, question: str, own: FactRef | None, row_id: str, seed: int = 0
+    facts: FactIndex,
+    question: str,
+    own: FactRef | None,
+    row_id: str,
+    seed: int = 0,
+    shown: Sequence[Hit] = (),
 ) -> list[str]:
-    """The sentences that lead grounded answering's prompt for ``question`` (:func:`evidence_sentences` of the
-    facts that fit it), with the row's ``own`` fact's sentence among them. Where the fit missed it, it takes the
-    place of the last one, at a position drawn from a hash of ``seed`` and ``row_id``, as in
-    :func:`retrieved_context`: the model learns to read which sentence answers, not to copy the first."""
-    sentences = evidence_sentences(fit_facts(question, facts))
-    if own is None or own.context.strip() in sentences:
-        return sentences
-    kept = sentences[: EVIDENCE_SENTENCES - 1]
+    """The lines that lead grounded answering's prompt for ``question`` (:func:`evidence_lines` of the facts
+    that fit it, after the clause of the ``shown`` chunks that writes the time a time question asks for), with
+    the row's ``own`` fact's statement among them. Where the fit missed it, it takes the place of the last
+    one, at a position drawn from a hash of ``seed`` and ``row_id``, as in :func:`retrieved_context`: the model
+    learns to read which line answers, not to copy the first."""
+    fit = fit_facts(question, facts)
+    when = when_sentence(fit.asked, shown) if shown and asks_when(question) else None
+    lines = evidence_lines(fit, when=when[0] if when is not None else "")
+    if own is None or fact_statement(own) in lines:
+        return lines
+    kept = lines[: EVIDENCE_LINES - 1]
     slot = int(_bucket(str(seed), "lead", row_id) * (len(kept) + 1)) % (len(kept) + 1)
-    return [*kept[:slot], own.context.strip(), *kept[slot:]]
+    return [*kept[:slot], fact_statement(own), *kept[slot:]]
 
 
 def training_records(
@@ -115,7 +128,7 @@ def training_records(
 ) -> list[dict[str, Any]]:
     """Chat records of trainable ``rows``; a ``context_share`` of them also as a copy (id + ``:ctx``) with the
     chunks grounded answering would retrieve for the row's question from ``index`` (the warehouse's chunk
-    index), the row's own chunk among them (:func:`retrieved_context`), led by the sentences of the facts
+    index), the row's own chunk among them (:func:`retrieved_context`), led by the statements of the facts
     that fit the question best in ``facts`` (the warehouse's fact index), its own fact's among them
     (:func:`retrieved_evidence`)."""
     records = [
@@ -137,6 +150,7 @@ def training_records(
         """The context copy asks in everyday words where the lexicon has them (住宿费 -> 住酒店), as staff do."""
         return in_everyday_words(question, _bucket(str(seed), "words", row_id))
 
+    @cache  # asked for the chunks, then for the lead that may quote them
     def context_of(row_id: str) -> list[Hit] | None:  # asked only for the rows chosen to carry context
         row = by_row[row_id]
         own = by_id.get(row.get("chunk_id") or "")
@@ -150,7 +164,7 @@ def training_records(
         if facts is None:
             return []
         own = next((fact_of[i] for i in by_row[row_id].get("fact_ids") or () if i in fact_of), None)
-        return retrieved_evidence(facts, question, own, row_id, seed)
+        return retrieved_evidence(facts, question, own, row_id, seed, context_of(row_id) or ())
 
     return with_context_rows(
         records, context_of, context_share, seed, augment=True, rephrase=asked, evidence=lead_of
