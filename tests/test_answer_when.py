@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import duckdb
 
-from tasks.answer.answer import asks_when, whole_sentence
+from tasks.answer.answer import answer, asks_when, whole_sentence
 from tasks.answer.fact_retrieve import FactIndex
+from tasks.answer.prompts import EVIDENCE_LEAD
+from tasks.answer.retrieve import ChunkIndex
 from tests.rules_text import answer_drafted
 
 RULES = (
@@ -100,3 +102,31 @@ def test_the_unit_a_question_asks_in_does_not_make_a_fact_fit(rules: duckdb.Duck
     else: the abstention stands."""
     result = answer_drafted(rules, "报销单交上去以后，一般要几个工作日钱才能打到卡上？", ABSTAIN)
     assert result.text == ABSTAIN, result.notes
+
+
+def _first_prompt(con: duckdb.DuckDBPyConnection, question: str) -> str:
+    prompts: list[str] = []
+
+    def model(messages: list[dict[str, str]], *args: object, **kwargs: object) -> str:
+        prompts.append(messages[1]["content"])
+        return ABSTAIN
+
+    answer(question, model, ChunkIndex.build(con), con)
+    return prompts[0]
+
+
+def test_a_time_questions_prompt_is_led_by_the_clause_writing_the_time(
+    rules: duckdb.DuckDBPyConnection,
+) -> None:
+    lead = _first_prompt(rules, "借款有特殊情况一直冲不了账，最晚能拖到什么时候？").split("规定原文：")[0]
+    assert lead.startswith(EVIDENCE_LEAD), lead
+    first = lead.split("\n")[1]
+    assert "12月20日" in first and "20日内" not in first, lead  # the time, not the other rule's 20 days
+
+
+def test_an_amount_questions_lead_states_one_number_a_line(rules: duckdb.DuckDBPyConnection) -> None:
+    # The 20-day rule and the latest date share a sentence: the line the model reads states the days alone.
+    lead = _first_prompt(rules, "借了钱，业务办完以后多少天之内得来冲账？").split("规定原文：")[0]
+    lines = [line.strip("“”") for line in lead.split("\n")[1:] if line.strip()]
+    assert lines and "20日内" in lines[0] and "12月20日" not in lines[0], lead
+    assert "12月20日" not in lead  # no time was asked for

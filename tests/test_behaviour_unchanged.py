@@ -10,7 +10,8 @@ reference 0.8462 -> 0.8846), and the context copies led by the best-fitting fact
 dataset id and files, the scores unchanged) written for every row (context_share 1.0), and the guard's
 abstention where a question names an expense no document writes, with the lexicon's 借 for 借款 (sample shown
 numeric 0.9231 -> 0.9615, the echo model's shown abstention 0.8333 -> 1.0), and the context copies led by
-the best-fitting facts' one-number statements (ctx-v5: a new dataset id and files, the scores unchanged); the ledger, rows, gates and golden
+the best-fitting facts' one-number statements (ctx-v5: a new dataset id and files, the scores unchanged); the
+ledger, rows, gates and golden
 parts are as recorded from 9500925.
 
 One pipeline run (about 15 s) feeds one test per part, so a failure's name says which part changed

@@ -8,11 +8,14 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from uuid import UUID
 
-import httpx
 import prefect
 import pytest
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments import server as prefect_server
 from runtime.config import load_settings
@@ -25,32 +28,28 @@ CPU_STAGES = {"build-dataset", "ingest", "distill", "gate"}
 GPU_STAGES = {"train-and-evaluate", "export", "nightly", "device-check"}
 
 
-def _finished(api: str, run_ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
+def _finished(client: SyncPrefectClient, run_ids: list[UUID], timeout_s: float) -> dict[UUID, FlowRun]:
     """The flow runs once none is scheduled, pending or running any more (or at the timeout)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        runs = {r: httpx.get(f"{api}/flow_runs/{r}", timeout=30).json() for r in run_ids}
-        if all(
-            run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} for run in runs.values()
-        ):
+        runs = {r: client.read_flow_run(r) for r in run_ids}
+        if all(run.state is not None and run.state.is_final() for run in runs.values()):
             return runs
         if time.monotonic() > deadline:
             return runs
         time.sleep(2.0)
 
 
-def _run_logs(api: str, run_id: str) -> str:
-    logs = httpx.post(
-        f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}, timeout=30
-    ).json()
-    return "\n".join(entry["message"] for entry in logs)
+def _run_logs(client: SyncPrefectClient, run_id: UUID) -> str:
+    logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
+    return "\n".join(entry.message for entry in logs)
 
 
-def _logged_line(api: str, run_id: str, prefix: str, timeout_s: float = 30.0) -> str:
+def _logged_line(client: SyncPrefectClient, run_id: UUID, prefix: str, timeout_s: float = 30.0) -> str:
     """The first line of the run's logs that starts with ``prefix`` (logs reach the server shortly after)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        logs = _run_logs(api, run_id)
+        logs = _run_logs(client, run_id)
         found = [line for line in logs.splitlines() if line.startswith(prefix)]
         if found:
             return found[0]
@@ -82,49 +81,47 @@ def test_pool_per_stage_runs_a_flow_on_each_pool_through_its_own_worker(tmp_path
     )
     names = prefect_server.deploy(settings, pool_per_stage=True)
     assert set(names) == CPU_STAGES | GPU_STAGES
-    api = prefect_server.api_url(settings)
-    for pool in ("slm-test-cpu", "slm-test-gpu"):
-        assert httpx.get(f"{api}/work_pools/{pool}", timeout=30).json()["type"] == "process"
-    found = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
-    by_name = {d["name"]: d for d in found}
-    assert {n: by_name[n]["work_pool_name"] for n in names} == {
-        **dict.fromkeys(CPU_STAGES, "slm-test-cpu"),
-        **dict.fromkeys(GPU_STAGES, "slm-test-gpu"),
-    }
-    # Every deployment clones this checkout at the commit it was deployed from.
-    clone = by_name["ingest"]["pull_steps"][0]["prefect.deployments.steps.git_clone"]
-    assert (clone["repository"], clone["commit_sha"]) == (ROOT.as_uri(), head)
-    status = prefect_server.status(settings)
-    assert status["worker"].running and status["worker-gpu"].running
+    # Prefect's own client, as users' tools talk to the server: it retries what the server says to retry (a
+    # 503 while its SQLite database is locked under load), which a bare HTTP call would take for an answer.
+    with (
+        temporary_settings({PREFECT_API_URL: prefect_server.api_url(settings)}),
+        get_client(sync_client=True) as client,
+    ):
+        for pool in ("slm-test-cpu", "slm-test-gpu"):
+            assert client.read_work_pool(pool).type == "process"
+        by_name = {d.name: d for d in client.read_deployments()}
+        assert {n: by_name[n].work_pool_name for n in names} == {
+            **dict.fromkeys(CPU_STAGES, "slm-test-cpu"),
+            **dict.fromkeys(GPU_STAGES, "slm-test-gpu"),
+        }
+        # Every deployment clones this checkout at the commit it was deployed from.
+        clone = (by_name["ingest"].pull_steps or [{}])[0]["prefect.deployments.steps.git_clone"]
+        assert (clone["repository"], clone["commit_sha"]) == (ROOT.as_uri(), head)
+        status = prefect_server.status(settings)
+        assert status["worker"].running and status["worker-gpu"].running
 
-    runs = {
-        name: httpx.post(
-            f"{api}/deployments/{by_name[name]['id']}/create_flow_run",
-            json={"parameters": params},
-            timeout=30,
-        ).json()["id"]
-        for name, params in {
-            "ingest": {"paths": [str(SAMPLE_MD)], "workspace": str(workspace)},
-            "device-check": {},
-        }.items()
-    }
-    finished = _finished(api, list(runs.values()), 420)
-    worker_logs = {
-        w: status[w].log.read_text(encoding="utf-8", errors="replace") for w in prefect_server.WORKERS
-    }
-    for name, run_id in runs.items():
-        run = finished[run_id]
-        assert run["state"]["type"] == "COMPLETED", (name, _run_logs(api, run_id), worker_logs)
-    # Each ran on its pool, picked up by that pool's worker and not the other's.
-    assert finished[runs["ingest"]]["work_pool_name"] == "slm-test-cpu"
-    assert finished[runs["device-check"]]["work_pool_name"] == "slm-test-gpu"
-    assert runs["ingest"] in worker_logs["worker"] and runs["ingest"] not in worker_logs["worker-gpu"]
-    assert (
-        runs["device-check"] in worker_logs["worker-gpu"]
-        and runs["device-check"] not in worker_logs["worker"]
-    )
-    # The flow ran from the worker's clone of the project, not from this folder.
-    flow_file = _logged_line(api, runs["device-check"], "flow_file: ")
+        runs = {
+            name: client.create_flow_run_from_deployment(by_name[name].id, parameters=params).id
+            for name, params in {
+                "ingest": {"paths": [str(SAMPLE_MD)], "workspace": str(workspace)},
+                "device-check": {},
+            }.items()
+        }
+        finished = _finished(client, list(runs.values()), 420)
+        worker_logs = {
+            w: status[w].log.read_text(encoding="utf-8", errors="replace") for w in prefect_server.WORKERS
+        }
+        for name, run_id in runs.items():
+            state = finished[run_id].state
+            assert state is not None and state.is_completed(), (name, _run_logs(client, run_id), worker_logs)
+        # Each ran on its pool, picked up by that pool's worker and not the other's.
+        assert finished[runs["ingest"]].work_pool_name == "slm-test-cpu"
+        assert finished[runs["device-check"]].work_pool_name == "slm-test-gpu"
+        ingest, check = str(runs["ingest"]), str(runs["device-check"])
+        assert ingest in worker_logs["worker"] and ingest not in worker_logs["worker-gpu"]
+        assert check in worker_logs["worker-gpu"] and check not in worker_logs["worker"]
+        # The flow ran from the worker's clone of the project, not from this folder.
+        flow_file = _logged_line(client, runs["device-check"], "flow_file: ")
     assert flow_file.endswith("flows/stages.py") and str(ROOT) not in flow_file
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM documents WHERE status = 'ok'").fetchone()[0] == 1

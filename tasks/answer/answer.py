@@ -836,9 +836,12 @@ def draft_problem(
 
 def fact_statement(fact: FactRef) -> str:
     """What a fact says, as one short sentence: the rule's sentence, or, when it is long or holds other numbers
-    (other tiers, conditions), the subject and the clause holding the number ("会议伙食费：院外不超过110元/人天。")."""
+    (other tiers, conditions, a date), the subject and the clause holding the number
+    ("会议伙食费：院外不超过110元/人天。")."""
     sentence = LEADING_MARKER.sub("", fact.context.strip()).rstrip("；;，,：: ")
-    if len(sentence) > 90 or len(rule_numbers(sentence)) > 1:  # other tiers or conditions would confuse
+    # Other tiers, conditions or a deadline's date beside the number would confuse; and a draft copying a
+    # statement longer than the guard's dump limit would be refused for it.
+    if len(sentence) > _CONTEXT_COPY_CHARS or len(rule_numbers(sentence)) > 1 or _times(sentence):
         clause = LEADING_MARKER.sub("", clause_of(fact).strip())
         sentence = clause if fact.subject and fact.subject in clause else f"{fact.subject}：{clause}"
     return f"{sentence.strip().rstrip('；;，,：: 。')}。"
