@@ -12,7 +12,10 @@ Three scripted "models" bracket what a real one does:
 - ``echo``: always repeats its system prompt (the untuned base's habit);
 - ``first-number``: always writes the first sentence with a rule number in the first rule excerpt shown, a
   confident reader that answers every question, those the rules do not answer included (the tuned model's
-  habit on questions it cannot place).
+  habit on questions it cannot place);
+- ``first-lead``: always writes the first line of the prompt's lead (the best-fitting fact's statement, or a
+  time question's rule clause), and abstains where the prompt has no lead: what copying the lead is worth,
+  the ceiling of a model that learned only to copy it.
 
 Model-family scores of ``abstain`` and ``echo`` are 0 by construction; their *shown* scores are the guard's
 own work. ``first-number``'s shown abstention is what the guard makes of a confident wrong answer.
@@ -41,6 +44,7 @@ from bench.retrieval import SETS  # noqa: E402
 from runtime.config import load_settings  # noqa: E402
 from tasks.answer.answer import ABSTAIN_TEXT, answer_batch  # noqa: E402
 from tasks.answer.fact_retrieve import clear_cache as clear_fact_cache  # noqa: E402
+from tasks.answer.prompts import EVIDENCE_LEAD  # noqa: E402
 from tasks.answer.retrieve import clear_cache  # noqa: E402
 from tasks.evaluate.evaluate import EvalItem, evaluate, fmt, ledger_view, load_questions  # noqa: E402
 from tasks.ingest.documents import ingest_file  # noqa: E402
@@ -63,11 +67,18 @@ def scripted(items: list[EvalItem]) -> dict[str, Callable[..., str]]:
         sentences = [s for s in re.split(r"(?<=[。；;])", body) if rule_numbers(s)]
         return sentences[0].strip() if sentences else ABSTAIN_TEXT
 
+    def first_lead(messages: list[dict[str, str]]) -> str:
+        prompt = messages[-1]["content"]
+        if not prompt.startswith(EVIDENCE_LEAD):
+            return ABSTAIN_TEXT
+        return prompt.split("\n", 2)[1].strip().strip("“”")
+
     return {
         "reference": lambda messages, max_tokens, grammar=None: reference.get(asked(messages), ABSTAIN_TEXT),
         "abstain": lambda messages, max_tokens, grammar=None: ABSTAIN_TEXT,
         "echo": lambda messages, max_tokens, grammar=None: messages[0]["content"],
         "first-number": lambda messages, max_tokens, grammar=None: first_number(messages),
+        "first-lead": lambda messages, max_tokens, grammar=None: first_lead(messages),
     }
 
 

@@ -626,6 +626,18 @@ def _elsewhere(fact: FactRef, asked_regions: Collection[str]) -> bool:
     return bool(named) and not named & set(asked_regions)
 
 
+# A place a rule names by its kind (滨海区, 峡山区, 某某县, 某某州, 某某省): overlapping, so every name ending at the
+# kind is tried ("潍坊滨海区" offers 坊滨海区 and 滨海区).
+_PLACE = re.compile(r"(?=([\u4e00-\u9fff]{2,4}[区县州省]))")
+
+
+def _names_asked_place(fact: FactRef, question: str) -> bool:
+    """Whether the fact's sentence names a place (a district, county, prefecture or province by its kind) that
+    the question names too: "潍坊滨海区、峡山区每人每天补助30元" for "去峡山区…市内交通补助"."""
+    asked = fold(question)
+    return any(name in asked for name in _PLACE.findall(fold(fact.context)))
+
+
 def _fits_well(asked: str, fact: FactRef) -> bool:
     """More than a single shared character pair between the question and the fact's subject or clause (its own
     number and unit aside: "几个工作日" asks for a count of 工作日, it does not name what "1-3个工作日" is for)."""
@@ -958,9 +970,12 @@ def fit_facts(question: str, facts_index: FactIndex) -> FactFit:
     # Another tier's rate of the same sentence (the 院士 rate for a 教授) goes after the tier the question names.
     fitting_facts = [r.fact for r in fitting_hits]
     tier_missed = {r.fact.fact_id for r in fitting_hits if other_tier(r.fact, fitting_facts, asked)}
+    # And a rule naming a district or county the question names (one the lexicon's regions lack) goes before the
+    # general rule it is the exception to.
     fitting_hits.sort(
         key=lambda r: (
             _elsewhere(r.fact, asked_regions),
+            not _names_asked_place(r.fact, question),
             r.fact.fact_id in tier_missed,
             r.fact.context in rules and _conditional(r.fact),
         )
@@ -974,6 +989,9 @@ def fit_facts(question: str, facts_index: FactIndex) -> FactFit:
     # Facts fitting about as well as the best: retrieval's order among near-equals is no reason to refuse. A
     # rule for named places the question does not name is an exception, never as good as the best, nor is
     # another tier's rate.
+    # Where the best names a place the question names (a district the lexicon's regions lack), the rule for that
+    # place answers: the general rule beside it is no near-equal ("峡山区…市内交通" is 30元, not the general 80元).
+    local = bool(fitting_hits) and _names_asked_place(fitting_hits[0].fact, question)
     close = [
         r.fact
         for i, r in enumerate(fitting_hits)
@@ -982,6 +1000,7 @@ def fit_facts(question: str, facts_index: FactIndex) -> FactFit:
             r.score >= BEST_FIT_SHARE * fitting_hits[0].score
             and not _elsewhere(r.fact, asked_regions)
             and r.fact.fact_id not in tier_missed
+            and (not local or _names_asked_place(r.fact, question))
         )
     ]
     return FactFit(asked, tuple(ranked), tuple(fitting_hits), tuple(close), frozenset(relevant))
