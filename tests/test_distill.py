@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runtime.config import Settings
-from tasks.distill.distill import distill, make_teacher
+from tasks.distill.distill import _verified_rows, distill, make_teacher
 from tasks.distill.teachers.base import (
     ChunkContext,
     FactRef,
@@ -243,6 +243,19 @@ def test_a_condition_is_asked_with_its_rule_not_on_its_own() -> None:
     chunk = Chunk("c1", 0, "", text, 0, len(text), 1, 1)
     condition = next(f for f in extract_facts("d1", text, [chunk]) if f.span_start == text.index("10人"))
     assert any(condition.fact_id in r.fact_ids for r in three)
+
+
+def test_a_row_cites_the_fact_it_asks_about_first() -> None:
+    """Two mentions of 1000元 in one sentence: the row about the second rule cites the second mention first,
+    not the first mention its answer's value also matches."""
+    text = "审批权限1000元（含）以下由部门负责人审批；1000至10000元（含）以下的由部门负责人及分管院领导审批。"
+    chunk = Chunk("c1", 0, "第三章 差旅费 > 第十条", text, 0, len(text), 1, 1)
+    facts = tuple(extract_facts("d1", text, [chunk]))
+    second = next(f for f in facts if f.span_start == text.index("1000至"))
+    context = ChunkContext("c1", "d1", "rules.txt", chunk.heading_path, text, facts)
+    rows = [r for r in _teacher_rows(text) if r.fact_ids[:1] == (second.fact_id,)]
+    stored = _verified_rows(context, "key", rows, Settings())
+    assert stored and all(r["fact_ids"][0] == second.fact_id for r in stored)
 
 
 def test_a_bracket_is_not_asked_given_its_rate() -> None:

@@ -119,9 +119,11 @@ def test_recall_facts_stay_trained_but_never_in_a_reserved_phrasing(held, settin
     for item in recall:
         assert "{s}" in item["phrasing"] and item["phrasing"] == _key(rows[item["row_id"]])
     trainable = _trainable(held, settings)
-    trained_facts = {f for r in trainable.values() for f in r["fact_ids"]}
+    # Each item's fact keeps training rows of its own (asking about it), not only rows about another rule that
+    # mention it as a condition or bound: a fact never taught measures nothing of recall.
+    taught = {r["fact_ids"][0] for r in trainable.values() if r["fact_ids"]}
     for item in recall:
-        assert set(item["fact_ids"]) <= trained_facts, item["question"]
+        assert item["fact_ids"][0] in taught, item["question"]
     assert not [rows[r]["question"] for r in trainable if _key(rows[r]) in reserved]
     # A reserved template kept out rows about other facts too, not only the items' own rows.
     item_rows = {i["row_id"] for i in recall}
@@ -176,3 +178,31 @@ def test_holding_out_twice_adds_nothing(held, settings: Settings, tmp_path: Path
     )
     assert add_file(held, questions) == 1
     assert {i.split for i in golden_items(held) if i.source == "file:mine.jsonl"} == {""}
+
+
+def test_a_recall_fact_keeps_a_training_row_that_asks_about_it() -> None:
+    """Fact A is asked in two phrasings; fact B's row mentions A as its condition. Once one of A's phrasings
+    is a recall item, the other may not be: B's row would be the only one left citing A, and it never asks
+    for A's number, so A would not be taught."""
+    from tasks.evaluate.golden import _index, _Plan, _try_add
+
+    rows = [
+        {"row_id": "a1", "question": "A的标准是多少？", "fact_ids": ["A"], "phrasing": "{s}的标准是多少？"},
+        {"row_id": "a2", "question": "A的上限是多少？", "fact_ids": ["A"], "phrasing": "{s}的上限是多少？"},
+        {
+            "row_id": "b1",
+            "question": "B的标准是多少？",
+            "fact_ids": ["B", "A"],
+            "phrasing": "{s}的标准是多少？x",
+        },
+    ]
+    plan = _Plan(
+        _index(rows, lambda r: r["fact_ids"]),
+        _index(rows, lambda r: r["fact_ids"][:1]),
+        _index(rows, lambda r: [r["phrasing"]]),
+        _index(rows, lambda r: [r["question"]]),
+        budget=len(rows),
+    )
+    assert _try_add(plan, rows[0], "recall")
+    assert not _try_add(plan, rows[1], "recall")
+    assert set(plan.chosen) == {"a1"}

@@ -125,7 +125,9 @@ def _verified_rows(
                 "is_numeric": verdict.is_numeric,
                 "evidence_found": verdict.evidence_found,
                 "grounded": verdict.grounded,
-                "fact_ids": list(dict.fromkeys([*verdict.fact_ids, *claimed])),
+                # The fact the teacher asked about first: the row's own fact (the golden recall split and
+                # the context copies' lead take it), then the facts its answer's numbers match.
+                "fact_ids": list(dict.fromkeys([*claimed, *verdict.fact_ids])),
                 "verify_notes": "; ".join(verdict.notes),
                 "status": verdict.status,
                 "reviewer": "auto:ledger" if verdict.status in ("auto_verified", "rejected") else None,

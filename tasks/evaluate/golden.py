@@ -11,7 +11,9 @@ by document and type:
   their question and its near duplicates.
 - *recall*: facts training sees, asked in phrasings it never sees. A recall item's phrasing key (its question
   with the fact's subject as ``{s}``: the teacher's template) is reserved: no training row uses it, while the
-  item's facts keep training rows in other phrasings (closed book is judged here).
+  item's fact keeps training rows of its own in other phrasings (closed book is judged here). "Of its own":
+  rows asking about that fact (it is their first fact), not rows about another rule that only mention it as a
+  condition or range bound: a fact seen only there was never taught, and its item would measure nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class _Plan:
     """The items chosen so far and every reviewed row they keep out of training (indexed for quick checks)."""
 
     by_fact: dict[str, list[Row]]
+    by_own_fact: dict[str, list[Row]]  # rows by the fact they ask about (their first fact)
     by_phrasing: dict[str, list[Row]]
     by_question: dict[str, list[Row]]
     budget: int
@@ -54,8 +57,8 @@ class _Plan:
 
 
 def _try_add(plan: _Plan, row: Row, split: str) -> bool:
-    """Choose ``row`` for ``split`` unless that would leave a recall fact without training rows or keep more
-    rows out of training than the budget allows."""
+    """Choose ``row`` for ``split`` unless that would leave a recall fact without training rows of its own or
+    keep more rows out of training than the budget allows."""
     if row["row_id"] in plan.chosen:
         return False
     shadowed = [row, *plan.by_question[row["question"]]]
@@ -64,9 +67,9 @@ def _try_add(plan: _Plan, row: Row, split: str) -> bool:
     else:
         shadowed += [r for f in row["fact_ids"] for r in plan.by_fact[f]]
     kept_out = plan.kept_out | {r["row_id"] for r in shadowed}
-    recall_facts = plan.recall_facts | (set(row["fact_ids"]) if split == queries.RECALL else set())
+    recall_facts = plan.recall_facts | (set(row["fact_ids"][:1]) if split == queries.RECALL else set())
     if len(kept_out) > plan.budget or any(
-        all(r["row_id"] in kept_out for r in plan.by_fact[f]) for f in recall_facts
+        all(r["row_id"] in kept_out for r in plan.by_own_fact[f]) for f in recall_facts
     ):
         return False
     plan.chosen[row["row_id"]] = (row, split)
@@ -89,6 +92,7 @@ def hold_out(
         return 0
     plan = _Plan(
         _index(rows, lambda r: r["fact_ids"]),
+        _index(rows, lambda r: r["fact_ids"][:1]),
         _index(rows, lambda r: [r["phrasing"]]),
         _index(rows, lambda r: [r["question"]]),
         budget=int(len(rows) * MAX_KEPT_OUT_SHARE),
@@ -110,10 +114,12 @@ def hold_out(
     with transaction(con):
         added = queries.insert_items(con, items)
         # Near paraphrases of held-out questions are not trained on either (warehouse/gates.py): a recall
-        # item whose facts lost their last training row that way measures nothing of recall, so it goes.
-        trained = {f for r in trainable_rows(con, golden_threshold) for f in r["fact_ids"]}
+        # item whose fact lost its last training row of its own that way measures nothing of recall, so it goes.
+        trained = {f for r in trainable_rows(con, golden_threshold) for f in r["fact_ids"][:1]}
         orphans = [
-            i["item_id"] for i in items if i["split"] == queries.RECALL and not set(i["fact_ids"]) <= trained
+            i["item_id"]
+            for i in items
+            if i["split"] == queries.RECALL and not set(i["fact_ids"][:1]) <= trained
         ]
         dropped = queries.drop_held_out_items(con, orphans)
     return added - dropped
