@@ -296,8 +296,9 @@ def plot(points: Sequence[Point], path: Path, title: str, hand: str = SAMPLE_HAN
     plt.close(fig)
 
 
-def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[str, int], float]:
-    """The points, the question sets' sizes and the dataset's context share (the plot's title says it)."""
+def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[str, int], str]:
+    """The points, the question sets' sizes and the dataset's recipe: its context share and phrasings per fact
+    (the plot's title says them)."""
     steps = sorted({int(s) for s in args.steps.split(",") if s.strip() and int(s) > 0})
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     if not steps or not profiles:
@@ -363,7 +364,7 @@ def run(args: argparse.Namespace, workspace: Path) -> tuple[list[Point], dict[st
                 adapter, cpu_s, wall_s = saved[step]
                 point = Point(profile, step, cpu_s / 60, wall_s / 60, mean_loss(result.loss_curve, step))
                 points.append(evaluated(point, adapter))
-    return points, sizes, settings.context_share
+    return points, sizes, f"context share {settings.context_share:g} · {settings.per_fact} phrasings per fact"
 
 
 def main(argv: Sequence[str] | None = None) -> list[Point]:
@@ -405,10 +406,10 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
         os.sched_setaffinity(0, sorted(affinity)[: args.threads])
     try:
         if args.workspace is not None:
-            points, sizes, context_share = run(args, args.workspace)
+            points, sizes, recipe = run(args, args.workspace)
         else:
             with tempfile.TemporaryDirectory(prefix="learning-curve-") as tmp:
-                points, sizes, context_share = run(args, Path(tmp) / "ws")
+                points, sizes, recipe = run(args, Path(tmp) / "ws")
     finally:
         if args.threads and affinity is not None:
             os.sched_setaffinity(0, affinity)
@@ -417,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> list[Point]:
     print()
     hand = file_set(args.questions)
     print("\n".join(table(points, sizes, hand)))
-    title = f"learning curve · base {Path(args.base).name} · context share {context_share:g} · model-family scores"
+    title = f"learning curve · base {Path(args.base).name} · {recipe} · model-family scores"
     plot(points, args.out, title, hand)
     args.out.with_suffix(".json").write_text(
         json.dumps([asdict(p) for p in points], ensure_ascii=False, indent=1), encoding="utf-8"
