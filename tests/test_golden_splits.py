@@ -184,7 +184,7 @@ def test_a_recall_fact_keeps_a_training_row_that_asks_about_it() -> None:
     """Fact A is asked in two phrasings; fact B's row mentions A as its condition. Once one of A's phrasings
     is a recall item, the other may not be: B's row would be the only one left citing A, and it never asks
     for A's number, so A would not be taught."""
-    from tasks.evaluate.golden import _index, _Plan, _try_add
+    from tasks.evaluate.golden import _plan, _try_add
 
     rows = [
         {"row_id": "a1", "question": "A的标准是多少？", "fact_ids": ["A"], "phrasing": "{s}的标准是多少？"},
@@ -196,13 +196,7 @@ def test_a_recall_fact_keeps_a_training_row_that_asks_about_it() -> None:
             "phrasing": "{s}的标准是多少？x",
         },
     ]
-    plan = _Plan(
-        _index(rows, lambda r: r["fact_ids"]),
-        _index(rows, lambda r: r["fact_ids"][:1]),
-        _index(rows, lambda r: [r["phrasing"]]),
-        _index(rows, lambda r: [r["question"]]),
-        budget=len(rows),
-    )
+    plan = _plan(rows, budget=len(rows))
     assert _try_add(plan, rows[0], "recall")
     assert not _try_add(plan, rows[1], "recall")
     assert set(plan.chosen) == {"a1"}

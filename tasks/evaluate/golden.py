@@ -56,6 +56,23 @@ class _Plan:
     recall_facts: set[str] = field(default_factory=set)
 
 
+def _own_fact(row: Row) -> list[str]:
+    """The fact ``row`` asks about (its first fact: distillation puts the asked fact first), as a list of at
+    most one."""
+    return list(row["fact_ids"][:1])
+
+
+def _plan(rows: list[Row], budget: int) -> _Plan:
+    """An empty plan over the reviewed ``rows``, keeping at most ``budget`` of them out of training."""
+    return _Plan(
+        _index(rows, lambda r: r["fact_ids"]),
+        _index(rows, _own_fact),
+        _index(rows, lambda r: [r["phrasing"]]),
+        _index(rows, lambda r: [r["question"]]),
+        budget=budget,
+    )
+
+
 def _try_add(plan: _Plan, row: Row, split: str) -> bool:
     """Choose ``row`` for ``split`` unless that would leave a recall fact without training rows of its own or
     keep more rows out of training than the budget allows."""
@@ -67,7 +84,7 @@ def _try_add(plan: _Plan, row: Row, split: str) -> bool:
     else:
         shadowed += [r for f in row["fact_ids"] for r in plan.by_fact[f]]
     kept_out = plan.kept_out | {r["row_id"] for r in shadowed}
-    recall_facts = plan.recall_facts | (set(row["fact_ids"][:1]) if split == queries.RECALL else set())
+    recall_facts = plan.recall_facts | (set(_own_fact(row)) if split == queries.RECALL else set())
     if len(kept_out) > plan.budget or any(
         all(r["row_id"] in kept_out for r in plan.by_own_fact[f]) for f in recall_facts
     ):
@@ -90,13 +107,7 @@ def hold_out(
     size = min(size, int(len(rows) * MAX_HELD_OUT_SHARE))  # most reviewed rows must stay trainable
     if size <= 0:
         return 0
-    plan = _Plan(
-        _index(rows, lambda r: r["fact_ids"]),
-        _index(rows, lambda r: r["fact_ids"][:1]),
-        _index(rows, lambda r: [r["phrasing"]]),
-        _index(rows, lambda r: [r["question"]]),
-        budget=int(len(rows) * MAX_KEPT_OUT_SHARE),
-    )
+    plan = _plan(rows, budget=int(len(rows) * MAX_KEPT_OUT_SHARE))
     reserved = _reservable_phrasings(rows, seed)
     _choose(
         plan,
@@ -115,11 +126,9 @@ def hold_out(
         added = queries.insert_items(con, items)
         # Near paraphrases of held-out questions are not trained on either (warehouse/gates.py): a recall
         # item whose fact lost its last training row of its own that way measures nothing of recall, so it goes.
-        trained = {f for r in trainable_rows(con, golden_threshold) for f in r["fact_ids"][:1]}
+        trained = {f for r in trainable_rows(con, golden_threshold) for f in _own_fact(r)}
         orphans = [
-            i["item_id"]
-            for i in items
-            if i["split"] == queries.RECALL and not set(i["fact_ids"][:1]) <= trained
+            i["item_id"] for i in items if i["split"] == queries.RECALL and not set(_own_fact(i)) <= trained
         ]
         dropped = queries.drop_held_out_items(con, orphans)
     return added - dropped
